@@ -1,0 +1,44 @@
+# Only Python 3.11, pip and make are needed: uv is bootstrapped into .tools/.
+PYTHON ?= python3
+UV_VERSION ?= 0.13.9
+UV := .tools/bin/uv
+RUN := $(UV) run --frozen
+
+.PHONY: serve test proto check-proto lint bench simulate clean
+
+$(UV):
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet "uv==$(UV_VERSION)"
+
+.venv/.synced: $(UV) uv.lock pyproject.toml
+	$(UV) sync --frozen
+	touch $@
+
+serve: .venv/.synced  ## start the server on SQLite (./ltrr.db) with the demo policy
+	$(RUN) ltrr serve $(ARGS)
+
+test: .venv/.synced  ## the whole test suite (PostgreSQL tests skip when no server is reachable)
+	$(RUN) pytest -q $(ARGS)
+
+proto: .venv/.synced  ## regenerate clients/python/ltrr/v1 from protos/
+	$(RUN) python -m grpc_tools.protoc -I protos \
+	  --python_out=clients/python --mypy_out=clients/python \
+	  --grpc_python_out=clients/python --mypy_grpc_out=clients/python \
+	  protos/ltrr/v1/*.proto
+
+check-proto: proto
+	git diff --exit-code -- clients/python/ltrr
+	test -z "$$(git status --porcelain -- clients/python/ltrr)"
+
+lint: .venv/.synced
+	$(RUN) ruff check server clients tests bench
+	$(RUN) mypy
+
+simulate: .venv/.synced
+	$(RUN) ltrr simulate $(ARGS)
+
+bench: .venv/.synced
+	$(RUN) python -m bench.run_all
+
+clean:
+	rm -rf .venv .tools ltrr.db*

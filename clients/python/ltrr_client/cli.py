@@ -1,0 +1,189 @@
+"""The ``ltrr`` command: serve, decide, reward, stream-rewards, simulate, policies."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import sys
+from collections import Counter
+from collections.abc import Iterator, Sequence
+
+from google.protobuf.json_format import MessageToDict
+
+from ltrr.v1 import feedback_pb2
+from ltrr_client.client import LtrrClient, reward_event
+
+DEFAULT_TARGET = "localhost:50051"
+
+
+def _print(msg: object) -> None:
+    print(json.dumps(MessageToDict(msg, preserving_proto_field_name=True), indent=2))  # type: ignore[arg-type]
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ltrr_server.app import main as serve_main
+    from ltrr_server.config import load_settings
+    from ltrr_server.errors import InvalidArgument
+
+    try:
+        settings = load_settings(args.config, db_url=args.db, grpc_port=args.grpc_port,
+                                 metrics_port=args.metrics_port, grpc_host=args.host)
+    except (InvalidArgument, OSError) as exc:
+        print(f"ltrr serve: configuration error: {exc}", file=sys.stderr)
+        return 2
+    serve_main(settings)
+    return 0
+
+
+def cmd_decide(args: argparse.Namespace) -> int:
+    context = json.loads(args.context) if args.context else None
+    actions = args.actions.split(",") if args.actions else ()
+    with LtrrClient(args.target) as c:
+        _print(c.decide(args.policy, context, actions, event_id=args.event_id or "", slots=args.slots))
+    return 0
+
+
+def cmd_reward(args: argparse.Namespace) -> int:
+    with LtrrClient(args.target) as c:
+        _print(c.report_reward(args.event_id, args.value, args.reward_id, args.engaged.split(",") if args.engaged
+                               else ()))
+    return 0
+
+
+def _read_rewards(path: str, bad: list[str]) -> Iterator[feedback_pb2.RewardEvent]:
+    with (sys.stdin if path == "-" else open(path)) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+                value = float(d.get("value", d.get("reward", 0.0)))
+                if not math.isfinite(value):
+                    raise ValueError(f"value is not finite: {value}")
+                yield reward_event(str(d["event_id"]), value, str(d.get("reward_id", "")),
+                                   [str(x) for x in d.get("engaged_item_ids", [])],
+                                   d.get("oracle_best_value"), d.get("oracle_chosen_value"))
+            except (ValueError, KeyError, TypeError) as exc:
+                bad.append(f"{path}:{lineno}: {type(exc).__name__}: {exc}")
+
+
+def _batched(it: Iterator[feedback_pb2.RewardEvent], n: int) -> Iterator[list[feedback_pb2.RewardEvent]]:
+    batch: list[feedback_pb2.RewardEvent] = []
+    for ev in it:
+        batch.append(ev)
+        if len(batch) >= n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def cmd_stream_rewards(args: argparse.Namespace) -> int:
+    bad: list[str] = []
+    counts: Counter[str] = Counter()
+    with LtrrClient(args.target) as c:
+        for ack_batch in c.stream_rewards(_batched(_read_rewards(args.file, bad), args.batch)):
+            for ack in ack_batch.acks:
+                counts[feedback_pb2.RewardStatus.Name(ack.status)] += 1
+                if ack.status not in (feedback_pb2.REWARD_STATUS_ACCEPTED, feedback_pb2.REWARD_STATUS_DUPLICATE):
+                    print(f"{ack.event_id}/{ack.reward_id}: {feedback_pb2.RewardStatus.Name(ack.status)} "
+                          f"{ack.message}", file=sys.stderr)
+    for line in bad:
+        print(f"skipped {line}", file=sys.stderr)
+    print(json.dumps({"acks": dict(counts), "unreadable_lines": len(bad)}))
+    return 1 if bad else 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from ltrr_client.simulate import plot, run_simulation
+
+    result = asyncio.run(run_simulation(args.target, args.policy, args.events, args.report_every,
+                                        segments=args.segments, seed=args.seed))
+    if args.plot:
+        plot(result, args.plot)
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+def cmd_policies(args: argparse.Namespace) -> int:
+    with LtrrClient(args.target) as c:
+        if args.action == "list":
+            for p in c.list_policies():
+                _print(p)
+        elif args.action == "get":
+            _print(c.get_policy(args.name))
+        elif args.action == "stats":
+            _print(c.stats(args.name))
+        elif args.action == "snapshot":
+            _print(c.snapshot(args.name))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ltrr", description="ltrr: learning-to-rank-and-retrieve server and client")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the server (embedded demo config unless --config)")
+    s.add_argument("--config", help="TOML configuration file")
+    s.add_argument("--db", help="database URL (sqlite:///ltrr.db, postgresql://user@host/db)")
+    s.add_argument("--grpc-port", type=int)
+    s.add_argument("--metrics-port", type=int, help="Prometheus port; -1 disables")
+    s.add_argument("--host", help="gRPC listen address")
+    s.set_defaults(fn=cmd_serve)
+
+    def client_cmd(name: str, help_text: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help_text)
+        c.add_argument("--target", default=DEFAULT_TARGET, help="server address (default %(default)s)")
+        return c
+
+    d = client_cmd("decide", "ask a policy for a decision")
+    d.add_argument("--policy", default="demo")
+    d.add_argument("--context", help='JSON: {"namespace": {"feature": value}}')
+    d.add_argument("--actions", help="comma-separated action ids (default: the policy's)")
+    d.add_argument("--event-id")
+    d.add_argument("--slots", type=int, default=0)
+    d.set_defaults(fn=cmd_decide)
+
+    r = client_cmd("reward", "report one reward")
+    r.add_argument("event_id")
+    r.add_argument("value", type=float)
+    r.add_argument("--reward-id", default="")
+    r.add_argument("--engaged", help="comma-separated engaged item ids")
+    r.set_defaults(fn=cmd_reward)
+
+    sr = client_cmd("stream-rewards", "stream rewards from a JSONL file ({event_id, value, reward_id?})")
+    sr.add_argument("file", help="JSONL file, or - for stdin")
+    sr.add_argument("--batch", type=int, default=500)
+    sr.set_defaults(fn=cmd_stream_rewards)
+
+    sim = client_cmd("simulate", "drive a running server with synthetic traffic; report reward and regret")
+    sim.add_argument("--policy", default="demo")
+    sim.add_argument("--events", type=int, default=20_000)
+    sim.add_argument("--report-every", type=int, default=1000)
+    sim.add_argument("--segments", type=int, default=6)
+    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--plot", help="write a PNG of regret and reward over time")
+    sim.set_defaults(fn=cmd_simulate)
+
+    pol = client_cmd("policies", "list, describe, snapshot or show statistics of policies")
+    pol.add_argument("action", choices=["list", "get", "stats", "snapshot"])
+    pol.add_argument("name", nargs="?", default="demo")
+    pol.set_defaults(fn=cmd_policies)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import grpc
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except grpc.RpcError as exc:
+        print(f"ltrr {args.command}: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

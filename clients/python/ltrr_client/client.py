@@ -1,0 +1,180 @@
+"""Typed clients for ltrr's gRPC API, sync and asyncio, with plain-dict feature helpers.
+
+Features are ``{namespace: {feature: value}}``; a string value is a category, a number a weight.
+
+>>> [ns.name for ns in namespaces({"user": {"segment": "a", "age": 31}})]
+['user']
+>>> actions(["news", "sports"])[1].id
+'sports'
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+
+import grpc
+
+from ltrr.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    common_pb2,
+    decisions_pb2,
+    decisions_pb2_grpc,
+    feedback_pb2,
+    feedback_pb2_grpc,
+)
+
+FeatureDict = Mapping[str, Mapping[str, str | float | int]]
+
+
+def namespaces(features: FeatureDict | None) -> list[common_pb2.Namespace]:
+    """``{"user": {"segment": "a"}}`` as request namespaces."""
+    out = []
+    for ns, feats in (features or {}).items():
+        items = []
+        for name, value in feats.items():
+            if isinstance(value, str):
+                items.append(common_pb2.Feature(name=name, str=value))
+            else:
+                items.append(common_pb2.Feature(name=name, num=float(value)))
+        out.append(common_pb2.Namespace(name=ns, features=items))
+    return out
+
+
+def actions(items: Iterable[str | tuple[str, FeatureDict]]) -> list[common_pb2.Action]:
+    """Action ids, or (id, features) pairs, as request actions."""
+    out = []
+    for item in items:
+        if isinstance(item, str):
+            out.append(common_pb2.Action(id=item))
+        else:
+            out.append(common_pb2.Action(id=item[0], features=namespaces(item[1])))
+    return out
+
+
+def decide_request(
+    policy: str, context: FeatureDict | None = None, action_list: Sequence[str | tuple[str, FeatureDict]] = (),
+    event_id: str = "", slots: int = 0, request_id: str = "",
+) -> decisions_pb2.DecideRequest:
+    return decisions_pb2.DecideRequest(
+        policy=policy, context=namespaces(context), actions=actions(action_list), event_id=event_id,
+        slots=slots, request_id=request_id,
+    )
+
+
+def reward_event(
+    event_id: str, value: float, reward_id: str = "", engaged: Sequence[str] = (),
+    oracle_best: float | None = None, oracle_chosen: float | None = None,
+) -> feedback_pb2.RewardEvent:
+    ev = feedback_pb2.RewardEvent(event_id=event_id, value=value, reward_id=reward_id, engaged_item_ids=engaged)
+    if oracle_best is not None:
+        ev.oracle_best_value = oracle_best
+    if oracle_chosen is not None:
+        ev.oracle_chosen_value = oracle_chosen
+    return ev
+
+
+class LtrrClient:
+    """Blocking client.
+
+    >>> with LtrrClient("localhost:50051") as c:          # doctest: +SKIP
+    ...     d = c.decide("demo", {"user": {"segment": "s1"}})
+    ...     c.report_reward(d.event_id, 1.0).status
+    1
+    """
+
+    def __init__(self, target: str, timeout: float = 10.0) -> None:
+        self.channel = grpc.insecure_channel(target)
+        self.timeout = timeout
+        self.decisions = decisions_pb2_grpc.DecisionServiceStub(self.channel)
+        self.feedback = feedback_pb2_grpc.FeedbackServiceStub(self.channel)
+        self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
+
+    def __enter__(self) -> LtrrClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def decide(self, policy: str, context: FeatureDict | None = None,
+               actions: Sequence[str | tuple[str, FeatureDict]] = (), event_id: str = "",
+               slots: int = 0) -> decisions_pb2.DecideResponse:
+        req = decide_request(policy, context, actions, event_id, slots)
+        return self.decisions.Decide(req, timeout=self.timeout)  # type: ignore[no-any-return]
+
+    def decide_stream(self, requests: Iterable[decisions_pb2.DecideRequest]) -> Iterator[decisions_pb2.DecideResponse]:
+        return self.decisions.DecideStream(iter(requests))  # type: ignore[no-any-return]
+
+    def report_reward(self, event_id: str, value: float, reward_id: str = "", engaged: Sequence[str] = (),
+                      oracle_best: float | None = None, oracle_chosen: float | None = None) -> feedback_pb2.RewardAck:
+        ev = reward_event(event_id, value, reward_id, engaged, oracle_best, oracle_chosen)
+        return self.feedback.ReportReward(ev, timeout=self.timeout)  # type: ignore[no-any-return]
+
+    def stream_rewards(self, batches: Iterable[Sequence[feedback_pb2.RewardEvent]]
+                       ) -> Iterator[feedback_pb2.RewardAckBatch]:
+        """Sends batches of reward events; yields one ack batch per batch, once it is committed."""
+        return self.feedback.StreamRewards(  # type: ignore[no-any-return]
+            feedback_pb2.RewardBatch(events=list(b)) for b in batches
+        )
+
+    def list_policies(self) -> list[admin_pb2.Policy]:
+        return list(self.admin.ListPolicies(admin_pb2.ListPoliciesRequest(), timeout=self.timeout).policies)
+
+    def get_policy(self, name: str) -> admin_pb2.Policy:
+        return self.admin.GetPolicy(admin_pb2.GetPolicyRequest(name=name), timeout=self.timeout)  # type: ignore[no-any-return]
+
+    def create_policy(self, spec: admin_pb2.PolicySpec) -> admin_pb2.Policy:
+        return self.admin.CreatePolicy(admin_pb2.CreatePolicyRequest(spec=spec), timeout=self.timeout)  # type: ignore[no-any-return]
+
+    def update_policy(self, spec: admin_pb2.PolicySpec) -> admin_pb2.UpdatePolicyResponse:
+        return self.admin.UpdatePolicy(admin_pb2.UpdatePolicyRequest(spec=spec), timeout=self.timeout)  # type: ignore[no-any-return]
+
+    def snapshot(self, name: str) -> admin_pb2.Snapshot:
+        return self.admin.SnapshotPolicy(admin_pb2.SnapshotPolicyRequest(name=name), timeout=60)  # type: ignore[no-any-return]
+
+    def stats(self, name: str) -> admin_pb2.PolicyStats:
+        return self.admin.GetPolicyStats(admin_pb2.GetPolicyStatsRequest(name=name), timeout=self.timeout)  # type: ignore[no-any-return]
+
+
+class AsyncLtrrClient:
+    """asyncio client; same verbs as ``LtrrClient``, awaited."""
+
+    def __init__(self, target: str, timeout: float = 10.0) -> None:
+        self.channel = grpc.aio.insecure_channel(target)
+        self.timeout = timeout
+        self.decisions = decisions_pb2_grpc.DecisionServiceStub(self.channel)
+        self.feedback = feedback_pb2_grpc.FeedbackServiceStub(self.channel)
+        self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
+
+    async def __aenter__(self) -> AsyncLtrrClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def decide(self, policy: str, context: FeatureDict | None = None,
+                     actions: Sequence[str | tuple[str, FeatureDict]] = (), event_id: str = "",
+                     slots: int = 0) -> decisions_pb2.DecideResponse:
+        req = decide_request(policy, context, actions, event_id, slots)
+        return await self.decisions.Decide(req, timeout=self.timeout)  # type: ignore[no-any-return]
+
+    async def report_reward(self, event_id: str, value: float, reward_id: str = "", engaged: Sequence[str] = (),
+                            oracle_best: float | None = None, oracle_chosen: float | None = None
+                            ) -> feedback_pb2.RewardAck:
+        ev = reward_event(event_id, value, reward_id, engaged, oracle_best, oracle_chosen)
+        return await self.feedback.ReportReward(ev, timeout=self.timeout)  # type: ignore[no-any-return]
+
+    def stream_rewards(self, batches: AsyncIterator[feedback_pb2.RewardBatch]
+                       ) -> AsyncIterator[feedback_pb2.RewardAckBatch]:
+        return self.feedback.StreamRewards(batches)  # type: ignore[no-any-return]
+
+    async def stats(self, name: str) -> admin_pb2.PolicyStats:
+        return await self.admin.GetPolicyStats(  # type: ignore[no-any-return]
+            admin_pb2.GetPolicyStatsRequest(name=name), timeout=self.timeout
+        )

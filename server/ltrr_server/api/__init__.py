@@ -1,0 +1,1 @@
+"""gRPC servicers: convert messages, call the core, map errors. Nothing else lives here."""

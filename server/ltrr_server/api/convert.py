@@ -1,0 +1,135 @@
+"""Proto messages <-> core types. Validation errors name the request field."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ltrr.v1 import admin_pb2, common_pb2, decisions_pb2, feedback_pb2
+from ltrr_server.config import ActionSpec, PolicySpec
+from ltrr_server.core import Decision, PolicyInfo, RewardInput, RewardResult
+from ltrr_server.errors import InvalidArgument
+from ltrr_server.features import Namespaces, validate_namespaces
+from ltrr_server.log.joiner import Outcome
+
+_KINDS = {admin_pb2.POLICY_KIND_CB: "cb", admin_pb2.POLICY_KIND_CCB: "ccb"}
+_EXPLORATIONS = {
+    admin_pb2.EXPLORATION_EPSILON: "epsilon", admin_pb2.EXPLORATION_SOFTMAX: "softmax",
+    admin_pb2.EXPLORATION_BAG: "bag", admin_pb2.EXPLORATION_COVER: "cover",
+    admin_pb2.EXPLORATION_SQUARECB: "squarecb", admin_pb2.EXPLORATION_RND: "rnd",
+}
+_AGGREGATIONS = {admin_pb2.AGGREGATION_FIRST: "first", admin_pb2.AGGREGATION_SUM: "sum",
+                 admin_pb2.AGGREGATION_MAX: "max"}
+_STATUS = {
+    Outcome.ACCEPTED: feedback_pb2.REWARD_STATUS_ACCEPTED,
+    Outcome.DUPLICATE: feedback_pb2.REWARD_STATUS_DUPLICATE,
+    Outcome.LATE: feedback_pb2.REWARD_STATUS_LATE,
+    Outcome.UNKNOWN: feedback_pb2.REWARD_STATUS_UNKNOWN_EVENT,
+    Outcome.INVALID: feedback_pb2.REWARD_STATUS_INVALID,
+}
+
+
+def namespaces(msgs: Iterable[common_pb2.Namespace], field: str, max_features: int) -> Namespaces:
+    return validate_namespaces(
+        (
+            (ns.name, (
+                (f.name, f.str if f.HasField("str") else None, f.num if f.HasField("num") else None)
+                for f in ns.features
+            ))
+            for ns in msgs
+        ),
+        field, max_features,
+    )
+
+
+def actions(msgs: Iterable[common_pb2.Action], field: str, max_features: int) -> list[ActionSpec]:
+    return [ActionSpec(a.id, namespaces(a.features, f"{field}[{i}].features", max_features))
+            for i, a in enumerate(msgs)]
+
+
+def namespaces_to_proto(ns: Namespaces) -> list[common_pb2.Namespace]:
+    return [common_pb2.Namespace(name=name, features=[
+        common_pb2.Feature(name=f, str=v) if isinstance(v, str) else common_pb2.Feature(name=f, num=v)
+        for f, v in feats
+    ]) for name, feats in ns]
+
+
+def decision_to_proto(d: Decision, request_id: str = "") -> decisions_pb2.DecideResponse:
+    slots = [
+        decisions_pb2.SlotDecision(
+            chosen_action_id=d.action_ids[s.chosen], probability=s.probability,
+            probabilities=[decisions_pb2.ActionProbability(action_id=a, probability=p)
+                           for a, p in zip(d.action_ids, s.probabilities, strict=True)],
+        )
+        for s in d.slots
+    ]
+    first = slots[0]
+    return decisions_pb2.DecideResponse(
+        event_id=d.event_id, chosen_action_id=first.chosen_action_id, probability=first.probability,
+        probabilities=first.probabilities, slots=slots if len(slots) > 1 else (), model_version=d.model_version,
+        request_id=request_id,
+    )
+
+
+def reward_input(ev: feedback_pb2.RewardEvent) -> RewardInput:
+    return RewardInput(
+        event_id=ev.event_id, reward_id=ev.reward_id, value=ev.value, engaged=list(ev.engaged_item_ids),
+        oracle_best=ev.oracle_best_value if ev.HasField("oracle_best_value") else None,
+        oracle_chosen=ev.oracle_chosen_value if ev.HasField("oracle_chosen_value") else None,
+    )
+
+
+def reward_ack(ev: feedback_pb2.RewardEvent, result: RewardResult) -> feedback_pb2.RewardAck:
+    return feedback_pb2.RewardAck(event_id=ev.event_id, reward_id=ev.reward_id, status=_STATUS[result.outcome],
+                                  message=result.message)
+
+
+def spec_from_proto(s: admin_pb2.PolicySpec, max_features: int) -> PolicySpec:
+    defaults = PolicySpec(name="defaults")
+    kind = _KINDS.get(s.kind, "cb") if s.kind else "cb"
+    if s.kind and s.kind not in _KINDS:
+        raise InvalidArgument("spec.kind", f"unknown kind {s.kind}")
+    if s.exploration and s.exploration not in _EXPLORATIONS:
+        raise InvalidArgument("spec.exploration", f"unknown exploration {s.exploration}")
+    if s.aggregation and s.aggregation not in _AGGREGATIONS:
+        raise InvalidArgument("spec.aggregation", f"unknown aggregation {s.aggregation}")
+    return PolicySpec(
+        name=s.name, kind=kind,
+        exploration=_EXPLORATIONS.get(s.exploration, defaults.exploration),
+        epsilon=s.epsilon if s.HasField("epsilon") else defaults.epsilon,
+        softmax_lambda=s.softmax_lambda or defaults.softmax_lambda,
+        ensemble_size=s.ensemble_size or defaults.ensemble_size,
+        squarecb_gamma_scale=s.squarecb_gamma_scale or defaults.squarecb_gamma_scale,
+        interactions=tuple(s.interactions),
+        actions=tuple(actions(s.actions, "spec.actions", max_features)),
+        join_window_seconds=s.join_window_seconds or defaults.join_window_seconds,
+        default_reward=s.default_reward,
+        aggregation=_AGGREGATIONS.get(s.aggregation, defaults.aggregation),
+        slots=s.slots or (1 if kind == "cb" else 2),
+        description=s.description,
+        bits=s.bits or defaults.bits,
+        learning_rate=s.learning_rate or defaults.learning_rate,
+    )
+
+
+def spec_to_proto(spec: PolicySpec) -> admin_pb2.PolicySpec:
+    kinds = {v: k for k, v in _KINDS.items()}
+    expl = {v: k for k, v in _EXPLORATIONS.items()}
+    aggs = {v: k for k, v in _AGGREGATIONS.items()}
+    return admin_pb2.PolicySpec(
+        name=spec.name, kind=kinds[spec.kind], exploration=expl[spec.exploration], epsilon=spec.epsilon,
+        softmax_lambda=spec.softmax_lambda, ensemble_size=spec.ensemble_size,
+        squarecb_gamma_scale=spec.squarecb_gamma_scale, interactions=list(spec.interactions),
+        actions=[common_pb2.Action(id=a.id, features=namespaces_to_proto(a.features)) for a in spec.actions],
+        join_window_seconds=spec.join_window_seconds, default_reward=spec.default_reward,
+        aggregation=aggs[spec.aggregation], slots=spec.slots, description=spec.description, bits=spec.bits,
+        learning_rate=spec.learning_rate,
+    )
+
+
+def policy_to_proto(info: PolicyInfo) -> admin_pb2.Policy:
+    return admin_pb2.Policy(
+        spec=spec_to_proto(info.spec), revision=info.revision, lineage=info.lineage,
+        model_version=info.model_version, created_at_ms=int(info.created_at * 1000),
+        updated_at_ms=int(info.updated_at * 1000),
+    )
+

@@ -1,0 +1,52 @@
+"""DecisionService: Decide and DecideStream."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from ltrr.v1 import common_pb2, decisions_pb2, decisions_pb2_grpc
+from ltrr_server import errors
+from ltrr_server.api import convert
+from ltrr_server.api.status import code_for, message_for, unary
+from ltrr_server.core import Ltrr
+from ltrr_server.metrics import Metrics
+
+
+class DecisionServicer(decisions_pb2_grpc.DecisionServiceServicer):
+    def __init__(self, core: Ltrr, metrics: Metrics) -> None:
+        self._core = core
+        self._metrics = metrics
+        self._max_features = core.limits.max_features
+        self._stream_latency_ok = metrics.rpc_duration.labels("DecideStream", "OK")
+
+    def _decide(self, req: decisions_pb2.DecideRequest) -> decisions_pb2.DecideResponse:
+        context = convert.namespaces(req.context, "context", self._max_features)
+        acts = convert.actions(req.actions, "actions", self._max_features) if req.actions else None
+        d = self._core.decide(req.policy, context, acts, req.event_id, req.slots)
+        return convert.decision_to_proto(d, req.request_id)
+
+    @unary("Decide")
+    async def Decide(  # noqa: N802 - gRPC method name
+        self, request: decisions_pb2.DecideRequest, context: grpc.aio.ServicerContext
+    ) -> decisions_pb2.DecideResponse:
+        return self._decide(request)
+
+    async def DecideStream(  # noqa: N802
+        self, request_iterator: AsyncIterator[decisions_pb2.DecideRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[decisions_pb2.DecideResponse]:
+        async for req in request_iterator:
+            start = time.perf_counter()
+            try:
+                resp = self._decide(req)
+                self._stream_latency_ok.observe(time.perf_counter() - start)
+            except errors.LtrrError as exc:
+                code = code_for(exc)
+                self._metrics.rpc_duration.labels("DecideStream", code.name).observe(time.perf_counter() - start)
+                resp = decisions_pb2.DecideResponse(
+                    request_id=req.request_id,
+                    error=common_pb2.Error(code=code.value[0], message=message_for(exc), field=exc.field),
+                )
+            yield resp

@@ -1,0 +1,74 @@
+"""FeedbackService: ReportReward and StreamRewards. Acks go out only after the commit."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable
+
+import grpc
+
+from ltrr.v1 import feedback_pb2, feedback_pb2_grpc
+from ltrr_server import errors
+from ltrr_server.api import convert
+from ltrr_server.api.status import code_for, message_for, unary
+from ltrr_server.core import Ltrr
+from ltrr_server.log.joiner import Outcome
+from ltrr_server.metrics import Metrics
+
+
+class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
+    def __init__(self, core: Ltrr, metrics: Metrics) -> None:
+        self._core = core
+        self._metrics = metrics
+        self._inflight = core.limits.max_stream_inflight_batches
+
+    @unary("ReportReward")
+    async def ReportReward(  # noqa: N802
+        self, request: feedback_pb2.RewardEvent, context: grpc.aio.ServicerContext
+    ) -> feedback_pb2.RewardAck:
+        [result] = await self._core.report_rewards([convert.reward_input(request)])
+        if result.outcome is Outcome.INVALID:
+            raise errors.InvalidArgument("", result.message)
+        if result.outcome is Outcome.UNKNOWN:
+            raise errors.NotFound(result.message, field="event_id")
+        return convert.reward_ack(request, result)
+
+    async def _ack_batch(self, batch: feedback_pb2.RewardBatch) -> feedback_pb2.RewardAckBatch:
+        start = time.perf_counter()
+        try:
+            results = await self._core.report_rewards([convert.reward_input(ev) for ev in batch.events])
+            code = grpc.StatusCode.OK
+            acks = [convert.reward_ack(ev, r) for ev, r in zip(batch.events, results, strict=True)]
+        except errors.LtrrError as exc:
+            # The whole batch was refused before anything was stored (bound reached, too large):
+            # every event says so, and the stream goes on.
+            code = code_for(exc)
+            acks = [feedback_pb2.RewardAck(event_id=ev.event_id, reward_id=ev.reward_id,
+                                           status=feedback_pb2.REWARD_STATUS_INVALID,
+                                           message=f"{code.name}: {message_for(exc)}") for ev in batch.events]
+        self._metrics.rpc_duration.labels("StreamRewards", code.name).observe(time.perf_counter() - start)
+        return feedback_pb2.RewardAckBatch(acks=acks)
+
+    async def StreamRewards(  # noqa: N802
+        self, request_iterator: AsyncIterator[feedback_pb2.RewardBatch], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[feedback_pb2.RewardAckBatch]:
+        # Batches are submitted as they arrive and acked in order as their commits land.
+        # At most max_stream_inflight_batches wait: past that we stop reading, and gRPC
+        # flow control pushes back on the sender instead of our memory growing.
+        pending: asyncio.Queue[Awaitable[feedback_pb2.RewardAckBatch] | None] = asyncio.Queue(self._inflight)
+
+        async def read() -> None:
+            try:
+                async for batch in request_iterator:
+                    await pending.put(asyncio.ensure_future(self._ack_batch(batch)))
+            finally:
+                await pending.put(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (item := await pending.get()) is not None:
+                yield await item
+            await reader
+        finally:
+            reader.cancel()

@@ -1,0 +1,291 @@
+"""Frozen, self-validating configuration: server settings, limits and policy specs.
+
+Sources, later ones winning: built-in defaults, a TOML file, ``LTRR_*`` environment
+variables, command-line flags. Every error names the offending field.
+
+>>> spec = PolicySpec(name="demo", actions=(ActionSpec("a"), ActionSpec("b")))
+>>> spec.vw_args()[:3]
+['--cb_explore_adf', '--epsilon', '0.05']
+>>> PolicySpec(name="x", epsilon=2.0)
+Traceback (most recent call last):
+...
+ltrr_server.errors.InvalidArgument: spec.epsilon: must be in [0, 1], got 2.0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ltrr_server.errors import InvalidArgument
+from ltrr_server.features import Namespaces, namespaces_from_json, namespaces_to_json, validate_namespaces
+
+KINDS = ("cb", "ccb")
+EXPLORATIONS = ("epsilon", "softmax", "bag", "cover", "squarecb", "rnd")
+AGGREGATIONS = ("first", "sum", "max")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_MAX_JOIN_WINDOW_S = 7 * 24 * 3600.0
+
+
+def _finite(value: float, field_name: str) -> None:
+    if not math.isfinite(value):
+        raise InvalidArgument(field_name, f"must be finite, got {value}")
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    """A configured action: an id and its namespaced features."""
+
+    id: str
+    features: Namespaces = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "features": namespaces_to_json(self.features)}
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """What a policy is: its VW learning parameters, its actions and its join rules."""
+
+    name: str
+    kind: str = "cb"
+    exploration: str = "epsilon"
+    epsilon: float = 0.05
+    softmax_lambda: float = 10.0
+    ensemble_size: int = 4
+    squarecb_gamma_scale: float = 10.0
+    interactions: tuple[str, ...] = ()
+    actions: tuple[ActionSpec, ...] = ()
+    join_window_seconds: float = 10.0
+    default_reward: float = 0.0
+    aggregation: str = "first"
+    slots: int = 1
+    description: str = ""
+    bits: int = 18
+    learning_rate: float = 0.5
+
+    def __post_init__(self) -> None:
+        p = "spec"
+        if not _NAME_RE.match(self.name):
+            raise InvalidArgument(f"{p}.name", f"must match {_NAME_RE.pattern}, got {self.name!r}")
+        if self.kind not in KINDS:
+            raise InvalidArgument(f"{p}.kind", f"must be one of {KINDS}, got {self.kind!r}")
+        if self.exploration not in EXPLORATIONS:
+            raise InvalidArgument(f"{p}.exploration", f"must be one of {EXPLORATIONS}, got {self.exploration!r}")
+        _finite(self.epsilon, f"{p}.epsilon")
+        if not 0.0 <= self.epsilon <= 1.0:
+            raise InvalidArgument(f"{p}.epsilon", f"must be in [0, 1], got {self.epsilon}")
+        _finite(self.softmax_lambda, f"{p}.softmax_lambda")
+        if self.exploration in ("bag", "cover", "rnd") and not 1 <= self.ensemble_size <= 64:
+            raise InvalidArgument(f"{p}.ensemble_size", f"must be in [1, 64], got {self.ensemble_size}")
+        _finite(self.squarecb_gamma_scale, f"{p}.squarecb_gamma_scale")
+        if self.squarecb_gamma_scale <= 0:
+            raise InvalidArgument(f"{p}.squarecb_gamma_scale", "must be positive")
+        for i, inter in enumerate(self.interactions):
+            if len(inter) not in (2, 3) or any(c in " |:" for c in inter):
+                raise InvalidArgument(
+                    f"{p}.interactions[{i}]", f"must be 2 or 3 namespace initials, got {inter!r}"
+                )
+        seen: set[str] = set()
+        for i, action in enumerate(self.actions):
+            if not action.id:
+                raise InvalidArgument(f"{p}.actions[{i}].id", "action id is empty")
+            if action.id in seen:
+                raise InvalidArgument(f"{p}.actions[{i}].id", f"duplicate action id {action.id!r}")
+            seen.add(action.id)
+        _finite(self.join_window_seconds, f"{p}.join_window_seconds")
+        if not 0 < self.join_window_seconds <= _MAX_JOIN_WINDOW_S:
+            raise InvalidArgument(
+                f"{p}.join_window_seconds", f"must be in (0, {_MAX_JOIN_WINDOW_S:.0f}], got {self.join_window_seconds}"
+            )
+        _finite(self.default_reward, f"{p}.default_reward")
+        if self.aggregation not in AGGREGATIONS:
+            raise InvalidArgument(f"{p}.aggregation", f"must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+        if not 1 <= self.slots <= 64:
+            raise InvalidArgument(f"{p}.slots", f"must be in [1, 64], got {self.slots}")
+        if self.kind == "cb" and self.slots != 1:
+            raise InvalidArgument(f"{p}.slots", "a cb policy has exactly one slot; use kind ccb")
+        if not 1 <= self.bits <= 30:
+            raise InvalidArgument(f"{p}.bits", f"must be in [1, 30], got {self.bits}")
+        _finite(self.learning_rate, f"{p}.learning_rate")
+        if self.learning_rate <= 0:
+            raise InvalidArgument(f"{p}.learning_rate", "must be positive")
+
+    def vw_args(self) -> list[str]:
+        """The Vowpal Wabbit command line of this policy's model."""
+        args = ["--cb_explore_adf" if self.kind == "cb" else "--ccb_explore_adf"]
+        e = self.exploration
+        if e == "epsilon":
+            args += ["--epsilon", repr(self.epsilon)]
+        elif e == "softmax":
+            args += ["--softmax", "--lambda", repr(self.softmax_lambda)]
+        elif e in ("bag", "cover", "rnd"):
+            args += [f"--{e}", str(self.ensemble_size), "--epsilon", repr(self.epsilon)]
+        elif e == "squarecb":
+            args += ["--squarecb", "--gamma_scale", repr(self.squarecb_gamma_scale)]
+        for inter in self.interactions:
+            args += ["-q" if len(inter) == 2 else "--cubic", inter]
+        args += ["-b", str(self.bits), "-l", repr(self.learning_rate), "--quiet"]
+        return args
+
+    def learning_params(self) -> tuple[object, ...]:
+        """The fields that define the model; a change to any of them starts a new lineage."""
+        return tuple(self.vw_args())
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["interactions"] = list(self.interactions)
+        d["actions"] = [a.to_dict() for a in self.actions]
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], field_prefix: str = "spec") -> PolicySpec:
+        """Builds a spec from JSON (as stored) or TOML (as configured) data."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidArgument(f"{field_prefix}.{unknown[0]}", "unknown policy field")
+        kwargs = dict(data)
+        if "name" not in kwargs:
+            raise InvalidArgument(f"{field_prefix}.name", "missing")
+        kwargs["interactions"] = tuple(kwargs.get("interactions", ()))
+        actions = []
+        for i, a in enumerate(kwargs.get("actions", ())):
+            if not isinstance(a, Mapping) or "id" not in a:
+                raise InvalidArgument(f"{field_prefix}.actions[{i}].id", "missing")
+            feats = a.get("features", [])
+            if isinstance(feats, Mapping):  # TOML: {namespace = {feature = value}}
+                feats = [[ns, list(fs.items())] for ns, fs in feats.items()]
+            actions.append(ActionSpec(str(a["id"]), namespaces_from_json(feats)))
+        kwargs["actions"] = tuple(actions)
+        try:
+            return cls(**kwargs)
+        except TypeError as exc:
+            raise InvalidArgument(field_prefix, str(exc)) from exc
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on requests and on every in-memory buffer."""
+
+    max_actions: int = 256
+    max_features: int = 1024
+    max_request_bytes: int = 4 * 1024 * 1024
+    max_pending_joins: int = 500_000
+    max_write_queue_rows: int = 200_000
+    max_stream_inflight_batches: int = 64
+    max_reward_batch: int = 10_000
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int) or value < 1:
+                raise InvalidArgument(f"limits.{f.name}", f"must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server needs to start."""
+
+    db_url: str = "sqlite:///ltrr.db"
+    grpc_host: str = "0.0.0.0"
+    grpc_port: int = 50051
+    # -1 disables the metrics HTTP endpoint; 0 picks a free port.
+    metrics_port: int = 9464
+    snapshot_interval_seconds: float = 60.0
+    publish_interval_seconds: float = 0.05
+    write_batch_rows: int = 5000
+    metrics_window: int = 10_000
+    limits: Limits = field(default_factory=Limits)
+    policies: tuple[PolicySpec, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.db_url:
+            raise InvalidArgument("server.db_url", "is empty")
+        if not 0 <= self.grpc_port <= 65535:
+            raise InvalidArgument("server.grpc_port", f"must be in [0, 65535], got {self.grpc_port}")
+        if not -1 <= self.metrics_port <= 65535:
+            raise InvalidArgument("server.metrics_port", f"must be in [-1, 65535], got {self.metrics_port}")
+        for name in ("snapshot_interval_seconds", "publish_interval_seconds"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise InvalidArgument(f"server.{name}", f"must be a positive number, got {value}")
+        if self.write_batch_rows < 1:
+            raise InvalidArgument("server.write_batch_rows", "must be positive")
+        if self.metrics_window < 1:
+            raise InvalidArgument("server.metrics_window", "must be positive")
+        names = [p.name for p in self.policies]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise InvalidArgument(f"policies[{i}].name", f"duplicate policy {name!r}")
+
+
+_ENV = {
+    "LTRR_DB_URL": ("db_url", str),
+    "LTRR_GRPC_PORT": ("grpc_port", int),
+    "LTRR_METRICS_PORT": ("metrics_port", int),
+    "LTRR_GRPC_HOST": ("grpc_host", str),
+}
+
+
+def demo_config_text() -> str:
+    """The embedded demo configuration `ltrr serve` uses when given no --config."""
+    return resources.files("ltrr_server").joinpath("demo.toml").read_text()
+
+
+def settings_from_toml(text: str, source: str = "config") -> Settings:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidArgument(source, f"not valid TOML: {exc}") from exc
+    return settings_from_mapping(data)
+
+
+def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
+    unknown = sorted(set(data) - {"server", "limits", "policies"})
+    if unknown:
+        raise InvalidArgument(unknown[0], "unknown configuration section")
+    server = dict(data.get("server", {}))
+    known = {f.name for f in dataclasses.fields(Settings)} - {"limits", "policies"}
+    for key in server:
+        if key not in known:
+            raise InvalidArgument(f"server.{key}", "unknown setting")
+    limits_data = dict(data.get("limits", {}))
+    limit_names = {f.name for f in dataclasses.fields(Limits)}
+    for key in limits_data:
+        if key not in limit_names:
+            raise InvalidArgument(f"limits.{key}", "unknown limit")
+    policies = tuple(
+        PolicySpec.from_dict(p, field_prefix=f"policies[{i}]") for i, p in enumerate(data.get("policies", []))
+    )
+    return Settings(limits=Limits(**limits_data), policies=policies, **server)
+
+
+def load_settings(
+    config_path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Defaults < config file (or the embedded demo) < LTRR_* environment < explicit overrides."""
+    text = Path(config_path).read_text() if config_path else demo_config_text()
+    settings = settings_from_toml(text, source=str(config_path or "demo.toml"))
+    env = os.environ if env is None else env
+    changes: dict[str, Any] = {}
+    for var, (name, conv) in _ENV.items():
+        if var in env:
+            try:
+                changes[name] = conv(env[var])
+            except ValueError as exc:
+                raise InvalidArgument(var, f"cannot parse {env[var]!r}") from exc
+    changes.update({k: v for k, v in overrides.items() if v is not None})
+    return dataclasses.replace(settings, **changes) if changes else settings
+
+

@@ -1,0 +1,121 @@
+"""Namespaced features: validation, and the Vowpal Wabbit text lines built from them.
+
+Requests carry features as namespaces of (name, string | number). Here they become
+VW text, escaped so that no caller-supplied byte can change the line's structure.
+
+>>> ns = [("user", [("segment", "sports fan"), ("age", 31.0)])]
+>>> shared_line(ns)
+'shared |user segment=sports_fan age:31.0'
+>>> action_line("song:1", [])
+'|A id=song_1'
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+
+from ltrr_server.errors import InvalidArgument
+
+FeatureValue = str | float
+Namespaces = list[tuple[str, list[tuple[str, FeatureValue]]]]
+
+# Characters with a meaning in VW's text format; replaced so they stay data.
+_SPECIAL = str.maketrans({" ": "_", "\t": "_", "\n": "_", "\r": "_", "|": "_", ":": "_"})
+_SPECIAL_NAME = str.maketrans({" ": "_", "\t": "_", "\n": "_", "\r": "_", "|": "_", ":": "_", "=": "_"})
+
+ACTION_NAMESPACE = "A"
+SLOT_NAMESPACE = "S"
+MAX_NAME_LENGTH = 256
+
+
+def _escape_name(name: str) -> str:
+    return name.translate(_SPECIAL_NAME)
+
+
+def _escape_value(value: str) -> str:
+    return value.translate(_SPECIAL)
+
+
+def _namespace_text(namespaces: Namespaces) -> str:
+    parts: list[str] = []
+    for ns_name, features in namespaces:
+        items = [f"|{_escape_name(ns_name)}"]
+        for fname, value in features:
+            if isinstance(value, str):
+                items.append(f"{_escape_name(fname)}={_escape_value(value)}")
+            else:
+                items.append(f"{_escape_name(fname)}:{value!r}")
+        parts.append(" ".join(items))
+    return " ".join(parts)
+
+
+def shared_line(namespaces: Namespaces, prefix: str = "shared") -> str:
+    """The VW shared-example line for a context."""
+    text = _namespace_text(namespaces)
+    return f"{prefix} {text}" if text else prefix
+
+
+def action_line(action_id: str, namespaces: Namespaces, prefix: str = "") -> str:
+    """The VW line for one action: its id as feature ``id`` in namespace ``A``, then its features."""
+    text = _namespace_text(namespaces)
+    head = f"{prefix} |{ACTION_NAMESPACE} id={_escape_value(action_id)}".lstrip()
+    return f"{head} {text}" if text else head
+
+
+def validate_namespaces(
+    pairs: Iterable[tuple[str, Iterable[tuple[str, str | None, float | None]]]],
+    field: str,
+    max_features: int,
+) -> Namespaces:
+    """Checks namespaces given as (name, [(feature, str or None, number or None)]).
+
+    Raises InvalidArgument naming the exact field (``context[1].features[0].num``).
+    """
+    out: Namespaces = []
+    count = 0
+    for i, (ns_name, features) in enumerate(pairs):
+        where = f"{field}[{i}]"
+        if not ns_name:
+            raise InvalidArgument(f"{where}.name", "namespace name is empty")
+        if len(ns_name) > MAX_NAME_LENGTH:
+            raise InvalidArgument(f"{where}.name", f"longer than {MAX_NAME_LENGTH} characters")
+        feats: list[tuple[str, FeatureValue]] = []
+        for j, (fname, sval, nval) in enumerate(features):
+            fwhere = f"{where}.features[{j}]"
+            if not fname:
+                raise InvalidArgument(f"{fwhere}.name", "feature name is empty")
+            if len(fname) > MAX_NAME_LENGTH:
+                raise InvalidArgument(f"{fwhere}.name", f"longer than {MAX_NAME_LENGTH} characters")
+            if sval is not None:
+                if len(sval) > MAX_NAME_LENGTH:
+                    raise InvalidArgument(f"{fwhere}.str", f"longer than {MAX_NAME_LENGTH} characters")
+                feats.append((fname, sval))
+            elif nval is not None:
+                if not math.isfinite(nval):
+                    raise InvalidArgument(f"{fwhere}.num", f"must be finite, got {nval}")
+                feats.append((fname, float(nval)))
+            else:
+                raise InvalidArgument(f"{fwhere}.value", "feature has neither str nor num")
+            count += 1
+            if count > max_features:
+                raise InvalidArgument(field, f"more than {max_features} features (limits.max_features)")
+        out.append((ns_name, feats))
+    return out
+
+
+def namespaces_to_json(namespaces: Namespaces) -> list[list[object]]:
+    return [[name, [[f, v] for f, v in feats]] for name, feats in namespaces]
+
+
+def namespaces_from_json(data: Sequence[Sequence[object]]) -> Namespaces:
+    out: Namespaces = []
+    for name, feats in data:
+        assert isinstance(name, str) and isinstance(feats, list)
+        out.append((name, [(str(f), v if isinstance(v, str) else float(v)) for f, v in feats]))
+    return out
+
+
+def dumps(obj: object) -> str:
+    return json.dumps(obj, separators=(",", ":"))

@@ -1,0 +1,1 @@
+"""The learner: consumes joined events, publishes model versions, writes snapshots."""

@@ -1,0 +1,181 @@
+"""The reward joiner: rewards meet their decisions by event id within the join window.
+
+All methods run on one thread (the server's event loop); nothing here blocks or does I/O.
+A decision is pending from the moment it is made, before its row is committed, so a
+reward may arrive before the decision is durable. When the window closes (or, with
+aggregation ``first``, at the first reward) the decision is joined: its reward is the
+aggregate of the accepted rewards, or the policy's default reward when there were none.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from ltrr_server.errors import Overloaded
+
+
+class Outcome(str, Enum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    LATE = "late"
+    UNKNOWN = "unknown_event"
+    INVALID = "invalid"
+    # Not in memory: the caller must ask the database.
+    LOOKUP = "lookup"
+
+
+@dataclass(slots=True)
+class PendingDecision:
+    event_id: str
+    policy: str
+    lineage: int
+    created_at: float
+    deadline: float
+    shared: str
+    actions: list[str]
+    action_ids: list[str]
+    # Per slot: (chosen action index, probability it was drawn with).
+    chosen: list[tuple[int, float]]
+    explored: bool
+    aggregation: str
+    default_reward: float
+    rewards: list[float] = field(default_factory=list)
+    reward_ids: set[str] = field(default_factory=set)
+    oracle_best: float | None = None
+    oracle_chosen: float | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class JoinedEvent:
+    seq: int
+    event_id: str
+    policy: str
+    lineage: int
+    shared: str
+    actions: list[str]
+    action_ids: list[str]
+    chosen: list[tuple[int, float]]
+    explored: bool
+    reward: float
+    n_rewards: int
+    source: str
+    oracle_best: float | None
+    oracle_chosen: float | None
+    joined_at: float
+
+
+@dataclass(slots=True)
+class _Closed:
+    policy: str
+    deadline: float
+    reward_ids: set[str]
+
+
+def aggregate(values: list[float], how: str) -> float:
+    """>>> aggregate([1.0, 3.0], "sum"), aggregate([1.0, 3.0], "max"), aggregate([1.0, 3.0], "first")
+    (4.0, 3.0, 1.0)
+    """
+    if how == "sum":
+        return sum(values)
+    if how == "max":
+        return max(values)
+    return values[0]
+
+
+class Joiner:
+    """Pending decisions, bounded by ``max_pending``; emits ``JoinedEvent`` in join order."""
+
+    def __init__(
+        self, max_pending: int, next_seq: int, emit: Callable[[JoinedEvent], None], closed_memory: int = 200_000
+    ) -> None:
+        self._max_pending = max_pending
+        self.next_seq = next_seq
+        self._emit = emit
+        self._pending: dict[str, PendingDecision] = {}
+        self._deadlines: list[tuple[float, str]] = []
+        self._closed: OrderedDict[str, _Closed] = OrderedDict()
+        self._closed_memory = closed_memory
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def __contains__(self, event_id: str) -> bool:
+        return event_id in self._pending or event_id in self._closed
+
+    def room(self) -> int:
+        return self._max_pending - len(self._pending)
+
+    def add(self, decision: PendingDecision) -> None:
+        if len(self._pending) >= self._max_pending:
+            raise Overloaded(
+                f"{len(self._pending)} decisions wait for rewards (limits.max_pending_joins="
+                f"{self._max_pending}); retry with backoff"
+            )
+        self._pending[decision.event_id] = decision
+        heapq.heappush(self._deadlines, (decision.deadline, decision.event_id))
+
+    def reward(
+        self, event_id: str, reward_id: str, value: float, now: float,
+        oracle_best: float | None = None, oracle_chosen: float | None = None,
+    ) -> tuple[Outcome, str]:
+        """Classifies one reward and, if accepted, adds it to its decision. Returns (outcome, policy).
+
+        With aggregation ``first`` the caller joins the decision (``close_now``) once the
+        reward row is queued for the log, so the join never reaches the log before its reward.
+        """
+        pd = self._pending.get(event_id)
+        if pd is not None:
+            if reward_id in pd.reward_ids:
+                return Outcome.DUPLICATE, pd.policy
+            pd.reward_ids.add(reward_id)
+            pd.rewards.append(value)
+            if pd.oracle_best is None:
+                pd.oracle_best, pd.oracle_chosen = oracle_best, oracle_chosen
+            return Outcome.ACCEPTED, pd.policy
+        closed = self._closed.get(event_id)
+        if closed is None:
+            return Outcome.LOOKUP, ""
+        if reward_id in closed.reward_ids:
+            return Outcome.DUPLICATE, closed.policy
+        closed.reward_ids.add(reward_id)
+        # Inside the window after an early (first-reward) join: stored, but the join is decided.
+        return (Outcome.ACCEPTED if now <= closed.deadline else Outcome.LATE), closed.policy
+
+    def close_now(self, event_id: str, now: float) -> None:
+        """Joins a pending decision before its window ends (aggregation ``first``)."""
+        pd = self._pending.get(event_id)
+        if pd is not None:
+            self._join(pd, now)
+
+    def expire(self, now: float) -> int:
+        """Joins every decision whose window has closed; returns how many."""
+        n = 0
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, event_id = heapq.heappop(self._deadlines)
+            pd = self._pending.get(event_id)
+            if pd is not None:
+                self._join(pd, now)
+                n += 1
+        return n
+
+    def _join(self, pd: PendingDecision, now: float) -> None:
+        del self._pending[pd.event_id]
+        self._closed[pd.event_id] = _Closed(pd.policy, pd.deadline, pd.reward_ids)
+        if len(self._closed) > self._closed_memory:
+            self._closed.popitem(last=False)
+        if pd.rewards:
+            reward, source = aggregate(pd.rewards, pd.aggregation), "reward"
+        else:
+            reward, source = pd.default_reward, "default"
+        seq = self.next_seq
+        self.next_seq += 1
+        self._emit(JoinedEvent(
+            seq=seq, event_id=pd.event_id, policy=pd.policy, lineage=pd.lineage, shared=pd.shared,
+            actions=pd.actions, action_ids=pd.action_ids, chosen=pd.chosen, explored=pd.explored,
+            reward=reward, n_rewards=len(pd.rewards), source=source, oracle_best=pd.oracle_best,
+            oracle_chosen=pd.oracle_chosen, joined_at=now,
+        ))

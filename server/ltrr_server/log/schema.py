@@ -1,0 +1,85 @@
+"""Event-log tables (SQLAlchemy Core). Alembic migrations in ``migrations/`` create them."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT.
+_BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+policies = sa.Table(
+    "policies", metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("spec", sa.Text, nullable=False),
+    sa.Column("revision", sa.Integer, nullable=False),
+    sa.Column("lineage", sa.Integer, nullable=False),
+    # Joined events before this position belong to earlier lineages: never replayed.
+    sa.Column("lineage_start_seq", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+decisions = sa.Table(
+    "decisions", metadata,
+    sa.Column("event_id", sa.String(64), primary_key=True),
+    sa.Column("policy", sa.String(64), nullable=False),
+    sa.Column("lineage", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("deadline", sa.Float, nullable=False),
+    sa.Column("context", sa.Text, nullable=False),
+    sa.Column("actions", sa.Text, nullable=False),
+    # Per slot, the probability of every action, exactly as drawn.
+    sa.Column("probabilities", sa.Text, nullable=False),
+    # Per slot, the chosen action index.
+    sa.Column("chosen", sa.Text, nullable=False),
+    sa.Column("explored", sa.Boolean, nullable=False),
+    sa.Column("model_version", sa.BigInteger, nullable=False),
+    sa.Index("ix_decisions_policy_created", "policy", "created_at"),
+)
+
+rewards = sa.Table(
+    "rewards", metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("event_id", sa.String(64), nullable=False),
+    sa.Column("reward_id", sa.String(128), nullable=False),
+    sa.Column("value", sa.Float, nullable=False),
+    sa.Column("engaged", sa.Text, nullable=True),
+    sa.Column("oracle_best", sa.Float, nullable=True),
+    sa.Column("oracle_chosen", sa.Float, nullable=True),
+    # accepted | late
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("received_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("event_id", "reward_id", name="uq_rewards_event_reward"),
+)
+
+joined = sa.Table(
+    "joined", metadata,
+    # Assigned by the server in join order: the learner's and the snapshots' position.
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("event_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("policy", sa.String(64), nullable=False),
+    sa.Column("reward", sa.Float, nullable=False),
+    sa.Column("n_rewards", sa.Integer, nullable=False),
+    # reward | default
+    sa.Column("source", sa.String(8), nullable=False),
+    sa.Column("oracle_best", sa.Float, nullable=True),
+    sa.Column("oracle_chosen", sa.Float, nullable=True),
+    sa.Column("joined_at", sa.Float, nullable=False),
+    sa.Index("ix_joined_policy_seq", "policy", "seq"),
+)
+
+snapshots = sa.Table(
+    "snapshots", metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("policy", sa.String(64), nullable=False),
+    sa.Column("lineage", sa.Integer, nullable=False),
+    sa.Column("model_version", sa.BigInteger, nullable=False),
+    sa.Column("last_joined_seq", sa.BigInteger, nullable=False),
+    sa.Column("trigger", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("size_bytes", sa.Integer, nullable=False),
+    sa.Column("model", sa.LargeBinary, nullable=False),
+    sa.Index("ix_snapshots_policy_id", "policy", "id"),
+)

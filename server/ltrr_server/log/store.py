@@ -1,0 +1,106 @@
+"""Reads of the event log: policies, snapshots, replay and recovery, reward look-ups."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from ltrr_server.config import PolicySpec
+from ltrr_server.log import schema as t
+
+
+class EventLogStore:
+    """Synchronous queries; the server runs them at start-up or off the event loop."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    # --- policies ---------------------------------------------------------------------
+    def load_policies(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(t.policies).order_by(t.policies.c.name)).mappings().all()
+        return [dict(r) | {"spec": PolicySpec.from_dict(json.loads(r["spec"]))} for r in rows]
+
+    def insert_policy(self, spec: PolicySpec, revision: int, lineage: int, lineage_start_seq: int, now: float) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(t.policies.insert().values(
+                name=spec.name, spec=json.dumps(spec.to_dict()), revision=revision, lineage=lineage,
+                lineage_start_seq=lineage_start_seq, created_at=now, updated_at=now,
+            ))
+
+    def update_policy(self, spec: PolicySpec, revision: int, lineage: int, lineage_start_seq: int, now: float) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(t.policies.update().where(t.policies.c.name == spec.name).values(
+                spec=json.dumps(spec.to_dict()), revision=revision, lineage=lineage,
+                lineage_start_seq=lineage_start_seq, updated_at=now,
+            ))
+
+    # --- snapshots and replay ---------------------------------------------------------------
+    def latest_snapshot(self, policy: str, lineage: int) -> dict[str, Any] | None:
+        q = (sa.select(t.snapshots).where(t.snapshots.c.policy == policy, t.snapshots.c.lineage == lineage)
+             .order_by(t.snapshots.c.id.desc()).limit(1))
+        with self.engine.connect() as conn:
+            row = conn.execute(q).mappings().first()
+        return dict(row) if row else None
+
+    def latest_snapshot_id(self, policy: str) -> int:
+        q = sa.select(sa.func.max(t.snapshots.c.id)).where(t.snapshots.c.policy == policy)
+        with self.engine.connect() as conn:
+            return int(conn.execute(q).scalar() or 0)
+
+    def max_joined_seq(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.max(t.joined.c.seq))).scalar() or 0)
+
+    def joined_after(self, policy: str, seq: int, chunk: int = 5000) -> Iterator[dict[str, Any]]:
+        """Joined events of a policy after ``seq``, in order, with their decisions."""
+        d, j = t.decisions, t.joined
+        q = (sa.select(j.c.seq, j.c.reward, j.c.event_id, d.c.context, d.c.actions, d.c.chosen,
+                       d.c.probabilities, d.c.lineage)
+             .join(d, d.c.event_id == j.c.event_id)
+             .where(j.c.policy == policy, j.c.seq > seq).order_by(j.c.seq))
+        with self.engine.connect() as conn:
+            result = conn.execution_options(yield_per=chunk).execute(q).mappings()
+            for row in result:
+                yield dict(row)
+
+    def unjoined_decisions(self, policy: str, since: float) -> list[dict[str, Any]]:
+        """Decisions made since ``since`` whose join has not been written, oldest first."""
+        d, j = t.decisions, t.joined
+        q = (sa.select(d).outerjoin(j, j.c.event_id == d.c.event_id)
+             .where(d.c.policy == policy, d.c.created_at >= since, j.c.event_id.is_(None))
+             .order_by(d.c.created_at))
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def rewards_for(self, event_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+        out: dict[str, list[dict[str, Any]]] = {}
+        with self.engine.connect() as conn:
+            for i in range(0, len(event_ids), 500):
+                q = (sa.select(t.rewards).where(t.rewards.c.event_id.in_(event_ids[i:i + 500]))
+                     .order_by(t.rewards.c.id))
+                for r in conn.execute(q).mappings():
+                    out.setdefault(r["event_id"], []).append(dict(r))
+        return out
+
+    # --- reward classification for events no longer in memory ----------------------------
+    def lookup_events(self, keys: Sequence[tuple[str, str]]) -> tuple[dict[str, tuple[str, float]], set[tuple[str, str]]]:
+        """For (event_id, reward_id) pairs: {event_id: (policy, deadline)} of known decisions,
+        and the pairs already stored."""
+        event_ids = sorted({e for e, _ in keys})
+        decisions: dict[str, tuple[str, float]] = {}
+        stored: set[tuple[str, str]] = set()
+        with self.engine.connect() as conn:
+            for i in range(0, len(event_ids), 500):
+                part = event_ids[i:i + 500]
+                for e, p, dl in conn.execute(sa.select(t.decisions.c.event_id, t.decisions.c.policy,
+                                                       t.decisions.c.deadline)
+                                             .where(t.decisions.c.event_id.in_(part))):
+                    decisions[e] = (p, dl)
+                for e, r in conn.execute(sa.select(t.rewards.c.event_id, t.rewards.c.reward_id)
+                                         .where(t.rewards.c.event_id.in_(part))):
+                    stored.add((e, r))
+        return decisions, stored

@@ -1,0 +1,93 @@
+"""One Vowpal Wabbit workspace behind explicit verbs: ``predict_one`` and ``learn_one``.
+
+A model instance belongs to one thread: the learner owns one per policy and
+publishes copies (``to_bytes`` / ``from_bytes``) to the decision path, which owns its own.
+
+>>> from ltrr_server.config import PolicySpec
+>>> spec = PolicySpec(name="p", epsilon=0.2)
+>>> m = PolicyModel.create(spec)
+>>> shared = "shared |user seg=a"
+>>> actions = ["|A id=x", "|A id=y"]
+>>> [round(p, 2) for p in m.predict_one(shared, actions)[0]]
+[0.5, 0.5]
+>>> m.learn_one(shared, actions, [(1, -1.0, 0.5)])
+>>> probs = m.predict_one(shared, actions)[0]
+>>> probs[1] > probs[0]
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import vowpal_wabbit_next as vw
+
+from ltrr_server.config import PolicySpec
+from ltrr_server.features import SLOT_NAMESPACE
+
+# (chosen action index, cost, probability) per slot.
+SlotLabel = tuple[int, float, float]
+
+
+class PolicyModel:
+    """A contextual-bandit model: cb (one slot) or ccb (several slots of distinct actions)."""
+
+    def __init__(self, workspace: vw.Workspace, kind: str) -> None:
+        self._ws = workspace
+        self._parser = vw.TextFormatParser(workspace)
+        self.kind = kind
+
+    @classmethod
+    def create(cls, spec: PolicySpec) -> PolicyModel:
+        return cls(vw.Workspace(spec.vw_args()), spec.kind)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, kind: str) -> PolicyModel:
+        return cls(vw.Workspace(["--quiet"], model_data=data), kind)
+
+    def to_bytes(self) -> bytes:
+        return bytes(self._ws.serialize())
+
+    def _examples(
+        self, shared: str, actions: Sequence[str], slots: int, labels: Sequence[SlotLabel] | None
+    ) -> list[vw.Example]:
+        parse = self._parser.parse_line
+        if self.kind == "cb":
+            lines = [shared]
+            label_for = {labels[0][0]: labels[0]} if labels else {}
+            for i, line in enumerate(actions):
+                lab = label_for.get(i)
+                lines.append(f"0:{lab[1]!r}:{lab[2]!r} {line}" if lab else line)
+            return [parse(line) for line in lines]
+        lines = [f"ccb {shared}"] + [f"ccb action {a}" for a in actions]
+        for s in range(slots):
+            if labels and s < len(labels):
+                idx, cost, prob = labels[s]
+                lines.append(f"ccb slot {idx}:{cost!r}:{prob!r} |{SLOT_NAMESPACE} slot={s}")
+            else:
+                lines.append(f"ccb slot |{SLOT_NAMESPACE} slot={s}")
+        return [parse(line) for line in lines]
+
+    def predict_one(self, shared: str, actions: Sequence[str], slots: int = 1) -> list[list[float]]:
+        """Per slot, the probability of every action (by action index; 0 for actions not eligible)."""
+        examples = self._examples(shared, actions, slots, None)
+        pred = self._ws.predict_one(examples)
+        n = len(actions)
+        if self.kind == "cb":
+            probs = [0.0] * n
+            for idx, p in pred:
+                probs[idx] = float(p)
+            return [probs]
+        out = []
+        for slot_pred in pred:
+            probs = [0.0] * n
+            for idx, p in slot_pred:
+                probs[idx] = float(p)
+            out.append(probs)
+        return out
+
+    def learn_one(
+        self, shared: str, actions: Sequence[str], labels: Sequence[SlotLabel], slots: int = 1
+    ) -> None:
+        """Learns one logged decision: per slot, the chosen action, its cost (-reward) and probability."""
+        self._ws.learn_one(self._examples(shared, actions, max(slots, len(labels)), labels))

@@ -1,0 +1,83 @@
+"""A policy as the decision path sees it: its spec, its serving model and its window stats."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ltrr_server.config import ActionSpec, PolicySpec
+from ltrr_server.features import action_line, dumps, namespaces_to_json
+from ltrr_server.policy.model import PolicyModel
+from ltrr_server.regret import RewardWindow
+
+
+def sample(probs: Sequence[float], u: float) -> int:
+    """Index drawn from ``probs`` with the uniform number ``u`` in [0, 1).
+
+    >>> sample([0.2, 0.5, 0.3], 0.1), sample([0.2, 0.5, 0.3], 0.6), sample([0.2, 0.5, 0.3], 0.99)
+    (0, 1, 2)
+    """
+    total = sum(probs)
+    target = u * total
+    acc = 0.0
+    last = 0
+    for i, p in enumerate(probs):
+        if p <= 0:
+            continue
+        acc += p
+        last = i
+        if target < acc:
+            return i
+    return last
+
+
+def draw_slots(per_slot: list[list[float]], rng: random.Random) -> list[tuple[int, float, list[float]]]:
+    """Draws one distinct action per slot; each slot's distribution is renormalized over the
+    actions still free. Returns (chosen index, its probability, the slot's distribution)."""
+    taken: set[int] = set()
+    out = []
+    for probs in per_slot:
+        free = [0.0 if i in taken else p for i, p in enumerate(probs)]
+        total = sum(free)
+        if total <= 0:  # nothing left with mass: uniform over what is free
+            free = [0.0 if i in taken else 1.0 for i in range(len(probs))]
+            total = sum(free)
+        dist = [p / total for p in free]
+        idx = sample(dist, rng.random())
+        taken.add(idx)
+        out.append((idx, dist[idx], dist))
+    return out
+
+
+@dataclass
+class PolicyRuntime:
+    spec: PolicySpec
+    revision: int
+    lineage: int
+    lineage_start_seq: int
+    created_at: float
+    updated_at: float
+    serving: PolicyModel
+    model_version: int
+    window: RewardWindow
+    action_ids: list[str] = field(default_factory=list)
+    action_lines: list[str] = field(default_factory=list)
+    actions_json: str = "[]"
+    # Joined events handed to the learner (compared with what it has learned: the lag).
+    enqueued: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    true_regret_total: float = 0.0
+    last_lag_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.set_actions(self.spec.actions)
+
+    def set_actions(self, actions: Sequence[ActionSpec]) -> None:
+        """Precomputes the configured actions' VW lines and log form once, not per decision."""
+        self.action_ids = [a.id for a in actions]
+        self.action_lines = [action_line(a.id, a.features) for a in actions]
+        self.actions_json = dumps([[a.id, namespaces_to_json(a.features)] for a in actions])
+
+    def count(self, key: str, n: int = 1) -> None:
+        self.counts[key] = self.counts.get(key, 0) + n

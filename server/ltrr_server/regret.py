@@ -1,0 +1,74 @@
+"""Windowed reward, exploration and regret estimates for one policy.
+
+The estimated regret compares the logged mean reward with the best fixed action in
+hindsight, each action's value estimated by self-normalized IPS over the window:
+``V(a) = sum(r_i 1[a_i = a] / p_i) / sum(1[a_i = a] / p_i)``. It needs no ground
+truth and may be negative (the contextual policy beats every fixed action).
+
+>>> w = RewardWindow(size=100, min_support=1)
+>>> for _ in range(10):
+...     w.add("a", 0.5, 1.0, explored=False, true_regret=None)
+...     w.add("b", 0.5, 0.0, explored=True, true_regret=None)
+>>> s = w.stats()
+>>> s["mean_reward"], s["estimated_regret"], s["exploration_share"]
+(0.5, 0.5, 0.5)
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict, deque
+
+
+class RewardWindow:
+    """The last ``size`` joined events of a policy; O(1) per event, thread-safe reads."""
+
+    def __init__(self, size: int, min_support: int = 20) -> None:
+        self._size = size
+        self._min_support = min_support
+        self._events: deque[tuple[str, float, float, bool, float | None]] = deque()
+        self._reward_sum = 0.0
+        self._explored = 0
+        self._regret_sum = 0.0
+        self._regret_n = 0
+        # action -> [sum r/p, sum 1/p, count]
+        self._ips: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+        self._lock = threading.Lock()
+
+    def add(self, action: str, prob: float, reward: float, explored: bool, true_regret: float | None) -> None:
+        with self._lock:
+            self._push(action, prob, reward, explored, true_regret, 1)
+            self._events.append((action, prob, reward, explored, true_regret))
+            if len(self._events) > self._size:
+                self._push(*self._events.popleft(), -1)
+
+    def _push(self, action: str, prob: float, reward: float, explored: bool, regret: float | None, sign: int) -> None:
+        w = 1.0 / max(prob, 1e-6)
+        acc = self._ips[action]
+        acc[0] += sign * reward * w
+        acc[1] += sign * w
+        acc[2] += sign
+        if acc[2] == 0:
+            del self._ips[action]
+        self._reward_sum += sign * reward
+        self._explored += sign * int(explored)
+        if regret is not None:
+            self._regret_sum += sign * regret
+            self._regret_n += sign
+
+    def stats(self) -> dict[str, float]:
+        with self._lock:
+            n = len(self._events)
+            if n == 0:
+                return {"mean_reward": 0.0, "estimated_regret": 0.0, "true_regret_mean": 0.0,
+                        "exploration_share": 0.0, "events": 0.0}
+            mean = self._reward_sum / n
+            values = [a[0] / a[1] for a in self._ips.values() if a[2] >= self._min_support and a[1] > 0]
+            best = max(values) if values else mean
+            return {
+                "mean_reward": mean,
+                "estimated_regret": best - mean,
+                "true_regret_mean": self._regret_sum / self._regret_n if self._regret_n else 0.0,
+                "exploration_share": self._explored / n,
+                "events": float(n),
+            }
