@@ -456,7 +456,7 @@ class Ltrr:
 
     async def create_policy(self, spec: PolicySpec) -> PolicyInfo:
         if spec.name in self.policies:
-            raise AlreadyExists(f"policy {spec.name!r} exists", field="spec.name")
+            raise AlreadyExists(f"spec.name: policy {spec.name!r} exists already", field="spec.name")
         now = time.time()
         start = self.joiner.next_seq
         await asyncio.to_thread(self.store.insert_policy, spec, 1, 1, start, now)

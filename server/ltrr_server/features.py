@@ -6,6 +6,8 @@ VW text, escaped so that no caller-supplied byte can change the line's structure
 >>> ns = [("user", [("segment", "sports fan"), ("age", 31.0)])]
 >>> shared_line(ns)
 'shared |user segment=sports_fan age:31.0'
+>>> shared_line([])
+'shared |'
 >>> action_line("song:1", [])
 '|A id=song_1'
 """
@@ -53,8 +55,8 @@ def _namespace_text(namespaces: Namespaces) -> str:
 
 def shared_line(namespaces: Namespaces, prefix: str = "shared") -> str:
     """The VW shared-example line for a context."""
-    text = _namespace_text(namespaces)
-    return f"{prefix} {text}" if text else prefix
+    # A bare "shared" is not parsed as a shared example: keep an (empty) namespace.
+    return f"{prefix} {_namespace_text(namespaces) or '|'}"
 
 
 def action_line(action_id: str, namespaces: Namespaces, prefix: str = "") -> str:

@@ -1,0 +1,151 @@
+"""Shared fixtures: real databases (SQLite files, PostgreSQL databases) and real servers on free ports."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from prometheus_client import CollectorRegistry
+
+from ltrr_server.app import LtrrServer, build_server
+from ltrr_server.config import ActionSpec, PolicySpec, Settings
+
+PG_URL = os.environ.get("LTRR_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+# CI sets this so that an unreachable PostgreSQL fails the run instead of skipping.
+REQUIRE_PG = os.environ.get("LTRR_REQUIRE_PG") == "1"
+
+
+def _pg_reachable() -> str:
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_URL, connect_timeout=3):
+            return ""
+    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+        return f"{type(exc).__name__}: {exc}"
+
+
+_PG_PROBLEM: str | None = None
+
+
+def pg_problem() -> str:
+    global _PG_PROBLEM
+    if _PG_PROBLEM is None:
+        _PG_PROBLEM = _pg_reachable()
+    return _PG_PROBLEM
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    problem = pg_problem()
+    if problem:
+        if REQUIRE_PG:
+            pytest.fail(f"PostgreSQL required (LTRR_REQUIRE_PG=1) but not reachable at {PG_URL}: {problem}")
+        pytest.skip(f"no PostgreSQL server reachable at {PG_URL} ({problem}); set LTRR_TEST_PG_URL")
+    import psycopg
+
+    name = f"ltrr_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_URL.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ltrr.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'ltrr.db'}"
+
+
+def demo_policy(**changes: Any) -> PolicySpec:
+    base = PolicySpec(
+        name="demo", epsilon=0.1, interactions=("uA",), join_window_seconds=30.0,
+        actions=tuple(ActionSpec(a) for a in ("news", "sports", "music", "movies")),
+    )
+    return replace(base, **changes)
+
+
+def test_settings(db_url: str, *policies: PolicySpec, **changes: Any) -> Settings:
+    return Settings(
+        db_url=db_url, grpc_host="127.0.0.1", grpc_port=0, metrics_port=0, publish_interval_seconds=0.02,
+        snapshot_interval_seconds=3600.0, policies=policies or (demo_policy(),), **changes,
+    )
+
+
+test_settings.__test__ = False  # type: ignore[attr-defined]
+
+
+class ServerThread:
+    """A real ltrr server on its own event loop thread, on a free port."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.registry = CollectorRegistry()
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.server: LtrrServer
+        self.server, self.port = self.call(build_server(settings, self.registry))
+        self.target = f"127.0.0.1:{self.port}"
+        self.metrics_url = f"http://127.0.0.1:{self.server.metrics_port}/metrics"
+
+    def call(self, coro: Any, timeout: float = 60) -> Any:
+        fut: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return fut.result(timeout)
+
+    @property
+    def core(self) -> Any:
+        return self.server.core
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(self.target)
+
+    def stop(self) -> None:
+        self.call(self.server.stop(grace=1.0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+
+@pytest.fixture
+def make_server() -> Iterator[Any]:
+    started: list[ServerThread] = []
+
+    def make(settings: Settings) -> ServerThread:
+        s = ServerThread(settings)
+        started.append(s)
+        return s
+
+    yield make
+    for s in started:
+        if s.loop.is_running():
+            s.stop()
+
+
+@pytest.fixture
+def server(make_server: Any, db_url: str) -> ServerThread:
+    return make_server(test_settings(db_url))  # type: ignore[no-any-return]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

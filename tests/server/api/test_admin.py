@@ -1,0 +1,104 @@
+"""AdminService: create, update, list, describe, snapshot, statistics; all of it persists."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from ltrr.v1 import admin_pb2, admin_pb2_grpc, common_pb2, decisions_pb2_grpc
+from ltrr_client.client import decide_request
+from tests.conftest import ServerThread, test_settings
+from tests.helpers import rows
+
+
+def admin(server: ServerThread) -> admin_pb2_grpc.AdminServiceStub:
+    return admin_pb2_grpc.AdminServiceStub(server.channel())
+
+
+def ccb_spec(name: str = "rows", **kw: object) -> admin_pb2.PolicySpec:
+    return admin_pb2.PolicySpec(
+        name=name, kind=admin_pb2.POLICY_KIND_CCB, exploration=admin_pb2.EXPLORATION_EPSILON, epsilon=0.2,
+        actions=[common_pb2.Action(id=a) for a in ("a", "b", "c", "d")], slots=3, join_window_seconds=5,
+        aggregation=admin_pb2.AGGREGATION_SUM, **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_create_describe_list_and_decide_multi_slot(server: ServerThread) -> None:
+    a = admin(server)
+    created = a.CreatePolicy(admin_pb2.CreatePolicyRequest(spec=ccb_spec()))
+    assert (created.spec.name, created.revision, created.lineage) == ("rows", 1, 1)
+    assert a.GetPolicy(admin_pb2.GetPolicyRequest(name="rows")).spec.slots == 3
+    assert [p.spec.name for p in a.ListPolicies(admin_pb2.ListPoliciesRequest()).policies] == ["demo", "rows"]
+
+    resp = decisions_pb2_grpc.DecisionServiceStub(server.channel()).Decide(decide_request("rows"))
+    chosen = [s.chosen_action_id for s in resp.slots]
+    assert len(chosen) == 3 and len(set(chosen)) == 3
+    for slot in resp.slots:
+        assert sum(p.probability for p in slot.probabilities) == pytest.approx(1.0)
+        assert slot.probability == pytest.approx(
+            {p.action_id: p.probability for p in slot.probabilities}[slot.chosen_action_id])
+
+
+@pytest.mark.parametrize("spec,field", [
+    (admin_pb2.PolicySpec(name="bad name!"), "spec.name"),
+    (admin_pb2.PolicySpec(name="p", epsilon=1.5), "spec.epsilon"),
+    (admin_pb2.PolicySpec(name="p", interactions=["toolong"]), "spec.interactions[0]"),
+    (admin_pb2.PolicySpec(name="p", actions=[common_pb2.Action(id="a"), common_pb2.Action(id="a")]),
+     "spec.actions[1].id"),
+    (admin_pb2.PolicySpec(name="p", join_window_seconds=-1), "spec.join_window_seconds"),
+    (admin_pb2.PolicySpec(name="p", default_reward=float("nan")), "spec.default_reward"),
+    (admin_pb2.PolicySpec(name="p", kind=admin_pb2.POLICY_KIND_CB, slots=2), "spec.slots"),
+    (admin_pb2.PolicySpec(name="p", bits=40), "spec.bits"),
+    (admin_pb2.PolicySpec(name="demo"), "spec.name"),
+], ids=["name", "epsilon", "interaction", "duplicate action", "window", "NaN default", "cb slots", "bits",
+        "exists"])
+def test_invalid_policy_specs_name_the_field(server: ServerThread, spec: admin_pb2.PolicySpec, field: str) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        admin(server).CreatePolicy(admin_pb2.CreatePolicyRequest(spec=spec))
+    assert err.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS)
+    assert field in err.value.details()
+
+
+def test_update_live_fields_and_learning_fields(server: ServerThread) -> None:
+    a = admin(server)
+    spec = a.GetPolicy(admin_pb2.GetPolicyRequest(name="demo")).spec
+    spec.join_window_seconds = 99
+    spec.description = "longer window"
+    live = a.UpdatePolicy(admin_pb2.UpdatePolicyRequest(spec=spec))
+    assert (live.model_reset, live.policy.revision, live.policy.lineage) == (False, 2, 1)
+    spec.exploration = admin_pb2.EXPLORATION_SOFTMAX
+    spec.softmax_lambda = 5
+    reset = a.UpdatePolicy(admin_pb2.UpdatePolicyRequest(spec=spec))
+    assert (reset.model_reset, reset.policy.revision, reset.policy.lineage) == (True, 3, 2)
+    with pytest.raises(grpc.RpcError) as err:
+        a.UpdatePolicy(admin_pb2.UpdatePolicyRequest(spec=admin_pb2.PolicySpec(name="missing")))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_policies_and_changes_persist_across_restart(make_server: object, db_url: str) -> None:
+    first = make_server(test_settings(db_url))  # type: ignore[operator]
+    a = admin(first)
+    a.CreatePolicy(admin_pb2.CreatePolicyRequest(spec=ccb_spec()))
+    spec = a.GetPolicy(admin_pb2.GetPolicyRequest(name="demo")).spec
+    spec.description = "changed by admin"
+    a.UpdatePolicy(admin_pb2.UpdatePolicyRequest(spec=spec))
+    first.stop()
+
+    second = make_server(test_settings(db_url))  # type: ignore[operator]
+    b = admin(second)
+    assert {p.spec.name for p in b.ListPolicies(admin_pb2.ListPoliciesRequest()).policies} == {"demo", "rows"}
+    demo = b.GetPolicy(admin_pb2.GetPolicyRequest(name="demo"))
+    assert (demo.spec.description, demo.revision) == ("changed by admin", 2)
+
+
+def test_snapshot_now_and_stats(server: ServerThread) -> None:
+    a = admin(server)
+    snap = a.SnapshotPolicy(admin_pb2.SnapshotPolicyRequest(name="demo"))
+    assert snap.snapshot_id >= 1 and snap.size_bytes > 0 and snap.policy == "demo"
+    stored = rows(server.settings.db_url, "snapshots", "id = :i", i=snap.snapshot_id)
+    assert stored[0]["trigger"] == "admin" and len(stored[0]["model"]) == snap.size_bytes
+    stats = a.GetPolicyStats(admin_pb2.GetPolicyStatsRequest(name="demo"))
+    assert stats.policy == "demo" and stats.last_snapshot_id == snap.snapshot_id
+    with pytest.raises(grpc.RpcError) as err:
+        a.SnapshotPolicy(admin_pb2.SnapshotPolicyRequest(name="ghost"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND

@@ -1,0 +1,134 @@
+"""FeedbackService: acks after commit, join outcomes, learning, bad input."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+
+import grpc
+import pytest
+
+from ltrr.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2_grpc, feedback_pb2, feedback_pb2_grpc
+from ltrr_client.client import decide_request, reward_event
+from tests.conftest import ServerThread, demo_policy, test_settings
+from tests.helpers import rows, wait_for
+
+R = feedback_pb2
+
+
+def _stubs(server: ServerThread) -> tuple[decisions_pb2_grpc.DecisionServiceStub, feedback_pb2_grpc.FeedbackServiceStub]:
+    ch = server.channel()
+    return decisions_pb2_grpc.DecisionServiceStub(ch), feedback_pb2_grpc.FeedbackServiceStub(ch)
+
+
+def test_report_reward_is_committed_before_the_ack(server: ServerThread) -> None:
+    dec, fb = _stubs(server)
+    d = dec.Decide(decide_request("demo"))
+    ack = fb.ReportReward(reward_event(d.event_id, 1.0, engaged=["item-9"]))
+    assert ack.status == R.REWARD_STATUS_ACCEPTED
+    # No waiting: the ack promises the row is there.
+    stored = rows(server.settings.db_url, "rewards", "event_id = :e", e=d.event_id)
+    assert [(r["value"], r["status"], r["engaged"]) for r in stored] == [(1.0, "accepted", '["item-9"]')]
+    assert rows(server.settings.db_url, "decisions", "event_id = :e", e=d.event_id)
+    again = fb.ReportReward(reward_event(d.event_id, 1.0))
+    assert again.status == R.REWARD_STATUS_DUPLICATE
+    assert len(rows(server.settings.db_url, "rewards", "event_id = :e", e=d.event_id)) == 1
+
+
+@pytest.mark.parametrize("event,code,field", [
+    (reward_event("", 1.0), grpc.StatusCode.INVALID_ARGUMENT, "event_id"),
+    (reward_event("e", math.nan), grpc.StatusCode.INVALID_ARGUMENT, "value"),
+    (reward_event("e", math.inf), grpc.StatusCode.INVALID_ARGUMENT, "value"),
+    (reward_event("e", 1.0, oracle_best=math.nan), grpc.StatusCode.INVALID_ARGUMENT, "oracle_best_value"),
+    (reward_event("x" * 65, 1.0), grpc.StatusCode.INVALID_ARGUMENT, "event_id"),
+    (reward_event("no-such-event", 1.0), grpc.StatusCode.NOT_FOUND, "no-such-event"),
+], ids=["empty event id", "NaN", "infinite", "NaN oracle", "long event id", "unknown event"])
+def test_bad_rewards_get_a_clear_status(server: ServerThread, event: R.RewardEvent, code: grpc.StatusCode,
+                                        field: str) -> None:
+    _, fb = _stubs(server)
+    with pytest.raises(grpc.RpcError) as err:
+        fb.ReportReward(event)
+    assert err.value.code() == code
+    assert field in (err.value.details() or "")
+    assert rows(server.settings.db_url, "rewards") == []
+
+
+def test_stream_acks_every_event_with_its_status_and_keeps_going(server: ServerThread) -> None:
+    dec, fb = _stubs(server)
+    ids = [dec.Decide(decide_request("demo")).event_id for _ in range(5)]
+    batch1 = [reward_event(ids[0], 1.0), reward_event("ghost", 1.0), reward_event(ids[1], math.nan),
+              reward_event(ids[2], 0.5, reward_id="a"), reward_event(ids[2], 0.5, reward_id="a")]
+    batch2 = [reward_event(ids[3], 1.0), reward_event(ids[4], 0.0)]
+    acks = list(fb.StreamRewards(iter([R.RewardBatch(events=batch1), R.RewardBatch(events=batch2)])))
+    assert [[a.status for a in b.acks] for b in acks] == [
+        [R.REWARD_STATUS_ACCEPTED, R.REWARD_STATUS_UNKNOWN_EVENT, R.REWARD_STATUS_INVALID,
+         R.REWARD_STATUS_ACCEPTED, R.REWARD_STATUS_DUPLICATE],
+        [R.REWARD_STATUS_ACCEPTED, R.REWARD_STATUS_ACCEPTED],
+    ]
+    assert "value" in acks[0].acks[2].message
+    stored = {(r["event_id"], r["reward_id"]) for r in rows(server.settings.db_url, "rewards")}
+    assert stored == {(ids[0], ""), (ids[2], "a"), (ids[3], ""), (ids[4], "")}
+
+
+def test_join_window_default_reward_and_late_rewards(make_server: object, db_url: str) -> None:
+    policy = demo_policy(join_window_seconds=0.3, aggregation="sum", default_reward=-0.25)
+    server = make_server(test_settings(db_url, policy))  # type: ignore[operator]
+    dec, fb = _stubs(server)
+    silent = dec.Decide(decide_request("demo")).event_id
+    rewarded = dec.Decide(decide_request("demo")).event_id
+    fb.ReportReward(reward_event(rewarded, 1.0, reward_id="r1"))
+    fb.ReportReward(reward_event(rewarded, 2.0, reward_id="r2"))
+    joined = wait_for(lambda: {r["event_id"]: r for r in rows(db_url, "joined")} if
+                      len(rows(db_url, "joined")) == 2 else None, what="both joins")
+    assert (joined[silent]["source"], joined[silent]["reward"]) == ("default", -0.25)
+    assert (joined[rewarded]["source"], joined[rewarded]["reward"], joined[rewarded]["n_rewards"]) == \
+        ("reward", 3.0, 2)
+    late = fb.ReportReward(reward_event(rewarded, 5.0, reward_id="r3"))
+    assert late.status == R.REWARD_STATUS_LATE
+    assert [r["status"] for r in rows(db_url, "rewards", "reward_id = 'r3'")] == ["late"]
+    stats = admin_pb2_grpc.AdminServiceStub(server.channel()).GetPolicyStats(admin_pb2.GetPolicyStatsRequest(name="demo"))
+    assert (stats.rewards_late, stats.joined, stats.joined_default) == (1, 2, 1)
+
+
+def test_policy_learns_from_rewards_within_seconds(server: ServerThread) -> None:
+    dec, fb = _stubs(server)
+    ctx = {"user": {"segment": "fans"}}
+    start = time.monotonic()
+    for _ in range(40):
+        events = []
+        for _ in range(25):
+            d = dec.Decide(decide_request("demo", ctx))
+            events.append(reward_event(d.event_id, 1.0 if d.chosen_action_id == "music" else 0.0))
+        list(fb.StreamRewards(iter([R.RewardBatch(events=events)])))
+    probs = wait_for(lambda: (lambda r: r if max(r, key=r.get) == "music" else None)(
+        {p.action_id: p.probability for p in dec.Decide(decide_request("demo", ctx)).probabilities}),
+        what="music to become the greedy action")
+    assert probs["music"] == pytest.approx(0.9 + 0.1 / 4, abs=1e-6)  # epsilon 0.1 over 4 actions
+    assert time.monotonic() - start < 30
+
+
+def test_write_queue_bound_gives_resource_exhausted(make_server: object, sqlite_url: str) -> None:
+    from ltrr_server.config import Limits
+
+    settings = replace(test_settings(sqlite_url), limits=Limits(max_reward_batch=10))
+    server = make_server(settings)  # type: ignore[operator]
+    dec, fb = _stubs(server)
+    d = dec.Decide(decide_request("demo"))
+    events = [reward_event(d.event_id, 1.0, reward_id=str(i)) for i in range(11)]
+    [acks] = list(fb.StreamRewards(iter([R.RewardBatch(events=events)])))
+    assert all(a.status == R.REWARD_STATUS_INVALID and "max_reward_batch" in a.message for a in acks.acks)
+    assert rows(sqlite_url, "rewards") == []
+
+
+def test_pending_joins_are_bounded(make_server: object, sqlite_url: str) -> None:
+    from ltrr_server.config import Limits
+
+    server = make_server(replace(test_settings(sqlite_url), limits=Limits(max_pending_joins=5)))  # type: ignore[operator]
+    dec, _ = _stubs(server)
+    for _ in range(5):
+        dec.Decide(decide_request("demo"))
+    with pytest.raises(grpc.RpcError) as err:
+        dec.Decide(decide_request("demo"))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max_pending_joins" in err.value.details()

@@ -1,0 +1,211 @@
+"""Restarts: graceful (snapshot on shutdown) and SIGKILL mid-stream (replay after the snapshot)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ltrr.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2_grpc, feedback_pb2, feedback_pb2_grpc
+from ltrr_client.client import decide_request, reward_event
+from tests.conftest import free_port, test_settings
+from tests.helpers import rows, wait_for
+
+CONFIG = """
+[server]
+publish_interval_seconds = 0.02
+snapshot_interval_seconds = 3600
+
+[[policies]]
+name = "demo"
+# Softmax: probabilities move with every learned event, so equality after a restart
+# shows the model state itself came back, not only its greedy choice.
+exploration = "softmax"
+softmax_lambda = 3.0
+interactions = ["uA"]
+join_window_seconds = 60
+[[policies.actions]]
+id = "news"
+[[policies.actions]]
+id = "sports"
+[[policies.actions]]
+id = "music"
+
+[[policies]]
+name = "stream"
+epsilon = 0.1
+join_window_seconds = 60
+[[policies.actions]]
+id = "a"
+[[policies.actions]]
+id = "b"
+"""
+
+PROBES = [{"user": {"segment": f"s{i}"}} for i in range(6)]
+
+
+class ServerProcess:
+    """`ltrr serve` in a child process, as an operator runs it."""
+
+    def __init__(self, tmp: Path, db_url: str) -> None:
+        cfg = tmp / "ltrr.toml"
+        cfg.write_text(CONFIG)
+        self.port = free_port()
+        self.log = open(tmp / f"server-{self.port}.log", "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ltrr_client.cli", "serve", "--config", str(cfg), "--db", db_url,
+             "--grpc-port", str(self.port), "--metrics-port", "-1", "--host", "127.0.0.1"],
+            stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        self.target = f"127.0.0.1:{self.port}"
+        channel = grpc.insecure_channel(self.target)
+        health = health_pb2_grpc.HealthStub(channel)
+
+        def serving() -> bool:
+            assert self.proc.poll() is None, (tmp / f"server-{self.port}.log").read_text()
+            try:
+                return health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
+                    health_pb2.HealthCheckResponse.SERVING
+            except grpc.RpcError:
+                return False
+
+        wait_for(serving, timeout=60, what="server health SERVING")
+        self.channel = channel
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(60)
+
+
+def probabilities(channel: grpc.Channel, policy: str = "demo") -> list[list[float]]:
+    dec = decisions_pb2_grpc.DecisionServiceStub(channel)
+    return [[p.probability for p in dec.Decide(decide_request(policy, ctx)).probabilities] for ctx in PROBES]
+
+
+def flat(probs: list[list[float]]) -> list[float]:
+    return [p for row in probs for p in row]
+
+
+def teach(channel: grpc.Channel, n: int) -> None:
+    """Rewards 'music' for even segments and 'news' for odd ones."""
+    dec = decisions_pb2_grpc.DecisionServiceStub(channel)
+    fb = feedback_pb2_grpc.FeedbackServiceStub(channel)
+    events = []
+    for i in range(n):
+        seg = i % 6
+        d = dec.Decide(decide_request("demo", PROBES[seg]))
+        good = "music" if seg % 2 == 0 else "news"
+        events.append(reward_event(d.event_id, 1.0 if d.chosen_action_id == good else 0.0))
+    acks = list(feedback_pb2_grpc.FeedbackServiceStub(channel).StreamRewards(
+        iter([feedback_pb2.RewardBatch(events=events[i:i + 100]) for i in range(0, n, 100)])))
+    assert all(a.status == feedback_pb2.REWARD_STATUS_ACCEPTED for b in acks for a in b.acks)
+    del fb
+
+
+def learned_all(channel: grpc.Channel, policy: str = "demo") -> bool:
+    s = admin_pb2_grpc.AdminServiceStub(channel).GetPolicyStats(admin_pb2.GetPolicyStatsRequest(name=policy))
+    return s.learned == s.joined and s.learner_lag_events == 0
+
+
+@pytest.mark.parametrize("db", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_sigkill_mid_stream_loses_no_acked_reward_and_restores_the_policy(
+    tmp_path: Path, db: str, request: pytest.FixtureRequest
+) -> None:
+    db_url = f"sqlite:///{tmp_path / 'ltrr.db'}" if db == "sqlite" else request.getfixturevalue("pg_url")
+    first = ServerProcess(tmp_path, db_url)
+    # A snapshot part-way, then more learning that only a replay can bring back.
+    teach(first.channel, 600)
+    wait_for(lambda: learned_all(first.channel), what="learner to catch up")
+    admin_pb2_grpc.AdminServiceStub(first.channel).SnapshotPolicy(admin_pb2.SnapshotPolicyRequest(name="demo"))
+    teach(first.channel, 600)
+    wait_for(lambda: learned_all(first.channel), what="learner to catch up")
+    # Two probes agreeing means no publish is in flight.
+    before = wait_for(lambda: (lambda a, b: a if a == b else None)(probabilities(first.channel),
+                                                                    probabilities(first.channel)))
+    assert max(flat(before)) > 0.6, "the policy must have learned something worth restoring"
+
+    # A reward stream on another policy, killed in the middle.
+    dec = decisions_pb2_grpc.DecisionServiceStub(first.channel)
+    event_ids = [dec.Decide(decide_request("stream")).event_id for _ in range(3000)]
+    acked: list[str] = []
+
+    def batches():  # type: ignore[no-untyped-def]
+        for i in range(0, len(event_ids), 50):
+            yield feedback_pb2.RewardBatch(events=[reward_event(e, 1.0) for e in event_ids[i:i + 50]])
+            time.sleep(0.002)
+
+    def consume() -> None:
+        try:
+            for ack_batch in feedback_pb2_grpc.FeedbackServiceStub(first.channel).StreamRewards(batches()):
+                acked.extend(a.event_id for a in ack_batch.acks if a.status == feedback_pb2.REWARD_STATUS_ACCEPTED)
+        except grpc.RpcError:
+            pass  # the server died under us: expected
+
+    t = threading.Thread(target=consume)
+    t.start()
+    wait_for(lambda: len(acked) >= 500, what="some acks")
+    first.kill()
+    t.join(10)
+    assert 500 <= len(acked) < 3000, "the kill must land mid-stream"
+
+    stored = {r["event_id"] for r in rows(db_url, "rewards")}
+    missing = set(acked) - stored
+    assert not missing, f"{len(missing)} acknowledged rewards lost"
+
+    second = ServerProcess(tmp_path, db_url)
+    after = probabilities(second.channel)
+    assert flat(after) == pytest.approx(flat(before), abs=1e-6)
+    # Every stored reward is joined after the restart: none were dropped by recovery.
+    wait_for(lambda: learned_all(second.channel, "stream"), what="recovered joins learned")
+    joined_stream = {r["event_id"] for r in rows(db_url, "joined", "policy = 'stream'")}
+    assert set(acked) <= joined_stream
+    assert second.terminate() == 0
+
+
+def test_graceful_stop_snapshots_and_restart_replays_nothing(tmp_path: Path) -> None:
+    db_url = f"sqlite:///{tmp_path / 'ltrr.db'}"
+    first = ServerProcess(tmp_path, db_url)
+    teach(first.channel, 300)
+    wait_for(lambda: learned_all(first.channel), what="learner to catch up")
+    before = probabilities(first.channel)
+    assert first.terminate() == 0
+    snaps = rows(db_url, "snapshots", "trigger = 'shutdown'")
+    assert {s["policy"] for s in snaps} == {"demo"}
+    assert snaps[0]["last_joined_seq"] == max(r["seq"] for r in rows(db_url, "joined"))
+    second = ServerProcess(tmp_path, db_url)
+    assert flat(probabilities(second.channel)) == pytest.approx(flat(before), abs=1e-6)
+    log_text = Path(second.log.name).read_text()
+    assert "policy demo: lineage 1, snapshot" in log_text and "replayed 0 joined events" in log_text
+    second.terminate()
+
+
+def test_in_process_restart_keeps_pending_joins(make_server: object, sqlite_url: str) -> None:
+    from tests.conftest import demo_policy
+
+    settings = test_settings(sqlite_url, demo_policy(join_window_seconds=1.0, aggregation="sum"))
+    first = make_server(settings)  # type: ignore[operator]
+    dec = decisions_pb2_grpc.DecisionServiceStub(first.channel())
+    fb = feedback_pb2_grpc.FeedbackServiceStub(first.channel())
+    e = dec.Decide(decide_request("demo")).event_id
+    assert fb.ReportReward(reward_event(e, 2.0, reward_id="x")).status == feedback_pb2.REWARD_STATUS_ACCEPTED
+    first.stop()
+    assert rows(sqlite_url, "joined") == []  # the window was still open at the stop
+    second = make_server(settings)  # type: ignore[operator]
+    fb2 = feedback_pb2_grpc.FeedbackServiceStub(second.channel())
+    assert fb2.ReportReward(reward_event(e, 3.0, reward_id="y")).status == feedback_pb2.REWARD_STATUS_ACCEPTED
+    assert fb2.ReportReward(reward_event(e, 3.0, reward_id="x")).status == feedback_pb2.REWARD_STATUS_DUPLICATE
+    joined = wait_for(lambda: rows(sqlite_url, "joined"), what="join after restart")
+    assert (joined[0]["reward"], joined[0]["n_rewards"]) == (5.0, 2)
+
+
