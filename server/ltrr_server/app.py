@@ -93,7 +93,9 @@ async def build_server(settings: Settings, registry: CollectorRegistry | None = 
 
 
 def _redact(url: str) -> str:
-    """>>> _redact("postgresql://u:secret@h/db")
+    """A database URL fit for a log line.
+
+    >>> _redact("postgresql://u:secret@h/db")
     'postgresql://u:***@h/db'
     """
     if "@" in url and "://" in url:

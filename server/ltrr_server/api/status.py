@@ -26,7 +26,9 @@ _CODES: list[tuple[type[errors.LtrrError], grpc.StatusCode]] = [
 
 
 def code_for(exc: BaseException) -> grpc.StatusCode:
-    """>>> code_for(errors.NotFound("x")).name
+    """The status code for an exception; anything unexpected is INTERNAL.
+
+    >>> code_for(errors.NotFound("x")).name
     'NOT_FOUND'
     """
     for cls, code in _CODES:

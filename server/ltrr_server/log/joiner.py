@@ -76,7 +76,9 @@ class _Closed:
 
 
 def aggregate(values: list[float], how: str) -> float:
-    """>>> aggregate([1.0, 3.0], "sum"), aggregate([1.0, 3.0], "max"), aggregate([1.0, 3.0], "first")
+    """The joined reward from the accepted rewards.
+
+    >>> aggregate([1.0, 3.0], "sum"), aggregate([1.0, 3.0], "max"), aggregate([1.0, 3.0], "first")
     (4.0, 3.0, 1.0)
     """
     if how == "sum":

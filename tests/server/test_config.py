@@ -1,0 +1,86 @@
+"""Configuration: TOML, environment and flags, and errors that name the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ltrr_server.config import PolicySpec, Settings, load_settings, settings_from_toml
+from ltrr_server.errors import InvalidArgument
+
+
+def test_embedded_demo_config_is_valid() -> None:
+    s = load_settings(env={})
+    assert (s.db_url, s.grpc_port, s.metrics_port) == ("sqlite:///ltrr.db", 50051, 9464)
+    assert [p.name for p in s.policies] == ["demo"]
+    assert [a.id for a in s.policies[0].actions] == ["news", "sports", "music", "movies"]
+
+
+def test_file_then_environment_then_flags(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[server]\ndb_url = "sqlite:///from-file.db"\ngrpc_port = 6000\nmetrics_port = 6001\n')
+    s = load_settings(cfg, env={"LTRR_GRPC_PORT": "7000", "LTRR_DB_URL": "postgresql://u@h/db"}, metrics_port=-1)
+    assert (s.db_url, s.grpc_port, s.metrics_port) == ("postgresql://u@h/db", 7000, -1)
+
+
+def test_toml_actions_with_features() -> None:
+    s = settings_from_toml('''
+[[policies]]
+name = "p"
+[[policies.actions]]
+id = "a"
+features = { item = { genre = "jazz", year = 1959 } }
+''')
+    assert s.policies[0].actions[0].features == [("item", [("genre", "jazz"), ("year", 1959.0)])]
+
+
+@pytest.mark.parametrize("toml,field", [
+    ('[server]\ngrpc_port = 70000', "server.grpc_port"),
+    ('[server]\nnope = 1', "server.nope"),
+    ('[limits]\nmax_actions = 0', "limits.max_actions"),
+    ('[limits]\nmax_things = 3', "limits.max_things"),
+    ('[whatever]\n', "whatever"),
+    ('[[policies]]\nname = "p"\nexploration = "greedy"', "spec.exploration"),
+    ('[[policies]]\nname = "p"\nkind = "slates"', "spec.kind"),
+    ('[[policies]]\nname = "p"\naggregation = "mean"', "spec.aggregation"),
+    ('[[policies]]\nname = "p"\nflavour = 1', "policies[0].flavour"),
+    ('[[policies]]\nepsilon = 0.1', "policies[0].name"),
+    ('[[policies]]\nname = "p"\n[[policies]]\nname = "p"', "policies[1].name"),
+    ('[[policies]]\nname = "p"\n[[policies.actions]]\nfeatures = {}', "policies[0].actions[0].id"),
+    ('[server\n', "config"),
+], ids=lambda v: v if "." in v or v in ("whatever", "config") else None)
+def test_invalid_configuration_names_the_field(toml: str, field: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        settings_from_toml(toml)
+    assert err.value.field == field or field in str(err.value)
+
+
+def test_bad_environment_value_names_the_variable() -> None:
+    with pytest.raises(InvalidArgument, match="LTRR_GRPC_PORT"):
+        load_settings(env={"LTRR_GRPC_PORT": "fifty"})
+
+
+@pytest.mark.parametrize("exploration,expected", [
+    ("epsilon", ["--epsilon", "0.05"]),
+    ("softmax", ["--softmax", "--lambda", "10.0"]),
+    ("bag", ["--bag", "4", "--epsilon", "0.05"]),
+    ("cover", ["--cover", "4", "--epsilon", "0.05"]),
+    ("squarecb", ["--squarecb", "--gamma_scale", "10.0"]),
+    ("rnd", ["--rnd", "4", "--epsilon", "0.05"]),
+])
+def test_every_exploration_builds_a_working_vw_model(exploration: str, expected: list[str]) -> None:
+    from ltrr_server.policy.model import PolicyModel
+
+    spec = PolicySpec(name="p", exploration=exploration, interactions=("uA",))
+    args = spec.vw_args()
+    assert args[1:1 + len(expected)] == expected
+    m = PolicyModel.create(spec)
+    m.learn_one("shared |user s=a", ["|A id=x", "|A id=y"], [(0, -1.0, 0.5)])
+    [probs] = m.predict_one("shared |user s=a", ["|A id=x", "|A id=y"])
+    assert sum(probs) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_settings_reject_duplicate_policies() -> None:
+    with pytest.raises(InvalidArgument, match=r"policies\[1\]\.name"):
+        Settings(policies=(PolicySpec(name="a"), PolicySpec(name="a")))
