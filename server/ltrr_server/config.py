@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ltrr_server.errors import InvalidArgument
-from ltrr_server.features import Namespaces, namespaces_from_json, namespaces_to_json, validate_namespaces
+from ltrr_server.features import Namespaces, namespaces_from_json, namespaces_to_json
 
 KINDS = ("cb", "ccb")
 EXPLORATIONS = ("epsilon", "softmax", "bag", "cover", "squarecb", "rnd")

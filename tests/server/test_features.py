@@ -6,10 +6,10 @@ import math
 
 import pytest
 
+from ltrr_server.config import PolicySpec
 from ltrr_server.errors import InvalidArgument
 from ltrr_server.features import action_line, shared_line, validate_namespaces
 from ltrr_server.policy.model import PolicyModel
-from ltrr_server.config import PolicySpec
 
 
 def test_special_characters_stay_data() -> None:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -51,6 +52,19 @@ id = "b"
 PROBES = [{"user": {"segment": f"s{i}"}} for i in range(6)]
 
 
+_LIVE: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def _kill_leftover_servers() -> Iterator[None]:
+    yield
+    while _LIVE:
+        proc = _LIVE.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
 class ServerProcess:
     """`ltrr serve` in a child process, as an operator runs it."""
 
@@ -64,6 +78,7 @@ class ServerProcess:
              "--grpc-port", str(self.port), "--metrics-port", "-1", "--host", "127.0.0.1"],
             stdout=self.log, stderr=subprocess.STDOUT,
         )
+        _LIVE.append(self.proc)
         self.target = f"127.0.0.1:{self.port}"
         channel = grpc.insecure_channel(self.target)
         health = health_pb2_grpc.HealthStub(channel)

@@ -181,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.fn(args))
     except grpc.RpcError as exc:
-        print(f"ltrr {args.command}: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        print(f"ltrr {args.command}: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
 
 

@@ -103,20 +103,20 @@ class LtrrClient:
                actions: Sequence[str | tuple[str, FeatureDict]] = (), event_id: str = "",
                slots: int = 0) -> decisions_pb2.DecideResponse:
         req = decide_request(policy, context, actions, event_id, slots)
-        return self.decisions.Decide(req, timeout=self.timeout)  # type: ignore[no-any-return]
+        return self.decisions.Decide(req, timeout=self.timeout)
 
     def decide_stream(self, requests: Iterable[decisions_pb2.DecideRequest]) -> Iterator[decisions_pb2.DecideResponse]:
-        return self.decisions.DecideStream(iter(requests))  # type: ignore[no-any-return]
+        return self.decisions.DecideStream(iter(requests))
 
     def report_reward(self, event_id: str, value: float, reward_id: str = "", engaged: Sequence[str] = (),
                       oracle_best: float | None = None, oracle_chosen: float | None = None) -> feedback_pb2.RewardAck:
         ev = reward_event(event_id, value, reward_id, engaged, oracle_best, oracle_chosen)
-        return self.feedback.ReportReward(ev, timeout=self.timeout)  # type: ignore[no-any-return]
+        return self.feedback.ReportReward(ev, timeout=self.timeout)
 
     def stream_rewards(self, batches: Iterable[Sequence[feedback_pb2.RewardEvent]]
                        ) -> Iterator[feedback_pb2.RewardAckBatch]:
         """Sends batches of reward events; yields one ack batch per batch, once it is committed."""
-        return self.feedback.StreamRewards(  # type: ignore[no-any-return]
+        return self.feedback.StreamRewards(
             feedback_pb2.RewardBatch(events=list(b)) for b in batches
         )
 
@@ -124,19 +124,19 @@ class LtrrClient:
         return list(self.admin.ListPolicies(admin_pb2.ListPoliciesRequest(), timeout=self.timeout).policies)
 
     def get_policy(self, name: str) -> admin_pb2.Policy:
-        return self.admin.GetPolicy(admin_pb2.GetPolicyRequest(name=name), timeout=self.timeout)  # type: ignore[no-any-return]
+        return self.admin.GetPolicy(admin_pb2.GetPolicyRequest(name=name), timeout=self.timeout)
 
     def create_policy(self, spec: admin_pb2.PolicySpec) -> admin_pb2.Policy:
-        return self.admin.CreatePolicy(admin_pb2.CreatePolicyRequest(spec=spec), timeout=self.timeout)  # type: ignore[no-any-return]
+        return self.admin.CreatePolicy(admin_pb2.CreatePolicyRequest(spec=spec), timeout=self.timeout)
 
     def update_policy(self, spec: admin_pb2.PolicySpec) -> admin_pb2.UpdatePolicyResponse:
-        return self.admin.UpdatePolicy(admin_pb2.UpdatePolicyRequest(spec=spec), timeout=self.timeout)  # type: ignore[no-any-return]
+        return self.admin.UpdatePolicy(admin_pb2.UpdatePolicyRequest(spec=spec), timeout=self.timeout)
 
     def snapshot(self, name: str) -> admin_pb2.Snapshot:
-        return self.admin.SnapshotPolicy(admin_pb2.SnapshotPolicyRequest(name=name), timeout=60)  # type: ignore[no-any-return]
+        return self.admin.SnapshotPolicy(admin_pb2.SnapshotPolicyRequest(name=name), timeout=60)
 
     def stats(self, name: str) -> admin_pb2.PolicyStats:
-        return self.admin.GetPolicyStats(admin_pb2.GetPolicyStatsRequest(name=name), timeout=self.timeout)  # type: ignore[no-any-return]
+        return self.admin.GetPolicyStats(admin_pb2.GetPolicyStatsRequest(name=name), timeout=self.timeout)
 
 
 class AsyncLtrrClient:
@@ -162,19 +162,19 @@ class AsyncLtrrClient:
                      actions: Sequence[str | tuple[str, FeatureDict]] = (), event_id: str = "",
                      slots: int = 0) -> decisions_pb2.DecideResponse:
         req = decide_request(policy, context, actions, event_id, slots)
-        return await self.decisions.Decide(req, timeout=self.timeout)  # type: ignore[no-any-return]
+        return await self.decisions.Decide(req, timeout=self.timeout)
 
     async def report_reward(self, event_id: str, value: float, reward_id: str = "", engaged: Sequence[str] = (),
                             oracle_best: float | None = None, oracle_chosen: float | None = None
                             ) -> feedback_pb2.RewardAck:
         ev = reward_event(event_id, value, reward_id, engaged, oracle_best, oracle_chosen)
-        return await self.feedback.ReportReward(ev, timeout=self.timeout)  # type: ignore[no-any-return]
+        return await self.feedback.ReportReward(ev, timeout=self.timeout)
 
     def stream_rewards(self, batches: AsyncIterator[feedback_pb2.RewardBatch]
-                       ) -> AsyncIterator[feedback_pb2.RewardAckBatch]:
-        return self.feedback.StreamRewards(batches)  # type: ignore[no-any-return]
+                       ) -> grpc.aio.StreamStreamCall[feedback_pb2.RewardBatch, feedback_pb2.RewardAckBatch]:
+        return self.feedback.StreamRewards(batches)
 
     async def stats(self, name: str) -> admin_pb2.PolicyStats:
-        return await self.admin.GetPolicyStats(  # type: ignore[no-any-return]
+        return await self.admin.GetPolicyStats(
             admin_pb2.GetPolicyStatsRequest(name=name), timeout=self.timeout
         )

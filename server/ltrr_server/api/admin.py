@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from ltrr.v1 import admin_pb2, admin_pb2_grpc
@@ -9,6 +11,8 @@ from ltrr_server.api import convert
 from ltrr_server.api.status import unary
 from ltrr_server.core import Ltrr
 from ltrr_server.metrics import Metrics
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
@@ -19,14 +23,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     @unary("CreatePolicy")
     async def CreatePolicy(  # noqa: N802
-        self, request: admin_pb2.CreatePolicyRequest, context: grpc.aio.ServicerContext
+        self, request: admin_pb2.CreatePolicyRequest, context: Ctx
     ) -> admin_pb2.Policy:
         spec = convert.spec_from_proto(request.spec, self._max_features)
         return convert.policy_to_proto(await self._core.create_policy(spec))
 
     @unary("UpdatePolicy")
     async def UpdatePolicy(  # noqa: N802
-        self, request: admin_pb2.UpdatePolicyRequest, context: grpc.aio.ServicerContext
+        self, request: admin_pb2.UpdatePolicyRequest, context: Ctx
     ) -> admin_pb2.UpdatePolicyResponse:
         spec = convert.spec_from_proto(request.spec, self._max_features)
         info, reset = await self._core.update_policy(spec)
@@ -34,7 +38,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     @unary("ListPolicies")
     async def ListPolicies(  # noqa: N802
-        self, request: admin_pb2.ListPoliciesRequest, context: grpc.aio.ServicerContext
+        self, request: admin_pb2.ListPoliciesRequest, context: Ctx
     ) -> admin_pb2.ListPoliciesResponse:
         return admin_pb2.ListPoliciesResponse(
             policies=[convert.policy_to_proto(p) for p in self._core.list_policies()]
@@ -42,13 +46,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     @unary("GetPolicy")
     async def GetPolicy(  # noqa: N802
-        self, request: admin_pb2.GetPolicyRequest, context: grpc.aio.ServicerContext
+        self, request: admin_pb2.GetPolicyRequest, context: Ctx
     ) -> admin_pb2.Policy:
         return convert.policy_to_proto(self._core.get_policy(request.name))
 
     @unary("SnapshotPolicy")
     async def SnapshotPolicy(  # noqa: N802
-        self, request: admin_pb2.SnapshotPolicyRequest, context: grpc.aio.ServicerContext
+        self, request: admin_pb2.SnapshotPolicyRequest, context: Ctx
     ) -> admin_pb2.Snapshot:
         s = await self._core.snapshot(request.name)
         return admin_pb2.Snapshot(
@@ -58,7 +62,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     @unary("GetPolicyStats")
     async def GetPolicyStats(  # noqa: N802
-        self, request: admin_pb2.GetPolicyStatsRequest, context: grpc.aio.ServicerContext
+        self, request: admin_pb2.GetPolicyStatsRequest, context: Ctx
     ) -> admin_pb2.PolicyStats:
         stats = await self._core.stats(request.name)
         return admin_pb2.PolicyStats(policy=request.name, **stats)  # type: ignore[arg-type]

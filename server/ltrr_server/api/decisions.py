@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
@@ -13,6 +14,8 @@ from ltrr_server.api import convert
 from ltrr_server.api.status import code_for, message_for, unary
 from ltrr_server.core import Ltrr
 from ltrr_server.metrics import Metrics
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
 class DecisionServicer(decisions_pb2_grpc.DecisionServiceServicer):
@@ -30,12 +33,12 @@ class DecisionServicer(decisions_pb2_grpc.DecisionServiceServicer):
 
     @unary("Decide")
     async def Decide(  # noqa: N802 - gRPC method name
-        self, request: decisions_pb2.DecideRequest, context: grpc.aio.ServicerContext
+        self, request: decisions_pb2.DecideRequest, context: Ctx
     ) -> decisions_pb2.DecideResponse:
         return self._decide(request)
 
     async def DecideStream(  # noqa: N802
-        self, request_iterator: AsyncIterator[decisions_pb2.DecideRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[decisions_pb2.DecideRequest], context: Ctx
     ) -> AsyncIterator[decisions_pb2.DecideResponse]:
         async for req in request_iterator:
             start = time.perf_counter()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable
+from typing import Any
 
 import grpc
 
@@ -16,6 +17,8 @@ from ltrr_server.core import Ltrr
 from ltrr_server.log.joiner import Outcome
 from ltrr_server.metrics import Metrics
 
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
 
 class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
     def __init__(self, core: Ltrr, metrics: Metrics) -> None:
@@ -25,7 +28,7 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
 
     @unary("ReportReward")
     async def ReportReward(  # noqa: N802
-        self, request: feedback_pb2.RewardEvent, context: grpc.aio.ServicerContext
+        self, request: feedback_pb2.RewardEvent, context: Ctx
     ) -> feedback_pb2.RewardAck:
         [result] = await self._core.report_rewards([convert.reward_input(request)])
         if result.outcome is Outcome.INVALID:
@@ -51,7 +54,7 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
         return feedback_pb2.RewardAckBatch(acks=acks)
 
     async def StreamRewards(  # noqa: N802
-        self, request_iterator: AsyncIterator[feedback_pb2.RewardBatch], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[feedback_pb2.RewardBatch], context: Ctx
     ) -> AsyncIterator[feedback_pb2.RewardAckBatch]:
         # Batches are submitted as they arrive and acked in order as their commits land.
         # At most max_stream_inflight_batches wait: past that we stop reading, and gRPC

@@ -7,7 +7,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
@@ -23,6 +23,8 @@ _CODES: list[tuple[type[errors.LtrrError], grpc.StatusCode]] = [
     (errors.Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
 ]
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
 def code_for(exc: BaseException) -> grpc.StatusCode:
@@ -50,7 +52,7 @@ class HasMetrics(Protocol):
     _metrics: Metrics
 
 
-Handler = Callable[[S, Q, grpc.aio.ServicerContext], Awaitable[R]]
+Handler = Callable[[S, Q, Ctx], Awaitable[R]]
 
 
 def unary(method: str) -> Callable[[Handler[S, Q, R]], Handler[S, Q, R]]:
@@ -58,7 +60,7 @@ def unary(method: str) -> Callable[[Handler[S, Q, R]], Handler[S, Q, R]]:
 
     def wrap(fn: Handler[S, Q, R]) -> Handler[S, Q, R]:
         @functools.wraps(fn)
-        async def handler(self: S, request: Q, context: grpc.aio.ServicerContext) -> R:
+        async def handler(self: S, request: Q, context: Ctx) -> R:
             start = time.perf_counter()
             code = grpc.StatusCode.OK
             try:

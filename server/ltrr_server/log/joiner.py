@@ -13,12 +13,12 @@ import heapq
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from ltrr_server.errors import Overloaded
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     ACCEPTED = "accepted"
     DUPLICATE = "duplicate"
     LATE = "late"

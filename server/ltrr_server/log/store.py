@@ -87,7 +87,9 @@ class EventLogStore:
         return out
 
     # --- reward classification for events no longer in memory ----------------------------
-    def lookup_events(self, keys: Sequence[tuple[str, str]]) -> tuple[dict[str, tuple[str, float]], set[tuple[str, str]]]:
+    def lookup_events(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> tuple[dict[str, tuple[str, float]], set[tuple[str, str]]]:
         """For (event_id, reward_id) pairs: {event_id: (policy, deadline)} of known decisions,
         and the pairs already stored."""
         event_ids = sorted({e for e, _ in keys})

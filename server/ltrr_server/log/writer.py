@@ -57,7 +57,7 @@ class EventLogWriter:
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="ltrr-writer", daemon=True)
         dialect = engine.dialect.name
-        self._insert_ignore = {}
+        self._insert_ignore: dict[str, sa.Insert] = {}
         for name in _IGNORE_CONFLICTS:
             table = schema.metadata.tables[name]
             if dialect == "postgresql":
@@ -140,13 +140,13 @@ class EventLogWriter:
                 try:
                     with self._engine.begin() as conn:
                         for table in _TABLE_ORDER:
-                            rows = by_table.get(table)
-                            if not rows:
+                            table_rows = by_table.get(table)
+                            if not table_rows:
                                 continue
                             stmt = self._insert_ignore.get(table)
                             if stmt is None:
                                 stmt = schema.metadata.tables[table].insert()
-                            conn.execute(stmt, rows)
+                            conn.execute(stmt, table_rows)
                     error = None
                     break
                 except Exception as exc:  # the database is down or refused the batch

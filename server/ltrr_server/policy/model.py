@@ -19,6 +19,7 @@ True
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, cast
 
 import vowpal_wabbit_next as vw
 
@@ -32,7 +33,7 @@ SlotLabel = tuple[int, float, float]
 class PolicyModel:
     """A contextual-bandit model: cb (one slot) or ccb (several slots of distinct actions)."""
 
-    def __init__(self, workspace: vw.Workspace, kind: str) -> None:
+    def __init__(self, workspace: vw.Workspace[Any], kind: str) -> None:
         self._ws = workspace
         self._parser = vw.TextFormatParser(workspace)
         self.kind = kind
@@ -75,11 +76,11 @@ class PolicyModel:
         n = len(actions)
         if self.kind == "cb":
             probs = [0.0] * n
-            for idx, p in pred:
+            for idx, p in cast(list[tuple[int, float]], pred):
                 probs[idx] = float(p)
             return [probs]
         out = []
-        for slot_pred in pred:
+        for slot_pred in cast(list[list[tuple[int, float]]], pred):
             probs = [0.0] * n
             for idx, p in slot_pred:
                 probs[idx] = float(p)

@@ -17,7 +17,9 @@ from tests.helpers import rows, wait_for
 R = feedback_pb2
 
 
-def _stubs(server: ServerThread) -> tuple[decisions_pb2_grpc.DecisionServiceStub, feedback_pb2_grpc.FeedbackServiceStub]:
+def _stubs(
+    server: ServerThread,
+) -> tuple[decisions_pb2_grpc.DecisionServiceStub, feedback_pb2_grpc.FeedbackServiceStub]:
     ch = server.channel()
     return decisions_pb2_grpc.DecisionServiceStub(ch), feedback_pb2_grpc.FeedbackServiceStub(ch)
 
@@ -87,7 +89,8 @@ def test_join_window_default_reward_and_late_rewards(make_server: object, db_url
     late = fb.ReportReward(reward_event(rewarded, 5.0, reward_id="r3"))
     assert late.status == R.REWARD_STATUS_LATE
     assert [r["status"] for r in rows(db_url, "rewards", "reward_id = 'r3'")] == ["late"]
-    stats = admin_pb2_grpc.AdminServiceStub(server.channel()).GetPolicyStats(admin_pb2.GetPolicyStatsRequest(name="demo"))
+    admin = admin_pb2_grpc.AdminServiceStub(server.channel())
+    stats = admin.GetPolicyStats(admin_pb2.GetPolicyStatsRequest(name="demo"))
     assert (stats.rewards_late, stats.joined, stats.joined_default) == (1, 2, 1)
 
 
