@@ -1,0 +1,21 @@
+# The ltrr server. Build from the repository root: docker build -t ltrr .
+FROM python:3.11-slim AS build
+RUN pip install --no-cache-dir uv==0.13.9
+WORKDIR /app
+COPY pyproject.toml uv.lock README.md ./
+RUN uv sync --frozen --no-dev --no-install-project
+COPY server server
+COPY clients clients
+RUN uv sync --frozen --no-dev
+
+FROM python:3.11-slim
+RUN useradd --create-home ltrr
+COPY --from=build /app /app
+ENV PATH=/app/.venv/bin:$PATH
+WORKDIR /data
+RUN chown ltrr /data
+USER ltrr
+EXPOSE 50051 9464
+HEALTHCHECK --interval=10s --timeout=3s CMD python -c "import grpc,sys; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; sys.exit(g.HealthStub(grpc.insecure_channel('localhost:50051')).Check(h.HealthCheckRequest(), timeout=2).status != 1)"
+ENTRYPOINT ["ltrr"]
+CMD ["serve"]
