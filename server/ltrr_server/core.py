@@ -30,6 +30,7 @@ from ltrr_server.features import (
 from ltrr_server.learner.learner import Learner, LearnerState, SnapshotInfo
 from ltrr_server.log import db
 from ltrr_server.log.joiner import JoinedEvent, Joiner, Outcome, PendingDecision
+from ltrr_server.log.rows import DecisionRow, JoinedRow, RewardRow
 from ltrr_server.log.store import EventLogStore
 from ltrr_server.log.writer import EventLogWriter
 from ltrr_server.metrics import Metrics
@@ -85,6 +86,15 @@ class PolicyInfo:
     updated_at: float
 
 
+def _float_lists(rows: list[list[float]]) -> str:
+    """JSON for lists of floats, without the general encoder (this runs once per decision).
+
+    >>> _float_lists([[0.25, 0.75]])
+    '[[0.25,0.75]]'
+    """
+    return "[" + ",".join("[" + ",".join(map(repr, r)) + "]" for r in rows) + "]"
+
+
 def _validate_reward(r: RewardInput) -> str:
     """The problem with a reward, naming the field, or ''."""
     if not r.event_id:
@@ -114,15 +124,20 @@ class Ltrr:
         self.engine = db.create_engine(settings.db_url)
         self.store = EventLogStore(self.engine)
         self.writer = EventLogWriter(
-            self.engine, metrics, settings.limits.max_write_queue_rows, settings.write_batch_rows
+            self.engine, metrics, settings.limits.max_write_queue_rows, settings.write_batch_rows,
+            linger=settings.write_linger_seconds, idle_linger=settings.write_idle_linger_seconds,
         )
         self.learner = Learner(
             self.writer, metrics, self._on_publish, settings.publish_interval_seconds,
             settings.snapshot_interval_seconds, self.store.latest_snapshot_id,
         )
         self.joiner = Joiner(settings.limits.max_pending_joins, 1, self._on_joined)
+        self._joined_rows: list[JoinedRow] = []
+        self._joined_events: list[JoinedEvent] = []
         self.policies: dict[str, PolicyRuntime] = {}
         self._rng = random.Random()
+        self._event_prefix = uuid.uuid4().hex[:16]
+        self._event_counter = 0
         self._expiry_task: asyncio.Task[None] | None = None
         self._lookup_lock = asyncio.Lock()
 
@@ -144,6 +159,7 @@ class Ltrr:
                          spec.name)
         for row in stored.values():
             self._restore(row)
+        self._flush_joined()
         self.learner.drain_before_start()
         self.learner.start()
 
@@ -174,8 +190,7 @@ class Ltrr:
             updated_at=float(row["updated_at"]), serving=model, model_version=version,  # type: ignore[arg-type]
             window=RewardWindow(self.settings.metrics_window),
         )
-        self.policies[spec.name] = rt
-        self.metrics.watch_policy(spec.name, rt.window.stats)
+        self._register(rt)
         self.metrics.learner_lag_events.labels(spec.name).set_function(
             lambda rt=rt, name=spec.name: max(0, rt.enqueued - self.learner.learned.get(name, 0))  # type: ignore[misc]
         )
@@ -227,6 +242,7 @@ class Ltrr:
             if pd.rewards and pd.aggregation == "first":
                 self.joiner.close_now(pd.event_id, now)
         self.joiner.expire(now)
+        self._flush_joined()
         return len(rows)
 
     async def start_background(self) -> None:
@@ -236,6 +252,7 @@ class Ltrr:
         while True:
             await asyncio.sleep(0.05)
             self.joiner.expire(time.time())
+            self._flush_joined()
             self.metrics.pending_joins.set(len(self.joiner))
 
     async def aclose(self) -> None:
@@ -250,11 +267,20 @@ class Ltrr:
         self.engine.dispose()
 
     # ------------------------------------------------------------------ callbacks
+    def _flush_joined(self) -> None:
+        """Queues the joined rows of the last batch of joins in one go (one queue entry, not one per row)."""
+        if self._joined_rows:
+            rows, self._joined_rows = self._joined_rows, []
+            self.writer.append("joined", rows)
+            self.learner.put_many(self._joined_events)
+            self._joined_events = []
+
     def _on_joined(self, ev: JoinedEvent) -> None:
-        self.writer.submit("joined", [dict(
-            seq=ev.seq, event_id=ev.event_id, policy=ev.policy, reward=ev.reward, n_rewards=ev.n_rewards,
-            source=ev.source, oracle_best=ev.oracle_best, oracle_chosen=ev.oracle_chosen, joined_at=ev.joined_at,
-        )], force=True)
+        self._joined_rows.append(JoinedRow(
+            ev.seq, ev.event_id, ev.policy, ev.reward, ev.n_rewards, ev.source, ev.oracle_best, ev.oracle_chosen,
+            ev.joined_at,
+        ))
+        self._joined_events.append(ev)
         rt = self.policies.get(ev.policy)
         if rt is None:
             return
@@ -268,9 +294,8 @@ class Ltrr:
         rt.count("joined")
         if ev.source == "default":
             rt.count("joined_default")
-        self.metrics.joined.labels(ev.policy, ev.source).inc()
+        self.metrics.child(self.metrics.joined, ev.policy, ev.source).inc()
         rt.enqueued += 1
-        self.learner.put(ev)
 
     def _on_publish(self, policy: str, lineage: int, model: PolicyModel, version: int, lag: float) -> None:
         """Called on the learner thread: one attribute swap, atomic for the event loop."""
@@ -284,6 +309,12 @@ class Ltrr:
         self.metrics.learner_lag_seconds.labels(policy).set(lag)
 
     # ------------------------------------------------------------------ decisions
+    def _next_event_id(self) -> str:
+        """A random per-process prefix and a counter: unique across restarts, and no system call
+        per decision (``uuid4`` reads the OS entropy pool every time)."""
+        self._event_counter += 1
+        return f"{self._event_prefix}{self._event_counter:016x}"
+
     def policy(self, name: str) -> PolicyRuntime:
         rt = self.policies.get(name)
         if rt is None:
@@ -329,7 +360,7 @@ class Ltrr:
             if event_id in self.joiner:
                 raise InvalidArgument("event_id", f"event id {event_id!r} is already used")
         else:
-            event_id = uuid.uuid4().hex
+            event_id = self._next_event_id()
         backlog = rt.enqueued - self.learner.learned.get(policy, 0)
         if self.joiner.room() - backlog <= 0:
             raise Overloaded(f"{len(self.joiner)} decisions pending and {backlog} joined events not yet learned "
@@ -350,16 +381,14 @@ class Ltrr:
             shared=shared, actions=lines, action_ids=action_ids, chosen=chosen, explored=explored,
             aggregation=rt.spec.aggregation, default_reward=rt.spec.default_reward,
         ))
-        self.writer.submit("decisions", [dict(
-            event_id=event_id, policy=policy, lineage=rt.lineage, created_at=now, deadline=deadline,
-            context=dumps(namespaces_to_json(context)), actions=actions_json,
-            probabilities=dumps([d for _, _, d in drawn]), chosen=dumps([idx for idx, _ in chosen]),
-            explored=explored, model_version=rt.model_version,
-        )], force=True)
+        self.writer.append("decisions", [DecisionRow(
+            event_id, policy, rt.lineage, now, deadline, dumps(namespaces_to_json(context)), actions_json,
+            _float_lists([d for _, _, d in drawn]), repr([idx for idx, _ in chosen]), explored, rt.model_version,
+        )])
         rt.count("decisions")
-        self.metrics.decisions.labels(policy).inc()
+        rt.decisions_metric.inc()
         if explored:
-            self.metrics.explored.labels(policy).inc()
+            rt.explored_metric.inc()
         return Decision(
             event_id=event_id, action_ids=action_ids,
             slots=[SlotResult(idx, p, d) for idx, p, d in drawn], model_version=rt.model_version,
@@ -376,30 +405,34 @@ class Ltrr:
                              " retry with backoff")
         now = time.time()
         results: list[RewardResult | None] = [None] * len(rewards)
-        rows: list[dict[str, object]] = []
+        rows: list[RewardRow] = []
         close_now: list[str] = []
         lookups: list[int] = []
+        counts: dict[tuple[str, Outcome], int] = {}
         for i, r in enumerate(rewards):
             problem = _validate_reward(r)
             if problem:
                 results[i] = RewardResult(Outcome.INVALID, problem)
-                self.metrics.rewards.labels("", Outcome.INVALID.value).inc()
+                counts[("", Outcome.INVALID)] = counts.get(("", Outcome.INVALID), 0) + 1
                 continue
             outcome, policy = self.joiner.reward(r.event_id, r.reward_id, r.value, now, r.oracle_best,
                                                  r.oracle_chosen)
             if outcome is Outcome.LOOKUP:
                 lookups.append(i)
                 continue
-            self._count_reward(policy, outcome)
+            counts[(policy, outcome)] = counts.get((policy, outcome), 0) + 1
             results[i] = RewardResult(outcome)
             if outcome in (Outcome.ACCEPTED, Outcome.LATE):
                 rows.append(self._reward_row(r, outcome, now))
                 if outcome is Outcome.ACCEPTED and self.policies[policy].spec.aggregation == "first":
                     close_now.append(r.event_id)
+        for (policy, outcome), n in counts.items():
+            self._count_reward(policy, outcome, n)
         # The reward rows go to the log before the joins they cause.
         fut = self.writer.submit("rewards", rows, force=True) if rows else self.writer.barrier()
         for event_id in close_now:
             self.joiner.close_now(event_id, now)
+        self._flush_joined()
         if lookups:
             await self._classify_from_log(rewards, lookups, results, now)
         await asyncio.wrap_future(fut)
@@ -430,19 +463,16 @@ class Ltrr:
         if rows:
             await asyncio.wrap_future(self.writer.submit("rewards", rows, force=True))
 
-    def _count_reward(self, policy: str, outcome: Outcome) -> None:
-        self.metrics.rewards.labels(policy, outcome.value).inc()
+    def _count_reward(self, policy: str, outcome: Outcome, n: int = 1) -> None:
+        self.metrics.child(self.metrics.rewards, policy, outcome.value).inc(n)
         rt = self.policies.get(policy)
         if rt is not None:
-            rt.count("rewards_" + outcome.value)
+            rt.count("rewards_" + outcome.value, n)
 
     @staticmethod
-    def _reward_row(r: RewardInput, outcome: Outcome, now: float) -> dict[str, object]:
-        return dict(
-            event_id=r.event_id, reward_id=r.reward_id, value=r.value,
-            engaged=dumps(r.engaged) if r.engaged else None, oracle_best=r.oracle_best,
-            oracle_chosen=r.oracle_chosen, status=outcome.value, received_at=now,
-        )
+    def _reward_row(r: RewardInput, outcome: Outcome, now: float) -> RewardRow:
+        return RewardRow(r.event_id, r.reward_id, r.value, dumps(r.engaged) if r.engaged else None, r.oracle_best,
+                         r.oracle_chosen, outcome.value, now)
 
     # ------------------------------------------------------------------ admin
     def _info(self, rt: PolicyRuntime) -> PolicyInfo:
@@ -491,9 +521,15 @@ class Ltrr:
         )
         if old is not None:  # counters span lineages; the backlog must too
             rt.enqueued, rt.counts = old.enqueued, old.counts
-        self.policies[spec.name] = rt
-        self.metrics.watch_policy(spec.name, rt.window.stats)
+        self._register(rt)
         self.learner.set_state(LearnerState(spec.name, lineage, model, start_seq - 1, 0, last_snapshot_at=now))
+
+    def _register(self, rt: PolicyRuntime) -> None:
+        name = rt.spec.name
+        rt.decisions_metric = self.metrics.decisions.labels(name)
+        rt.explored_metric = self.metrics.explored.labels(name)
+        self.metrics.watch_policy(name, rt.window.stats)
+        self.policies[name] = rt
 
     async def snapshot(self, name: str) -> SnapshotInfo:
         self.policy(name)

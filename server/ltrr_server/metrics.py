@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -16,6 +17,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self._children: dict[tuple[object, ...], Any] = {}
         self.rpc_duration = Histogram(
             "ltrr_rpc_duration_seconds", "Server-side RPC (or stream message) handling time.",
             ["method", "code"], buckets=_LATENCY_BUCKETS, registry=registry,
@@ -73,6 +75,9 @@ class Metrics:
             "ltrr_exploration_share", "Share of the window's decisions that explored.",
             ["policy"], registry=registry,
         )
+        self.learner_up = Gauge(
+            "ltrr_learner_up", "1 while the learner process runs.", registry=registry,
+        )
         self.pending_joins = Gauge(
             "ltrr_pending_joins", "Decisions waiting for their join window to close.", registry=registry,
         )
@@ -89,6 +94,17 @@ class Metrics:
         self.db_write_errors = Counter(
             "ltrr_db_write_errors", "Group commits that failed.", registry=registry,
         )
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once: on the hot paths the look-up costs more than the update."""
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
+    def observe_rpc(self, method: str, code: str, seconds: float) -> None:
+        self.child(self.rpc_duration, method, code).observe(seconds)
 
     def watch_policy(self, policy: str, window_stats: Callable[[], dict[str, float]]) -> None:
         """Ties a policy's windowed gauges to a function evaluated at scrape time."""

@@ -208,7 +208,7 @@ def test_graceful_stop_snapshots_and_restart_replays_nothing(tmp_path: Path) -> 
 def test_in_process_restart_keeps_pending_joins(make_server: object, sqlite_url: str) -> None:
     from tests.conftest import demo_policy
 
-    settings = test_settings(sqlite_url, demo_policy(join_window_seconds=1.0, aggregation="sum"))
+    settings = test_settings(sqlite_url, demo_policy(join_window_seconds=6.0, aggregation="sum"))
     first = make_server(settings)  # type: ignore[operator]
     dec = decisions_pb2_grpc.DecisionServiceStub(first.channel())
     fb = feedback_pb2_grpc.FeedbackServiceStub(first.channel())

@@ -54,6 +54,14 @@ def namespaces_to_proto(ns: Namespaces) -> list[common_pb2.Namespace]:
 
 
 def decision_to_proto(d: Decision, request_id: str = "") -> decisions_pb2.DecideResponse:
+    if len(d.slots) == 1:  # the common case, built directly: this runs once per decision
+        s = d.slots[0]
+        return decisions_pb2.DecideResponse(
+            event_id=d.event_id, chosen_action_id=d.action_ids[s.chosen], probability=s.probability,
+            probabilities=[decisions_pb2.ActionProbability(action_id=a, probability=p)
+                           for a, p in zip(d.action_ids, s.probabilities, strict=True)],
+            model_version=d.model_version, request_id=request_id,
+        )
     slots = [
         decisions_pb2.SlotDecision(
             chosen_action_id=d.action_ids[s.chosen], probability=s.probability,

@@ -23,7 +23,6 @@ class DecisionServicer(decisions_pb2_grpc.DecisionServiceServicer):
         self._core = core
         self._metrics = metrics
         self._max_features = core.limits.max_features
-        self._stream_latency_ok = metrics.rpc_duration.labels("DecideStream", "OK")
 
     def _decide(self, req: decisions_pb2.DecideRequest) -> decisions_pb2.DecideResponse:
         context = convert.namespaces(req.context, "context", self._max_features)
@@ -44,10 +43,10 @@ class DecisionServicer(decisions_pb2_grpc.DecisionServiceServicer):
             start = time.perf_counter()
             try:
                 resp = self._decide(req)
-                self._stream_latency_ok.observe(time.perf_counter() - start)
+                self._metrics.observe_rpc("DecideStream", "OK", time.perf_counter() - start)
             except errors.LtrrError as exc:
                 code = code_for(exc)
-                self._metrics.rpc_duration.labels("DecideStream", code.name).observe(time.perf_counter() - start)
+                self._metrics.observe_rpc("DecideStream", code.name, time.perf_counter() - start)
                 resp = decisions_pb2.DecideResponse(
                     request_id=req.request_id,
                     error=common_pb2.Error(code=code.value[0], message=message_for(exc), field=exc.field),

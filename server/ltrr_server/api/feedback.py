@@ -50,7 +50,7 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
             acks = [feedback_pb2.RewardAck(event_id=ev.event_id, reward_id=ev.reward_id,
                                            status=feedback_pb2.REWARD_STATUS_INVALID,
                                            message=f"{code.name}: {message_for(exc)}") for ev in batch.events]
-        self._metrics.rpc_duration.labels("StreamRewards", code.name).observe(time.perf_counter() - start)
+        self._metrics.observe_rpc("StreamRewards", code.name, time.perf_counter() - start)
         return feedback_pb2.RewardAckBatch(acks=acks)
 
     async def StreamRewards(  # noqa: N802

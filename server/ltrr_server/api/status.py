@@ -80,7 +80,7 @@ def unary(method: str) -> Callable[[Handler[S, Q, R]], Handler[S, Q, R]]:
                 await context.abort(code, "internal error")
                 raise
             finally:
-                self._metrics.rpc_duration.labels(method, code.name).observe(time.perf_counter() - start)
+                self._metrics.observe_rpc(method, code.name, time.perf_counter() - start)
 
         return handler
 

@@ -1,29 +1,42 @@
-"""The learner thread.
+"""The learner: a process of its own, fed joined events, publishing model copies and snapshots.
 
-Why a thread of its own: the decision path must never wait for learning. VW holds the
-GIL inside each call, but one ``learn_one`` is tens of microseconds, so the event loop
-is delayed by at most one such call at a time. The learner owns its models outright and
-hands the decision path a *copy* (``PolicyModel.from_bytes``) at most every
-``publish_interval`` seconds, so no lock is ever shared between learning and deciding.
+Why a process: VW holds the GIL inside every call. Learning in a thread would take its share
+of the one interpreter lock from the decision path and from reward ingest (a learn is ~35 us,
+as long as a whole ingest of one reward), so on a busy server learning and serving would slow
+each other down. In a child process the learner runs on the other core, and the main process
+only pickles batches of joined events to it and takes back a serialized model every
+``publish_interval`` seconds, which it loads as a fresh copy for the decision path.
+
+Before ``start`` (restore at start-up) the same ``LearnerState`` learns in the main process:
+the snapshot is loaded and the joined events after it replayed before any call is served.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import multiprocessing
 import queue
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
 
-from ltrr_server.errors import NotFound
+from ltrr_server.errors import FailedPrecondition, NotFound
+from ltrr_server.learner import worker
+from ltrr_server.learner.state import LearnerState
 from ltrr_server.log.joiner import JoinedEvent
+from ltrr_server.log.rows import SnapshotRow
 from ltrr_server.log.writer import EventLogWriter
 from ltrr_server.metrics import Metrics
 from ltrr_server.policy.model import PolicyModel
 
 log = logging.getLogger(__name__)
+
+__all__ = ["Learner", "LearnerState", "SnapshotInfo"]
 
 
 @dataclass
@@ -36,36 +49,12 @@ class SnapshotInfo:
     size_bytes: int
 
 
-@dataclass
-class LearnerState:
-    """One policy's learning model and its position in the joined-event log."""
-
-    policy: str
-    lineage: int
-    model: PolicyModel
-    last_seq: int
-    version: int
-    learned: int = 0
-    unpublished: int = 0
-    unsnapshotted: int = 0
-    oldest_unpublished_join: float = 0.0
-    last_snapshot_at: float = 0.0
-
-    def learn(self, ev: JoinedEvent) -> None:
-        cost = -ev.reward
-        self.model.learn_one(
-            ev.shared, ev.actions, [(idx, cost, prob) for idx, prob in ev.chosen], slots=len(ev.chosen)
-        )
-        self.last_seq = ev.seq
-        self.learned += 1
-
-
 # publish(policy, lineage, serving model, version, lag seconds)
 Publish = Callable[[str, int, PolicyModel, int, float], None]
 
 
 class Learner:
-    """Learns joined events in order, per policy; publishes and snapshots on a schedule."""
+    """Front of the learner process, in the server process. Thread-safe."""
 
     def __init__(
         self, writer: EventLogWriter, metrics: Metrics, publish: Publish,
@@ -78,149 +67,164 @@ class Learner:
         self._snapshot_interval = snapshot_interval
         self._snapshot_ids = snapshot_ids
         self._states: dict[str, LearnerState] = {}
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="ltrr-learner", daemon=True)
+        self._kinds: dict[str, str] = {}
+        self._pre_start: list[JoinedEvent] = []
+        self._outbox: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._pending_snapshots: dict[int, Future[SnapshotInfo]] = {}
+        self._request_ids = itertools.count(1)
+        self._stopped = threading.Event()
+        self._process: Any = None
+        self._conn: Connection | None = None
         self.learned: dict[str, int] = {}
+        self.alive = False
 
-    # --- called from other threads -------------------------------------------------
-    def start(self) -> None:
-        self._thread.start()
-
-    def put(self, event: JoinedEvent) -> None:
-        self._queue.put(event)
-
+    # --- before start: restore in this process ------------------------------------------
     def set_state(self, state: LearnerState) -> None:
-        """Adds a policy or replaces its lineage (after a reset). Before start: applied at once."""
-        if self._thread.is_alive():
-            self._queue.put(("state", state))
-        else:
+        """Adds a policy or replaces its lineage (after a reset)."""
+        self._kinds[state.policy] = state.model.kind
+        if self._process is None:
             self._states[state.policy] = state
+        else:
+            self._outbox.put(("state", state.policy, state.lineage, state.model.kind, state.model.to_bytes(),
+                              state.last_seq, state.version, state.learned))
 
     def drain_before_start(self) -> None:
-        """Learns, on the calling thread, what start-up queued (recovered joins)."""
-        assert not self._thread.is_alive()
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            self._handle(item)
+        """Learns, in this process, the joins recovered at start-up; then publishes every policy."""
+        assert self._process is None
         for state in self._states.values():
-            self._publish_state(state)
+            state.learned = 0  # counts what this process learns of its own joins, not the replay
+        for ev in self._pre_start:
+            target = self._states.get(ev.policy)
+            if target is not None and target.lineage == ev.lineage:
+                target.learn(ev)
+                target.unsnapshotted += 1
+        self._pre_start.clear()
+        for state in self._states.values():
+            state.version += 1
+            self.learned[state.policy] = state.learned
+            self._publish(state.policy, state.lineage, PolicyModel.from_bytes(state.model.to_bytes(),
+                          state.model.kind), state.version, 0.0)
+
+    def start(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        parent, child = ctx.Pipe()
+        states = [(s.policy, s.lineage, s.model.kind, s.model.to_bytes(), s.last_seq, s.version, s.learned,
+                   s.unsnapshotted) for s in self._states.values()]
+        self._process = ctx.Process(
+            target=worker.run, name="ltrr-learner", daemon=True,
+            args=(child, states, self._publish_interval, self._snapshot_interval),
+        )
+        self._process.start()
+        child.close()
+        self._conn = parent
+        self._states.clear()
+        self.alive = True
+        self._metrics.learner_up.set(1)
+        threading.Thread(target=self._send_loop, name="ltrr-learner-send", daemon=True).start()
+        threading.Thread(target=self._receive_loop, name="ltrr-learner-receive", daemon=True).start()
+
+    # --- feeding --------------------------------------------------------------------------
+    def put_many(self, events: list[JoinedEvent]) -> None:
+        if self._process is None:
+            self._pre_start.extend(events)
+            return
+        self._outbox.put(("events", [worker.pack(ev) for ev in events]))
 
     def snapshot(self, policy: str, trigger: str = "admin") -> Future[SnapshotInfo]:
         fut: Future[SnapshotInfo] = Future()
-        self._queue.put(("snapshot", policy, trigger, fut))
+        if not self.alive:
+            fut.set_exception(FailedPrecondition("the learner process is not running; restart the server"))
+            return fut
+        request_id = next(self._request_ids)
+        self._pending_snapshots[request_id] = fut
+        self._outbox.put(("snapshot", request_id, policy, trigger))
         return fut
 
     def stop(self, timeout: float = 60.0) -> None:
-        """Learns what is queued, writes a final snapshot of every changed policy, stops."""
-        done: Future[None] = Future()
-        self._queue.put(("stop", done))
-        if self._thread.is_alive():
-            done.result(timeout)
-            self._thread.join(timeout)
+        """Learns what is queued, writes a final snapshot of every changed policy, stops the process."""
+        if self._process is None:
+            return
+        if self.alive:
+            self._outbox.put(("stop",))
+            if not self._stopped.wait(timeout):
+                log.error("learner did not stop within %.0fs; killing it", timeout)
+        self._outbox.put(None)
+        self._process.join(5)
+        if self._process.is_alive():
+            self._process.kill()
 
-    # --- the learner thread ---------------------------------------------------------
-    def _run(self) -> None:
-        next_tick = time.monotonic() + self._publish_interval
+    # --- threads ----------------------------------------------------------------------------
+    def _send_loop(self) -> None:
+        assert self._conn is not None
         while True:
-            timeout = max(0.0, next_tick - time.monotonic())
+            msg = self._outbox.get()
+            if msg is None:
+                return
             try:
-                item = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                item = None
-            if item is not None:
-                stop = self._handle(item)
-                # Drain what is already queued before publishing: one publish per burst.
-                while stop is None and time.monotonic() < next_tick:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    stop = self._handle(item)
-                if stop is not None:
-                    self._finish(stop)
-                    return
-            if time.monotonic() >= next_tick:
-                self._tick()
-                next_tick = time.monotonic() + self._publish_interval
+                self._conn.send(msg)  # pickles here, off the event loop; blocks when the child lags
+            except (OSError, ValueError):
+                return
 
-    def _handle(self, item: object) -> Future[None] | None:
-        if isinstance(item, JoinedEvent):
-            state = self._states.get(item.policy)
-            if state is None or state.lineage != item.lineage:
-                return None  # an earlier lineage's decision: not learned by the new model
-            if not state.unpublished:
-                state.oldest_unpublished_join = item.joined_at
-            state.learn(item)
-            state.unpublished += 1
-            state.unsnapshotted += 1
-            self.learned[item.policy] = self.learned.get(item.policy, 0) + 1
-            self._metrics.learned.labels(item.policy).inc()
-            return None
-        assert isinstance(item, tuple)
-        if item[0] == "state":
-            state = item[1]
-            self._states[state.policy] = state
-            self._publish_state(state)
-        elif item[0] == "snapshot":
-            _, policy, trigger, fut = item
+    def _receive_loop(self) -> None:
+        assert self._conn is not None
+        while True:
             try:
-                fut.set_result(self._snapshot(policy, trigger))
+                msg = self._conn.recv()
+            except (EOFError, OSError):
+                break
+            try:
+                if self._handle(msg):
+                    break
+            except Exception:
+                log.exception("learner message %r failed", msg[0])
+        if not self._stopped.is_set():
+            log.error("the learner process exited unexpectedly: decisions keep the last published model, "
+                      "rewards are still logged; restart the server to learn them")
+        self.alive = False
+        self._metrics.learner_up.set(0)
+        self._stopped.set()
+        for fut in self._pending_snapshots.values():
+            if not fut.done():
+                fut.set_exception(FailedPrecondition("the learner process stopped"))
+
+    def _handle(self, msg: tuple[Any, ...]) -> bool:
+        kind = msg[0]
+        if kind == "publish":
+            _, policy, lineage, data, version, lag, learned = msg
+            self._count_learned(policy, learned)
+            self._publish(policy, lineage, PolicyModel.from_bytes(data, self._kinds[policy]), version, lag)
+        elif kind == "snapshot":
+            _, request_id, policy, trigger, lineage, data, version, last_seq, error = msg
+            fut = self._pending_snapshots.pop(request_id, None) if request_id else None
+            try:
+                if error:
+                    raise NotFound(error) if "not found" in error else FailedPrecondition(error)
+                info = self._write_snapshot(policy, trigger, lineage, data, version, last_seq)
             except Exception as exc:
-                fut.set_exception(exc)
-        elif item[0] == "stop":
-            done: Future[None] = item[1]
-            return done
-        return None
+                if fut is not None:
+                    fut.set_exception(exc)
+                else:
+                    log.warning("%s snapshot of %s failed: %s", trigger, policy, exc)
+            else:
+                if fut is not None:
+                    fut.set_result(info)
+        elif kind == "stopped":
+            self._stopped.set()
+            return True
+        return False
 
-    def _publish_state(self, state: LearnerState) -> None:
-        state.version += 1
-        lag = time.time() - state.oldest_unpublished_join if state.unpublished else 0.0
-        serving = PolicyModel.from_bytes(state.model.to_bytes(), state.model.kind)
-        self._publish(state.policy, state.lineage, serving, state.version, lag)
-        state.unpublished = 0
+    def _count_learned(self, policy: str, learned: int) -> None:
+        before = self.learned.get(policy, 0)
+        self.learned[policy] = learned
+        if learned > before:
+            self._metrics.learned.labels(policy).inc(learned - before)
 
-    def _tick(self) -> None:
+    def _write_snapshot(self, policy: str, trigger: str, lineage: int, data: bytes, version: int,
+                        last_seq: int) -> SnapshotInfo:
         now = time.time()
-        for state in self._states.values():
-            if state.unpublished:
-                self._publish_state(state)
-            if state.unsnapshotted and now - state.last_snapshot_at >= self._snapshot_interval:
-                try:
-                    self._snapshot(state.policy, "schedule")
-                except Exception as exc:  # the log is down: try again next interval
-                    log.warning("scheduled snapshot of %s failed: %s", state.policy, exc)
-                    state.last_snapshot_at = now
-
-    def _snapshot(self, policy: str, trigger: str) -> SnapshotInfo:
-        state = self._states.get(policy)
-        if state is None:
-            raise NotFound(f"policy {policy!r} not found")
-        data = state.model.to_bytes()
-        now = time.time()
-        row = dict(
-            policy=policy, lineage=state.lineage, model_version=state.version, last_joined_seq=state.last_seq,
-            trigger=trigger, created_at=now, size_bytes=len(data), model=data,
-        )
-        # Joined rows up to last_seq were submitted before this one: the same or an earlier commit.
+        row = SnapshotRow(policy, lineage, version, last_seq, trigger, now, len(data), data)
+        # The joined rows up to last_seq were queued before the events reached the learner: they
+        # are in this commit or an earlier one.
         self._writer.submit("snapshots", [row], force=True).result(timeout=60)
-        state.unsnapshotted = 0
-        state.last_snapshot_at = now
         self._metrics.snapshots.labels(policy, trigger).inc()
-        return SnapshotInfo(
-            snapshot_id=self._snapshot_ids(policy), policy=policy, model_version=state.version,
-            last_joined_seq=state.last_seq, created_at=now, size_bytes=len(data),
-        )
-
-    def _finish(self, done: Future[None]) -> None:
-        for state in self._states.values():
-            if state.unpublished:
-                self._publish_state(state)
-            if state.unsnapshotted:
-                try:
-                    self._snapshot(state.policy, "shutdown")
-                except Exception as exc:
-                    log.error("shutdown snapshot of %s failed: %s", state.policy, exc)
-        done.set_result(None)
+        return SnapshotInfo(self._snapshot_ids(policy), policy, version, last_seq, now, len(data))

@@ -18,18 +18,44 @@ from concurrent.futures import Future
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from ltrr_server.errors import FailedPrecondition, Overloaded
-from ltrr_server.log import schema
+from ltrr_server.log.rows import ROW_TYPES
 from ltrr_server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-Row = dict[str, Any]
+# A row: one of the named tuples of ``rows``, fields in column order.
+Row = tuple[Any, ...]
 # Tables whose rows may legitimately repeat (idempotent retries): insert-or-ignore.
 _IGNORE_CONFLICTS = {"decisions", "rewards", "joined"}
 _TABLE_ORDER = ("decisions", "rewards", "joined", "snapshots")
+
+
+class _InsertStatement:
+    """One table's insert as driver SQL with positional parameters.
+
+    The hot path of the log: SQLAlchemy's per-row parameter processing costs more than the
+    database does, so rows go to the driver's executemany as tuples. Tables whose rows may
+    legitimately repeat (idempotent retries) get ON CONFLICT DO NOTHING, which SQLite and
+    PostgreSQL both understand.
+    """
+
+    def __init__(self, dialect: sa.Dialect, name: str) -> None:
+        self.columns = list(ROW_TYPES[name]._fields)  # type: ignore[attr-defined]
+        mark = {"qmark": "?", "numeric": ":{}", "named": ":{}", "format": "%s", "pyformat": "%s"}[dialect.paramstyle]
+        marks = ", ".join(mark.format(c) if "{}" in mark else mark for c in self.columns)
+        quote = dialect.identifier_preparer.quote
+        cols = ", ".join(quote(c) for c in self.columns)
+        conflict = " ON CONFLICT DO NOTHING" if name in _IGNORE_CONFLICTS else ""
+        self.sql = f"INSERT INTO {name} ({cols}) VALUES ({marks}){conflict}"
+        self._named = dialect.paramstyle in ("named", "numeric")
+
+    def execute(self, conn: sa.Connection, rows: Sequence[Row]) -> None:
+        if self._named:
+            conn.exec_driver_sql(self.sql, [dict(zip(self.columns, r, strict=True)) for r in rows])
+        else:
+            conn.exec_driver_sql(self.sql, list(rows))
 
 
 class EventLogWriter:
@@ -40,13 +66,18 @@ class EventLogWriter:
     >>> engine = db.create_engine(f"sqlite:///{tempfile.mkdtemp()}/log.db"); db.migrate(engine)
     >>> w = EventLogWriter(engine, Metrics(prometheus_client.CollectorRegistry()), max_queue_rows=100)
     >>> w.start()
-    >>> fut = w.submit("snapshots", [dict(policy="p", lineage=1, model_version=1, last_joined_seq=0,
-    ...     trigger="t", created_at=0.0, size_bytes=1, model=b"x")])
+    >>> from ltrr_server.log.rows import SnapshotRow
+    >>> fut = w.submit("snapshots", [SnapshotRow("p", 1, 1, 0, "t", 0.0, 1, b"x")])
     >>> fut.result(timeout=5)
     >>> w.close()
     """
 
-    def __init__(self, engine: sa.Engine, metrics: Metrics, max_queue_rows: int, batch_rows: int = 5000) -> None:
+    def __init__(
+        self, engine: sa.Engine, metrics: Metrics, max_queue_rows: int, batch_rows: int = 5000,
+        linger: float = 0.0, idle_linger: float = 0.0,
+    ) -> None:
+        self._linger = linger
+        self._idle_linger = max(linger, idle_linger)
         self._engine = engine
         self._metrics = metrics
         self._max_rows = max_queue_rows
@@ -55,17 +86,10 @@ class EventLogWriter:
         self._queued_rows = 0
         self._cond = threading.Condition()
         self._closing = False
+        self._idle = False
+        self._waiters = 0
         self._thread = threading.Thread(target=self._run, name="ltrr-writer", daemon=True)
-        dialect = engine.dialect.name
-        self._insert_ignore: dict[str, sa.Insert] = {}
-        for name in _IGNORE_CONFLICTS:
-            table = schema.metadata.tables[name]
-            if dialect == "postgresql":
-                self._insert_ignore[name] = postgresql.insert(table).on_conflict_do_nothing()
-            elif dialect == "sqlite":
-                self._insert_ignore[name] = sqlite.insert(table).on_conflict_do_nothing()
-            else:  # other dialects: plain insert (duplicates are filtered before they get here)
-                self._insert_ignore[name] = table.insert()
+        self._statements = {name: _InsertStatement(engine.dialect, name) for name in _TABLE_ORDER}
 
     def start(self) -> None:
         self._thread.start()
@@ -78,12 +102,20 @@ class EventLogWriter:
         return self._max_rows - self._queued_rows
 
     def submit(self, table: str, rows: Sequence[Row], *, force: bool = False) -> Future[None]:
-        """Queues rows for the next commit. Raises Overloaded past the configured bound.
+        """Queues rows for the next commit; the future resolves after it. Raises Overloaded past the bound.
 
         ``force`` admits rows past the bound: for rows whose loss would lose data already
         promised elsewhere (joins of acknowledged rewards); they are bounded upstream.
         """
         fut: Future[None] = Future()
+        self._enqueue(table, rows, fut, force)
+        return fut
+
+    def append(self, table: str, rows: Sequence[Row]) -> None:
+        """Queues rows nobody waits for (decisions, joins), past the bound: they are bounded upstream."""
+        self._enqueue(table, rows, None, True)
+
+    def _enqueue(self, table: str, rows: Sequence[Row], fut: Future[None] | None, force: bool) -> None:
         with self._cond:
             if self._closing:
                 raise FailedPrecondition("the event log is closing")
@@ -94,8 +126,12 @@ class EventLogWriter:
                 )
             self._queue.append((table, rows, fut))
             self._queued_rows += len(rows)
-            self._cond.notify()
-        return fut
+            # Wake the writer when it idles, a full batch waits, or the first waiter arrives (which
+            # shortens the linger); waking it for every row would make each row its own transaction.
+            if fut is not None:
+                self._waiters += 1
+            if self._idle or self._queued_rows >= self._batch_rows or (fut is not None and self._waiters == 1):
+                self._cond.notify()
 
     def barrier(self) -> Future[None]:
         """A future that resolves once everything submitted before it is committed."""
@@ -105,21 +141,34 @@ class EventLogWriter:
         """Commits what is queued, then stops the thread."""
         with self._cond:
             self._closing = True
-            self._cond.notify()
+            self._cond.notify_all()
         self._thread.join(timeout)
 
     def _take_batch(self) -> list[tuple[str, Sequence[Row], Future[None] | None]] | None:
         with self._cond:
+            self._idle = True
             while not self._queue and not self._closing:
                 self._cond.wait()
+            self._idle = False
             if not self._queue:
                 return None
+            # Group commit: give concurrent writers a moment to join this transaction, so a steady
+            # trickle costs tens of commits a second, not one per event. Someone waiting for an ack
+            # shortens the wait to `linger`; rows nobody waits for (decisions, joins) wait longer.
+            start = time.monotonic()
+            while not self._closing and self._queued_rows < self._batch_rows:
+                remaining = start + (self._linger if self._waiters else self._idle_linger) - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
             batch = []
             rows = 0
             while self._queue and rows < self._batch_rows:
                 item = self._queue.popleft()
                 batch.append(item)
                 rows += len(item[1])
+                if item[2] is not None:
+                    self._waiters -= 1
             self._queued_rows -= rows
             self._metrics.write_queue_rows.set(self._queued_rows)
             return batch
@@ -143,10 +192,7 @@ class EventLogWriter:
                             table_rows = by_table.get(table)
                             if not table_rows:
                                 continue
-                            stmt = self._insert_ignore.get(table)
-                            if stmt is None:
-                                stmt = schema.metadata.tables[table].insert()
-                            conn.execute(stmt, table_rows)
+                            self._statements[table].execute(conn, table_rows)
                     error = None
                     break
                 except Exception as exc:  # the database is down or refused the batch

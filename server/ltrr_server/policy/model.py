@@ -26,6 +26,8 @@ import vowpal_wabbit_next as vw
 from ltrr_server.config import PolicySpec
 from ltrr_server.features import SLOT_NAMESPACE
 
+_ACTION_CACHE_SIZE = 10_000
+
 # (chosen action index, cost, probability) per slot.
 SlotLabel = tuple[int, float, float]
 
@@ -37,6 +39,9 @@ class PolicyModel:
         self._ws = workspace
         self._parser = vw.TextFormatParser(workspace)
         self.kind = kind
+        # Parsed action examples, reused across predictions (not across learning, which labels them):
+        # parsing dominates a prediction and the same actions come back request after request.
+        self._action_cache: dict[str, vw.Example] = {}
 
     @classmethod
     def create(cls, spec: PolicySpec) -> PolicyModel:
@@ -50,28 +55,39 @@ class PolicyModel:
         return bytes(self._ws.serialize())
 
     def _examples(
-        self, shared: str, actions: Sequence[str], slots: int, labels: Sequence[SlotLabel] | None
+        self, shared: str, actions: Sequence[str], slots: int, labels: Sequence[SlotLabel]
     ) -> list[vw.Example]:
         parse = self._parser.parse_line
         if self.kind == "cb":
-            lines = [shared]
-            label_for = {labels[0][0]: labels[0]} if labels else {}
-            for i, line in enumerate(actions):
-                lab = label_for.get(i)
-                lines.append(f"0:{lab[1]!r}:{lab[2]!r} {line}" if lab else line)
+            idx, cost, prob = labels[0]
+            lines = [shared, *actions]
+            lines[idx + 1] = f"0:{cost!r}:{prob!r} {actions[idx]}"
             return [parse(line) for line in lines]
         lines = [f"ccb {shared}"] + [f"ccb action {a}" for a in actions]
         for s in range(slots):
-            if labels and s < len(labels):
+            if s < len(labels):
                 idx, cost, prob = labels[s]
                 lines.append(f"ccb slot {idx}:{cost!r}:{prob!r} |{SLOT_NAMESPACE} slot={s}")
             else:
                 lines.append(f"ccb slot |{SLOT_NAMESPACE} slot={s}")
         return [parse(line) for line in lines]
 
+    def _cached(self, line: str) -> vw.Example:
+        ex = self._action_cache.get(line)
+        if ex is None:
+            if len(self._action_cache) >= _ACTION_CACHE_SIZE:
+                self._action_cache.clear()
+            ex = self._action_cache[line] = self._parser.parse_line(line)
+        return ex
+
     def predict_one(self, shared: str, actions: Sequence[str], slots: int = 1) -> list[list[float]]:
         """Per slot, the probability of every action (by action index; 0 for actions not eligible)."""
-        examples = self._examples(shared, actions, slots, None)
+        parse = self._parser.parse_line
+        if self.kind == "cb":
+            examples = [parse(shared)] + [self._cached(a) for a in actions]
+        else:
+            examples = ([parse(f"ccb {shared}")] + [self._cached(f"ccb action {a}") for a in actions]
+                        + [parse(f"ccb slot |{SLOT_NAMESPACE} slot={s}") for s in range(slots)])
         pred = self._ws.predict_one(examples)
         n = len(actions)
         if self.kind == "cb":

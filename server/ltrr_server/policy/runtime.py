@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ltrr_server.config import ActionSpec, PolicySpec
 from ltrr_server.features import action_line, dumps, namespaces_to_json
@@ -35,6 +36,10 @@ def sample(probs: Sequence[float], u: float) -> int:
 def draw_slots(per_slot: list[list[float]], rng: random.Random) -> list[tuple[int, float, list[float]]]:
     """Draws one distinct action per slot; each slot's distribution is renormalized over the
     actions still free. Returns (chosen index, its probability, the slot's distribution)."""
+    if len(per_slot) == 1:  # one slot: VW's distribution as it is
+        probs = per_slot[0]
+        idx = sample(probs, rng.random())
+        return [(idx, probs[idx], probs)]
     taken: set[int] = set()
     out = []
     for probs in per_slot:
@@ -69,6 +74,9 @@ class PolicyRuntime:
     counts: dict[str, int] = field(default_factory=dict)
     true_regret_total: float = 0.0
     last_lag_seconds: float = 0.0
+    # Metric children bound once: a labels() look-up per decision is measurable.
+    decisions_metric: Any = None
+    explored_metric: Any = None
 
     def __post_init__(self) -> None:
         self.set_actions(self.spec.actions)

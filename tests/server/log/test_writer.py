@@ -7,14 +7,14 @@ from prometheus_client import CollectorRegistry
 
 from ltrr_server.errors import Overloaded
 from ltrr_server.log import db
+from ltrr_server.log.rows import RewardRow
 from ltrr_server.log.writer import EventLogWriter
 from ltrr_server.metrics import Metrics
 from tests.helpers import rows
 
 
-def reward(i: int, event: str = "e") -> dict[str, object]:
-    return dict(event_id=event, reward_id=str(i), value=float(i), engaged=None, oracle_best=None,
-                oracle_chosen=None, status="accepted", received_at=0.0)
+def reward(i: int, event: str = "e") -> RewardRow:
+    return RewardRow(event, str(i), float(i), None, None, None, "accepted", 0.0)
 
 
 def test_many_submissions_share_commits_and_all_land(db_url: str) -> None:

@@ -1,0 +1,101 @@
+"""What the benchmarks share: servers in child processes, free ports, a closed-loop load driver."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "out"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_healthy(target: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    health = health_pb2_grpc.HealthStub(grpc.insecure_channel(target))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                return
+        except grpc.RpcError:
+            time.sleep(0.1)
+    raise TimeoutError(target)
+
+
+class LtrrProcess:
+    """`ltrr serve` as an operator runs it, on a temporary SQLite file unless a URL is given."""
+
+    def __init__(self, config: str | None = None, db_url: str | None = None, metrics: bool = True) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="ltrr-bench-"))
+        self.port = free_port()
+        self.metrics_port = free_port() if metrics else -1
+        self.db_url = db_url or f"sqlite:///{self.dir / 'ltrr.db'}"
+        args = [sys.executable, "-m", "ltrr_client.cli", "serve", "--db", self.db_url, "--grpc-port",
+                str(self.port), "--metrics-port", str(self.metrics_port), "--host", "127.0.0.1"]
+        if config:
+            (self.dir / "ltrr.toml").write_text(config)
+            args += ["--config", str(self.dir / "ltrr.toml")]
+        self.log = open(self.dir / "server.log", "w")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        self.target = f"127.0.0.1:{self.port}"
+        wait_healthy(self.target, self.proc)
+
+    def rss_mb(self) -> float:
+        return rss_mb(self.proc.pid)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(60)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def closed_loop(call: Callable[[], Awaitable[Any]], seconds: float, concurrency: int) -> float:
+    """Calls per second with ``concurrency`` calls always in flight, after a short warm-up."""
+    stop_at = 0.0
+    count = 0
+
+    async def worker() -> None:
+        nonlocal count
+        while time.perf_counter() < stop_at:
+            await call()
+            count += 1
+
+    stop_at = time.perf_counter() + min(1.0, seconds / 5)
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    count = 0
+    start = time.perf_counter()
+    stop_at = start + seconds
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return count / (time.perf_counter() - start)
+
+
+def save(name: str, result: dict[str, Any]) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    result = {"name": name, "at": time.strftime("%Y-%m-%dT%H:%M:%S"), "cpus": os.cpu_count(), **result}
+    (OUT / f"{name}.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))

@@ -1,0 +1,113 @@
+"""The learner process: learns joined events per policy, publishes copies, snapshots on schedule.
+
+Runs ``run`` as a spawned child of the server; talks to ``Learner`` over one pipe.
+"""
+
+from __future__ import annotations
+
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from ltrr_server.learner.state import LearnerState
+from ltrr_server.log.joiner import JoinedEvent
+from ltrr_server.policy.model import PolicyModel
+
+# What crosses the pipe per event: no more than learning needs.
+Packed = tuple[int, str, int, str, list[str], list[tuple[int, float]], float, float]
+
+
+def pack(ev: JoinedEvent) -> Packed:
+    return (ev.seq, ev.policy, ev.lineage, ev.shared, ev.actions, ev.chosen, ev.reward, ev.joined_at)
+
+
+def run(conn: Connection, states: list[tuple[Any, ...]], publish_interval: float, snapshot_interval: float) -> None:
+    learner = _Worker(conn, publish_interval, snapshot_interval)
+    for policy, lineage, kind, data, last_seq, version, learned, unsnapshotted in states:
+        state = LearnerState(policy, lineage, PolicyModel.from_bytes(data, kind), last_seq, version, learned,
+                             unsnapshotted=unsnapshotted, last_snapshot_at=time.time())
+        learner.states[policy] = state
+    learner.loop()
+
+
+class _Worker:
+    def __init__(self, conn: Connection, publish_interval: float, snapshot_interval: float) -> None:
+        self.conn = conn
+        self.publish_interval = publish_interval
+        self.snapshot_interval = snapshot_interval
+        self.states: dict[str, LearnerState] = {}
+
+    def loop(self) -> None:
+        next_tick = time.monotonic() + self.publish_interval
+        while True:
+            timeout = max(0.0, next_tick - time.monotonic())
+            try:
+                ready = self.conn.poll(timeout)
+                # Drain what is queued before publishing: one publish per burst.
+                while ready:
+                    if self.handle(self.conn.recv()):
+                        return
+                    ready = time.monotonic() < next_tick and self.conn.poll(0)
+            except EOFError:
+                return  # the server is gone: nothing left to report to
+            if time.monotonic() >= next_tick:
+                self.tick()
+                next_tick = time.monotonic() + self.publish_interval
+
+    def handle(self, msg: tuple[Any, ...]) -> bool:
+        kind = msg[0]
+        if kind == "events":
+            for seq, policy, lineage, shared, actions, chosen, reward, joined_at in msg[1]:
+                state = self.states.get(policy)
+                if state is None or state.lineage != lineage:
+                    continue  # an earlier lineage's decision: not learned by the new model
+                if not state.unpublished:
+                    state.oldest_unpublished_join = joined_at
+                state.model.learn_one(shared, actions, [(i, -reward, p) for i, p in chosen], len(chosen))
+                state.last_seq = seq
+                state.learned += 1
+                state.unpublished += 1
+                state.unsnapshotted += 1
+        elif kind == "state":
+            _, policy, lineage, model_kind, data, last_seq, version, learned = msg
+            state = LearnerState(policy, lineage, PolicyModel.from_bytes(data, model_kind), last_seq, version,
+                                 learned, last_snapshot_at=time.time())
+            self.states[policy] = state
+            self.publish(state)
+        elif kind == "snapshot":
+            _, request_id, policy, trigger = msg
+            self.snapshot(policy, trigger, request_id)
+        elif kind == "stop":
+            for state in self.states.values():
+                if state.unpublished:
+                    self.publish(state)
+                if state.unsnapshotted:
+                    self.snapshot(state.policy, "shutdown", 0)
+            self.conn.send(("stopped",))
+            return True
+        return False
+
+    def publish(self, state: LearnerState) -> None:
+        state.version += 1
+        lag = time.time() - state.oldest_unpublished_join if state.unpublished else 0.0
+        self.conn.send(("publish", state.policy, state.lineage, state.model.to_bytes(), state.version, lag,
+                        state.learned))
+        state.unpublished = 0
+
+    def snapshot(self, policy: str, trigger: str, request_id: int) -> None:
+        state = self.states.get(policy)
+        if state is None:
+            self.conn.send(("snapshot", request_id, policy, trigger, 0, b"", 0, 0, f"policy {policy!r} not found"))
+            return
+        self.conn.send(("snapshot", request_id, policy, trigger, state.lineage, state.model.to_bytes(),
+                        state.version, state.last_seq, ""))
+        state.unsnapshotted = 0
+        state.last_snapshot_at = time.time()
+
+    def tick(self) -> None:
+        now = time.time()
+        for state in self.states.values():
+            if state.unpublished:
+                self.publish(state)
+            if state.unsnapshotted and now - state.last_snapshot_at >= self.snapshot_interval:
+                self.snapshot(state.policy, "schedule", 0)
