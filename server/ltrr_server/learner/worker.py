@@ -5,6 +5,7 @@ Runs ``run`` as a spawned child of the server; talks to ``Learner`` over one pip
 
 from __future__ import annotations
 
+import signal
 import time
 from multiprocessing.connection import Connection
 from typing import Any
@@ -22,6 +23,10 @@ def pack(ev: JoinedEvent) -> Packed:
 
 
 def run(conn: Connection, states: list[tuple[Any, ...]], publish_interval: float, snapshot_interval: float) -> None:
+    # Ctrl-C and SIGTERM reach the whole process group; the server decides when the learner stops
+    # (after its final snapshots), and a server that dies closes the pipe, which ends this loop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     learner = _Worker(conn, publish_interval, snapshot_interval)
     for policy, lineage, kind, data, last_seq, version, learned, unsnapshotted in states:
         state = LearnerState(policy, lineage, PolicyModel.from_bytes(data, kind), last_seq, version, learned,
