@@ -1,0 +1,32 @@
+"""The learner process: it learns off the server's interpreter, and its loss is visible, not fatal."""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import grpc
+import pytest
+
+from ltrr.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2_grpc
+from ltrr_client.client import decide_request
+from tests.conftest import ServerThread, test_settings
+from tests.helpers import wait_for
+
+
+def test_learning_runs_in_another_process(server: ServerThread) -> None:
+    learner = server.core.learner
+    assert learner.alive and learner._process.pid != os.getpid()
+
+
+def test_a_dead_learner_is_reported_and_decisions_go_on(make_server: Any, sqlite_url: str) -> None:
+    server: ServerThread = make_server(test_settings(sqlite_url))
+    os.kill(server.core.learner._process.pid, signal.SIGKILL)
+    wait_for(lambda: server.registry.get_sample_value("ltrr_learner_up") == 0.0, what="ltrr_learner_up 0")
+    ch = server.channel()
+    assert decisions_pb2_grpc.DecisionServiceStub(ch).Decide(decide_request("demo")).event_id
+    with pytest.raises(grpc.RpcError) as err:
+        admin_pb2_grpc.AdminServiceStub(ch).SnapshotPolicy(admin_pb2.SnapshotPolicyRequest(name="demo"))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "learner" in err.value.details()
