@@ -3,8 +3,9 @@
     python -m bench.bench_rewards [--events 100000] [--batch 1000] [--db URL]
 
 The server runs as `ltrr serve` in its own process on the demo policy (aggregation "first": every
-reward is also joined and learned). Decisions are made first (DecideStream), then every reward is
-streamed and the clock stops at the last acknowledgement, which is sent only after the commit.
+reward is also joined and learned), its join window lengthened to cover the preparation.
+Decisions are made first (DecideStream), then every reward is streamed and the clock stops at
+the last acknowledgement, which is sent only after the commit.
 The ceiling: the same reward rows inserted with SQLAlchemy Core executemany in 5,000-row
 transactions into a fresh database with the same schema, in this same run.
 """
@@ -23,6 +24,7 @@ import grpc
 from bench.common import LtrrProcess, save
 from ltrr.v1 import decisions_pb2_grpc, feedback_pb2, feedback_pb2_grpc
 from ltrr_client.client import decide_request, reward_event
+from ltrr_server.config import demo_config_text
 from ltrr_server.log import db, schema
 
 
@@ -75,8 +77,12 @@ def raw_bulk_insert(db_url: str, ids: list[str], batch: int = 5000) -> float:
     return rate
 
 
+# The demo policy with a join window long enough for every decision made before the stream.
+CONFIG = demo_config_text().replace("join_window_seconds = 30", "join_window_seconds = 3600")
+
+
 def run(events: int, batch: int, db_url: str | None, ceiling_url: str | None) -> dict[str, Any]:
-    server = LtrrProcess(db_url=db_url)
+    server = LtrrProcess(CONFIG, db_url=db_url)
     try:
         t = time.perf_counter()
         ids = asyncio.run(make_decisions(server.target, events))

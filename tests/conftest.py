@@ -84,14 +84,11 @@ def demo_policy(**changes: Any) -> PolicySpec:
     return replace(base, **changes)
 
 
-def test_settings(db_url: str, *policies: PolicySpec, **changes: Any) -> Settings:
+def server_settings(db_url: str, *policies: PolicySpec, **changes: Any) -> Settings:
     return Settings(
         db_url=db_url, grpc_host="127.0.0.1", grpc_port=0, metrics_port=0, publish_interval_seconds=0.02,
         snapshot_interval_seconds=3600.0, policies=policies or (demo_policy(),), **changes,
     )
-
-
-test_settings.__test__ = False  # type: ignore[attr-defined]
 
 
 class ServerThread:
@@ -142,7 +139,7 @@ def make_server() -> Iterator[Any]:
 
 @pytest.fixture
 def server(make_server: Any, db_url: str) -> ServerThread:
-    return make_server(test_settings(db_url))  # type: ignore[no-any-return]
+    return make_server(server_settings(db_url))  # type: ignore[no-any-return]
 
 
 def free_port() -> int:

@@ -180,6 +180,9 @@ class Limits:
     max_features: int = 1024
     max_request_bytes: int = 4 * 1024 * 1024
     max_pending_joins: int = 500_000
+    # Recently joined decisions remembered to classify their later rewards without a database
+    # look-up (duplicate, accepted after an early join, late); older ones are looked up.
+    max_recent_joins: int = 50_000
     max_write_queue_rows: int = 200_000
     max_stream_inflight_batches: int = 64
     max_reward_batch: int = 10_000

@@ -131,8 +131,10 @@ class Ltrr:
             self.writer, metrics, self._on_publish, settings.publish_interval_seconds,
             settings.snapshot_interval_seconds, self.store.latest_snapshot_id,
         )
-        self.joiner = Joiner(settings.limits.max_pending_joins, 1, self._on_joined)
+        self.joiner = Joiner(settings.limits.max_pending_joins, 1, self._on_joined,
+                             closed_memory=settings.limits.max_recent_joins)
         self._joined_rows: list[JoinedRow] = []
+        self._unattributed: dict[Outcome, int] = {}
         self._joined_events: list[JoinedEvent] = []
         self.policies: dict[str, PolicyRuntime] = {}
         self._rng = random.Random()
@@ -323,6 +325,13 @@ class Ltrr:
             raise NotFound(f"policy {name!r} not found", field="policy")
         return rt
 
+    async def check_new_event_id(self, event_id: str) -> None:
+        """A caller-chosen event id must be new, also to the log (rows with a used id are not stored)."""
+        if event_id and event_id not in self.joiner and len(event_id) <= MAX_ID_LENGTH:
+            found, _ = await asyncio.to_thread(self.store.lookup_events, [(event_id, "")])
+            if found:
+                raise InvalidArgument("event_id", f"event id {event_id!r} is already used")
+
     def decide(
         self, policy: str, context: Namespaces, actions: Sequence[ActionSpec] | None = None,
         event_id: str = "", slots: int = 0,
@@ -468,6 +477,8 @@ class Ltrr:
         rt = self.policies.get(policy)
         if rt is not None:
             rt.count("rewards_" + outcome.value, n)
+        else:
+            self._unattributed[outcome] = self._unattributed.get(outcome, 0) + n
 
     @staticmethod
     def _reward_row(r: RewardInput, outcome: Outcome, now: float) -> RewardRow:
@@ -545,8 +556,9 @@ class Ltrr:
             "rewards_accepted": rt.counts.get("rewards_accepted", 0),
             "rewards_duplicate": rt.counts.get("rewards_duplicate", 0),
             "rewards_late": rt.counts.get("rewards_late", 0),
-            "rewards_unknown": self._global_count(Outcome.UNKNOWN),
-            "rewards_invalid": self._global_count(Outcome.INVALID),
+            # Unknown and invalid rewards name no policy they could be counted under.
+            "rewards_unknown": self._unattributed.get(Outcome.UNKNOWN, 0),
+            "rewards_invalid": self._unattributed.get(Outcome.INVALID, 0),
             "joined": rt.counts.get("joined", 0),
             "joined_default": rt.counts.get("joined_default", 0),
             "learned": learned,
@@ -560,8 +572,5 @@ class Ltrr:
             "learner_lag_events": max(0, rt.enqueued - learned),
             "last_snapshot_id": last_snapshot,
         }
-
-    def _global_count(self, outcome: Outcome) -> int:
-        return int(self.metrics.rewards.labels("", outcome.value)._value.get())
 
 

@@ -28,9 +28,9 @@ def _exprs() -> list[str]:
 
 
 def test_dashboard_and_alerts_use_only_exported_metrics(sqlite_url: str, make_server: object) -> None:
-    from tests.conftest import test_settings
+    from tests.conftest import server_settings
 
-    server: ServerThread = make_server(test_settings(sqlite_url))  # type: ignore[operator]
+    server: ServerThread = make_server(server_settings(sqlite_url))  # type: ignore[operator]
     ch = server.channel()
     d = decisions_pb2_grpc.DecisionServiceStub(ch).Decide(decide_request("demo"))
     list(feedback_pb2_grpc.FeedbackServiceStub(ch).StreamRewards(

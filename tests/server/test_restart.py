@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ltrr.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2_grpc, feedback_pb2, feedback_pb2_grpc
 from ltrr_client.client import decide_request, reward_event
-from tests.conftest import free_port, test_settings
+from tests.conftest import free_port, server_settings
 from tests.helpers import rows, wait_for
 
 CONFIG = """
@@ -208,7 +208,7 @@ def test_graceful_stop_snapshots_and_restart_replays_nothing(tmp_path: Path) -> 
 def test_in_process_restart_keeps_pending_joins(make_server: object, sqlite_url: str) -> None:
     from tests.conftest import demo_policy
 
-    settings = test_settings(sqlite_url, demo_policy(join_window_seconds=6.0, aggregation="sum"))
+    settings = server_settings(sqlite_url, demo_policy(join_window_seconds=6.0, aggregation="sum"))
     first = make_server(settings)  # type: ignore[operator]
     dec = decisions_pb2_grpc.DecisionServiceStub(first.channel())
     fb = feedback_pb2_grpc.FeedbackServiceStub(first.channel())

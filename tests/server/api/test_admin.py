@@ -7,7 +7,7 @@ import pytest
 
 from ltrr.v1 import admin_pb2, admin_pb2_grpc, common_pb2, decisions_pb2_grpc
 from ltrr_client.client import decide_request
-from tests.conftest import ServerThread, test_settings
+from tests.conftest import ServerThread, server_settings
 from tests.helpers import rows
 
 
@@ -76,7 +76,7 @@ def test_update_live_fields_and_learning_fields(server: ServerThread) -> None:
 
 
 def test_policies_and_changes_persist_across_restart(make_server: object, db_url: str) -> None:
-    first = make_server(test_settings(db_url))  # type: ignore[operator]
+    first = make_server(server_settings(db_url))  # type: ignore[operator]
     a = admin(first)
     a.CreatePolicy(admin_pb2.CreatePolicyRequest(spec=ccb_spec()))
     spec = a.GetPolicy(admin_pb2.GetPolicyRequest(name="demo")).spec
@@ -84,7 +84,7 @@ def test_policies_and_changes_persist_across_restart(make_server: object, db_url
     a.UpdatePolicy(admin_pb2.UpdatePolicyRequest(spec=spec))
     first.stop()
 
-    second = make_server(test_settings(db_url))  # type: ignore[operator]
+    second = make_server(server_settings(db_url))  # type: ignore[operator]
     b = admin(second)
     assert {p.spec.name for p in b.ListPolicies(admin_pb2.ListPoliciesRequest()).policies} == {"demo", "rows"}
     demo = b.GetPolicy(admin_pb2.GetPolicyRequest(name="demo"))

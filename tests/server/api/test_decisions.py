@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import grpc
 import pytest
 
 from ltrr.v1 import common_pb2, decisions_pb2, decisions_pb2_grpc
 from ltrr_client.client import decide_request
-from tests.conftest import ServerThread
+from tests.conftest import ServerThread, server_settings
 from tests.helpers import rows, wait_for
 
 
@@ -45,6 +46,17 @@ def test_decide_with_request_actions_and_caller_event_id(server: ServerThread) -
         s.Decide(req)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "event_id" in err.value.details()
+
+
+def test_caller_event_ids_are_checked_against_the_log_too(make_server: Any, sqlite_url: str) -> None:
+    first = make_server(server_settings(sqlite_url))
+    stub(first).Decide(decide_request("demo", event_id="order-42"))
+    first.stop()
+    second = make_server(server_settings(sqlite_url))  # the id is no longer in memory, only in the log
+    with pytest.raises(grpc.RpcError) as err:
+        stub(second).Decide(decide_request("demo", event_id="order-42"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "already used" in err.value.details()
+    assert len(rows(sqlite_url, "decisions")) == 1
 
 
 def _nan_feature() -> decisions_pb2.DecideRequest:

@@ -11,7 +11,7 @@ import pytest
 
 from ltrr.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2_grpc, feedback_pb2, feedback_pb2_grpc
 from ltrr_client.client import decide_request, reward_event
-from tests.conftest import ServerThread, demo_policy, test_settings
+from tests.conftest import ServerThread, demo_policy, server_settings
 from tests.helpers import rows, wait_for
 
 R = feedback_pb2
@@ -71,11 +71,15 @@ def test_stream_acks_every_event_with_its_status_and_keeps_going(server: ServerT
     assert "value" in acks[0].acks[2].message
     stored = {(r["event_id"], r["reward_id"]) for r in rows(server.settings.db_url, "rewards")}
     assert stored == {(ids[0], ""), (ids[2], "a"), (ids[3], ""), (ids[4], "")}
+    stats = admin_pb2_grpc.AdminServiceStub(server.channel()).GetPolicyStats(
+        admin_pb2.GetPolicyStatsRequest(name="demo"))
+    assert (stats.rewards_accepted, stats.rewards_duplicate, stats.rewards_unknown, stats.rewards_invalid) == \
+        (4, 1, 1, 1)
 
 
 def test_join_window_default_reward_and_late_rewards(make_server: object, db_url: str) -> None:
     policy = demo_policy(join_window_seconds=0.3, aggregation="sum", default_reward=-0.25)
-    server = make_server(test_settings(db_url, policy))  # type: ignore[operator]
+    server = make_server(server_settings(db_url, policy))  # type: ignore[operator]
     dec, fb = _stubs(server)
     silent = dec.Decide(decide_request("demo")).event_id
     rewarded = dec.Decide(decide_request("demo")).event_id
@@ -114,7 +118,7 @@ def test_policy_learns_from_rewards_within_seconds(server: ServerThread) -> None
 def test_write_queue_bound_gives_resource_exhausted(make_server: object, sqlite_url: str) -> None:
     from ltrr_server.config import Limits
 
-    settings = replace(test_settings(sqlite_url), limits=Limits(max_reward_batch=10))
+    settings = replace(server_settings(sqlite_url), limits=Limits(max_reward_batch=10))
     server = make_server(settings)  # type: ignore[operator]
     dec, fb = _stubs(server)
     d = dec.Decide(decide_request("demo"))
@@ -127,7 +131,7 @@ def test_write_queue_bound_gives_resource_exhausted(make_server: object, sqlite_
 def test_pending_joins_are_bounded(make_server: object, sqlite_url: str) -> None:
     from ltrr_server.config import Limits
 
-    server = make_server(replace(test_settings(sqlite_url), limits=Limits(max_pending_joins=5)))  # type: ignore[operator]
+    server = make_server(replace(server_settings(sqlite_url), limits=Limits(max_pending_joins=5)))  # type: ignore[operator]
     dec, _ = _stubs(server)
     for _ in range(5):
         dec.Decide(decide_request("demo"))

@@ -11,7 +11,7 @@ import pytest
 
 from ltrr.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2_grpc
 from ltrr_client.client import decide_request
-from tests.conftest import ServerThread, test_settings
+from tests.conftest import ServerThread, server_settings
 from tests.helpers import wait_for
 
 
@@ -21,7 +21,7 @@ def test_learning_runs_in_another_process(server: ServerThread) -> None:
 
 
 def test_a_dead_learner_is_reported_and_decisions_go_on(make_server: Any, sqlite_url: str) -> None:
-    server: ServerThread = make_server(test_settings(sqlite_url))
+    server: ServerThread = make_server(server_settings(sqlite_url))
     os.kill(server.core.learner._process.pid, signal.SIGKILL)
     wait_for(lambda: server.registry.get_sample_value("ltrr_learner_up") == 0.0, what="ltrr_learner_up 0")
     ch = server.channel()
