@@ -96,11 +96,14 @@ def run(minutes: float, rate: int) -> dict[str, Any]:
         server.stop()
     # Warm-up: the recent-joins memory (limits.max_recent_joins, 50k) fills in 50 s at 1k/s.
     steady = [s["server_mb"] for s in samples if s["t"] >= 120] or [s["server_mb"] for s in samples]
+    half = max(1, len(steady) // 2)
+    first, second = sum(steady[:half]) / half, sum(steady[half:]) / max(1, len(steady) - half)
     return {
         "minutes": minutes, "rate_per_s": rate, "decisions": n, "idle_server_rss_mb": idle,
         "idle_learner_rss_mb": samples[0]["learner_mb"] if samples else 0.0,
         "steady_min_mb": min(steady), "steady_max_mb": max(steady),
-        "steady_growth": max(steady) / min(steady) - 1, "samples": samples,
+        # Drift: mean of the second half of the steady samples against the first half's.
+        "steady_drift": second / first - 1, "steady_range": max(steady) / min(steady) - 1, "samples": samples,
     }
 
 

@@ -56,7 +56,11 @@ class LtrrServer:
 
 
 async def build_server(settings: Settings, registry: CollectorRegistry | None = None) -> tuple[LtrrServer, int]:
-    """Restores the core and starts serving. Returns the server and its bound gRPC port."""
+    """Restores the core and starts serving. Returns the server and its bound gRPC port.
+
+    The learner runs in a spawned child process, so a script that calls this must keep its
+    top level behind ``if __name__ == "__main__":`` (the usual multiprocessing rule).
+    """
     registry = registry if registry is not None else CollectorRegistry()
     metrics = Metrics(registry)
     core = Ltrr(settings, metrics)

@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 MAX_ID_LENGTH = 64
 MAX_REWARD_ID_LENGTH = 128
 MAX_ENGAGED_ITEMS = 1000
+# Enum.value is a Python-level property; this runs once per reward.
+_STATUS_TEXT = {o: o.value for o in Outcome}
 
 
 @dataclass
@@ -274,6 +276,10 @@ class Ltrr:
         if self._joined_rows:
             rows, self._joined_rows = self._joined_rows, []
             self.writer.append("joined", rows)
+            for rt in self.policies.values():
+                if rt.window_batch:
+                    rt.window.add_many(rt.window_batch)
+                    rt.window_batch = []
             self.learner.put_many(self._joined_events)
             self._joined_events = []
 
@@ -292,7 +298,7 @@ class Ltrr:
             rt.true_regret_total += regret
             self.metrics.true_regret.labels(ev.policy).inc(max(regret, 0.0))
         idx, prob = ev.chosen[0]
-        rt.window.add(ev.action_ids[idx], prob, ev.reward, ev.explored, regret)
+        rt.window_batch.append((ev.action_ids[idx], prob, ev.reward, ev.explored, regret))
         rt.count("joined")
         if ev.source == "default":
             rt.count("joined_default")
@@ -483,7 +489,7 @@ class Ltrr:
     @staticmethod
     def _reward_row(r: RewardInput, outcome: Outcome, now: float) -> RewardRow:
         return RewardRow(r.event_id, r.reward_id, r.value, dumps(r.engaged) if r.engaged else None, r.oracle_best,
-                         r.oracle_chosen, outcome.value, now)
+                         r.oracle_chosen, _STATUS_TEXT[outcome], now)
 
     # ------------------------------------------------------------------ admin
     def _info(self, rt: PolicyRuntime) -> PolicyInfo:

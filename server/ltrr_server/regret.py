@@ -36,14 +36,19 @@ class RewardWindow:
         self._lock = threading.Lock()
 
     def add(self, action: str, prob: float, reward: float, explored: bool, true_regret: float | None) -> None:
+        self.add_many([(action, prob, reward, explored, true_regret)])
+
+    def add_many(self, events: list[tuple[str, float, float, bool, float | None]]) -> None:
+        """Adds joined events: (chosen action, its probability, reward, explored, true regret or None)."""
         with self._lock:
-            self._push(action, prob, reward, explored, true_regret, 1)
-            self._events.append((action, prob, reward, explored, true_regret))
-            if len(self._events) > self._size:
-                self._push(*self._events.popleft(), -1)
+            for ev in events:
+                self._push(*ev, 1)
+                self._events.append(ev)
+                if len(self._events) > self._size:
+                    self._push(*self._events.popleft(), -1)
 
     def _push(self, action: str, prob: float, reward: float, explored: bool, regret: float | None, sign: int) -> None:
-        w = 1.0 / max(prob, 1e-6)
+        w = 1.0 / (prob if prob > 1e-6 else 1e-6)
         acc = self._ips[action]
         acc[0] += sign * reward * w
         acc[1] += sign * w

@@ -66,6 +66,8 @@ class PolicyRuntime:
     serving: PolicyModel
     model_version: int
     window: RewardWindow
+    # Joined events not yet added to the window: added per batch of joins (one lock, not one per event).
+    window_batch: list[tuple[str, float, float, bool, float | None]] = field(default_factory=list)
     action_ids: list[str] = field(default_factory=list)
     action_lines: list[str] = field(default_factory=list)
     actions_json: str = "[]"
