@@ -36,6 +36,8 @@ def _pg_reachable() -> str:
 
 
 _PG_PROBLEM: str | None = None
+# Servers started by the current test, stopped before its PostgreSQL database is dropped.
+_RUNNING: list[ServerThread] = []
 
 
 def pg_problem() -> str:
@@ -60,6 +62,9 @@ def pg_url() -> Iterator[str]:
         conn.execute(f'CREATE DATABASE "{name}"')
     base = PG_URL.rsplit("/", 1)[0]
     yield f"{base}/{name}"
+    # Servers of this test stop (and write their last snapshots) before their database goes.
+    while _RUNNING:
+        _RUNNING.pop().stop()
     with psycopg.connect(PG_URL, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
@@ -117,6 +122,8 @@ class ServerThread:
         return grpc.insecure_channel(self.target)
 
     def stop(self) -> None:
+        if not self.loop.is_running():
+            return
         self.call(self.server.stop(grace=1.0))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
@@ -129,12 +136,13 @@ def make_server() -> Iterator[Any]:
     def make(settings: Settings) -> ServerThread:
         s = ServerThread(settings)
         started.append(s)
+        _RUNNING.append(s)
         return s
 
     yield make
     for s in started:
-        if s.loop.is_running():
-            s.stop()
+        s.stop()
+    _RUNNING.clear()
 
 
 @pytest.fixture

@@ -184,7 +184,8 @@ class EventLogWriter:
                     by_table.setdefault(table, []).extend(rows)
             n = sum(len(r) for r in by_table.values())
             error: BaseException | None = None
-            for attempt in range(5):
+            attempt = 0
+            while True:
                 start = time.perf_counter()
                 try:
                     with self._engine.begin() as conn:
@@ -195,11 +196,19 @@ class EventLogWriter:
                             self._statements[table].execute(conn, table_rows)
                     error = None
                     break
-                except Exception as exc:  # the database is down or refused the batch
+                except sa.exc.OperationalError as exc:
+                    # The database is away (restarting, locked, network): keep the rows and try
+                    # again. Nothing is acknowledged meanwhile; the bounded queue pushes back.
+                    error = exc
+                    attempt += 1
+                    self._metrics.db_write_errors.inc()
+                    log.warning("group commit of %d rows failed (attempt %d), retrying: %s", n, attempt, exc)
+                    time.sleep(min(5.0, 0.05 * 2**attempt))
+                except Exception as exc:  # the batch itself was refused: retrying cannot help
                     error = exc
                     self._metrics.db_write_errors.inc()
-                    log.warning("group commit of %d rows failed (attempt %d): %s", n, attempt + 1, exc)
-                    time.sleep(0.05 * 2**attempt)
+                    log.error("group commit of %d rows refused: %s", n, exc)
+                    break
             self._metrics.db_write_seconds.observe(time.perf_counter() - start)
             self._metrics.db_write_rows.observe(n)
             for _, _, fut in batch:
