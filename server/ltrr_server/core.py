@@ -143,7 +143,6 @@ class Ltrr:
         self._event_prefix = uuid.uuid4().hex[:16]
         self._event_counter = 0
         self._expiry_task: asyncio.Task[None] | None = None
-        self._lookup_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> None:
@@ -204,20 +203,20 @@ class Ltrr:
                  spec.name, lineage, snap["id"] if snap else "none", replayed, time.perf_counter() - t0, recovered)
 
     @staticmethod
-    def _event_from_rows(ev: dict[str, object], spec: PolicySpec, seq: int | None = None,
-                         reward: float | None = None) -> JoinedEvent:
+    def _event_from_rows(ev: dict[str, object], spec: PolicySpec) -> JoinedEvent:
+        """A logged decision (and its join, for a replay) as the learner takes it."""
         context = namespaces_from_json(json.loads(str(ev["context"])))
         actions = json.loads(str(ev["actions"]))
         chosen_idx = json.loads(str(ev["chosen"]))
         probs = json.loads(str(ev["probabilities"]))
         return JoinedEvent(
-            seq=int(ev["seq"]) if seq is None else seq,  # type: ignore[call-overload]
+            seq=int(ev["seq"]),  # type: ignore[call-overload]
             event_id=str(ev["event_id"]), policy=spec.name, lineage=int(ev["lineage"]),  # type: ignore[call-overload]
             shared=shared_line(context),
             actions=[action_line(a, namespaces_from_json(f)) for a, f in actions],
             action_ids=[a for a, _ in actions],
             chosen=[(i, probs[s][i]) for s, i in enumerate(chosen_idx)],
-            explored=False, reward=float(ev["reward"]) if reward is None else reward,  # type: ignore[arg-type]
+            explored=False, reward=float(ev["reward"]),  # type: ignore[arg-type]
             n_rewards=0, source="replay", oracle_best=None, oracle_chosen=None, joined_at=time.time(),
         )
 
@@ -306,7 +305,8 @@ class Ltrr:
         rt.enqueued += 1
 
     def _on_publish(self, policy: str, lineage: int, model: PolicyModel, version: int, lag: float) -> None:
-        """Called on the learner thread: one attribute swap, atomic for the event loop."""
+        """Called on the thread that receives from the learner process: one attribute swap, atomic
+        for the event loop, which reads `rt.serving` once per decision."""
         rt = self.policies.get(policy)
         if rt is None or rt.lineage != lineage:
             return
