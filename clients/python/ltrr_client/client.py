@@ -75,12 +75,11 @@ def reward_event(
 
 
 class LtrrClient:
-    """Blocking client.
+    """Blocking client. With a server running (tests/clients exercise it)::
 
-    >>> with LtrrClient("localhost:50051") as c:          # doctest: +SKIP
-    ...     d = c.decide("demo", {"user": {"segment": "s1"}})
-    ...     c.report_reward(d.event_id, 1.0).status
-    1
+        with LtrrClient("localhost:50051") as c:
+            d = c.decide("demo", {"user": {"segment": "s1"}})
+            c.report_reward(d.event_id, 1.0).status   # REWARD_STATUS_ACCEPTED, once committed
     """
 
     def __init__(self, target: str, timeout: float = 10.0) -> None:
