@@ -195,7 +195,7 @@ class Ltrr:
         )
         self._register(rt)
         self.metrics.learner_lag_events.labels(spec.name).set_function(
-            lambda rt=rt, name=spec.name: max(0, rt.enqueued - self.learner.learned.get(name, 0))  # type: ignore[misc]
+            lambda rt=rt, name=spec.name: self.learner.backlog(name, rt.enqueued)  # type: ignore[misc]
         )
         self.learner.set_state(state)
         recovered = self._recover_joins(rt, since)
@@ -376,7 +376,7 @@ class Ltrr:
                 raise InvalidArgument("event_id", f"event id {event_id!r} is already used")
         else:
             event_id = self._next_event_id()
-        backlog = rt.enqueued - self.learner.learned.get(policy, 0)
+        backlog = self.learner.backlog(policy, rt.enqueued)
         if self.joiner.room() - backlog <= 0:
             raise Overloaded(f"{len(self.joiner)} decisions pending and {backlog} joined events not yet learned "
                              f"(limits.max_pending_joins={self.limits.max_pending_joins}); retry with backoff")
@@ -575,7 +575,7 @@ class Ltrr:
             "true_regret_total": rt.true_regret_total,
             "exploration_share": w["exploration_share"],
             "learner_lag_seconds": rt.last_lag_seconds,
-            "learner_lag_events": max(0, rt.enqueued - learned),
+            "learner_lag_events": self.learner.backlog(name, rt.enqueued),
             "last_snapshot_id": last_snapshot,
         }
 

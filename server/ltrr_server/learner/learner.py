@@ -128,7 +128,13 @@ class Learner:
         if self._process is None:
             self._pre_start.extend(events)
             return
+        if not self.alive:
+            return  # they are in the log: the next start replays them
         self._outbox.put(("events", [worker.pack(ev) for ev in events]))
+
+    def backlog(self, policy: str, enqueued: int) -> int:
+        """Joined events handed over and not yet learned; 0 while no learner runs to take them."""
+        return max(0, enqueued - self.learned.get(policy, 0)) if self.alive else 0
 
     def snapshot(self, policy: str, trigger: str = "admin") -> Future[SnapshotInfo]:
         fut: Future[SnapshotInfo] = Future()

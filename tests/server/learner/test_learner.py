@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
+from dataclasses import replace
 from typing import Any
 
 import grpc
 import pytest
 
-from ltrr.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2_grpc
-from ltrr_client.client import decide_request
+from ltrr.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2_grpc, feedback_pb2, feedback_pb2_grpc
+from ltrr_client.client import decide_request, reward_event
+from ltrr_server.config import Limits
 from tests.conftest import ServerThread, server_settings
-from tests.helpers import wait_for
+from tests.helpers import rows, wait_for
 
 
 def test_learning_runs_in_another_process(server: ServerThread) -> None:
@@ -21,11 +23,19 @@ def test_learning_runs_in_another_process(server: ServerThread) -> None:
 
 
 def test_a_dead_learner_is_reported_and_decisions_go_on(make_server: Any, sqlite_url: str) -> None:
-    server: ServerThread = make_server(server_settings(sqlite_url))
+    settings = replace(server_settings(sqlite_url), limits=Limits(max_pending_joins=50))
+    server: ServerThread = make_server(settings)
     os.kill(server.core.learner._process.pid, signal.SIGKILL)
     wait_for(lambda: server.registry.get_sample_value("ltrr_learner_up") == 0.0, what="ltrr_learner_up 0")
     ch = server.channel()
-    assert decisions_pb2_grpc.DecisionServiceStub(ch).Decide(decide_request("demo")).event_id
+    dec = decisions_pb2_grpc.DecisionServiceStub(ch)
+    fb = feedback_pb2_grpc.FeedbackServiceStub(ch)
+    # Far past the pending-joins bound: unlearned joins must not pile up against it.
+    for _ in range(200):
+        ack = fb.ReportReward(reward_event(dec.Decide(decide_request("demo")).event_id, 1.0))
+        assert ack.status == feedback_pb2.REWARD_STATUS_ACCEPTED
+    # Logged, to be replayed by the next start.
+    wait_for(lambda: len(rows(sqlite_url, "joined")) == 200, what="200 joined rows")
     with pytest.raises(grpc.RpcError) as err:
         admin_pb2_grpc.AdminServiceStub(ch).SnapshotPolicy(admin_pb2.SnapshotPolicyRequest(name="demo"))
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
