@@ -43,8 +43,6 @@ log = logging.getLogger(__name__)
 MAX_ID_LENGTH = 64
 MAX_REWARD_ID_LENGTH = 128
 MAX_ENGAGED_ITEMS = 1000
-# Enum.value is a Python-level property; this runs once per reward.
-_STATUS_TEXT = {o: o.value for o in Outcome}
 
 
 @dataclass
@@ -74,7 +72,7 @@ class RewardInput:
 
 @dataclass
 class RewardResult:
-    outcome: Outcome
+    outcome: str
     message: str = ""
 
 
@@ -136,7 +134,7 @@ class Ltrr:
         self.joiner = Joiner(settings.limits.max_pending_joins, 1, self._on_joined,
                              closed_memory=settings.limits.max_recent_joins)
         self._joined_rows: list[JoinedRow] = []
-        self._unattributed: dict[Outcome, int] = {}
+        self._unattributed: dict[str, int] = {}
         self._joined_events: list[JoinedEvent] = []
         self.policies: dict[str, PolicyRuntime] = {}
         self._rng = random.Random()
@@ -423,7 +421,7 @@ class Ltrr:
         rows: list[RewardRow] = []
         close_now: list[str] = []
         lookups: list[int] = []
-        counts: dict[tuple[str, Outcome], int] = {}
+        counts: dict[tuple[str, str], int] = {}
         for i, r in enumerate(rewards):
             problem = _validate_reward(r)
             if problem:
@@ -432,14 +430,14 @@ class Ltrr:
                 continue
             outcome, policy = self.joiner.reward(r.event_id, r.reward_id, r.value, now, r.oracle_best,
                                                  r.oracle_chosen)
-            if outcome is Outcome.LOOKUP:
+            if outcome == Outcome.LOOKUP:
                 lookups.append(i)
                 continue
             counts[(policy, outcome)] = counts.get((policy, outcome), 0) + 1
             results[i] = RewardResult(outcome)
             if outcome in (Outcome.ACCEPTED, Outcome.LATE):
                 rows.append(self._reward_row(r, outcome, now))
-                if outcome is Outcome.ACCEPTED and self.policies[policy].spec.aggregation == "first":
+                if outcome == Outcome.ACCEPTED and self.policies[policy].spec.aggregation == "first":
                     close_now.append(r.event_id)
         for (policy, outcome), n in counts.items():
             self._count_reward(policy, outcome, n)
@@ -478,18 +476,18 @@ class Ltrr:
         if rows:
             await asyncio.wrap_future(self.writer.submit("rewards", rows, force=True))
 
-    def _count_reward(self, policy: str, outcome: Outcome, n: int = 1) -> None:
-        self.metrics.child(self.metrics.rewards, policy, outcome.value).inc(n)
+    def _count_reward(self, policy: str, outcome: str, n: int = 1) -> None:
+        self.metrics.child(self.metrics.rewards, policy, outcome).inc(n)
         rt = self.policies.get(policy)
         if rt is not None:
-            rt.count("rewards_" + outcome.value, n)
+            rt.count("rewards_" + outcome, n)
         else:
             self._unattributed[outcome] = self._unattributed.get(outcome, 0) + n
 
     @staticmethod
-    def _reward_row(r: RewardInput, outcome: Outcome, now: float) -> RewardRow:
+    def _reward_row(r: RewardInput, outcome: str, now: float) -> RewardRow:
         return RewardRow(r.event_id, r.reward_id, r.value, dumps(r.engaged) if r.engaged else None, r.oracle_best,
-                         r.oracle_chosen, _STATUS_TEXT[outcome], now)
+                         r.oracle_chosen, outcome, now)
 
     # ------------------------------------------------------------------ admin
     def _info(self, rt: PolicyRuntime) -> PolicyInfo:

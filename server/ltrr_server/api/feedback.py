@@ -31,9 +31,9 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
         self, request: feedback_pb2.RewardEvent, context: Ctx
     ) -> feedback_pb2.RewardAck:
         [result] = await self._core.report_rewards([convert.reward_input(request)])
-        if result.outcome is Outcome.INVALID:
+        if result.outcome == Outcome.INVALID:
             raise errors.InvalidArgument("", result.message)
-        if result.outcome is Outcome.UNKNOWN:
+        if result.outcome == Outcome.UNKNOWN:
             raise errors.NotFound(result.message, field="event_id")
         return convert.reward_ack(request, result)
 

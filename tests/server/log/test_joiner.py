@@ -25,8 +25,8 @@ def make(max_pending: int = 10) -> tuple[Joiner, list[JoinedEvent]]:
 def test_aggregation_at_window_close(how: str, expected: float) -> None:
     j, out = make()
     j.add(pending("e", deadline=10.0, aggregation=how))
-    assert j.reward("e", "r1", 1.0, now=1.0)[0] is Outcome.ACCEPTED
-    assert j.reward("e", "r2", 2.5, now=2.0)[0] is Outcome.ACCEPTED
+    assert j.reward("e", "r1", 1.0, now=1.0)[0] == Outcome.ACCEPTED
+    assert j.reward("e", "r2", 2.5, now=2.0)[0] == Outcome.ACCEPTED
     assert j.expire(now=9.9) == 0 and out == []
     assert j.expire(now=10.0) == 1
     assert (out[0].reward, out[0].n_rewards, out[0].source, out[0].seq) == (expected, 2, "reward", 7)
@@ -45,10 +45,10 @@ def test_duplicates_and_late_rewards() -> None:
     assert j.reward("e", "r", 1.0, now=1.0) == (Outcome.ACCEPTED, "p")
     j.close_now("e", now=1.0)
     assert len(out) == 1
-    assert j.reward("e", "r", 1.0, now=2.0)[0] is Outcome.DUPLICATE
-    assert j.reward("e", "other", 1.0, now=2.0)[0] is Outcome.ACCEPTED  # in the window: stored, join decided
-    assert j.reward("e", "later", 1.0, now=6.0)[0] is Outcome.LATE
-    assert j.reward("never-seen", "", 1.0, now=6.0)[0] is Outcome.LOOKUP
+    assert j.reward("e", "r", 1.0, now=2.0)[0] == Outcome.DUPLICATE
+    assert j.reward("e", "other", 1.0, now=2.0)[0] == Outcome.ACCEPTED  # in the window: stored, join decided
+    assert j.reward("e", "later", 1.0, now=6.0)[0] == Outcome.LATE
+    assert j.reward("never-seen", "", 1.0, now=6.0)[0] == Outcome.LOOKUP
     assert len(out) == 1
 
 
