@@ -86,7 +86,7 @@ class Learner:
             self._states[state.policy] = state
         else:
             self._outbox.put(("state", state.policy, state.lineage, state.model.kind, state.model.to_bytes(),
-                              state.last_seq, state.version, state.learned))
+                              state.last_seq, state.version))
 
     def drain_before_start(self) -> None:
         """Learns, in this process, the joins recovered at start-up; then publishes every policy."""

@@ -32,6 +32,7 @@ def run(conn: Connection, states: list[tuple[Any, ...]], publish_interval: float
         state = LearnerState(policy, lineage, PolicyModel.from_bytes(data, kind), last_seq, version, learned,
                              unsnapshotted=unsnapshotted, last_snapshot_at=time.time())
         learner.states[policy] = state
+        learner.consumed[policy] = learned
     learner.loop()
 
 
@@ -41,6 +42,9 @@ class _Worker:
         self.publish_interval = publish_interval
         self.snapshot_interval = snapshot_interval
         self.states: dict[str, LearnerState] = {}
+        # Joined events taken per policy, learned or skipped (an earlier lineage's): the server
+        # compares it with what it handed over to know the backlog. Never reset by a new lineage.
+        self.consumed: dict[str, int] = {}
 
     def loop(self) -> None:
         next_tick = time.monotonic() + self.publish_interval
@@ -63,20 +67,20 @@ class _Worker:
         kind = msg[0]
         if kind == "events":
             for seq, policy, lineage, shared, actions, chosen, reward, joined_at in msg[1]:
+                self.consumed[policy] = self.consumed.get(policy, 0) + 1
                 state = self.states.get(policy)
                 if state is None or state.lineage != lineage:
-                    continue  # an earlier lineage's decision: not learned by the new model
+                    continue  # an earlier lineage's decision: consumed, not learned by the new model
                 if not state.unpublished:
                     state.oldest_unpublished_join = joined_at
                 state.model.learn_one(shared, actions, [(i, -reward, p) for i, p in chosen], len(chosen))
                 state.last_seq = seq
-                state.learned += 1
                 state.unpublished += 1
                 state.unsnapshotted += 1
         elif kind == "state":
-            _, policy, lineage, model_kind, data, last_seq, version, learned = msg
+            _, policy, lineage, model_kind, data, last_seq, version = msg
             state = LearnerState(policy, lineage, PolicyModel.from_bytes(data, model_kind), last_seq, version,
-                                 learned, last_snapshot_at=time.time())
+                                 last_snapshot_at=time.time())
             self.states[policy] = state
             self.publish(state)
         elif kind == "snapshot":
@@ -96,7 +100,7 @@ class _Worker:
         state.version += 1
         lag = time.time() - state.oldest_unpublished_join if state.unpublished else 0.0
         self.conn.send(("publish", state.policy, state.lineage, state.model.to_bytes(), state.version, lag,
-                        state.learned))
+                        self.consumed.get(state.policy, 0)))
         state.unpublished = 0
 
     def snapshot(self, policy: str, trigger: str, request_id: int) -> None:

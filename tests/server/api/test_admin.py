@@ -5,10 +5,10 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from ltrr.v1 import admin_pb2, admin_pb2_grpc, common_pb2, decisions_pb2_grpc
-from ltrr_client.client import decide_request
+from ltrr.v1 import admin_pb2, admin_pb2_grpc, common_pb2, decisions_pb2_grpc, feedback_pb2_grpc
+from ltrr_client.client import decide_request, reward_event
 from tests.conftest import ServerThread, server_settings
-from tests.helpers import rows
+from tests.helpers import rows, wait_for
 
 
 def admin(server: ServerThread) -> admin_pb2_grpc.AdminServiceStub:
@@ -61,6 +61,14 @@ def test_invalid_policy_specs_name_the_field(server: ServerThread, spec: admin_p
 
 def test_update_live_fields_and_learning_fields(server: ServerThread) -> None:
     a = admin(server)
+    dec = decisions_pb2_grpc.DecisionServiceStub(server.channel())
+    fb = feedback_pb2_grpc.FeedbackServiceStub(server.channel())
+
+    def reward_some(n: int) -> None:
+        for _ in range(n):
+            fb.ReportReward(reward_event(dec.Decide(decide_request("demo")).event_id, 1.0))
+
+    reward_some(30)  # joins of the first lineage, some maybe still on their way to the learner
     spec = a.GetPolicy(admin_pb2.GetPolicyRequest(name="demo")).spec
     spec.join_window_seconds = 99
     spec.description = "longer window"
@@ -70,6 +78,11 @@ def test_update_live_fields_and_learning_fields(server: ServerThread) -> None:
     spec.softmax_lambda = 5
     reset = a.UpdatePolicy(admin_pb2.UpdatePolicyRequest(spec=spec))
     assert (reset.model_reset, reset.policy.revision, reset.policy.lineage) == (True, 3, 2)
+    # The new lineage learns, and the learner's backlog drains to zero across the reset.
+    reward_some(20)
+    stats = wait_for(lambda: (lambda s: s if s.learner_lag_events == 0 and s.learned >= 50 else None)(
+        a.GetPolicyStats(admin_pb2.GetPolicyStatsRequest(name="demo"))), what="backlog drained after a reset")
+    assert stats.model_version >= 1
     with pytest.raises(grpc.RpcError) as err:
         a.UpdatePolicy(admin_pb2.UpdatePolicyRequest(spec=admin_pb2.PolicySpec(name="missing")))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
