@@ -1,12 +1,13 @@
 """Decide (unary, 64 in flight) and DecideStream (one stream, pipelined) against the echo ceiling.
 
-    python -m bench.bench_decide [--seconds 10]
+    python -m bench.bench_decide [--seconds 5] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import subprocess
 import sys
 import time
@@ -62,36 +63,42 @@ async def stream_rate(target: str, seconds: float, window: int = 256) -> float:
         return received / (time.perf_counter() - counted_from)
 
 
-def run(seconds: float, concurrency: int) -> dict[str, Any]:
+def run(seconds: float, concurrency: int, rounds: int = 3) -> dict[str, Any]:
+    """Echo and ltrr run side by side and are measured in alternation, ``rounds`` times each:
+    the machine's drift (it is shared) hits both alike; the medians are reported."""
     port = free_port()
     echo = subprocess.Popen([sys.executable, "-m", "bench.echo_server", str(port)])
+    ltrr = LtrrProcess()
+    echo_target = f"127.0.0.1:{port}"
+    rates: dict[str, list[float]] = {k: [] for k in ("echo_unary", "ltrr_unary", "echo_stream", "ltrr_stream")}
     try:
-        wait_healthy(f"127.0.0.1:{port}", echo)
-        echo_unary = asyncio.run(unary_rate(f"127.0.0.1:{port}", seconds, concurrency))
-        echo_stream = asyncio.run(stream_rate(f"127.0.0.1:{port}", seconds))
+        wait_healthy(echo_target, echo)
+        for _ in range(rounds):
+            rates["echo_unary"].append(asyncio.run(unary_rate(echo_target, seconds, concurrency)))
+            rates["ltrr_unary"].append(asyncio.run(unary_rate(ltrr.target, seconds, concurrency)))
+            rates["echo_stream"].append(asyncio.run(stream_rate(echo_target, seconds)))
+            rates["ltrr_stream"].append(asyncio.run(stream_rate(ltrr.target, seconds)))
+        rss = ltrr.rss_mb()
     finally:
         echo.terminate()
         echo.wait()
-    ltrr = LtrrProcess()
-    try:
-        ltrr_unary = asyncio.run(unary_rate(ltrr.target, seconds, concurrency))
-        ltrr_stream = asyncio.run(stream_rate(ltrr.target, seconds))
-        rss = ltrr.rss_mb()
-    finally:
         ltrr.stop()
+    med = {k: statistics.median(v) for k, v in rates.items()}
     return {
-        "seconds": seconds, "concurrency": concurrency,
-        "echo_unary_per_s": echo_unary, "decide_unary_per_s": ltrr_unary,
-        "unary_ratio": ltrr_unary / echo_unary,
-        "echo_stream_per_s": echo_stream, "decide_stream_per_s": ltrr_stream,
-        "stream_ratio": ltrr_stream / echo_stream,
+        "seconds": seconds, "rounds": rounds, "concurrency": concurrency,
+        "echo_unary_per_s": med["echo_unary"], "decide_unary_per_s": med["ltrr_unary"],
+        "unary_ratio": med["ltrr_unary"] / med["echo_unary"],
+        "echo_stream_per_s": med["echo_stream"], "decide_stream_per_s": med["ltrr_stream"],
+        "stream_ratio": med["ltrr_stream"] / med["echo_stream"],
+        "per_round": {k: [round(x) for x in v] for k, v in rates.items()},
         "server_rss_mb_after": rss,
     }
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
-    p.add_argument("--seconds", type=float, default=10)
+    p.add_argument("--seconds", type=float, default=5)
     p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=3)
     a = p.parse_args()
-    save("decide", run(a.seconds, a.concurrency))
+    save("decide", run(a.seconds, a.concurrency, a.rounds))

@@ -15,7 +15,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true", help="short runs, for a smoke test")
     quick = p.parse_args().quick
-    save("decide", bench_decide.run(3 if quick else 10, 64))
+    save("decide", bench_decide.run(2 if quick else 5, 64, 1 if quick else 3))
     save("rewards", bench_rewards.run(10_000 if quick else 100_000, 1000, None, None))
     save("learner", bench_learner.run(10_000 if quick else 50_000, 5000, 3 if quick else 10))
     save("memory", bench_memory.run(0.5 if quick else 10, 1000))

@@ -234,9 +234,11 @@ class Ltrr:
                 default_reward=rt.spec.default_reward,
             )
             for rw in rewards.get(ev.event_id, []):
-                pd.reward_ids.add(rw["reward_id"])
-                if rw["status"] == "accepted":
-                    pd.rewards.append(rw["value"])
+                if rw["status"] != "accepted":
+                    # A late reward's id still counts as seen.
+                    pd.reward_ids = (pd.reward_ids or set()) | {rw["reward_id"]}
+                    continue
+                if pd.add_reward(rw["reward_id"], rw["value"]):
                     if pd.oracle_best is None:
                         pd.oracle_best, pd.oracle_chosen = rw["oracle_best"], rw["oracle_chosen"]
             self.joiner.add(pd)

@@ -34,7 +34,8 @@ class DecisionServicer(decisions_pb2_grpc.DecisionServiceServicer):
     async def Decide(  # noqa: N802 - gRPC method name
         self, request: decisions_pb2.DecideRequest, context: Ctx
     ) -> decisions_pb2.DecideResponse:
-        await self._core.check_new_event_id(request.event_id)
+        if request.event_id:
+            await self._core.check_new_event_id(request.event_id)
         return self._decide(request)
 
     async def DecideStream(  # noqa: N802
@@ -43,7 +44,8 @@ class DecisionServicer(decisions_pb2_grpc.DecisionServiceServicer):
         async for req in request_iterator:
             start = time.perf_counter()
             try:
-                await self._core.check_new_event_id(req.event_id)
+                if req.event_id:
+                    await self._core.check_new_event_id(req.event_id)
                 resp = self._decide(req)
                 self._metrics.observe_rpc("DecideStream", "OK", time.perf_counter() - start)
             except errors.LtrrError as exc:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ltrr_server.errors import Overloaded
 
@@ -44,10 +44,25 @@ class PendingDecision:
     explored: bool
     aggregation: str
     default_reward: float
-    rewards: list[float] = field(default_factory=list)
-    reward_ids: set[str] = field(default_factory=set)
+    # Made on the first reward: most pending decisions never get one, and every container the
+    # garbage collector tracks for a whole join window costs the decision path.
+    rewards: list[float] | None = None
+    reward_ids: set[str] | None = None
     oracle_best: float | None = None
     oracle_chosen: float | None = None
+
+    def add_reward(self, reward_id: str, value: float) -> bool:
+        """Records an accepted reward; False when this reward id was seen already."""
+        if self.reward_ids is None:
+            self.reward_ids = set()
+        elif reward_id in self.reward_ids:
+            return False
+        self.reward_ids.add(reward_id)
+        if self.rewards is None:
+            self.rewards = [value]
+        else:
+            self.rewards.append(value)
+        return True
 
 
 @dataclass(slots=True)  # not frozen: a frozen __init__ costs ~7x as much, and one runs per reward
@@ -73,7 +88,7 @@ class JoinedEvent:
 class _Closed:
     policy: str
     deadline: float
-    reward_ids: set[str]
+    reward_ids: set[str] | None
 
 
 def aggregate(values: list[float], how: str) -> float:
@@ -132,17 +147,17 @@ class Joiner:
         """
         pd = self._pending.get(event_id)
         if pd is not None:
-            if reward_id in pd.reward_ids:
+            if not pd.add_reward(reward_id, value):
                 return Outcome.DUPLICATE, pd.policy
-            pd.reward_ids.add(reward_id)
-            pd.rewards.append(value)
             if pd.oracle_best is None:
                 pd.oracle_best, pd.oracle_chosen = oracle_best, oracle_chosen
             return Outcome.ACCEPTED, pd.policy
         closed = self._closed.get(event_id)
         if closed is None:
             return Outcome.LOOKUP, ""
-        if reward_id in closed.reward_ids:
+        if closed.reward_ids is None:
+            closed.reward_ids = set()
+        elif reward_id in closed.reward_ids:
             return Outcome.DUPLICATE, closed.policy
         closed.reward_ids.add(reward_id)
         # Inside the window after an early (first-reward) join: stored, but the join is decided.
@@ -179,6 +194,6 @@ class Joiner:
         self._emit(JoinedEvent(
             seq=seq, event_id=pd.event_id, policy=pd.policy, lineage=pd.lineage, shared=pd.shared,
             actions=pd.actions, action_ids=pd.action_ids, chosen=pd.chosen, explored=pd.explored,
-            reward=reward, n_rewards=len(pd.rewards), source=source, oracle_best=pd.oracle_best,
+            reward=reward, n_rewards=len(pd.rewards) if pd.rewards else 0, source=source, oracle_best=pd.oracle_best,
             oracle_chosen=pd.oracle_chosen, joined_at=now,
         ))
