@@ -158,7 +158,7 @@ def test_sigkill_mid_stream_loses_no_acked_reward_and_restores_the_policy(
     def batches():  # type: ignore[no-untyped-def]
         for i in range(0, len(event_ids), 50):
             yield feedback_pb2.RewardBatch(events=[reward_event(e, 1.0) for e in event_ids[i:i + 50]])
-            time.sleep(0.002)
+            time.sleep(0.005)  # keeps the stream going well past the kill
 
     def consume() -> None:
         try:
