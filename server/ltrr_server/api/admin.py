@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import grpc
-
 from ltrr.v1 import admin_pb2, admin_pb2_grpc
 from ltrr_server.api import convert
-from ltrr_server.api.status import unary
+from ltrr_server.api.status import Ctx, unary
 from ltrr_server.core import Ltrr
 from ltrr_server.metrics import Metrics
-
-Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):

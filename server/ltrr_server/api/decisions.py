@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Any
-
-import grpc
 
 from ltrr.v1 import common_pb2, decisions_pb2, decisions_pb2_grpc
 from ltrr_server import errors
 from ltrr_server.api import convert
-from ltrr_server.api.status import code_for, message_for, unary
+from ltrr_server.api.status import Ctx, code_for, message_for, unary
 from ltrr_server.core import Ltrr
 from ltrr_server.metrics import Metrics
-
-Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
 class DecisionServicer(decisions_pb2_grpc.DecisionServiceServicer):

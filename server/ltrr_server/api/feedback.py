@@ -5,19 +5,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable
-from typing import Any
 
 import grpc
 
 from ltrr.v1 import feedback_pb2, feedback_pb2_grpc
 from ltrr_server import errors
 from ltrr_server.api import convert
-from ltrr_server.api.status import code_for, message_for, unary
+from ltrr_server.api.status import Ctx, code_for, message_for, unary
 from ltrr_server.core import Ltrr
 from ltrr_server.log.joiner import Outcome
 from ltrr_server.metrics import Metrics
-
-Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
 class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):

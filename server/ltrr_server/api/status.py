@@ -24,6 +24,7 @@ _CODES: list[tuple[type[errors.LtrrError], grpc.StatusCode]] = [
     (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
 ]
 
+# The servicer context, as every handler here takes it.
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
