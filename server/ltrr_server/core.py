@@ -401,9 +401,9 @@ class Ltrr:
             _float_lists([d for _, _, d in drawn]), repr([idx for idx, _ in chosen]), explored, rt.model_version,
         )])
         rt.count("decisions")
-        rt.decisions_metric.inc()
+        self.metrics.child(self.metrics.decisions, policy).inc()
         if explored:
-            rt.explored_metric.inc()
+            self.metrics.child(self.metrics.explored, policy).inc()
         return Decision(
             event_id=event_id, action_ids=action_ids,
             slots=[SlotResult(idx, p, d) for idx, p, d in drawn], model_version=rt.model_version,
@@ -542,11 +542,8 @@ class Ltrr:
         self.learner.set_state(LearnerState(spec.name, lineage, model, start_seq - 1, 0, last_snapshot_at=now))
 
     def _register(self, rt: PolicyRuntime) -> None:
-        name = rt.spec.name
-        rt.decisions_metric = self.metrics.decisions.labels(name)
-        rt.explored_metric = self.metrics.explored.labels(name)
-        self.metrics.watch_policy(name, rt.window.stats)
-        self.policies[name] = rt
+        self.metrics.watch_policy(rt.spec.name, rt.window.stats)
+        self.policies[rt.spec.name] = rt
 
     async def snapshot(self, name: str) -> SnapshotInfo:
         self.policy(name)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from ltrr_server.config import ActionSpec, PolicySpec
 from ltrr_server.features import action_line, dumps, namespaces_to_json
@@ -76,9 +75,6 @@ class PolicyRuntime:
     counts: dict[str, int] = field(default_factory=dict)
     true_regret_total: float = 0.0
     last_lag_seconds: float = 0.0
-    # Metric children bound once: a labels() look-up per decision is measurable.
-    decisions_metric: Any = None
-    explored_metric: Any = None
 
     def __post_init__(self) -> None:
         self.set_actions(self.spec.actions)
