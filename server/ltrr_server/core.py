@@ -160,7 +160,6 @@ class Ltrr:
                          spec.name)
         for row in stored.values():
             self._restore(row)
-        self._flush_joined()
         self.learner.drain_before_start()
         self.learner.start()
 
