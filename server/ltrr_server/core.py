@@ -181,7 +181,7 @@ class Ltrr:
         for ev in self.store.joined_after(spec.name, max(last_seq, start_seq - 1)):
             if ev["lineage"] != lineage:
                 continue
-            state.learn(self._event_from_rows(ev, spec))
+            state.learn_event(self._event_from_rows(ev, spec))
             state.unsnapshotted += 1
             replayed += 1
         rt = PolicyRuntime(

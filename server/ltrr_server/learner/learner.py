@@ -96,7 +96,7 @@ class Learner:
         for ev in self._pre_start:
             target = self._states.get(ev.policy)
             if target is not None and target.lineage == ev.lineage:
-                target.learn(ev)
+                target.learn_event(ev)
                 target.unsnapshotted += 1
         self._pre_start.clear()
         for state in self._states.values():

@@ -21,11 +21,12 @@ class LearnerState:
     oldest_unpublished_join: float = 0.0
     last_snapshot_at: float = 0.0
 
-    def learn(self, ev: JoinedEvent) -> None:
-        """One joined event: per slot, the chosen action, its probability, and cost = -reward."""
-        cost = -ev.reward
-        self.model.learn_one(
-            ev.shared, ev.actions, [(idx, cost, prob) for idx, prob in ev.chosen], slots=len(ev.chosen)
-        )
-        self.last_seq = ev.seq
+    def learn(self, seq: int, shared: str, actions: list[str], chosen: list[tuple[int, float]],
+              reward: float) -> None:
+        """One joined event: per slot, the chosen action and its probability; cost = -reward."""
+        self.model.learn_one(shared, actions, [(idx, -reward, prob) for idx, prob in chosen], slots=len(chosen))
+        self.last_seq = seq
         self.learned += 1
+
+    def learn_event(self, ev: JoinedEvent) -> None:
+        self.learn(ev.seq, ev.shared, ev.actions, ev.chosen, ev.reward)

@@ -73,8 +73,7 @@ class _Worker:
                     continue  # an earlier lineage's decision: consumed, not learned by the new model
                 if not state.unpublished:
                     state.oldest_unpublished_join = joined_at
-                state.model.learn_one(shared, actions, [(i, -reward, p) for i, p in chosen], len(chosen))
-                state.last_seq = seq
+                state.learn(seq, shared, actions, chosen, reward)
                 state.unpublished += 1
                 state.unsnapshotted += 1
         elif kind == "state":
