@@ -27,7 +27,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_healthy(target: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+def wait_healthy(target: str, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
     health = health_pb2_grpc.HealthStub(grpc.insecure_channel(target))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -18,7 +18,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from ltrr_server.app import LtrrServer, build_server
-from ltrr_server.config import ActionSpec, PolicySpec, Settings
+from ltrr_server.config import ActionSpec, PolicySpec, RetrievalSettings, Settings, StrategySpec
 
 PG_URL = os.environ.get("LTRR_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 # CI sets this so that an unreachable PostgreSQL fails the run instead of skipping.
@@ -154,3 +154,25 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def retrieval_policy(**changes: Any) -> PolicySpec:
+    base = PolicySpec(name="retrieval", epsilon=0.05, interactions=("hP", "qP"), join_window_seconds=30.0)
+    return replace(base, **changes)
+
+
+# A small music catalog: big enough for every query kind, quick to index (about a second).
+TEST_ITEMS = 2000
+
+
+def retrieval_server_settings(db_url: str, data_dir: Path, n_items: int = TEST_ITEMS, **changes: Any) -> Settings:
+    """A server with the demo's four strategies over a generated catalog of ``n_items``."""
+    strategies = (
+        StrategySpec("lexical", "lexical", (0, 10, 50)),
+        StrategySpec("vector", "vector", (0, 10, 50)),
+        StrategySpec("memory", "memory", (0, 10)),
+        StrategySpec("explore", "explore", (0, 10)),
+    )
+    retrieval = RetrievalSettings(data_dir=str(data_dir), demo_items=n_items, policies=("retrieval",),
+                                  strategies=strategies, cost_per_candidate=0.001)
+    return server_settings(db_url, retrieval_policy(), demo_policy(), retrieval=retrieval, **changes)

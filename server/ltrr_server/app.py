@@ -1,4 +1,4 @@
-"""Builds the gRPC server (decisions, feedback, admin, health, reflection) and the metrics endpoint.
+"""Builds the gRPC server (decisions, retrieval, feedback, admin, health, reflection) and the metrics endpoint.
 
 ``build_server`` is apart from ``main`` so that tests bind port 0 and run several servers,
 each with its own metrics registry.
@@ -19,10 +19,20 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
-from ltrr.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2, decisions_pb2_grpc, feedback_pb2, feedback_pb2_grpc
+from ltrr.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    decisions_pb2,
+    decisions_pb2_grpc,
+    feedback_pb2,
+    feedback_pb2_grpc,
+    retrieval_pb2,
+    retrieval_pb2_grpc,
+)
 from ltrr_server.api.admin import AdminServicer
 from ltrr_server.api.decisions import DecisionServicer
 from ltrr_server.api.feedback import FeedbackServicer
+from ltrr_server.api.retrieval import RetrievalServicer
 from ltrr_server.config import Settings
 from ltrr_server.core import Ltrr
 from ltrr_server.metrics import Metrics
@@ -33,6 +43,7 @@ SERVICES = (
     decisions_pb2.DESCRIPTOR.services_by_name["DecisionService"].full_name,
     feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    retrieval_pb2.DESCRIPTOR.services_by_name["RetrievalService"].full_name,
 )
 
 
@@ -76,6 +87,7 @@ async def build_server(settings: Settings, registry: CollectorRegistry | None = 
     decisions_pb2_grpc.add_DecisionServiceServicer_to_server(DecisionServicer(core, metrics), server)
     feedback_pb2_grpc.add_FeedbackServiceServicer_to_server(FeedbackServicer(core, metrics), server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(core, metrics), server)
+    retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(RetrievalServicer(core, metrics), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(

@@ -195,6 +195,95 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class StrategySpec:
+    """One configured strategy: its name, its kind (registered implementation), its budget ladder."""
+
+    name: str
+    kind: str
+    budgets: tuple[int, ...]
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        p = f"retrieval.strategies.{self.name}"
+        if not _NAME_RE.match(self.name):
+            raise InvalidArgument(p, f"strategy name must match {_NAME_RE.pattern}")
+        if not self.budgets:
+            raise InvalidArgument(f"{p}.budgets", "is empty")
+        for i, b in enumerate(self.budgets):
+            if isinstance(b, bool) or not isinstance(b, int) or not 0 <= b <= 10_000:
+                raise InvalidArgument(f"{p}.budgets[{i}]", f"must be an integer in [0, 10000], got {b!r}")
+        if len(set(self.budgets)) != len(self.budgets):
+            raise InvalidArgument(f"{p}.budgets", "has repeated values")
+
+
+@dataclass(frozen=True)
+class RetrievalSettings:
+    """The catalog, the strategies and the plan policies of Retrieve. No strategies: no Retrieve."""
+
+    data_dir: str = "ltrr-data"
+    # A catalog JSONL ingested at start while the catalog is empty (else demo_items, if set).
+    catalog_path: str = ""
+    # Items of the generated music demo catalog ingested at start while the catalog is empty.
+    demo_items: int = 0
+    demo_seed: int = 42
+    # cb policies whose actions are the plans (generated; their configured actions are ignored).
+    policies: tuple[str, ...] = ()
+    # The plan reward: 1 if an engaged item is among the candidates, minus this per candidate drawn.
+    cost_per_candidate: float = 0.0005
+    rrf_k: float = 60.0
+    max_query_chars: int = 512
+    # How often the plans' action features (recent hit rate, latency) are refreshed.
+    feature_refresh_seconds: float = 10.0
+    strategies: tuple[StrategySpec, ...] = ()
+
+    def __post_init__(self) -> None:
+        p = "retrieval"
+        if self.demo_items < 0:
+            raise InvalidArgument(f"{p}.demo_items", "must not be negative")
+        _finite(self.cost_per_candidate, f"{p}.cost_per_candidate")
+        if not 0 <= self.cost_per_candidate <= 1:
+            raise InvalidArgument(f"{p}.cost_per_candidate", f"must be in [0, 1], got {self.cost_per_candidate}")
+        _finite(self.rrf_k, f"{p}.rrf_k")
+        if self.rrf_k <= 0:
+            raise InvalidArgument(f"{p}.rrf_k", "must be positive")
+        if not 1 <= self.max_query_chars <= 100_000:
+            raise InvalidArgument(f"{p}.max_query_chars", "must be in [1, 100000]")
+        _finite(self.feature_refresh_seconds, f"{p}.feature_refresh_seconds")
+        if self.feature_refresh_seconds <= 0:
+            raise InvalidArgument(f"{p}.feature_refresh_seconds", "must be positive")
+        if self.policies and not self.strategies:
+            raise InvalidArgument(f"{p}.strategies", "retrieval policies need at least one strategy")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.strategies)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> RetrievalSettings:
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = dict(data)
+        for key in kwargs:
+            if key not in known:
+                raise InvalidArgument(f"retrieval.{key}", "unknown setting")
+        strategies = []
+        raw = kwargs.get("strategies", {})
+        if not isinstance(raw, Mapping):
+            raise InvalidArgument("retrieval.strategies", "must be a table of strategies")
+        for name, conf in raw.items():
+            if not isinstance(conf, Mapping):
+                raise InvalidArgument(f"retrieval.strategies.{name}", "must be a table")
+            conf = dict(conf)
+            budgets = conf.pop("budgets", None)
+            if not isinstance(budgets, list):
+                raise InvalidArgument(f"retrieval.strategies.{name}.budgets", "missing (a list of integers)")
+            kind = conf.pop("kind", name)
+            strategies.append(StrategySpec(str(name), str(kind), tuple(budgets), conf))
+        kwargs["strategies"] = tuple(strategies)
+        kwargs["policies"] = tuple(kwargs.get("policies", ()))
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the server needs to start."""
 
@@ -214,6 +303,7 @@ class Settings:
     metrics_window: int = 10_000
     limits: Limits = field(default_factory=Limits)
     policies: tuple[PolicySpec, ...] = ()
+    retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
 
     def __post_init__(self) -> None:
         if not self.db_url:
@@ -238,6 +328,12 @@ class Settings:
         for i, name in enumerate(names):
             if name in names[:i]:
                 raise InvalidArgument(f"policies[{i}].name", f"duplicate policy {name!r}")
+        for i, name in enumerate(self.retrieval.policies):
+            spec = next((p for p in self.policies if p.name == name), None)
+            if spec is None:
+                raise InvalidArgument(f"retrieval.policies[{i}]", f"no policy {name!r} in [[policies]]")
+            if spec.kind != "cb":
+                raise InvalidArgument(f"retrieval.policies[{i}]", f"policy {name!r} must be of kind cb (plans)")
 
 
 _ENV = {
@@ -262,11 +358,11 @@ def settings_from_toml(text: str, source: str = "config") -> Settings:
 
 
 def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
-    unknown = sorted(set(data) - {"server", "limits", "policies"})
+    unknown = sorted(set(data) - {"server", "limits", "policies", "retrieval"})
     if unknown:
         raise InvalidArgument(unknown[0], "unknown configuration section")
     server = dict(data.get("server", {}))
-    known = {f.name for f in dataclasses.fields(Settings)} - {"limits", "policies"}
+    known = {f.name for f in dataclasses.fields(Settings)} - {"limits", "policies", "retrieval"}
     for key in server:
         if key not in known:
             raise InvalidArgument(f"server.{key}", "unknown setting")
@@ -278,7 +374,8 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
     policies = tuple(
         PolicySpec.from_dict(p, field_prefix=f"policies[{i}]") for i, p in enumerate(data.get("policies", []))
     )
-    return Settings(limits=Limits(**limits_data), policies=policies, **server)
+    retrieval = RetrievalSettings.from_mapping(data.get("retrieval", {}))
+    return Settings(limits=Limits(**limits_data), policies=policies, retrieval=retrieval, **server)
 
 
 def load_settings(

@@ -17,8 +17,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ltrr_server.catalog.catalog import Progress
 from ltrr_server.config import ActionSpec, PolicySpec, Settings
-from ltrr_server.errors import AlreadyExists, InvalidArgument, NotFound, Overloaded
+from ltrr_server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Overloaded
 from ltrr_server.features import (
     Namespaces,
     action_line,
@@ -30,13 +31,14 @@ from ltrr_server.features import (
 from ltrr_server.learner.learner import Learner, LearnerState, SnapshotInfo
 from ltrr_server.log import db
 from ltrr_server.log.joiner import JoinedEvent, Joiner, Outcome, PendingDecision
-from ltrr_server.log.rows import DecisionRow, JoinedRow, RewardRow
+from ltrr_server.log.rows import ActionSetRow, DecisionRow, JoinedRow, RewardRow
 from ltrr_server.log.store import EventLogStore
 from ltrr_server.log.writer import EventLogWriter
 from ltrr_server.metrics import Metrics
 from ltrr_server.policy.model import PolicyModel
 from ltrr_server.policy.runtime import PolicyRuntime, draw_slots
 from ltrr_server.regret import RewardWindow
+from ltrr_server.retrieval.retriever import ActionSet, RetrievalResult, Retriever
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,14 @@ class Decision:
     action_ids: list[str]
     slots: list[SlotResult]
     model_version: int
+
+
+@dataclass
+class Retrieval:
+    decision: Decision
+    result: RetrievalResult
+    probability: float
+    fixed: bool
 
 
 @dataclass
@@ -93,6 +103,11 @@ def _float_lists(rows: list[list[float]]) -> str:
     '[[0.25,0.75]]'
     """
     return "[" + ",".join("[" + ",".join(map(repr, r)) + "]" for r in rows) + "]"
+
+
+def _log_progress(stage: str, done: int, total: int) -> None:
+    if done == total or done % 20_000 == 0:
+        log.info("%s: %d/%d", stage, done, total)
 
 
 def _validate_reward(r: RewardInput) -> str:
@@ -141,11 +156,18 @@ class Ltrr:
         self._event_prefix = uuid.uuid4().hex[:16]
         self._event_counter = 0
         self._expiry_task: asyncio.Task[None] | None = None
+        self._flush_task: asyncio.Task[None] | None = None
+        self.retriever: Retriever | None = None
+        self._retrieval_policies = set(settings.retrieval.policies)
+        self._logged_action_sets: set[str] = set()
 
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> None:
         """Migrates the schema, loads policies, restores models (snapshot + replay), recovers joins."""
         db.migrate(self.engine)
+        if self.settings.retrieval.enabled:
+            self.retriever = Retriever(self.settings.retrieval, self.engine, self.metrics)
+            self._load_initial_catalog()
         self.writer.start()
         self.joiner.next_seq = self.store.max_joined_seq() + 1
         stored = {row["name"]: row for row in self.store.load_policies()}
@@ -162,6 +184,25 @@ class Ltrr:
             self._restore(row)
         self.learner.drain_before_start()
         self.learner.start()
+
+    def _load_initial_catalog(self, progress: Progress | None = None) -> None:
+        """An empty catalog gets the configured catalog file, or the generated demo catalog."""
+        assert self.retriever is not None
+        conf = self.settings.retrieval
+        if len(self.retriever.catalog) or not (conf.catalog_path or conf.demo_items):
+            return
+        from ltrr_server.catalog.ingest import demo_items, read_catalog
+
+        report = _log_progress if progress is None else progress
+        t0 = time.perf_counter()
+        if conf.catalog_path:
+            items, errors = read_catalog(conf.catalog_path)
+            for e in errors[:20]:
+                log.warning("catalog %s: %s", conf.catalog_path, e)
+        else:
+            items = demo_items(conf.demo_items, conf.demo_seed)
+        changes = self.retriever.ingest(items, report)
+        log.info("catalog: %d items ingested in %.1fs", len(changes.added), time.perf_counter() - t0)
 
     def _restore(self, row: dict[str, object]) -> None:
         spec = row["spec"]
@@ -230,7 +271,7 @@ class Ltrr:
                 event_id=ev.event_id, policy=rt.spec.name, lineage=ev.lineage, created_at=r["created_at"],
                 deadline=r["deadline"], shared=ev.shared, actions=ev.actions, action_ids=ev.action_ids,
                 chosen=ev.chosen, explored=bool(r["explored"]), aggregation=rt.spec.aggregation,
-                default_reward=rt.spec.default_reward,
+                default_reward=rt.spec.default_reward, learn=bool(r["learn"]),
             )
             for rw in rewards.get(ev.event_id, []):
                 if rw["status"] != "accepted":
@@ -249,6 +290,14 @@ class Ltrr:
 
     async def start_background(self) -> None:
         self._expiry_task = asyncio.create_task(self._expire_loop())
+        if self.retriever is not None:
+            self._flush_task = asyncio.create_task(self._flush_loop(self.retriever))
+
+    async def _flush_loop(self, retriever: Retriever) -> None:
+        """Persists what strategies learned from engagements (memory statistics), once a second."""
+        while True:
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(retriever.flush)
 
     async def _expire_loop(self) -> None:
         while True:
@@ -258,13 +307,16 @@ class Ltrr:
             self.metrics.pending_joins.set(len(self.joiner))
 
     async def aclose(self) -> None:
-        if self._expiry_task is not None:
-            self._expiry_task.cancel()
+        for task in (self._expiry_task, self._flush_task):
+            if task is not None:
+                task.cancel()
         await asyncio.to_thread(self.close)
 
     def close(self) -> None:
         """Learns what is queued, snapshots every changed policy, commits everything."""
         self.learner.stop()
+        if self.retriever is not None:
+            self.retriever.close()
         self.writer.close()
         self.engine.dispose()
 
@@ -282,14 +334,26 @@ class Ltrr:
             self._joined_events = []
 
     def _on_joined(self, ev: JoinedEvent) -> None:
+        if ev.policy in self._retrieval_policies:
+            if ev.retrieval is not None and self.retriever is not None:
+                self.retriever.on_joined(ev.policy, ev.retrieval)
+                ev.retrieval = None  # the learner process needs none of it
+            elif ev.learn:
+                # Recovered after a restart: the candidates are gone, so the reward cannot be
+                # computed from the engaged items. Logged as such, never learned.
+                ev.source, ev.learn = "norecord", False
         self._joined_rows.append(JoinedRow(
             ev.seq, ev.event_id, ev.policy, ev.reward, ev.n_rewards, ev.source, ev.oracle_best, ev.oracle_chosen,
             ev.joined_at,
         ))
-        self._joined_events.append(ev)
         rt = self.policies.get(ev.policy)
         if rt is None:
             return
+        if not ev.learn:
+            rt.count("joined_unlearned")
+            self.metrics.child(self.metrics.joined, ev.policy, ev.source).inc()
+            return
+        self._joined_events.append(ev)
         regret = None
         if ev.oracle_best is not None:
             regret = ev.oracle_best - (ev.oracle_chosen if ev.oracle_chosen is not None else ev.reward)
@@ -368,6 +432,15 @@ class Ltrr:
             raise InvalidArgument("slots", f"policy {policy!r} is a cb policy: one slot, got {n_slots}")
         if n_slots > len(action_ids):
             raise InvalidArgument("slots", f"{n_slots} slots but only {len(action_ids)} actions")
+        decision, _ = self._decide(rt, context, action_ids, lines, actions_json, event_id, n_slots)
+        return decision
+
+    def _decide(
+        self, rt: PolicyRuntime, context: Namespaces, action_ids: list[str], lines: list[str], actions_json: str,
+        event_id: str, n_slots: int, fixed: int | None = None, extra_context: Namespaces | None = None,
+    ) -> tuple[Decision, PendingDecision]:
+        """Draws (or, with ``fixed``, takes) an action, logs the decision and waits for its rewards."""
+        policy = rt.spec.name
         if event_id:
             if len(event_id) > MAX_ID_LENGTH:
                 raise InvalidArgument("event_id", f"longer than {MAX_ID_LENGTH} characters")
@@ -382,31 +455,80 @@ class Ltrr:
         if self.writer.room() <= 0:
             raise Overloaded(f"write queue full (limits.max_write_queue_rows={self.limits.max_write_queue_rows})")
 
-        shared = shared_line(context)
-        per_slot = rt.serving.predict_one(shared, lines, n_slots)
-        drawn = draw_slots(per_slot, self._rng)
-        greedy = max(range(len(per_slot[0])), key=per_slot[0].__getitem__)
-        explored = drawn[0][0] != greedy
+        full_context = extra_context + context if extra_context else context
+        shared = shared_line(full_context)
+        if fixed is None:
+            per_slot = rt.serving.predict_one(shared, lines, n_slots)
+            drawn = draw_slots(per_slot, self._rng)
+            greedy = max(range(len(per_slot[0])), key=per_slot[0].__getitem__)
+            explored = drawn[0][0] != greedy
+        else:
+            one_hot = [0.0] * len(lines)
+            one_hot[fixed] = 1.0
+            drawn, explored = [(fixed, 1.0, one_hot)], False
         now = time.time()
         deadline = now + rt.spec.join_window_seconds
         chosen = [(idx, p) for idx, p, _ in drawn]
-        self.joiner.add(PendingDecision(
+        pending = PendingDecision(
             event_id=event_id, policy=policy, lineage=rt.lineage, created_at=now, deadline=deadline,
             shared=shared, actions=lines, action_ids=action_ids, chosen=chosen, explored=explored,
-            aggregation=rt.spec.aggregation, default_reward=rt.spec.default_reward,
-        ))
+            aggregation=rt.spec.aggregation, default_reward=rt.spec.default_reward, learn=fixed is None,
+        )
+        self.joiner.add(pending)
         self.writer.append("decisions", [DecisionRow(
-            event_id, policy, rt.lineage, now, deadline, dumps(namespaces_to_json(context)), actions_json,
+            event_id, policy, rt.lineage, now, deadline, dumps(namespaces_to_json(full_context)), actions_json,
             _float_lists([d for _, _, d in drawn]), repr([idx for idx, _ in chosen]), explored, rt.model_version,
+            fixed is None,
         )])
         rt.count("decisions")
         self.metrics.child(self.metrics.decisions, policy).inc()
         if explored:
             self.metrics.child(self.metrics.explored, policy).inc()
-        return Decision(
+        decision = Decision(
             event_id=event_id, action_ids=action_ids,
             slots=[SlotResult(idx, p, d) for idx, p, d in drawn], model_version=rt.model_version,
         )
+        return decision, pending
+
+    # ------------------------------------------------------------------ retrieval
+    def _retrieval_policy(self, name: str) -> tuple[PolicyRuntime, Retriever]:
+        rt = self.policy(name)
+        if self.retriever is None:
+            raise FailedPrecondition("retrieval is not configured: the server has no [retrieval] strategies",
+                                     field="policy")
+        if name not in self._retrieval_policies:
+            raise FailedPrecondition(f"policy {name!r} is not a retrieval policy (retrieval.policies)",
+                                     field="policy")
+        return rt, self.retriever
+
+    def _log_action_set(self, aset: ActionSet) -> str:
+        """Logs a shared action set once; decisions refer to it as "#key"."""
+        if aset.key not in self._logged_action_sets:
+            self.writer.append("action_sets", [ActionSetRow(aset.key, aset.json, time.time())])
+            self._logged_action_sets.add(aset.key)
+        return "#" + aset.key
+
+    async def retrieve(
+        self, policy: str, query: str, context: Namespaces, embedding: Sequence[float] = (), event_id: str = "",
+        fixed_plan: dict[str, int] | None = None,
+    ) -> Retrieval:
+        """The policy picks a plan for the query; its strategies run; the union comes back, fused."""
+        rt, retriever = self._retrieval_policy(policy)
+        q = retriever.prepare(query, embedding)
+        fixed = retriever.plan_index[retriever.fixed_plan(fixed_plan).id] if fixed_plan else None
+        aset = retriever.action_set(time.time())
+        decision, pending = self._decide(
+            rt, context, aset.ids, aset.lines, self._log_action_set(aset), event_id, 1, fixed=fixed,
+            extra_context=retriever.query_features(q),
+        )
+        plan = retriever.plans[decision.slots[0].chosen]
+        result = await retriever.run(plan, q, learn=fixed is None)
+        # No reward can arrive before the caller has the event id, so attaching the record now is safe.
+        pending.retrieval = result.record
+        pending.default_reward = retriever.default_reward(result.record)
+        self.metrics.child(self.metrics.plan_choices, policy, plan.id, "yes" if fixed is not None else "no").inc()
+        self.metrics.child(self.metrics.retrieval_candidates, policy).observe(len(result.candidates))
+        return Retrieval(decision, result, decision.slots[0].probability, fixed is not None)
 
     # ------------------------------------------------------------------ rewards
     async def report_rewards(self, rewards: Sequence[RewardInput]) -> list[RewardResult]:
@@ -429,8 +551,19 @@ class Ltrr:
                 results[i] = RewardResult(Outcome.INVALID, problem)
                 counts[("", Outcome.INVALID)] = counts.get(("", Outcome.INVALID), 0) + 1
                 continue
-            outcome, policy = self.joiner.reward(r.event_id, r.reward_id, r.value, now, r.oracle_best,
+            value = r.value
+            pending = self.joiner.get(r.event_id) if self.retriever is not None else None
+            engaged: list[int] | None = None
+            if pending is not None and pending.retrieval is not None:
+                # A retrieval plan's reward comes from the engaged items, not from the caller's value.
+                assert self.retriever is not None
+                engaged = self.retriever.engaged_positions(r.engaged)
+                value = self.retriever.reward_value(pending.retrieval, engaged)
+            outcome, policy = self.joiner.reward(r.event_id, r.reward_id, value, now, r.oracle_best,
                                                  r.oracle_chosen)
+            if engaged and outcome == Outcome.ACCEPTED and pending is not None:
+                rec = pending.retrieval
+                rec.engaged = engaged if rec.engaged is None else rec.engaged + engaged
             if outcome == Outcome.LOOKUP:
                 lookups.append(i)
                 continue

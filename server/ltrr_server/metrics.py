@@ -95,6 +95,39 @@ class Metrics:
             "ltrr_db_write_errors", "Group commits that failed.", registry=registry,
         )
 
+        self.strategy_duration = Histogram(
+            "ltrr_strategy_duration_seconds", "Time of one strategy run inside Retrieve.", ["strategy"],
+            buckets=_LATENCY_BUCKETS, registry=registry,
+        )
+        self.strategy_candidates = Histogram(
+            "ltrr_strategy_candidates", "Candidates one strategy run returned.", ["strategy"],
+            buckets=(0, 1, 5, 10, 20, 50, 100, 200, 500, 1000), registry=registry,
+        )
+        self.strategy_errors = Counter(
+            "ltrr_strategy_errors", "Strategy runs that failed (the request went on without them).", ["strategy"],
+            registry=registry,
+        )
+        self.strategy_runs = Counter(
+            "ltrr_strategy_joined_runs", "Joined retrievals in which the strategy ran.", ["strategy"],
+            registry=registry,
+        )
+        self.strategy_hits = Counter(
+            "ltrr_strategy_hits", "Joined retrievals in which the strategy found an engaged item "
+            "(hit rate = hits / joined runs).", ["strategy"], registry=registry,
+        )
+        self.plan_choices = Counter(
+            "ltrr_plan_choices", "Plans chosen by retrieval policies (fixed: asked for by the caller).",
+            ["policy", "plan", "fixed"], registry=registry,
+        )
+        self.retrieval_candidates = Histogram(
+            "ltrr_retrieval_candidates", "Candidates in one Retrieve response (the deduplicated union).",
+            ["policy"], buckets=(0, 1, 5, 10, 20, 50, 100, 200, 500, 1000), registry=registry,
+        )
+        self.retrieval_joins = Counter(
+            "ltrr_retrieval_joins", "Joined retrievals: an engaged item was among the candidates, or not.",
+            ["policy", "result"], registry=registry,
+        )
+
     def child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, looked up once: on the hot paths the look-up costs more than the update."""
         key = (id(metric), *labels)

@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 from ltrr_client.simulate import World, run_simulation
-from ltrr_server.config import load_settings
+from ltrr_server.config import RetrievalSettings, load_settings
 
 
 def test_world_has_one_clearly_best_action_per_context() -> None:
@@ -22,8 +22,10 @@ def test_world_has_one_clearly_best_action_per_context() -> None:
 
 
 def test_demo_policy_regret_is_under_30_percent_of_uniform(make_server: Any, sqlite_url: str) -> None:
-    settings = replace(load_settings(env={}), db_url=sqlite_url, grpc_host="127.0.0.1", grpc_port=0,
-                       metrics_port=0)
+    demo = load_settings(env={})
+    # The demo's policy as configured; its retrieval catalog is not needed here.
+    settings = replace(demo, db_url=sqlite_url, grpc_host="127.0.0.1", grpc_port=0, metrics_port=0,
+                       policies=demo.policies[:1], retrieval=RetrievalSettings())
     server = make_server(settings)
     out = io.StringIO()
     result = asyncio.run(run_simulation(server.target, "demo", events=20_000, out=out))

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ltrr.v1 import decisions_pb2_grpc, feedback_pb2, feedback_pb2_grpc
-from ltrr_client.client import decide_request, reward_event
+from ltrr.v1 import decisions_pb2_grpc, feedback_pb2, feedback_pb2_grpc, retrieval_pb2_grpc
+from ltrr_client.client import decide_request, retrieve_request, reward_event
 from tests.conftest import ServerThread
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -27,14 +27,16 @@ def _exprs() -> list[str]:
     return exprs
 
 
-def test_dashboard_and_alerts_use_only_exported_metrics(sqlite_url: str, make_server: object) -> None:
-    from tests.conftest import server_settings
+def test_dashboard_and_alerts_use_only_exported_metrics(sqlite_url: str, make_server: object,
+                                                        tmp_path: Path) -> None:
+    from tests.conftest import retrieval_server_settings
 
-    server: ServerThread = make_server(server_settings(sqlite_url))  # type: ignore[operator]
+    server: ServerThread = make_server(retrieval_server_settings(sqlite_url, tmp_path))  # type: ignore[operator]
     ch = server.channel()
     d = decisions_pb2_grpc.DecisionServiceStub(ch).Decide(decide_request("demo"))
+    r = retrieval_pb2_grpc.RetrievalServiceStub(ch).Retrieve(retrieve_request("retrieval", "mellow jazz"))
     list(feedback_pb2_grpc.FeedbackServiceStub(ch).StreamRewards(
-        iter([feedback_pb2.RewardBatch(events=[reward_event(d.event_id, 1.0)])])))
+        iter([feedback_pb2.RewardBatch(events=[reward_event(d.event_id, 1.0), reward_event(r.event_id, 0.0)])])))
     with urllib.request.urlopen(server.metrics_url, timeout=5) as r:
         exported = {line.split("{")[0].split(" ")[0] for line in r.read().decode().splitlines()
                     if line and not line.startswith("#")}

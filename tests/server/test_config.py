@@ -13,8 +13,12 @@ from ltrr_server.errors import InvalidArgument
 def test_embedded_demo_config_is_valid() -> None:
     s = load_settings(env={})
     assert (s.db_url, s.grpc_port, s.metrics_port) == ("sqlite:///ltrr.db", 50051, 9464)
-    assert [p.name for p in s.policies] == ["demo"]
+    assert [p.name for p in s.policies] == ["demo", "retrieval"]
     assert [a.id for a in s.policies[0].actions] == ["news", "sports", "music", "movies"]
+    r = s.retrieval
+    assert r.enabled and r.policies == ("retrieval",) and r.demo_items == 100_000
+    assert [(st.name, st.budgets) for st in r.strategies] == [
+        ("lexical", (0, 10, 50, 200)), ("vector", (0, 10, 50, 200)), ("memory", (0, 10, 50)), ("explore", (0, 10, 20))]
 
 
 def test_file_then_environment_then_flags(tmp_path: Path) -> None:
@@ -49,6 +53,16 @@ features = { item = { genre = "jazz", year = 1959 } }
     ('[[policies]]\nname = "p"\n[[policies]]\nname = "p"', "policies[1].name"),
     ('[[policies]]\nname = "p"\n[[policies.actions]]\nfeatures = {}', "policies[0].actions[0].id"),
     ('[server\n', "config"),
+    ('[retrieval]\nflavour = 1', "retrieval.flavour"),
+    ('[retrieval]\ncost_per_candidate = -1', "retrieval.cost_per_candidate"),
+    ('[retrieval]\npolicies = ["r"]', "retrieval.strategies"),
+    ('[retrieval.strategies.lexical]\npopularity_prior = 1', "retrieval.strategies.lexical.budgets"),
+    ('[retrieval.strategies.lexical]\nbudgets = [0, -5]', "retrieval.strategies.lexical.budgets[1]"),
+    ('[retrieval.strategies.lexical]\nbudgets = [10, 10]', "retrieval.strategies.lexical.budgets"),
+    ('[retrieval.strategies.lexical]\nbudgets = []', "retrieval.strategies.lexical.budgets"),
+    ('[retrieval]\npolicies = ["r"]\n[retrieval.strategies.lexical]\nbudgets = [0, 10]', "retrieval.policies[0]"),
+    ('[[policies]]\nname = "r"\nkind = "ccb"\n[retrieval]\npolicies = ["r"]\n'
+     '[retrieval.strategies.lexical]\nbudgets = [0, 10]', "retrieval.policies[0]"),
 ], ids=lambda v: v if "." in v or v in ("whatever", "config") else None)
 def test_invalid_configuration_names_the_field(toml: str, field: str) -> None:
     with pytest.raises(InvalidArgument) as err:

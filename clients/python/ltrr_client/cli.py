@@ -7,6 +7,7 @@ import asyncio
 import json
 import math
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 
@@ -97,6 +98,19 @@ def cmd_stream_rewards(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    if args.mode == "retrieval":
+        from ltrr_client import simulate_retrieval as sr
+
+        sim = asyncio.run(sr.run_retrieval_simulation(
+            args.target, args.policy if args.policy != "demo" else "retrieval", args.events, args.report_every,
+            n_items=args.items, world_seed=args.world_seed, seed=args.seed,
+            ladders=sr.parse_ladders(args.ladders) if args.ladders else None, cost=args.cost,
+            tail=min(5000, args.events // 4),
+        ))
+        if args.plot:
+            sr.plot(sim, args.plot)
+            print(f"plot written to {args.plot}")
+        return 0
     from ltrr_client.simulate import plot, run_simulation
 
     result = asyncio.run(run_simulation(args.target, args.policy, args.events, args.report_every,
@@ -105,6 +119,74 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         plot(result, args.plot)
         print(f"plot written to {args.plot}")
     return 0
+
+
+def cmd_retrieve(args: argparse.Namespace) -> int:
+    with LtrrClient(args.target) as c:
+        plan = {k: int(v) for k, v in (p.split("=") for p in args.plan.split(","))} if args.plan else None
+        _print(c.retrieve(args.policy, args.query, json.loads(args.context) if args.context else None,
+                          fixed_plan=plan, limit=args.limit))
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    """Offline ingest into the server's database and index directory (restart the server after)."""
+    import dataclasses
+
+    from prometheus_client import CollectorRegistry
+    from tqdm import tqdm
+
+    from ltrr_server.catalog.ingest import read_catalog
+    from ltrr_server.config import load_settings
+    from ltrr_server.errors import InvalidArgument
+    from ltrr_server.log import db
+    from ltrr_server.metrics import Metrics
+    from ltrr_server.retrieval.retriever import Retriever
+
+    try:
+        settings = load_settings(args.config, db_url=args.db)
+        if args.data_dir:
+            settings = dataclasses.replace(settings, retrieval=dataclasses.replace(settings.retrieval,
+                                                                                   data_dir=args.data_dir))
+        if not settings.retrieval.enabled:
+            raise InvalidArgument("retrieval.strategies", "the configuration has no retrieval strategies")
+        items, errors = read_catalog(args.file)
+    except (InvalidArgument, OSError, ValueError) as exc:
+        print(f"ltrr ingest: {exc}", file=sys.stderr)
+        return 2
+    for e in errors[:50]:
+        print(f"ltrr ingest: skipped {e}", file=sys.stderr)
+    if len(errors) > 50:
+        print(f"ltrr ingest: ... and {len(errors) - 50} more bad lines", file=sys.stderr)
+    if errors and args.strict:
+        print(f"ltrr ingest: {len(errors)} bad lines and --strict: nothing ingested", file=sys.stderr)
+        return 1
+    engine = db.create_engine(settings.db_url)
+    db.migrate(engine)
+    retriever = Retriever(settings.retrieval, engine, Metrics(CollectorRegistry()))
+    bars: dict[str, tqdm] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            bar = bars[stage] = tqdm(total=total, desc=stage, unit="item", file=sys.stderr)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    t0 = time.perf_counter()
+    try:
+        changes = retriever.ingest(items, progress)
+    except InvalidArgument as exc:
+        print(f"ltrr ingest: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        retriever.close()
+    seconds = time.perf_counter() - t0
+    print(json.dumps({"added": len(changes.added), "updated": len(changes.updated), "unchanged": changes.unchanged,
+                      "bad_lines": len(errors), "seconds": round(seconds, 2),
+                      "items_per_second": round(len(items) / seconds) if seconds else None}))
+    return 1 if errors else 0
 
 
 def cmd_policies(args: argparse.Namespace) -> int:
@@ -165,7 +247,31 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--segments", type=int, default=6)
     sim.add_argument("--seed", type=int, default=1)
     sim.add_argument("--plot", help="write a PNG of regret and reward over time")
+    sim.add_argument("--mode", choices=["decide", "retrieval"], default="decide",
+                     help="decide: the demo policy's contexts; retrieval: the music world's queries via Retrieve")
+    sim.add_argument("--items", type=int, default=100_000, help="retrieval: the server's demo_items")
+    sim.add_argument("--world-seed", type=int, default=42, help="retrieval: the server's demo_seed")
+    sim.add_argument("--ladders", help='retrieval: budget ladders, "lexical=0,10,50,200 memory=0,10,50 ..."')
+    sim.add_argument("--cost", type=float, default=0.0002, help="retrieval: the server's cost_per_candidate")
     sim.set_defaults(fn=cmd_simulate)
+
+    rq = client_cmd("retrieve", "candidates for a query from a retrieval policy")
+    rq.add_argument("query")
+    rq.add_argument("--policy", default="retrieval")
+    rq.add_argument("--context", help='JSON: {"namespace": {"feature": value}}')
+    rq.add_argument("--plan", help="a fixed plan instead of the policy's: lexical=10,vector=50")
+    rq.add_argument("--limit", type=int, default=10)
+    rq.set_defaults(fn=cmd_retrieve)
+
+    ing = sub.add_parser("ingest", help="load items into the catalog and its indexes (offline)")
+    ing.add_argument("what", choices=["catalog"])
+    ing.add_argument("file", help="JSONL: one item per line (id, title, text fields, popularity, created_at, "
+                                  "embedding)")
+    ing.add_argument("--config", help="TOML configuration file (default: the embedded demo)")
+    ing.add_argument("--db", help="database URL")
+    ing.add_argument("--data-dir", help="index directory (default: the configuration's retrieval.data_dir)")
+    ing.add_argument("--strict", action="store_true", help="ingest nothing if any line is bad")
+    ing.set_defaults(fn=cmd_ingest)
 
     pol = client_cmd("policies", "list, describe, snapshot or show statistics of policies")
     pol.add_argument("action", choices=["list", "get", "stats", "snapshot"])

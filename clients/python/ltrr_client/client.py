@@ -22,6 +22,8 @@ from ltrr.v1 import (
     decisions_pb2_grpc,
     feedback_pb2,
     feedback_pb2_grpc,
+    retrieval_pb2,
+    retrieval_pb2_grpc,
 )
 
 FeatureDict = Mapping[str, Mapping[str, str | float | int]]
@@ -62,6 +64,22 @@ def decide_request(
     )
 
 
+def retrieve_request(
+    policy: str, query: str, context: FeatureDict | None = None, embedding: Sequence[float] = (),
+    fixed_plan: Mapping[str, int] | None = None, limit: int = 0, event_id: str = "",
+) -> retrieval_pb2.RetrieveRequest:
+    """A RetrieveRequest from plain Python values.
+
+    >>> retrieve_request("retrieval", "blue train", fixed_plan={"lexical": 10}).fixed_plan["lexical"]
+    10
+    """
+    req = retrieval_pb2.RetrieveRequest(policy=policy, query=query, context=namespaces(context),
+                                        query_embedding=list(embedding), limit=limit, event_id=event_id)
+    if fixed_plan:
+        req.fixed_plan.update(fixed_plan)
+    return req
+
+
 def reward_event(
     event_id: str, value: float, reward_id: str = "", engaged: Sequence[str] = (),
     oracle_best: float | None = None, oracle_chosen: float | None = None,
@@ -88,6 +106,7 @@ class LtrrClient:
         self.decisions = decisions_pb2_grpc.DecisionServiceStub(self.channel)
         self.feedback = feedback_pb2_grpc.FeedbackServiceStub(self.channel)
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
+        self.retrieval = retrieval_pb2_grpc.RetrievalServiceStub(self.channel)
 
     def __enter__(self) -> LtrrClient:
         return self
@@ -103,6 +122,12 @@ class LtrrClient:
                slots: int = 0) -> decisions_pb2.DecideResponse:
         req = decide_request(policy, context, actions, event_id, slots)
         return self.decisions.Decide(req, timeout=self.timeout)
+
+    def retrieve(self, policy: str, query: str, context: FeatureDict | None = None, embedding: Sequence[float] = (),
+                 fixed_plan: Mapping[str, int] | None = None, limit: int = 0) -> retrieval_pb2.RetrieveResponse:
+        """Candidates for a query from the plan the policy picks (or ``fixed_plan``)."""
+        req = retrieve_request(policy, query, context, embedding, fixed_plan, limit)
+        return self.retrieval.Retrieve(req, timeout=self.timeout)
 
     def decide_stream(self, requests: Iterable[decisions_pb2.DecideRequest]) -> Iterator[decisions_pb2.DecideResponse]:
         return self.decisions.DecideStream(iter(requests))
@@ -147,6 +172,7 @@ class AsyncLtrrClient:
         self.decisions = decisions_pb2_grpc.DecisionServiceStub(self.channel)
         self.feedback = feedback_pb2_grpc.FeedbackServiceStub(self.channel)
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
+        self.retrieval = retrieval_pb2_grpc.RetrievalServiceStub(self.channel)
 
     async def __aenter__(self) -> AsyncLtrrClient:
         return self
@@ -162,6 +188,12 @@ class AsyncLtrrClient:
                      slots: int = 0) -> decisions_pb2.DecideResponse:
         req = decide_request(policy, context, actions, event_id, slots)
         return await self.decisions.Decide(req, timeout=self.timeout)
+
+    async def retrieve(self, policy: str, query: str, context: FeatureDict | None = None,
+                       embedding: Sequence[float] = (), fixed_plan: Mapping[str, int] | None = None,
+                       limit: int = 0) -> retrieval_pb2.RetrieveResponse:
+        req = retrieve_request(policy, query, context, embedding, fixed_plan, limit)
+        return await self.retrieval.Retrieve(req, timeout=self.timeout)
 
     async def report_reward(self, event_id: str, value: float, reward_id: str = "", engaged: Sequence[str] = (),
                             oracle_best: float | None = None, oracle_chosen: float | None = None

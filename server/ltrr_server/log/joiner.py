@@ -13,6 +13,7 @@ import heapq
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ltrr_server.errors import Overloaded
 
@@ -50,6 +51,10 @@ class PendingDecision:
     reward_ids: set[str] | None = None
     oracle_best: float | None = None
     oracle_chosen: float | None = None
+    # False for a plan the caller fixed: joined and credited, never learned.
+    learn: bool = True
+    # Retrieval decisions: what rewarding and crediting the plan needs (a RetrievalRecord).
+    retrieval: Any = None
 
     def add_reward(self, reward_id: str, value: float) -> bool:
         """Records an accepted reward; False when this reward id was seen already."""
@@ -82,6 +87,8 @@ class JoinedEvent:
     oracle_best: float | None
     oracle_chosen: float | None
     joined_at: float
+    learn: bool = True
+    retrieval: Any = None
 
 
 @dataclass(slots=True)
@@ -123,6 +130,10 @@ class Joiner:
 
     def __contains__(self, event_id: str) -> bool:
         return event_id in self._pending or event_id in self._closed
+
+    def get(self, event_id: str) -> PendingDecision | None:
+        """The pending decision with this event id, if its window is still open."""
+        return self._pending.get(event_id)
 
     def room(self) -> int:
         return self._max_pending - len(self._pending)
@@ -195,5 +206,5 @@ class Joiner:
             seq=seq, event_id=pd.event_id, policy=pd.policy, lineage=pd.lineage, shared=pd.shared,
             actions=pd.actions, action_ids=pd.action_ids, chosen=pd.chosen, explored=pd.explored,
             reward=reward, n_rewards=len(pd.rewards) if pd.rewards else 0, source=source, oracle_best=pd.oracle_best,
-            oracle_chosen=pd.oracle_chosen, joined_at=now,
+            oracle_chosen=pd.oracle_chosen, joined_at=now, learn=pd.learn, retrieval=pd.retrieval,
         ))

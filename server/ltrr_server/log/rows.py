@@ -22,6 +22,7 @@ class DecisionRow(NamedTuple):
     chosen: str
     explored: bool
     model_version: int
+    learn: bool
 
 
 class RewardRow(NamedTuple):
@@ -58,6 +59,13 @@ class SnapshotRow(NamedTuple):
     model: bytes
 
 
+class ActionSetRow(NamedTuple):
+    key: str
+    actions: str
+    created_at: float
+
+
 ROW_TYPES: dict[str, type[tuple[object, ...]]] = {
-    "decisions": DecisionRow, "rewards": RewardRow, "joined": JoinedRow, "snapshots": SnapshotRow,
+    "action_sets": ActionSetRow, "decisions": DecisionRow, "rewards": RewardRow, "joined": JoinedRow,
+    "snapshots": SnapshotRow,
 }

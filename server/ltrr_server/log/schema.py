@@ -37,6 +37,9 @@ decisions = sa.Table(
     sa.Column("explored", sa.Boolean, nullable=False),
     sa.Column("model_version", sa.BigInteger, nullable=False),
     sa.Index("ix_decisions_policy_created", "policy", "created_at"),
+    # False for decisions the policy did not draw (a fixed plan asked for by the caller): they are
+    # joined and credited, never learned or replayed.
+    sa.Column("learn", sa.Boolean, nullable=False, server_default=sa.true()),
 )
 
 rewards = sa.Table(
@@ -82,4 +85,32 @@ snapshots = sa.Table(
     sa.Column("size_bytes", sa.Integer, nullable=False),
     sa.Column("model", sa.LargeBinary, nullable=False),
     sa.Index("ix_snapshots_policy_id", "policy", "id"),
+)
+
+# Action lists shared by many decisions (a retrieval policy's plans), stored once: a decision's
+# `actions` column then holds "#<key>" instead of the list.
+action_sets = sa.Table(
+    "action_sets", metadata,
+    sa.Column("key", sa.String(32), primary_key=True),
+    sa.Column("actions", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+catalog_items = sa.Table(
+    "catalog_items", metadata,
+    # Dense position of the item in every index (tantivy doc field, ANN key).
+    sa.Column("idx", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("item_id", sa.String(256), nullable=False, unique=True),
+    sa.Column("data", sa.Text, nullable=False),
+    sa.Column("embedding", sa.LargeBinary, nullable=True),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+# The memory strategy's query-to-item statistics. item_id "" holds the query's impressions.
+memory_stats = sa.Table(
+    "memory_stats", metadata,
+    sa.Column("query", sa.String(512), primary_key=True),
+    sa.Column("item_id", sa.String(256), primary_key=True),
+    sa.Column("count", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
 )

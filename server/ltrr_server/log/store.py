@@ -17,6 +17,21 @@ class EventLogStore:
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
+        self._action_sets: dict[str, str] = {}
+
+    def _resolve_actions(self, conn: sa.Connection, row: dict[str, Any]) -> dict[str, Any]:
+        """A decision row with its shared action set ("#key") replaced by the list itself."""
+        text = row["actions"]
+        if isinstance(text, str) and text.startswith("#"):
+            key = text[1:]
+            found = self._action_sets.get(key)
+            if found is None:
+                found = conn.execute(sa.select(t.action_sets.c.actions).where(t.action_sets.c.key == key)).scalar()
+                if found is None:
+                    raise LookupError(f"action set {key} of event {row.get('event_id')} is missing")
+                self._action_sets[key] = found
+            row["actions"] = found
+        return row
 
     # --- policies ---------------------------------------------------------------------
     def load_policies(self) -> list[dict[str, Any]]:
@@ -61,11 +76,12 @@ class EventLogStore:
         q = (sa.select(j.c.seq, j.c.reward, j.c.event_id, d.c.context, d.c.actions, d.c.chosen,
                        d.c.probabilities, d.c.lineage)
              .join(d, d.c.event_id == j.c.event_id)
-             .where(j.c.policy == policy, j.c.seq > seq).order_by(j.c.seq))
-        with self.engine.connect() as conn:
+             .where(j.c.policy == policy, j.c.seq > seq, d.c.learn == sa.true(), j.c.source != "norecord")
+             .order_by(j.c.seq))
+        with self.engine.connect() as conn, self.engine.connect() as lookup:
             result = conn.execution_options(yield_per=chunk).execute(q).mappings()
             for row in result:
-                yield dict(row)
+                yield self._resolve_actions(lookup, dict(row))
 
     def unjoined_decisions(self, policy: str, since: float) -> list[dict[str, Any]]:
         """Decisions made since ``since`` whose join has not been written, oldest first."""
@@ -74,7 +90,7 @@ class EventLogStore:
              .where(d.c.policy == policy, d.c.created_at >= since, j.c.event_id.is_(None))
              .order_by(d.c.created_at))
         with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(q).mappings()]
+            return [self._resolve_actions(conn, dict(r)) for r in conn.execute(q).mappings()]
 
     def rewards_for(self, event_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
         out: dict[str, list[dict[str, Any]]] = {}

@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 # A row: one of the named tuples of ``rows``, fields in column order.
 Row = tuple[Any, ...]
 # Tables whose rows may legitimately repeat (idempotent retries): insert-or-ignore.
-_IGNORE_CONFLICTS = {"decisions", "rewards", "joined"}
-_TABLE_ORDER = ("decisions", "rewards", "joined", "snapshots")
+_IGNORE_CONFLICTS = {"action_sets", "decisions", "rewards", "joined"}
+_TABLE_ORDER = ("action_sets", "decisions", "rewards", "joined", "snapshots")
 
 
 class _InsertStatement:

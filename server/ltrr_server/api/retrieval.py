@@ -1,0 +1,47 @@
+"""RetrievalService: Retrieve."""
+
+from __future__ import annotations
+
+from ltrr.v1 import retrieval_pb2, retrieval_pb2_grpc
+from ltrr_server.api import convert
+from ltrr_server.api.status import Ctx, unary
+from ltrr_server.core import Ltrr, Retrieval
+from ltrr_server.metrics import Metrics
+
+
+def retrieval_to_proto(r: Retrieval, limit: int, request_id: str) -> retrieval_pb2.RetrieveResponse:
+    cands = r.result.candidates if not limit else r.result.candidates[:limit]
+    hit = retrieval_pb2.StrategyHit
+    return retrieval_pb2.RetrieveResponse(
+        event_id=r.decision.event_id,
+        candidates=[retrieval_pb2.Candidate(
+            item_id=c.item_id, fused_score=c.fused_score,
+            hits=[hit(strategy=s, score=score, rank=rank) for s, score, rank in c.hits],
+        ) for c in cands],
+        plan=r.result.plan.id, probability=r.probability,
+        strategies=[retrieval_pb2.StrategyRun(
+            strategy=run.strategy, budget=run.budget, returned=len(run.hits), latency_ms=run.seconds * 1000.0,
+            error=run.error,
+        ) for run in r.result.runs],
+        model_version=r.decision.model_version, request_id=request_id, total_candidates=len(r.result.candidates),
+    )
+
+
+class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
+    def __init__(self, core: Ltrr, metrics: Metrics) -> None:
+        self._core = core
+        self._metrics = metrics
+        self._max_features = core.limits.max_features
+
+    @unary("Retrieve")
+    async def Retrieve(  # noqa: N802 - gRPC method name
+        self, request: retrieval_pb2.RetrieveRequest, context: Ctx
+    ) -> retrieval_pb2.RetrieveResponse:
+        ctx = convert.namespaces(request.context, "context", self._max_features)
+        if request.event_id:
+            await self._core.check_new_event_id(request.event_id)
+        r = await self._core.retrieve(
+            request.policy, request.query, ctx, list(request.query_embedding), request.event_id,
+            dict(request.fixed_plan) or None,
+        )
+        return retrieval_to_proto(r, request.limit, request.request_id)

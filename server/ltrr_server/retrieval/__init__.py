@@ -1,0 +1,1 @@
+"""Retrieve: query features, plans as policy actions, running strategies, fusing, crediting."""

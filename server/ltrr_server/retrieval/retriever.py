@@ -1,0 +1,302 @@
+"""The retriever: runs a plan's strategies concurrently, fuses their lists, credits them later.
+
+It owns the catalog and the strategies. The core asks the policy for a plan (an action of a
+cb policy), hands the plan here, and attaches the returned ``RetrievalRecord`` to the pending
+decision; when rewards name engaged items, ``reward_value`` turns them into the plan's reward,
+and ``on_joined`` credits the strategies that found them and feeds the memory strategy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from array import array
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from ltrr_server.catalog.catalog import Catalog, IngestChanges, Progress, no_progress, normalize
+from ltrr_server.catalog.items import Item
+from ltrr_server.config import RetrievalSettings
+from ltrr_server.errors import InvalidArgument
+from ltrr_server.features import Namespaces, action_line, dumps, namespaces_to_json
+from ltrr_server.metrics import Metrics
+from ltrr_server.retrieval.plans import Plan, make_plans, plan_features, plan_from_budgets
+from ltrr_server.retrieval.query import query_features
+from ltrr_server.strategies import base
+from ltrr_server.strategies.base import Hit, Indexes, LearnsFromEngagement, Query, Strategy
+from ltrr_server.strategies.memory import MemoryStrategy
+from ltrr_server.strategies.vector import VectorStrategy
+
+log = logging.getLogger(__name__)
+
+# Weight of the newest observation in a strategy's recent hit rate and latency.
+_EWMA = 0.01
+
+
+@dataclass(frozen=True)
+class ActionSet:
+    """The plans as a policy's actions, with their current features; logged once under ``key``."""
+
+    ids: list[str]
+    lines: list[str]
+    json: str
+    key: str
+
+
+@dataclass(slots=True)
+class RetrievalRecord:
+    """What a pending retrieval decision needs to be rewarded and credited (kept compact)."""
+
+    query: str
+    positions: array  # type: ignore[type-arg]
+    # Per candidate, a bit per running strategy (by index into ``strategies``) that found it.
+    masks: bytes
+    strategies: tuple[str, ...]
+    drawn: int
+    learn: bool
+    engaged: list[int] | None = None
+
+
+@dataclass
+class StrategyRun:
+    strategy: str
+    budget: int
+    hits: list[Hit]
+    seconds: float
+    error: str = ""
+
+
+@dataclass
+class Candidate:
+    position: int
+    item_id: str
+    fused_score: float
+    # (strategy, score, rank from 1)
+    hits: list[tuple[str, float, int]]
+
+
+@dataclass
+class RetrievalResult:
+    plan: Plan
+    runs: list[StrategyRun]
+    candidates: list[Candidate]
+    record: RetrievalRecord
+
+
+class _Recent:
+    """A strategy's recent hit rate and latency (exponentially weighted)."""
+
+    __slots__ = ("hit_rate", "latency_ms")
+
+    def __init__(self) -> None:
+        self.hit_rate = 0.0
+        self.latency_ms = 0.0
+
+
+class Retriever:
+    def __init__(self, settings: RetrievalSettings, engine: sa.Engine, metrics: Metrics,
+                 catalog: Catalog | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.engine = engine
+        self.catalog = catalog if catalog is not None else Catalog.load(engine)
+        self.data_dir = Path(settings.data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = base.StrategyEnv(self.catalog, self.data_dir, engine)
+        self.strategies: dict[str, Strategy] = {}
+        for spec in settings.strategies:
+            params = base.Params(f"retrieval.strategies.{spec.name}", spec.params)
+            self.strategies[spec.name] = base.create(spec.kind, spec.name, params, env)
+        self.specs = list(settings.strategies)
+        self.plans = make_plans(self.specs)
+        self.plan_index = {p.id: i for i, p in enumerate(self.plans)}
+        self._max_total = max((p.total for p in self.plans), default=1)
+        self._recent = {name: _Recent() for name in self.strategies}
+        for name in self.strategies:  # exported at 0 from the start, so dashboards show no gaps
+            for metric in (metrics.strategy_errors, metrics.strategy_runs, metrics.strategy_hits):
+                metrics.child(metric, name)
+        self._action_set: ActionSet | None = None
+        self._action_set_at = 0.0
+        self._pool = ThreadPoolExecutor(max_workers=max(2, len(self.strategies)), thread_name_prefix="ltrr-strategy")
+        self.memory = next((s for s in self.strategies.values() if isinstance(s, MemoryStrategy)), None)
+        self.vector = next((s for s in self.strategies.values() if isinstance(s, VectorStrategy)), None)
+
+    def close(self) -> None:
+        self.flush()
+        self._pool.shutdown(wait=True)
+
+    # ------------------------------------------------------------------ catalog
+    def ingest(self, items: Sequence[Item], progress: Progress = no_progress) -> IngestChanges:
+        """Adds or updates items, in SQL and in every index; only what changed is re-indexed."""
+        dim = self.catalog.embedding_dim
+        for item in items:
+            if item.embedding is not None and dim and len(item.embedding) != dim:
+                raise InvalidArgument(f"items[{item.id!r}].embedding",
+                                      f"expected {dim} dimensions like the catalog, got {len(item.embedding)}")
+            if item.embedding is not None and not dim:
+                dim = len(item.embedding)
+        changes = self.catalog.apply(items)
+        changed = changes.added + changes.updated
+        if changed:
+            self.catalog.save(self.engine, changed, progress)
+            for s in self.strategies.values():
+                if isinstance(s, Indexes):
+                    s.index(self.catalog, changed, progress)
+        return changes
+
+    # ------------------------------------------------------------------ queries
+    def prepare(self, text: str, embedding: Sequence[float]) -> Query:
+        """Checks the query text and embedding; errors name the field."""
+        if not text.strip():
+            raise InvalidArgument("query", "is empty")
+        if len(text) > self.settings.max_query_chars:
+            raise InvalidArgument("query", f"longer than retrieval.max_query_chars={self.settings.max_query_chars}")
+        normalized = normalize(text)
+        if not normalized:
+            raise InvalidArgument("query", "has no letters or digits")
+        vec = None
+        if embedding:
+            if self.vector is None:
+                raise InvalidArgument("query_embedding", "no vector strategy is configured")
+            vec = self.vector.check_embedding(list(embedding), "query_embedding")
+        return Query(text, normalized, tuple(normalized.split()), vec)
+
+    def query_features(self, query: Query) -> Namespaces:
+        seen = self.memory.known(query.normalized) if self.memory is not None else 0
+        return query_features(query.tokens, query.normalized, self.catalog, seen)
+
+    def action_set(self, now: float) -> ActionSet:
+        """The plans with their current features, rebuilt every ``feature_refresh_seconds``."""
+        current = self._action_set
+        if current is not None and now - self._action_set_at < self.settings.feature_refresh_seconds:
+            return current
+        stats = {name: (round(r.hit_rate, 2), round(r.latency_ms, 1)) for name, r in self._recent.items()}
+        feats = [plan_features(p, self._max_total, stats) for p in self.plans]
+        ids = [p.id for p in self.plans]
+        text = dumps([[pid, namespaces_to_json(f)] for pid, f in zip(ids, feats, strict=True)])
+        key = hashlib.sha1(text.encode()).hexdigest()[:32]
+        if current is not None and current.key == key:
+            self._action_set_at = now
+            return current
+        self._action_set = ActionSet(ids, [action_line(pid, f) for pid, f in zip(ids, feats, strict=True)], text, key)
+        self._action_set_at = now
+        return self._action_set
+
+    def fixed_plan(self, budgets: dict[str, int]) -> Plan:
+        plan = plan_from_budgets(budgets, self.specs, "fixed_plan")
+        return self.plans[self.plan_index[plan.id]]
+
+    # ------------------------------------------------------------------ running a plan
+    def _run_one(self, name: str, query: Query, budget: int) -> StrategyRun:
+        t0 = time.perf_counter()
+        try:
+            hits = self.strategies[name].retrieve(query, budget)
+            error = ""
+        except Exception as exc:  # one failing strategy must not fail the request
+            log.exception("strategy %s failed", name)
+            hits, error = [], f"{type(exc).__name__}: {exc}"
+        return StrategyRun(name, budget, hits[:budget], time.perf_counter() - t0, error)
+
+    async def run(self, plan: Plan, query: Query, learn: bool) -> RetrievalResult:
+        loop = asyncio.get_running_loop()
+        running = plan.running()
+        if len(running) == 1:
+            runs = [self._run_one(running[0][0], query, running[0][1])]
+        else:
+            runs = list(await asyncio.gather(*(
+                loop.run_in_executor(self._pool, self._run_one, name, query, budget) for name, budget in running
+            )))
+        for r in runs:
+            self.metrics.child(self.metrics.strategy_duration, r.strategy).observe(r.seconds)
+            self.metrics.child(self.metrics.strategy_candidates, r.strategy).observe(len(r.hits))
+            if r.error:
+                self.metrics.child(self.metrics.strategy_errors, r.strategy).inc()
+            recent = self._recent[r.strategy]
+            recent.latency_ms += _EWMA * (r.seconds * 1000.0 - recent.latency_ms)
+        candidates, record = self._fuse(query, runs, learn)
+        return RetrievalResult(plan, runs, candidates, record)
+
+    def _fuse(self, query: Query, runs: list[StrategyRun], learn: bool) -> tuple[list[Candidate], RetrievalRecord]:
+        """Reciprocal rank fusion of the runs' lists; each candidate keeps its provenance."""
+        k = self.settings.rrf_k
+        fused: dict[int, float] = {}
+        masks: dict[int, int] = {}
+        provenance: dict[int, list[tuple[str, float, int]]] = {}
+        drawn = 0
+        for bit, run in enumerate(runs):
+            drawn += len(run.hits)
+            flag = 1 << bit
+            for rank, (pos, score) in enumerate(run.hits, 1):
+                if pos in fused:
+                    fused[pos] += 1.0 / (k + rank)
+                    masks[pos] |= flag
+                    provenance[pos].append((run.strategy, score, rank))
+                else:
+                    fused[pos] = 1.0 / (k + rank)
+                    masks[pos] = flag
+                    provenance[pos] = [(run.strategy, score, rank)]
+        order = sorted(fused, key=fused.__getitem__, reverse=True)
+        items = self.catalog.items
+        candidates = [Candidate(p, items[p].id, fused[p], provenance[p]) for p in order]
+        record = RetrievalRecord(
+            query=query.normalized, positions=array("l", order), masks=bytes(masks[p] for p in order),
+            strategies=tuple(r.strategy for r in runs), drawn=drawn, learn=learn,
+        )
+        return candidates, record
+
+    # ------------------------------------------------------------------ rewards
+    def default_reward(self, record: RetrievalRecord) -> float:
+        """The plan's reward when nobody engaged: only the cost of what it drew."""
+        return -self.settings.cost_per_candidate * record.drawn
+
+    def engaged_positions(self, item_ids: Iterable[str]) -> list[int]:
+        index = self.catalog.index
+        return [p for p in (index.get(i) for i in item_ids) if p is not None]
+
+    def reward_value(self, record: RetrievalRecord, engaged: list[int]) -> float:
+        """1 if an engaged item is among the candidates, minus the cost of every candidate drawn."""
+        found = any(p in record.positions for p in engaged)
+        return (1.0 if found else 0.0) + self.default_reward(record)
+
+    def on_joined(self, policy: str, record: RetrievalRecord) -> None:
+        """Credits the strategies that found an engaged item; teaches the memory strategy."""
+        engaged = record.engaged or []
+        hit_mask = 0
+        found = False
+        if engaged:
+            where = {p: i for i, p in enumerate(record.positions)}
+            for p in engaged:
+                i = where.get(p)
+                if i is not None:
+                    hit_mask |= record.masks[i]
+                    found = True
+        for bit, name in enumerate(record.strategies):
+            hit = bool(hit_mask & (1 << bit))
+            self.metrics.child(self.metrics.strategy_runs, name).inc()
+            if hit:
+                self.metrics.child(self.metrics.strategy_hits, name).inc()
+            recent = self._recent[name]
+            recent.hit_rate += _EWMA * ((1.0 if hit else 0.0) - recent.hit_rate)
+        self.metrics.child(self.metrics.retrieval_joins, policy, "found" if found else "missed").inc()
+        for s in self.strategies.values():
+            if isinstance(s, LearnsFromEngagement):
+                s.observe(record.query, engaged)
+
+    def flush(self) -> None:
+        for s in self.strategies.values():
+            if isinstance(s, LearnsFromEngagement):
+                try:
+                    s.flush()
+                except Exception:
+                    log.exception("strategy %s: flush failed; retried at the next one", s.name)
+
+    def recent(self) -> dict[str, tuple[float, float]]:
+        return {n: (r.hit_rate, r.latency_ms) for n, r in self._recent.items()}
+
+

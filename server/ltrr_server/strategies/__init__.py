@@ -1,0 +1,1 @@
+"""Candidate generators behind one small interface (``base.Strategy``), registered by kind."""

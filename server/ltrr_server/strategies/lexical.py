@@ -1,0 +1,122 @@
+"""``lexical``: BM25 over several fields with per-field boosts (tantivy), and a popularity prior.
+
+The index lives in ``<data_dir>/<name>/``; an ingest deletes and re-adds only changed items.
+The prior adds ``popularity_prior * log1p(popularity)`` to the BM25 score of the top
+``2 * budget`` hits, so among equally good matches the popular ones come first.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import threading
+
+import tantivy
+
+from ltrr_server.catalog.catalog import Catalog, Progress
+from ltrr_server.catalog.items import TEXT_FIELDS
+from ltrr_server.errors import InvalidArgument
+from ltrr_server.strategies.base import Hit, Params, Query, StrategyEnv, register
+
+_DEFAULT_BOOSTS = {"title": 3.0, "artist": 2.0, "album": 1.5, "genre": 1.0, "mood": 1.0, "text": 1.0, "extra": 0.5}
+_FIELDS = (*TEXT_FIELDS, "extra")
+_MAX_TOKENS = 32
+
+
+def _schema() -> tantivy.Schema:
+    sb = tantivy.SchemaBuilder()
+    # i64, not u64: tantivy-py turns a Python int into an i64 term when deleting by term.
+    sb.add_integer_field("idx", stored=True, indexed=True, fast=True)
+    for f in _FIELDS:
+        sb.add_text_field(f, stored=False)
+    sb.add_float_field("popularity", stored=False, fast=True)
+    return sb.build()
+
+
+class LexicalStrategy:
+    kind = "lexical"
+
+    def __init__(self, name: str, params: Params, env: StrategyEnv) -> None:
+        self.name = name
+        boosts = params.mapping("field_boosts", _DEFAULT_BOOSTS)
+        for f in boosts:
+            if f not in _FIELDS:
+                raise_unknown_field(params.prefix, f)
+        self.boosts = {f: boosts.get(f, _DEFAULT_BOOSTS[f]) for f in _FIELDS}
+        self.popularity_prior = params.number("popularity_prior", 0.3, 0.0, 100.0)
+        self.path = env.data_dir / name
+        self._lock = threading.Lock()
+        schema = _schema()
+        if self.path.exists() and tantivy.Index.exists(str(self.path)):
+            self._index = tantivy.Index(schema, path=str(self.path), reuse=True)
+        else:
+            if self.path.exists():
+                shutil.rmtree(self.path)
+            self.path.mkdir(parents=True)
+            self._index = tantivy.Index(schema, path=str(self.path))
+        self._fields = [f for f in _FIELDS if self.boosts[f] > 0]
+        self._searcher = self._index.searcher()
+
+    @property
+    def num_docs(self) -> int:
+        return int(self._searcher.num_docs)
+
+    def index(self, catalog: Catalog, positions: list[int], progress: Progress) -> None:
+        writer = self._index.writer(heap_size=128_000_000, num_threads=1)
+        total = len(positions)
+        # Positions are dense: one below the number of indexed items is an update (delete first).
+        indexed = self.num_docs
+        for n, pos in enumerate(positions, 1):
+            item = catalog.items[pos]
+            if pos < indexed:
+                writer.delete_documents_by_term("idx", pos)
+            doc = tantivy.Document()
+            doc.add_integer("idx", pos)
+            extra = []
+            for key, value in item.fields.items():
+                if key in TEXT_FIELDS:
+                    doc.add_text(key, value)
+                else:
+                    extra.append(value)
+            if extra:
+                doc.add_text("extra", " ".join(extra))
+            doc.add_float("popularity", float(item.popularity))
+            writer.add_document(doc)
+            if n % 5000 == 0 or n == total:
+                progress(f"index {self.name}", n, total)
+        writer.commit()
+        writer.wait_merging_threads()
+        self._index.reload()
+        with self._lock:
+            self._searcher = self._index.searcher()
+
+    def retrieve(self, query: Query, budget: int) -> list[Hit]:
+        tokens = query.tokens[:_MAX_TOKENS]
+        if not tokens or budget <= 0:
+            return []
+        # Tokens are letters and digits only, so the query parser sees no syntax.
+        q = self._index.parse_query(" ".join(tokens), self._fields, field_boosts=self.boosts)
+        searcher = self._searcher
+        limit = budget * 2 if self.popularity_prior > 0 else budget
+        hits = searcher.search(q, limit).hits
+        if not hits:
+            return []
+        addresses = [a for _, a in hits]
+        positions = searcher.fast_field_values("idx", addresses)
+        if self.popularity_prior > 0:
+            pops = searcher.fast_field_values("popularity", addresses)
+            w = self.popularity_prior
+            scored = [(int(p or 0), s + w * math.log1p(max(pop or 0.0, 0.0)))
+                      for (s, _), p, pop in zip(hits, positions, pops, strict=True)]
+            scored.sort(key=lambda h: -h[1])
+            return scored[:budget]
+        return [(int(p or 0), float(s)) for (s, _), p in zip(hits, positions, strict=True)]
+
+
+def raise_unknown_field(prefix: str, field: str) -> None:
+    raise InvalidArgument(f"{prefix}.field_boosts.{field}", f"unknown field; known: {', '.join(_FIELDS)}")
+
+
+@register("lexical")
+def _create(name: str, params: Params, env: StrategyEnv) -> LexicalStrategy:
+    return LexicalStrategy(name, params, env)

@@ -1,0 +1,118 @@
+"""``vector``: approximate nearest neighbours (usearch HNSW, cosine) over item embeddings.
+
+Items use their own embeddings when the catalog has them, else the built-in encoder's. The
+query embedding comes in the request, or from the encoder. ``min_similarity`` drops hits
+below a cosine similarity threshold.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from typing import Any
+
+import numpy as np
+from usearch.index import Index
+
+from ltrr_server.catalog.catalog import Catalog, Progress
+from ltrr_server.errors import InvalidArgument
+from ltrr_server.strategies.base import Hit, Params, Query, StrategyEnv, register
+from ltrr_server.strategies.encoder import TextEncoder
+
+_ENCODER_SAMPLE = 20_000
+
+
+class VectorStrategy:
+    kind = "vector"
+
+    def __init__(self, name: str, params: Params, env: StrategyEnv) -> None:
+        self.name = name
+        self.min_similarity = params.number("min_similarity", -1.0, -1.0, 1.0)
+        self.encoder_dims = int(params.number("encoder_dims", 64, 2, 1024))
+        self.dir = env.data_dir / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self.encoder: TextEncoder | None = None
+        self._index: Index | None = None
+        enc_path, idx_path = self.dir / "encoder.pkl", self.dir / "index.usearch"
+        if enc_path.exists() and idx_path.exists():
+            self.encoder = TextEncoder.load(enc_path)
+            self._index = Index.restore(str(idx_path))
+
+    @property
+    def dims(self) -> int:
+        return int(self._index.ndim) if self._index is not None else 0
+
+    def check_embedding(self, values: list[float] | tuple[float, ...], field: str) -> np.ndarray[Any, Any]:
+        """A caller's query embedding as a unit vector; errors name the field."""
+        if self._index is None:
+            raise InvalidArgument(field, "the vector index is empty: ingest a catalog first")
+        if len(values) != self.dims:
+            raise InvalidArgument(field, f"expected {self.dims} dimensions, got {len(values)}")
+        vec = np.asarray(values, dtype=np.float32)
+        bad = np.flatnonzero(~np.isfinite(vec))
+        if bad.size:
+            raise InvalidArgument(f"{field}[{int(bad[0])}]", f"must be finite, got {float(vec[bad[0]])}")
+        norm = float(np.linalg.norm(vec))
+        if norm == 0.0:
+            raise InvalidArgument(field, "is all zeros")
+        return vec / norm
+
+    def index(self, catalog: Catalog, positions: list[int], progress: Progress) -> None:
+        dim = catalog.embedding_dim
+        if self.encoder is None:
+            rng = random.Random(0)
+            sample = list(range(len(catalog)))
+            if len(sample) > _ENCODER_SAMPLE:
+                sample = rng.sample(sample, _ENCODER_SAMPLE)
+            progress(f"fit {self.name} encoder", 0, 1)
+            texts = [catalog.items[p].text() for p in sample]
+            targets = None
+            if dim:
+                with_emb = [p for p in sample if catalog.items[p].embedding is not None]
+                texts = [catalog.items[p].text() for p in with_emb]
+                targets = np.asarray([catalog.items[p].embedding for p in with_emb], dtype=np.float32)
+            self.encoder = TextEncoder.fit(texts, dims=self.encoder_dims, targets=targets)
+            progress(f"fit {self.name} encoder", 1, 1)
+        index = self._index if self._index is not None else Index(ndim=self.encoder.dims, metric="cos", dtype="f32")
+        total = len(positions)
+        for start in range(0, total, 5000):
+            part = positions[start:start + 5000]
+            vecs = np.zeros((len(part), index.ndim), dtype=np.float32)
+            to_encode = []
+            for row, pos in enumerate(part):
+                emb = catalog.items[pos].embedding
+                if emb is not None and len(emb) == index.ndim:
+                    vecs[row] = emb
+                else:
+                    to_encode.append(row)
+            if to_encode:
+                vecs[to_encode] = self.encoder.encode([catalog.items[part[r]].text() for r in to_encode])
+            keys = np.asarray(part, dtype=np.uint64)
+            present = [k for k in part if k in index]
+            if present:
+                index.remove(np.asarray(present, dtype=np.uint64))
+            index.add(keys, vecs, threads=2)
+            progress(f"index {self.name}", min(start + 5000, total), total)
+        self.encoder.save(self.dir / "encoder.pkl")
+        index.save(str(self.dir / "index.usearch"))
+        with self._lock:
+            self._index = index
+
+    def retrieve(self, query: Query, budget: int) -> list[Hit]:
+        index, encoder = self._index, self.encoder
+        if index is None or encoder is None or budget <= 0:
+            return []
+        vec = query.embedding if query.embedding is not None else encoder.encode([query.normalized])[0]
+        matches = index.search(vec, budget)
+        out = []
+        for key, dist in zip(matches.keys.tolist(), matches.distances.tolist(), strict=True):
+            sim = 1.0 - float(dist)
+            if sim >= self.min_similarity:
+                out.append((int(key), sim))
+        return out
+
+
+@register("vector")
+def _create(name: str, params: Params, env: StrategyEnv) -> VectorStrategy:
+    return VectorStrategy(name, params, env)
