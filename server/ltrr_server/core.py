@@ -527,7 +527,7 @@ class Ltrr:
         pending.retrieval = result.record
         pending.default_reward = retriever.default_reward(result.record)
         self.metrics.child(self.metrics.plan_choices, policy, plan.id, "yes" if fixed is not None else "no").inc()
-        self.metrics.child(self.metrics.retrieval_candidates, policy).observe(len(result.candidates))
+        self.metrics.child(self.metrics.retrieval_candidates, policy).observe(len(result))
         return Retrieval(decision, result, decision.slots[0].probability, fixed is not None)
 
     # ------------------------------------------------------------------ rewards

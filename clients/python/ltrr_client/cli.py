@@ -183,10 +183,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     finally:
         retriever.close()
     seconds = time.perf_counter() - t0
+    for item_id, problem in changes.rejected[:50]:
+        print(f"ltrr ingest: skipped item {item_id!r}: {problem}", file=sys.stderr)
     print(json.dumps({"added": len(changes.added), "updated": len(changes.updated), "unchanged": changes.unchanged,
-                      "bad_lines": len(errors), "seconds": round(seconds, 2),
+                      "bad_lines": len(errors) + len(changes.rejected), "seconds": round(seconds, 2),
                       "items_per_second": round(len(items) / seconds) if seconds else None}))
-    return 1 if errors else 0
+    return 1 if errors or changes.rejected else 0
 
 
 def cmd_policies(args: argparse.Namespace) -> int:

@@ -10,20 +10,21 @@ from ltrr_server.metrics import Metrics
 
 
 def retrieval_to_proto(r: Retrieval, limit: int, request_id: str) -> retrieval_pb2.RetrieveResponse:
-    cands = r.result.candidates if not limit else r.result.candidates[:limit]
-    hit = retrieval_pb2.StrategyHit
+    res = r.result
+    n = min(limit, len(res)) if limit else len(res)
+    hit, cand = retrieval_pb2.StrategyHit, retrieval_pb2.Candidate
     return retrieval_pb2.RetrieveResponse(
         event_id=r.decision.event_id,
-        candidates=[retrieval_pb2.Candidate(
-            item_id=c.item_id, fused_score=c.fused_score,
-            hits=[hit(strategy=s, score=score, rank=rank) for s, score, rank in c.hits],
-        ) for c in cands],
+        candidates=[cand(item_id=item_id, fused_score=score, hits=[hit(strategy=s, score=sc, rank=rank)
+                                                                   for s, sc, rank in prov])
+                    for item_id, score, prov in zip(res.item_ids[:n], res.fused_scores[:n], res.provenance[:n],
+                                                    strict=True)],
         plan=r.result.plan.id, probability=r.probability,
         strategies=[retrieval_pb2.StrategyRun(
             strategy=run.strategy, budget=run.budget, returned=len(run.hits), latency_ms=run.seconds * 1000.0,
             error=run.error,
         ) for run in r.result.runs],
-        model_version=r.decision.model_version, request_id=request_id, total_candidates=len(r.result.candidates),
+        model_version=r.decision.model_version, request_id=request_id, total_candidates=len(res),
     )
 
 

@@ -10,7 +10,7 @@ import json
 import time
 import unicodedata
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import sqlalchemy as sa
@@ -41,6 +41,8 @@ class IngestChanges:
     added: list[int]
     updated: list[int]
     unchanged: int
+    # (item id, problem) of items refused as a whole (an embedding of the wrong dimension).
+    rejected: list[tuple[str, str]] = field(default_factory=list)
 
 
 class Catalog:
@@ -62,7 +64,7 @@ class Catalog:
         """Dimension of the items' own embeddings (0: none carries one)."""
         for item in self.items:
             if item.embedding is not None:
-                return len(item.embedding)
+                return item.embedding_dims
         return 0
 
     def _refresh_columns(self) -> None:
@@ -104,9 +106,8 @@ class Catalog:
                                 .order_by(t.catalog_items.c.idx))
             for idx, data, emb in rows:
                 d = json.loads(data)
-                vec = tuple(np.frombuffer(emb, dtype=np.float32).tolist()) if emb is not None else None
                 item = Item(d.pop("id"), d.pop("type", ""), popularity=d.pop("popularity", 0.0),
-                            created_at=d.pop("created_at", 0.0), fields=d, embedding=vec)
+                            created_at=d.pop("created_at", 0.0), fields=d, embedding=emb)
                 assert idx == len(cat.items), "catalog positions must be dense"
                 cat.index[item.id] = idx
                 cat.items.append(item)
@@ -124,8 +125,7 @@ class Catalog:
                 conn.execute(t.catalog_items.delete().where(t.catalog_items.c.idx.in_(part)))
                 conn.execute(t.catalog_items.insert(), [
                     {"idx": p, "item_id": self.items[p].id, "data": json.dumps(self.items[p].to_json()),
-                     "embedding": (np.asarray(self.items[p].embedding, dtype=np.float32).tobytes()
-                                   if self.items[p].embedding is not None else None),
+                     "embedding": self.items[p].embedding,
                      "updated_at": now}
                     for p in part
                 ])

@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 MAX_ID_LENGTH = 256
 MAX_TEXT_LENGTH = 10_000
 # Text fields every strategy knows; any other string field is searchable as extra text.
@@ -26,7 +28,16 @@ class Item:
     fields: dict[str, str] = field(default_factory=dict)
     popularity: float = 0.0
     created_at: float = 0.0
-    embedding: tuple[float, ...] | None = None
+    # float32, packed: an item costs 4 bytes per dimension, not a Python float each.
+    embedding: bytes | None = None
+
+    @property
+    def embedding_dims(self) -> int:
+        return len(self.embedding) // 4 if self.embedding is not None else 0
+
+    def vector(self) -> np.ndarray[Any, np.dtype[np.float32]]:
+        assert self.embedding is not None
+        return np.frombuffer(self.embedding, dtype=np.float32)
 
     def text(self) -> str:
         """Every text field in one string (what an encoder reads)."""
@@ -84,14 +95,14 @@ def parse_item(data: object, line: int = 0) -> Item:
             raise fail(key, f"must not be negative, got {value!r}")
         numbers[key] = float(value)
     embedding = data.get("embedding")
-    vec: tuple[float, ...] | None = None
+    vec: bytes | None = None
     if embedding is not None:
         if not isinstance(embedding, list) or not embedding:
             raise fail("embedding", "must be a non-empty list of numbers")
         for k, x in enumerate(embedding):
             if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
                 raise fail(f"embedding[{k}]", f"must be a finite number, got {x!r}")
-        vec = tuple(float(x) for x in embedding)
+        vec = np.asarray(embedding, dtype=np.float32).tobytes()
     kind = data.get("type", "")
     if not isinstance(kind, str):
         raise fail("type", "must be a string")

@@ -13,6 +13,7 @@ the snapshot is loaded and the joined events after it replayed before any call i
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
 import multiprocessing
@@ -115,6 +116,10 @@ class Learner:
             args=(child, states, self._publish_interval, self._snapshot_interval),
         )
         self._process.start()
+        # The child ignores SIGTERM (the server stops it after its final snapshots), so a program
+        # that exits without stop() would wait for it forever at exit: kill it then instead. What
+        # it had not snapshotted is replayed from the log at the next start.
+        atexit.register(_kill_if_alive, self._process)
         child.close()
         self._conn = parent
         self._states.clear()
@@ -234,3 +239,8 @@ class Learner:
         self._writer.submit("snapshots", [row], force=True).result(timeout=60)
         self._metrics.snapshots.labels(policy, trigger).inc()
         return SnapshotInfo(self._snapshot_ids(policy), policy, version, last_seq, now, len(data))
+
+
+def _kill_if_alive(process: Any) -> None:
+    if process.is_alive():
+        process.kill()

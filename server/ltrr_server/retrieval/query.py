@@ -2,8 +2,9 @@
 
 >>> from ltrr_server.catalog.catalog import Catalog
 >>> f = dict(query_features(("new", "jazz", "releases"), "new jazz releases", Catalog(), 0, hour=9))
->>> sorted(f["h"])[:4]
-[('daypart', '1'), ('entity', 'none'), ('hint', 'new'), ('memory', '0')]
+>>> sorted(f["h"])  # doctest: +NORMALIZE_WHITESPACE
+[('daypart', '1'), ('entity', 'none'), ('hint', 'new'), ('hint', 'releases'), ('memory', '0'), ('script', 'latin'),
+ ('tokens', '3')]
 """
 
 from __future__ import annotations

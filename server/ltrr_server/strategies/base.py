@@ -46,7 +46,9 @@ class Strategy(Protocol):
     kind: str
 
     def retrieve(self, query: Query, budget: int) -> list[Hit]:
-        """Up to ``budget`` items for the query, best first. Runs on a worker thread."""
+        """Up to ``budget`` items for the query, best first. Runs on a worker thread, unless the
+        strategy sets a class attribute ``inline = True`` (quick, pure Python: it then runs on the
+        event loop thread while the others run)."""
         ...
 
 

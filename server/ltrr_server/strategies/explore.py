@@ -22,6 +22,7 @@ _DAY = 86400.0
 
 class ExploreStrategy:
     kind = "explore"
+    inline = True  # small posting lists in Python
 
     def __init__(self, name: str, params: Params, env: StrategyEnv) -> None:
         self.name = name

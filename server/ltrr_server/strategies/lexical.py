@@ -7,10 +7,12 @@ The prior adds ``popularity_prior * log1p(popularity)`` to the BM25 score of the
 
 from __future__ import annotations
 
-import math
 import shutil
 import threading
+from operator import itemgetter
+from typing import cast
 
+import numpy as np
 import tantivy
 
 from ltrr_server.catalog.catalog import Catalog, Progress
@@ -56,6 +58,11 @@ class LexicalStrategy:
             self._index = tantivy.Index(schema, path=str(self.path))
         self._fields = [f for f in _FIELDS if self.boosts[f] > 0]
         self._searcher = self._index.searcher()
+        self._prior = self._priors(env.catalog)
+
+    def _priors(self, catalog: Catalog) -> list[float]:
+        """Per item position, what the popularity prior adds to its BM25 score (a list: indexed per hit)."""
+        return (self.popularity_prior * np.log1p(np.maximum(catalog.popularity, 0.0))).tolist()  # type: ignore[no-any-return]
 
     @property
     def num_docs(self) -> int:
@@ -88,6 +95,7 @@ class LexicalStrategy:
         writer.wait_merging_threads()
         self._index.reload()
         with self._lock:
+            self._prior = self._priors(catalog)
             self._searcher = self._index.searcher()
 
     def retrieve(self, query: Query, budget: int) -> list[Hit]:
@@ -102,15 +110,13 @@ class LexicalStrategy:
         if not hits:
             return []
         addresses = [a for _, a in hits]
-        positions = searcher.fast_field_values("idx", addresses)
+        positions = cast(list[int], searcher.fast_field_values("idx", addresses))  # an i64 field
         if self.popularity_prior > 0:
-            pops = searcher.fast_field_values("popularity", addresses)
-            w = self.popularity_prior
-            scored = [(int(p or 0), s + w * math.log1p(max(pop or 0.0, 0.0)))
-                      for (s, _), p, pop in zip(hits, positions, pops, strict=True)]
-            scored.sort(key=lambda h: -h[1])
+            prior = self._prior
+            scored = [(p, s + prior[p]) for (s, _), p in zip(hits, positions, strict=True) if p is not None]
+            scored.sort(key=itemgetter(1), reverse=True)
             return scored[:budget]
-        return [(int(p or 0), float(s)) for (s, _), p in zip(hits, positions, strict=True)]
+        return [(p, float(s)) for (s, _), p in zip(hits, positions, strict=True) if p is not None]
 
 
 def raise_unknown_field(prefix: str, field: str) -> None:

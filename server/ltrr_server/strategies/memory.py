@@ -8,9 +8,11 @@ kept in memory and upserted to SQL (``memory_stats``) by ``flush``, loaded at st
 >>> import sqlalchemy as sa, tempfile
 >>> from pathlib import Path
 >>> from ltrr_server.catalog.catalog import Catalog
+>>> from ltrr_server.catalog.items import Item
 >>> from ltrr_server.log import db
 >>> engine = db.create_engine(f"sqlite:///{tempfile.mkdtemp()}/m.db"); db.migrate(engine)
->>> env = StrategyEnv(Catalog(), Path(tempfile.mkdtemp()), engine)
+>>> catalog = Catalog(); _ = catalog.apply([Item(f"item-{k}") for k in range(8)])
+>>> env = StrategyEnv(catalog, Path(tempfile.mkdtemp()), engine)
 >>> m = MemoryStrategy("memory", Params("m", {}), env)
 >>> q = Query("Road trip", "road trip", ("road", "trip"))
 >>> m.retrieve(q, 10)
@@ -48,6 +50,7 @@ class _Stats:
 
 class MemoryStrategy:
     kind = "memory"
+    inline = True  # a dictionary look-up
 
     def __init__(self, name: str, params: Params, env: StrategyEnv) -> None:
         self.name = name

@@ -71,7 +71,7 @@ class VectorStrategy:
             if dim:
                 with_emb = [p for p in sample if catalog.items[p].embedding is not None]
                 texts = [catalog.items[p].text() for p in with_emb]
-                targets = np.asarray([catalog.items[p].embedding for p in with_emb], dtype=np.float32)
+                targets = np.stack([catalog.items[p].vector() for p in with_emb])
             self.encoder = TextEncoder.fit(texts, dims=self.encoder_dims, targets=targets)
             progress(f"fit {self.name} encoder", 1, 1)
         index = self._index if self._index is not None else Index(ndim=self.encoder.dims, metric="cos", dtype="f32")
@@ -81,9 +81,9 @@ class VectorStrategy:
             vecs = np.zeros((len(part), index.ndim), dtype=np.float32)
             to_encode = []
             for row, pos in enumerate(part):
-                emb = catalog.items[pos].embedding
-                if emb is not None and len(emb) == index.ndim:
-                    vecs[row] = emb
+                item = catalog.items[pos]
+                if item.embedding_dims == index.ndim:
+                    vecs[row] = item.vector()
                 else:
                     to_encode.append(row)
             if to_encode:

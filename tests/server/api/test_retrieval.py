@@ -194,8 +194,10 @@ def test_the_learned_policy_beats_random_plans_on_the_music_world(make_server: A
         cost=0.001, singles_every=10**9, tail=500, seed=random.Random(5).randrange(1000), out=None,
     ))
     learned, rand = sim.tail["learned"], sim.tail["random"]
-    assert learned["reward"] > rand["reward"] + 0.1
-    assert learned["candidates"] < sim.tail["all-largest"]["candidates"]
+    every = sim.tail["all-largest"]
+    assert learned["reward"] > rand["reward"] + 0.05, sim.tail
+    assert learned["recall"] >= every["recall"] - 0.03, sim.tail
+    assert learned["candidates"] <= 0.6 * every["candidates"], sim.tail
 
 
 def _metrics(s: ServerThread) -> str:
@@ -203,3 +205,38 @@ def _metrics(s: ServerThread) -> str:
 
     with urllib.request.urlopen(s.metrics_url) as r:  # noqa: S310 - a local test server
         return str(r.read().decode())
+
+
+class _Failing:
+    """A plug-in strategy registered by the test: it always fails."""
+
+    kind = "failing"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def retrieve(self, query: Any, budget: int) -> list[tuple[int, float]]:
+        raise RuntimeError("index offline")
+
+
+def test_a_plugged_in_strategy_runs_and_its_failure_does_not_fail_the_request(
+    make_server: Any, sqlite_url: str, tmp_path: Path, world: MusicWorld,
+) -> None:
+    import dataclasses
+
+    from ltrr_server.config import StrategySpec
+    from ltrr_server.strategies import base
+
+    base.register("failing")(lambda name, params, env: _Failing(name))
+    settings = retrieval_server_settings(sqlite_url, tmp_path / "data")
+    r = settings.retrieval
+    settings = dataclasses.replace(settings, retrieval=dataclasses.replace(
+        r, strategies=(*r.strategies, StrategySpec("flaky", "failing", (0, 10)))))
+    s = make_server(settings)
+    rs, _ = _stubs(s)
+    song = next(it for it in world.items if it["type"] == "song")
+    resp = rs.Retrieve(retrieve_request("retrieval", song["title"], fixed_plan={"lexical": 10, "flaky": 10}))
+    runs = {r.strategy: r for r in resp.strategies}
+    assert runs["flaky"].error == "RuntimeError: index offline" and runs["flaky"].returned == 0
+    assert runs["lexical"].returned > 0 and song["id"] in [c.item_id for c in resp.candidates]
+    assert 'ltrr_strategy_errors_total{strategy="flaky"} 1.0' in _metrics(s)

@@ -49,4 +49,5 @@ def test_fields_and_embedding_are_kept() -> None:
     assert not errors
     item = items[0]
     assert item.fields == {"title": "Blue Train", "artist": "John Coltrane", "label": "Blue Note"}
-    assert item.embedding == (0.1, 0.2) and item.popularity == 12.5 and item.type == "song"
+    assert item.vector().tolist() == pytest.approx([0.1, 0.2]) and item.embedding_dims == 2
+    assert item.popularity == 12.5 and item.type == "song"
