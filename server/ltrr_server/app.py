@@ -1,4 +1,4 @@
-"""Builds the gRPC server (decisions, retrieval, feedback, admin, health, reflection) and the metrics endpoint.
+"""Builds the gRPC server (decisions, retrieval, models, feedback, admin, health, reflection) and the metrics endpoint.
 
 ``build_server`` is apart from ``main`` so that tests bind port 0 and run several servers,
 each with its own metrics registry.
@@ -26,12 +26,15 @@ from ltrr.v1 import (
     decisions_pb2_grpc,
     feedback_pb2,
     feedback_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
     retrieval_pb2,
     retrieval_pb2_grpc,
 )
 from ltrr_server.api.admin import AdminServicer
 from ltrr_server.api.decisions import DecisionServicer
 from ltrr_server.api.feedback import FeedbackServicer
+from ltrr_server.api.models import ModelServicer
 from ltrr_server.api.retrieval import RetrievalServicer
 from ltrr_server.config import Settings
 from ltrr_server.core import Ltrr
@@ -44,6 +47,7 @@ SERVICES = (
     feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
     retrieval_pb2.DESCRIPTOR.services_by_name["RetrievalService"].full_name,
+    models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
 )
 
 
@@ -88,6 +92,7 @@ async def build_server(settings: Settings, registry: CollectorRegistry | None = 
     feedback_pb2_grpc.add_FeedbackServiceServicer_to_server(FeedbackServicer(core, metrics), server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(core, metrics), server)
     retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(RetrievalServicer(core, metrics), server)
+    models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(core, metrics), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(

@@ -301,6 +301,11 @@ class Settings:
     write_linger_seconds: float = 0.002
     write_idle_linger_seconds: float = 0.05
     metrics_window: int = 10_000
+    # Trained models (XR-Linear) live here, one folder per name and version.
+    model_dir: str = "ltrr-models"
+    # A promotion whose negative flip rate against the live model is above this is refused
+    # unless forced.
+    max_nfr: float = 0.05
     limits: Limits = field(default_factory=Limits)
     policies: tuple[PolicySpec, ...] = ()
     retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
@@ -322,6 +327,8 @@ class Settings:
                 raise InvalidArgument(f"server.{name}", f"must be a positive number, got {value}")
         if self.write_batch_rows < 1:
             raise InvalidArgument("server.write_batch_rows", "must be positive")
+        if not (math.isfinite(self.max_nfr) and 0 <= self.max_nfr <= 1):
+            raise InvalidArgument("server.max_nfr", f"must be in [0, 1], got {self.max_nfr}")
         if self.metrics_window < 1:
             raise InvalidArgument("server.metrics_window", "must be positive")
         names = [p.name for p in self.policies]

@@ -16,8 +16,10 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from ltrr_server.catalog.catalog import Progress
+from ltrr_server.catalog.catalog import Progress, normalize
 from ltrr_server.config import ActionSpec, PolicySpec, Settings
 from ltrr_server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Overloaded
 from ltrr_server.features import (
@@ -39,6 +41,10 @@ from ltrr_server.policy.model import PolicyModel
 from ltrr_server.policy.runtime import PolicyRuntime, draw_slots
 from ltrr_server.regret import RewardWindow
 from ltrr_server.retrieval.retriever import ActionSet, RetrievalResult, Retriever
+from ltrr_server.xmr.live import LiveModels
+from ltrr_server.xmr.model import XmrModel
+from ltrr_server.xmr.registry import ModelRegistry
+from ltrr_server.xmr.train import compare
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +164,8 @@ class Ltrr:
         self._expiry_task: asyncio.Task[None] | None = None
         self._flush_task: asyncio.Task[None] | None = None
         self.retriever: Retriever | None = None
+        self.registry = ModelRegistry(self.engine, settings.model_dir)
+        self.live_models = LiveModels(self.registry)
         self._retrieval_policies = set(settings.retrieval.policies)
         self._logged_action_sets: set[str] = set()
 
@@ -165,8 +173,9 @@ class Ltrr:
     def open(self) -> None:
         """Migrates the schema, loads policies, restores models (snapshot + replay), recovers joins."""
         db.migrate(self.engine)
+        self.live_models.load_all()
         if self.settings.retrieval.enabled:
-            self.retriever = Retriever(self.settings.retrieval, self.engine, self.metrics)
+            self.retriever = Retriever(self.settings.retrieval, self.engine, self.metrics, live_models=self.live_models)
             self._load_initial_catalog()
         self.writer.start()
         self.joiner.next_seq = self.store.max_joined_seq() + 1
@@ -622,6 +631,49 @@ class Ltrr:
     def _reward_row(r: RewardInput, outcome: str, now: float) -> RewardRow:
         return RewardRow(r.event_id, r.reward_id, r.value, dumps(r.engaged) if r.engaged else None, r.oracle_best,
                          r.oracle_chosen, outcome, now)
+
+    # ------------------------------------------------------------------ models
+    async def xmr_predict(self, model: str, queries: Sequence[str], k: int = 10, beam_size: int = 0
+                          ) -> tuple[int, list[list[tuple[str, float]]]]:
+        """Top-k labels per query from the model's live version."""
+        if not model:
+            raise InvalidArgument("model", "is empty")
+        if not queries:
+            raise InvalidArgument("queries", "is empty")
+        if len(queries) > self.limits.max_reward_batch:
+            raise InvalidArgument("queries", f"{len(queries)} queries, more than {self.limits.max_reward_batch}")
+        texts = []
+        for i, q in enumerate(queries):
+            text = normalize(q)
+            if not text:
+                raise InvalidArgument(f"queries[{i}]", "has no letters or digits")
+            texts.append(text)
+        if not 0 <= k <= 1000:
+            raise InvalidArgument("k", f"must be in [1, 1000], got {k}")
+        if beam_size > 1000:
+            raise InvalidArgument("beam_size", f"must be at most 1000, got {beam_size}")
+        version, m = self.live_models.get(model)
+        return version, await asyncio.to_thread(m.predict, texts, k or 10, beam_size)
+
+    async def promote_model(self, name: str, version: int, force: bool) -> dict[str, Any]:
+        """Checks a version against the live one on its held-out pairs, then swaps it in."""
+        row = await asyncio.to_thread(self.registry.get, name, version)
+        if version == 0:
+            raise InvalidArgument("version", "is required")
+        candidate = await asyncio.to_thread(XmrModel.load, Path(row["path"]))
+        live = self.live_models.maybe(name)
+        previous = next((r["version"] for r in self.registry.live_versions() if r["name"] == name), 0)
+        figures = await asyncio.to_thread(compare, live, candidate, Path(row["path"]))
+        nfr = figures.get("negative_flip_rate", 0.0)
+        if live is not None and nfr > self.settings.max_nfr and not force:
+            raise FailedPrecondition(
+                f"model {name!r} v{version}: negative flip rate {nfr:.4f} against live v{previous} is above "
+                f"max_nfr={self.settings.max_nfr} (recall@10 {figures.get('recall_live', 0):.4f} -> "
+                f"{figures.get('recall_new', 0):.4f}); retrain with congruent_weight or force", field="version")
+        await asyncio.to_thread(self.registry.set_live, name, version, figures | {"forced": force})
+        self.live_models.swap(name, version, candidate)
+        log.info("model %s: v%d live (was v%d): %s", name, version, previous, figures)
+        return figures | {"previous_version": previous, "row": self.registry.get(name, version)}
 
     # ------------------------------------------------------------------ admin
     def _info(self, rt: PolicyRuntime) -> PolicyInfo:

@@ -191,6 +191,85 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 1 if errors or changes.rejected else 0
 
 
+def cmd_train_xmr(args: argparse.Namespace) -> int:
+    """Offline training into the registry (the database and the model directory); promote after."""
+    import random as _random
+
+    from tqdm import tqdm
+
+    from ltrr_server.config import load_settings
+    from ltrr_server.errors import LtrrError
+    from ltrr_server.log import db
+    from ltrr_server.xmr import train as xt
+    from ltrr_server.xmr.live import LiveModels
+    from ltrr_server.xmr.model import XmrTrainParams
+    from ltrr_server.xmr.registry import ModelRegistry
+
+    try:
+        settings = load_settings(args.config, db_url=args.db)
+        params = XmrTrainParams(beam_size=args.beam_size, threshold=args.threshold, nr_splits=args.nr_splits,
+                                max_leaf_size=args.max_leaf_size, congruent_weight=args.congruent_weight)
+        engine = db.create_engine(settings.db_url)
+        db.migrate(engine)
+        if args.pairs:
+            with open(args.pairs, encoding="utf-8") as f:
+                pairs, errors = xt.read_pairs(f)
+            for e in errors[:50]:
+                print(f"ltrr train: skipped {e}", file=sys.stderr)
+        elif args.demo_pairs:
+            from ltrr_server.demo.music import MusicWorld
+
+            world = MusicWorld(n_items=args.items, seed=args.world_seed)
+            rng = _random.Random(args.seed)
+            qs = [world.query(rng) for _ in range(args.demo_pairs)]
+            pairs = xt.Pairs([q.text for q in qs], [q.target for q in qs])
+        else:
+            pairs = xt.pairs_from_log(engine)
+        registry = ModelRegistry(engine, settings.model_dir)
+        live = None
+        if params.congruent_weight > 1:
+            models = LiveModels(registry)
+            models.load_all()
+            live = models.get(args.name)[1]
+        bar = tqdm(total=4, desc="train xmr", file=sys.stderr)
+
+        def progress(stage: str, done: int, total: int) -> None:
+            bar.set_description(stage)
+            bar.update(done - bar.n)
+
+        version, metrics = xt.train(registry, args.name, pairs, params, live=live, heldout_share=args.heldout_share,
+                                    seed=args.seed, progress=progress)
+        bar.close()
+    except (LtrrError, OSError, ValueError) as exc:
+        print(f"ltrr train: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"name": args.name, "version": version} | metrics))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from ltrr.v1 import models_pb2
+
+    with LtrrClient(args.target) as c:
+        if args.action == "list":
+            _print(c.models.ListModels(models_pb2.ListModelsRequest(name=args.name or "")))
+        elif args.action == "promote":
+            if not args.name or not args.version:
+                print("ltrr models promote NAME VERSION [--force]", file=sys.stderr)
+                return 2
+            _print(c.models.PromoteModel(models_pb2.PromoteModelRequest(name=args.name, version=args.version,
+                                                                         force=args.force)))
+    return 0
+
+
+def cmd_xmr(args: argparse.Namespace) -> int:
+    from ltrr.v1 import models_pb2
+
+    with LtrrClient(args.target) as c:
+        _print(c.models.XmrPredict(models_pb2.XmrPredictRequest(model=args.model, queries=args.queries, k=args.k)))
+    return 0
+
+
 def cmd_policies(args: argparse.Namespace) -> int:
     with LtrrClient(args.target) as c:
         if args.action == "list":
@@ -274,6 +353,39 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--data-dir", help="index directory (default: the configuration's retrieval.data_dir)")
     ing.add_argument("--strict", action="store_true", help="ingest nothing if any line is bad")
     ing.set_defaults(fn=cmd_ingest)
+
+    tr = sub.add_parser("train", help="train a model offline and register it as a new version")
+    tr.add_argument("what", choices=["xmr"])
+    tr.add_argument("--name", default="xmr", help="model name in the registry")
+    src = tr.add_mutually_exclusive_group()
+    src.add_argument("--pairs", help='JSONL of {"query": ..., "item_id": ...} (default: engagements in the log)')
+    src.add_argument("--demo-pairs", type=int, help="this many pairs from the demo music world")
+    tr.add_argument("--items", type=int, default=100_000, help="demo pairs: the demo catalog's size")
+    tr.add_argument("--world-seed", type=int, default=42)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--config", help="TOML configuration file (default: the embedded demo)")
+    tr.add_argument("--db", help="database URL")
+    tr.add_argument("--beam-size", type=int, default=10)
+    tr.add_argument("--threshold", type=float, default=0.1, help="weight-pruning threshold")
+    tr.add_argument("--nr-splits", type=int, default=16, help="label-tree branching factor")
+    tr.add_argument("--max-leaf-size", type=int, default=100)
+    tr.add_argument("--congruent-weight", type=int, default=1,
+                    help="repeat the pairs the live version gets right this many times (lowers NFR)")
+    tr.add_argument("--heldout-share", type=float, default=0.1)
+    tr.set_defaults(fn=cmd_train_xmr)
+
+    md = client_cmd("models", "list models, or promote a version (checked against the live one)")
+    md.add_argument("action", choices=["list", "promote"])
+    md.add_argument("name", nargs="?")
+    md.add_argument("version", nargs="?", type=int, default=0)
+    md.add_argument("--force", action="store_true", help="promote past the negative-flip-rate bound")
+    md.set_defaults(fn=cmd_models)
+
+    xq = client_cmd("xmr", "XR-Linear labels for query texts")
+    xq.add_argument("queries", nargs="+")
+    xq.add_argument("--model", default="xmr")
+    xq.add_argument("--k", type=int, default=10)
+    xq.set_defaults(fn=cmd_xmr)
 
     pol = client_cmd("policies", "list, describe, snapshot or show statistics of policies")
     pol.add_argument("action", choices=["list", "get", "stats", "snapshot"])

@@ -22,6 +22,7 @@ from ltrr.v1 import (
     decisions_pb2_grpc,
     feedback_pb2,
     feedback_pb2_grpc,
+    models_pb2_grpc,
     retrieval_pb2,
     retrieval_pb2_grpc,
 )
@@ -107,6 +108,7 @@ class LtrrClient:
         self.feedback = feedback_pb2_grpc.FeedbackServiceStub(self.channel)
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
         self.retrieval = retrieval_pb2_grpc.RetrievalServiceStub(self.channel)
+        self.models = models_pb2_grpc.ModelServiceStub(self.channel)
 
     def __enter__(self) -> LtrrClient:
         return self
@@ -173,6 +175,7 @@ class AsyncLtrrClient:
         self.feedback = feedback_pb2_grpc.FeedbackServiceStub(self.channel)
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
         self.retrieval = retrieval_pb2_grpc.RetrievalServiceStub(self.channel)
+        self.models = models_pb2_grpc.ModelServiceStub(self.channel)
 
     async def __aenter__(self) -> AsyncLtrrClient:
         return self

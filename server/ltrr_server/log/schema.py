@@ -114,3 +114,17 @@ memory_stats = sa.Table(
     sa.Column("count", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
 )
+
+# Trained models (XR-Linear, ...) by name and version; files live under the model directory.
+models = sa.Table(
+    "models", metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("path", sa.Text, nullable=False),
+    # JSON: training parameters and figures measured at training (recall on held-out pairs, ...).
+    sa.Column("metrics", sa.Text, nullable=False),
+    sa.Column("live", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("promoted_at", sa.Float, nullable=True),
+)

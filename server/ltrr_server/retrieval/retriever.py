@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -106,14 +107,14 @@ class _Recent:
 
 class Retriever:
     def __init__(self, settings: RetrievalSettings, engine: sa.Engine, metrics: Metrics,
-                 catalog: Catalog | None = None) -> None:
+                 catalog: Catalog | None = None, live_models: Any = None) -> None:
         self.settings = settings
         self.metrics = metrics
         self.engine = engine
         self.catalog = catalog if catalog is not None else Catalog.load(engine)
         self.data_dir = Path(settings.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = base.StrategyEnv(self.catalog, self.data_dir, engine)
+        env = base.StrategyEnv(self.catalog, self.data_dir, engine, live_models)
         self.strategies: dict[str, Strategy] = {}
         for spec in settings.strategies:
             params = base.Params(f"retrieval.strategies.{spec.name}", spec.params)

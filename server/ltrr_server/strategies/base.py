@@ -77,6 +77,8 @@ class StrategyEnv:
     catalog: Catalog
     data_dir: Path
     engine: sa.Engine
+    # The live trained models by name (``xmr.live.LiveModels``), for strategies that serve one.
+    live_models: Any = None
 
 
 class Params:
@@ -102,6 +104,13 @@ class Params:
         if not lo <= value <= hi:
             raise InvalidArgument(f"{self.prefix}.{key}", f"must be in [{lo}, {hi}], got {value}")
         return float(value)
+
+    def text(self, key: str, default: str) -> str:
+        self._read.add(key)
+        value = self._data.get(key, default)
+        if not isinstance(value, str) or not value:
+            raise InvalidArgument(f"{self.prefix}.{key}", f"must be a non-empty string, got {value!r}")
+        return value
 
     def mapping(self, key: str, default: Mapping[str, float]) -> dict[str, float]:
         self._read.add(key)
@@ -151,4 +160,4 @@ def create(kind: str, name: str, params: Params, env: StrategyEnv) -> Strategy:
 
 def _load_builtins() -> None:
     # Importing a strategy module registers it.
-    from ltrr_server.strategies import explore, lexical, memory, vector  # noqa: F401
+    from ltrr_server.strategies import explore, lexical, memory, vector, xmr  # noqa: F401

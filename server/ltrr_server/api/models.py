@@ -1,0 +1,54 @@
+"""ModelService: XR-Linear inference, the model registry, promotion."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from ltrr.v1 import models_pb2, models_pb2_grpc
+from ltrr_server.api.status import Ctx, unary
+from ltrr_server.core import Ltrr
+from ltrr_server.metrics import Metrics
+
+
+def version_to_proto(row: dict[str, Any]) -> models_pb2.ModelVersion:
+    return models_pb2.ModelVersion(
+        name=row["name"], version=row["version"], kind=row["kind"], live=bool(row["live"]),
+        metrics_json=json.dumps(row["metrics"], sort_keys=True), created_at=row["created_at"],
+    )
+
+
+class ModelServicer(models_pb2_grpc.ModelServiceServicer):
+    def __init__(self, core: Ltrr, metrics: Metrics) -> None:
+        self._core = core
+        self._metrics = metrics
+
+    @unary("XmrPredict")
+    async def XmrPredict(  # noqa: N802 - gRPC method name
+        self, request: models_pb2.XmrPredictRequest, context: Ctx
+    ) -> models_pb2.XmrPredictResponse:
+        version, preds = await self._core.xmr_predict(request.model, list(request.queries), request.k,
+                                                      request.beam_size)
+        label = models_pb2.ScoredLabel
+        return models_pb2.XmrPredictResponse(model_version=version, predictions=[
+            models_pb2.XmrPrediction(labels=[label(id=i, score=s) for i, s in p]) for p in preds
+        ])
+
+    @unary("ListModels")
+    async def ListModels(  # noqa: N802
+        self, request: models_pb2.ListModelsRequest, context: Ctx
+    ) -> models_pb2.ListModelsResponse:
+        rows = await asyncio.to_thread(self._core.registry.versions, request.name)
+        return models_pb2.ListModelsResponse(models=[version_to_proto(r) for r in rows])
+
+    @unary("PromoteModel")
+    async def PromoteModel(  # noqa: N802
+        self, request: models_pb2.PromoteModelRequest, context: Ctx
+    ) -> models_pb2.PromoteModelResponse:
+        r = await self._core.promote_model(request.name, request.version, request.force)
+        return models_pb2.PromoteModelResponse(
+            model=version_to_proto(r["row"]), previous_version=r["previous_version"],
+            recall_previous=r.get("recall_live", 0.0), recall_new=r.get("recall_new", 0.0),
+            negative_flip_rate=r.get("negative_flip_rate", 0.0),
+        )

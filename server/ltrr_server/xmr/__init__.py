@@ -1,0 +1,1 @@
+"""PECOS XR-Linear models: training, the registry, evaluation (the only importers of pecos)."""

@@ -1,0 +1,173 @@
+"""An XR-Linear model as ltrr serves it: PECOS's vectorizer and model folder, plus the label ids.
+
+Features are PECOS TF-IDF over word 1-2 grams and character trigrams together; XR-Linear
+matches through a B-ary label tree (hierarchical k-means over PIFA label embeddings, branching
+``nr_splits``), prunes weights under ``threshold`` and predicts by beam search.
+
+A model folder holds ``xlinear/`` (a standard PECOS XLinearModel folder), ``vectorizer/`` (a PECOS
+Vectorizer folder), ``labels.json`` (label index -> item id) and ``meta.json``. A model trained
+elsewhere with PECOS's own tools is registered by giving those same parts.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from ltrr_server.errors import FailedPrecondition, InvalidArgument
+
+Progress = Callable[[str, int, int], None]
+
+VECTORIZER_CONFIG: dict[str, Any] = {"type": "tfidf", "kwargs": {"base_vect_configs": [
+    {"ngram_range": [1, 2], "analyzer": "word", "max_feature": 500_000},
+    {"ngram_range": [3, 3], "analyzer": "char_wb", "max_feature": 500_000},
+]}}
+
+
+@dataclass(frozen=True)
+class XmrTrainParams:
+    """Training options; errors name the field."""
+
+    beam_size: int = 10
+    threshold: float = 0.1
+    nr_splits: int = 16
+    max_leaf_size: int = 100
+    # Positive-congruent training: examples the live model already gets right count this many
+    # times (1: plain training). Lowers the negative flip rate against the live model.
+    congruent_weight: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.beam_size <= 1000:
+            raise InvalidArgument("beam_size", f"must be in [1, 1000], got {self.beam_size}")
+        if not 0.0 <= self.threshold < 1.0:
+            raise InvalidArgument("threshold", f"must be in [0, 1), got {self.threshold}")
+        if not 2 <= self.nr_splits <= 1024:
+            raise InvalidArgument("nr_splits", f"must be in [2, 1024], got {self.nr_splits}")
+        if not 2 <= self.max_leaf_size <= 100_000:
+            raise InvalidArgument("max_leaf_size", f"must be in [2, 100000], got {self.max_leaf_size}")
+        if not 1 <= self.congruent_weight <= 100:
+            raise InvalidArgument("congruent_weight", f"must be in [1, 100], got {self.congruent_weight}")
+
+
+def _pecos() -> tuple[Any, Any, Any, Any]:
+    from pecos.utils.featurization.text.vectorizers import Vectorizer
+    from pecos.xmc import Indexer, LabelEmbeddingFactory
+    from pecos.xmc.xlinear.model import XLinearModel
+
+    return Vectorizer, Indexer, LabelEmbeddingFactory, XLinearModel
+
+
+def _silent(stage: str, done: int, total: int) -> None:
+    """The default progress callback."""
+
+
+class XmrModel:
+    """A loaded model: ``predict`` maps query texts to (item id, score) lists, best first."""
+
+    def __init__(self, vectorizer: Any, model: Any, labels: list[str], meta: dict[str, Any]) -> None:
+        self.vectorizer = vectorizer
+        self.model = model
+        self.labels = labels
+        self.meta = meta
+        self.beam_size = int(meta.get("beam_size", 10))
+
+    # ------------------------------------------------------------------ training
+    @classmethod
+    def train(cls, queries: Sequence[str], item_ids: Sequence[str], params: XmrTrainParams = XmrTrainParams(),
+              weights: Sequence[int] | None = None, progress: Progress = _silent) -> XmrModel:
+        """Trains on (query, item id) pairs; ``weights`` repeats pairs (positive-congruent training)."""
+        if len(queries) != len(item_ids):
+            raise InvalidArgument("pairs", "queries and item ids differ in length")
+        if not queries:
+            raise InvalidArgument("pairs", "no training pairs")
+        Vectorizer, Indexer, LabelEmbeddingFactory, XLinearModel = _pecos()
+        labels = sorted(set(item_ids))
+        index = {label: i for i, label in enumerate(labels)}
+        if weights is not None:
+            queries = [q for q, w in zip(queries, weights, strict=True) for _ in range(w)]
+            item_ids = [i for i, w in zip(item_ids, weights, strict=True) for _ in range(w)]
+        t0 = time.perf_counter()
+        progress("vectorize", 0, 4)
+        # PECOS fills its defaults into the config it is given: hand it a copy.
+        vectorizer = Vectorizer.train(list(queries), config=copy.deepcopy(VECTORIZER_CONFIG))
+        x = vectorizer.predict(list(queries)).astype(np.float32)
+        rows = np.arange(len(item_ids))
+        y = sp.csr_matrix((np.ones(len(item_ids), dtype=np.float32), (rows, [index[i] for i in item_ids])),
+                          shape=(len(item_ids), len(labels))).tocsc()
+        progress("cluster labels", 1, 4)
+        label_feat = LabelEmbeddingFactory.create(y, x, method="pifa")
+        leaf = min(params.max_leaf_size, max(2, len(labels) - 1))
+        chain = Indexer.gen(label_feat, indexer_type="hierarchicalkmeans", nr_splits=params.nr_splits,
+                            max_leaf_size=leaf)
+        progress("train XR-Linear", 2, 4)
+        model = XLinearModel.train(x, y, C=chain, threshold=params.threshold)
+        progress("done", 4, 4)
+        meta = asdict(params) | {"pairs": len(queries), "labels": len(labels), "features": int(x.shape[1]),
+                                 "train_seconds": round(time.perf_counter() - t0, 2)}
+        return cls(vectorizer, model, labels, meta)
+
+    # ------------------------------------------------------------------ files
+    def save(self, folder: Path) -> None:
+        tmp = folder.with_name(folder.name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        self.vectorizer.save(str(tmp / "vectorizer"))
+        self.model.save(str(tmp / "xlinear"))
+        (tmp / "labels.json").write_text(json.dumps(self.labels))
+        (tmp / "meta.json").write_text(json.dumps(self.meta))
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+
+    @classmethod
+    def load(cls, folder: Path) -> XmrModel:
+        """Loads for prediction only (PECOS's C++ predict-only model). Raises FailedPrecondition
+        naming what is missing or unreadable."""
+        Vectorizer, _, _, XLinearModel = _pecos()
+        for part in ("vectorizer", "xlinear", "labels.json"):
+            if not (folder / part).exists():
+                raise FailedPrecondition(f"model folder {folder}: {part} is missing", field="path")
+        try:
+            labels = json.loads((folder / "labels.json").read_text())
+            meta = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").exists() else {}
+            vectorizer = Vectorizer.load(str(folder / "vectorizer"))
+            model = XLinearModel.load(str(folder / "xlinear"), is_predict_only=True)
+        except Exception as exc:  # PECOS raises many kinds on a corrupt folder
+            raise FailedPrecondition(f"model folder {folder}: cannot load: {type(exc).__name__}: {exc}",
+                                     field="path") from exc
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise FailedPrecondition(f"model folder {folder}: labels.json must be a list of item ids", field="path")
+        n_out = int(model.nr_labels) if hasattr(model, "nr_labels") else len(labels)
+        if n_out != len(labels):
+            raise FailedPrecondition(f"model folder {folder}: the model has {n_out} labels, labels.json "
+                                     f"{len(labels)}", field="path")
+        return cls(vectorizer, model, labels, meta)
+
+    # ------------------------------------------------------------------ inference
+    def features(self, texts: Sequence[str]) -> sp.csr_matrix:
+        return self.vectorizer.predict(list(texts)).astype(np.float32)
+
+    def predict(self, texts: Sequence[str], k: int = 10, beam_size: int = 0) -> list[list[tuple[str, float]]]:
+        """Top ``k`` labels per text, best first."""
+        if not texts:
+            return []
+        pred = self.model.predict(self.features(texts), beam_size=beam_size or self.beam_size, only_topk=k,
+                                  threads=1).tocsr()
+        out = []
+        labels = self.labels
+        for i in range(pred.shape[0]):
+            start, end = pred.indptr[i], pred.indptr[i + 1]
+            idx, scores = pred.indices[start:end], pred.data[start:end]
+            order = np.argsort(-scores)
+            out.append([(labels[int(idx[j])], float(scores[j])) for j in order])
+        return out

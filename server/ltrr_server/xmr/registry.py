@@ -1,0 +1,82 @@
+"""The model registry: versions by name in SQL (``models``), files under the model directory."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from ltrr_server.errors import FailedPrecondition, InvalidArgument, NotFound
+from ltrr_server.log import schema as t
+from ltrr_server.xmr.model import XmrModel
+
+_KINDS = ("xmr",)
+
+
+class ModelRegistry:
+    def __init__(self, engine: sa.Engine, model_dir: str | Path) -> None:
+        self.engine = engine
+        self.model_dir = Path(model_dir)
+
+    def register(self, name: str, kind: str, source: XmrModel | Path, metrics: dict[str, Any]) -> int:
+        """Stores a new version (a trained model, or a folder to copy after checking it loads)."""
+        if not name or len(name) > 64 or not all(c.isalnum() or c in "-_." for c in name):
+            raise InvalidArgument("name", f"model names are letters, digits, - _ . (1-64), got {name!r}")
+        if kind not in _KINDS:
+            raise InvalidArgument("kind", f"must be one of {_KINDS}, got {kind!r}")
+        if isinstance(source, Path):
+            XmrModel.load(source)  # refuses a corrupt or incomplete folder before anything is stored
+        with self.engine.begin() as conn:
+            version = int(conn.execute(sa.select(sa.func.max(t.models.c.version))
+                                       .where(t.models.c.name == name)).scalar() or 0) + 1
+            folder = self.model_dir / name / f"v{version}"
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(source, Path):
+                if folder.exists():
+                    shutil.rmtree(folder)
+                shutil.copytree(source, folder)
+            else:
+                source.save(folder)
+            conn.execute(t.models.insert().values(
+                name=name, version=version, kind=kind, path=str(folder), metrics=json.dumps(metrics), live=False,
+                created_at=time.time(), promoted_at=None,
+            ))
+        return version
+
+    def versions(self, name: str = "") -> list[dict[str, Any]]:
+        q = sa.select(t.models).order_by(t.models.c.name, t.models.c.version)
+        if name:
+            q = q.where(t.models.c.name == name)
+        with self.engine.connect() as conn:
+            return [dict(r) | {"metrics": json.loads(r["metrics"])} for r in conn.execute(q).mappings()]
+
+    def get(self, name: str, version: int = 0) -> dict[str, Any]:
+        """A version (0: the live one). NotFound names what is missing."""
+        rows = self.versions(name)
+        if not rows:
+            raise NotFound(f"model {name!r} not found", field="model")
+        if version == 0:
+            live = [r for r in rows if r["live"]]
+            if not live:
+                raise FailedPrecondition(f"model {name!r} has no live version: promote one", field="model")
+            return live[0]
+        found = [r for r in rows if r["version"] == version]
+        if not found:
+            raise NotFound(f"version: model {name!r} has no version {version}", field="version")
+        return found[0]
+
+    def live_versions(self) -> list[dict[str, Any]]:
+        return [r for r in self.versions() if r["live"]]
+
+    def set_live(self, name: str, version: int, promotion: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(t.models.update().where(t.models.c.name == name).values(live=False))
+            row = conn.execute(sa.select(t.models.c.metrics).where(t.models.c.name == name,
+                                                                   t.models.c.version == version)).scalar()
+            metrics = json.loads(row or "{}") | {"promotion": promotion}
+            conn.execute(t.models.update().where(t.models.c.name == name, t.models.c.version == version)
+                         .values(live=True, promoted_at=time.time(), metrics=json.dumps(metrics)))

@@ -1,0 +1,127 @@
+"""Training pairs (from a file or from ltrr's own log), held-out splits, training and promotion checks."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from ltrr_server.catalog.catalog import normalize
+from ltrr_server.errors import InvalidArgument
+from ltrr_server.log import schema as t
+from ltrr_server.xmr.evaluate import hits_at, negative_flip_rate, recall
+from ltrr_server.xmr.model import Progress, XmrModel, XmrTrainParams, _silent
+from ltrr_server.xmr.registry import ModelRegistry
+
+HELDOUT_FILE = "heldout.json"
+
+
+@dataclass
+class Pairs:
+    queries: list[str]
+    items: list[str]
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+
+def read_pairs(lines: Iterable[str]) -> tuple[Pairs, list[str]]:
+    """JSONL lines ``{"query": ..., "item_id": ...}``; bad lines come back as messages naming the line."""
+    pairs = Pairs([], [])
+    errors = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError as exc:
+            errors.append(f"line {n}: not valid JSON: {exc.msg}")
+            continue
+        q, item = (d.get("query"), d.get("item_id")) if isinstance(d, dict) else (None, None)
+        if not isinstance(q, str) or not normalize(q):
+            errors.append(f"line {n}: query: missing or empty")
+        elif not isinstance(item, str) or not item:
+            errors.append(f"line {n}: item_id: missing or empty")
+        else:
+            pairs.queries.append(normalize(q))
+            pairs.items.append(item)
+    return pairs, errors
+
+
+def pairs_from_log(engine: sa.Engine) -> Pairs:
+    """(query, engaged item) pairs from retrieval decisions and their rewards in the event log.
+
+    The query is the decision's logged words (namespace ``q``), which is its normalized text.
+    """
+    d, r = t.decisions, t.rewards
+    q = (sa.select(d.c.context, r.c.engaged).join(r, r.c.event_id == d.c.event_id)
+         .where(r.c.engaged.is_not(None)))
+    pairs = Pairs([], [])
+    with engine.connect() as conn:
+        for context, engaged in conn.execute(q):
+            words = [v for ns, feats in json.loads(context) if ns == "q" for name, v in feats if name == "w"]
+            if not words:
+                continue
+            text = " ".join(str(w) for w in words)
+            for item in json.loads(engaged):
+                pairs.queries.append(text)
+                pairs.items.append(item)
+    return pairs
+
+
+def split(pairs: Pairs, heldout_share: float = 0.1, seed: int = 0) -> tuple[Pairs, Pairs]:
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)
+    cut = int(len(order) * (1 - heldout_share))
+
+    def pick(idx: list[int]) -> Pairs:
+        return Pairs([pairs.queries[i] for i in idx], [pairs.items[i] for i in idx])
+
+    return pick(order[:cut]), pick(order[cut:])
+
+
+def train(
+    registry: ModelRegistry, name: str, pairs: Pairs, params: XmrTrainParams, live: XmrModel | None = None,
+    heldout_share: float = 0.1, seed: int = 0, progress: Progress = _silent,
+) -> tuple[int, dict[str, Any]]:
+    """Trains on a split of ``pairs``, measures on the rest, registers a new version (not live)."""
+    if len(pairs) < 10:
+        raise InvalidArgument("pairs", f"{len(pairs)} training pairs; at least 10 are needed")
+    train_pairs, heldout = split(pairs, heldout_share, seed)
+    weights = None
+    if params.congruent_weight > 1:
+        if live is None:
+            raise InvalidArgument("congruent_weight", "needs a live model to be congruent with")
+        right = hits_at(live, train_pairs.queries, train_pairs.items, 10)
+        weights = [params.congruent_weight if r else 1 for r in right]
+    model = XmrModel.train(train_pairs.queries, train_pairs.items, params, weights=weights, progress=progress)
+    metrics: dict[str, Any] = dict(model.meta)
+    metrics["heldout_pairs"] = len(heldout)
+    metrics["recall_at_10"] = recall(hits_at(model, heldout.queries, heldout.items, 10))
+    metrics["recall_at_100"] = recall(hits_at(model, heldout.queries, heldout.items, 100))
+    model.meta = metrics
+    version = registry.register(name, "xmr", model, metrics)
+    folder = Path(registry.get(name, version)["path"])
+    (folder / HELDOUT_FILE).write_text(json.dumps({"queries": heldout.queries, "items": heldout.items}))
+    return version, metrics
+
+
+def compare(live: XmrModel | None, candidate: XmrModel, folder: Path) -> dict[str, float]:
+    """The candidate against the live model on the candidate's held-out pairs (recall@10 and NFR)."""
+    path = folder / HELDOUT_FILE
+    if not path.exists():
+        return {"heldout_pairs": 0.0}
+    data = json.loads(path.read_text())
+    queries, items = data["queries"], data["items"]
+    new = hits_at(candidate, queries, items, 10)
+    out = {"heldout_pairs": float(len(queries)), "recall_new": recall(new)}
+    if live is not None:
+        old = hits_at(live, queries, items, 10)
+        out |= {"recall_live": recall(old), "recall_change": recall(new) - recall(old),
+                "negative_flip_rate": negative_flip_rate(old, new)}
+    return out

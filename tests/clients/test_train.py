@@ -1,0 +1,59 @@
+"""`ltrr train xmr`: from demo pairs, a pairs file or the log's engagements, into the registry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ltrr_client.cli import main
+from ltrr_client.client import LtrrClient
+from ltrr_server.demo.music import MusicWorld
+from ltrr_server.log import db
+from ltrr_server.xmr.train import pairs_from_log
+from tests.conftest import TEST_ITEMS, retrieval_server_settings
+
+
+def _config(tmp_path: Path) -> Path:
+    cfg = tmp_path / "ltrr.toml"
+    cfg.write_text(f'[server]\nmodel_dir = "{tmp_path / "models"}"\n')
+    return cfg
+
+
+def test_train_from_demo_pairs_and_from_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    base = ["train", "xmr", "--name", "music", "--config", str(_config(tmp_path)), "--db", url]
+    assert main([*base, "--demo-pairs", "3000", "--items", str(TEST_ITEMS), "--nr-splits", "8"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (out["name"], out["version"], out["nr_splits"], out["pairs"]) == ("music", 1, 8, 2700)
+    assert 0 < out["recall_at_10"] <= out["recall_at_100"] <= 1
+    assert (tmp_path / "models" / "music" / "v1" / "xlinear").is_dir()
+
+    lines = [json.dumps({"query": f"query {i % 50}", "item_id": f"item-{i % 50}"}) for i in range(200)]
+    (tmp_path / "pairs.jsonl").write_text("\n".join([*lines, '{"query": 3}']) + "\n")
+    assert main([*base, "--pairs", str(tmp_path / "pairs.jsonl")]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.strip().splitlines()[-1])["version"] == 2
+    assert "line 201: query: missing or empty" in captured.err
+
+    assert main([*base, "--pairs", str(tmp_path / "missing.jsonl")]) == 2
+    assert main([*base, "--demo-pairs", "300", "--items", str(TEST_ITEMS), "--congruent-weight", "3",
+                 "--name", "fresh"]) == 2  # congruent training needs a live version
+    assert "fresh" in capsys.readouterr().err
+
+
+def test_pairs_from_the_log_are_the_engaged_items_of_logged_queries(make_server: Any, sqlite_url: str,
+                                                                    tmp_path: Path) -> None:
+    world = MusicWorld(n_items=TEST_ITEMS, seed=42)
+    s = make_server(retrieval_server_settings(sqlite_url, tmp_path / "data"))
+    text, target = world.head_queries[0]
+    with LtrrClient(s.target) as c:
+        for query in (text, text.upper() + "!"):
+            r = c.retrieve("retrieval", query, fixed_plan={"lexical": 10})
+            c.report_reward(r.event_id, 0.0, engaged=[world.items[target]["id"]])
+        c.retrieve("retrieval", "no engagement here", fixed_plan={"lexical": 10})
+    s.stop()
+    pairs = pairs_from_log(db.create_engine(sqlite_url))
+    assert list(zip(pairs.queries, pairs.items, strict=True)) == [(text, world.items[target]["id"])] * 2

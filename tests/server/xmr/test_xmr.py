@@ -1,0 +1,124 @@
+"""XR-Linear: training on the music world's pairs, the model folder, the registry, NFR and congruent training."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ltrr_server.demo.music import MusicWorld
+from ltrr_server.errors import FailedPrecondition, InvalidArgument, NotFound
+from ltrr_server.log import db
+from ltrr_server.xmr import train as xt
+from ltrr_server.xmr.model import XmrModel, XmrTrainParams
+from ltrr_server.xmr.registry import ModelRegistry
+
+N_ITEMS = 2000
+
+
+@pytest.fixture(scope="module")
+def world() -> MusicWorld:
+    return MusicWorld(n_items=N_ITEMS, seed=42)
+
+
+def world_pairs(world: MusicWorld, n: int, seed: int = 1) -> xt.Pairs:
+    rng = random.Random(seed)
+    qs = [world.query(rng) for _ in range(n)]
+    return xt.Pairs([q.text for q in qs], [q.target for q in qs])
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> ModelRegistry:
+    engine = db.create_engine(f"sqlite:///{tmp_path / 'l.db'}")
+    db.migrate(engine)
+    return ModelRegistry(engine, tmp_path / "models")
+
+
+def test_trained_model_finds_repeated_queries_and_round_trips(registry: ModelRegistry, world: MusicWorld) -> None:
+    version, metrics = xt.train(registry, "music", world_pairs(world, 6000), XmrTrainParams())
+    assert version == 1
+    assert metrics["recall_at_10"] > 0.5 and metrics["recall_at_100"] >= metrics["recall_at_10"]
+    assert metrics["labels"] <= N_ITEMS and metrics["heldout_pairs"] == 600
+    row = registry.get("music", 1)
+    assert not row["live"] and row["metrics"]["recall_at_10"] == metrics["recall_at_10"]
+    model = XmrModel.load(Path(row["path"]))  # the predict-only C++ model
+    text, target = world.head_queries[0]
+    preds = model.predict([text, "new jazz releases"], k=10)
+    assert len(preds) == 2 and all(len(p) <= 10 for p in preds)
+    assert world.items[target]["id"] in [label for label, _ in preds[0]]
+    scores = [s for _, s in preds[0]]
+    assert scores == sorted(scores, reverse=True)
+    assert model.predict([], k=10) == []
+
+
+def test_a_folder_trained_elsewhere_registers_and_a_corrupt_one_is_refused(
+    registry: ModelRegistry, world: MusicWorld, tmp_path: Path,
+) -> None:
+    model = XmrModel.train(*(lambda p: (p.queries, p.items))(world_pairs(world, 1000)))
+    good = tmp_path / "elsewhere"
+    model.save(good)
+    assert registry.register("ext", "xmr", good, {"source": "elsewhere"}) == 1
+    broken = tmp_path / "broken"
+    shutil.copytree(good, broken)
+    shutil.rmtree(broken / "xlinear")
+    with pytest.raises(FailedPrecondition, match="xlinear is missing"):
+        registry.register("ext", "xmr", broken, {})
+    garbage = tmp_path / "garbage"
+    shutil.copytree(good, garbage)
+    for f in (garbage / "xlinear").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"not a model")
+    with pytest.raises(FailedPrecondition, match="cannot load"):
+        registry.register("ext", "xmr", garbage, {})
+    assert [r["version"] for r in registry.versions("ext")] == [1]  # nothing half-registered
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"beam_size": 0}, "beam_size"),
+    ({"threshold": 1.5}, "threshold"),
+    ({"nr_splits": 1}, "nr_splits"),
+    ({"max_leaf_size": 1}, "max_leaf_size"),
+    ({"congruent_weight": 0}, "congruent_weight"),
+])
+def test_bad_training_options_name_the_field(kwargs: dict[str, float], field: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        XmrTrainParams(**kwargs)  # type: ignore[arg-type]
+    assert err.value.field == field
+
+
+def test_registry_errors(registry: ModelRegistry) -> None:
+    with pytest.raises(NotFound):
+        registry.get("nope")
+    with pytest.raises(InvalidArgument) as err:
+        xt.train(registry, "m", xt.Pairs(["a"], ["b"]), XmrTrainParams())
+    assert err.value.field == "pairs"
+    with pytest.raises(InvalidArgument) as err:
+        registry.register("bad name!", "xmr", Path("/nonexistent"), {})
+    assert err.value.field == "name"
+
+
+def test_congruent_training_lowers_the_negative_flip_rate(registry: ModelRegistry, world: MusicWorld) -> None:
+    """A retrain on more data with heavy weight pruning flips many pairs the live model got right;
+    the same training with positive-congruent weights flips fewer."""
+    pairs = world_pairs(world, 12000)
+    first = xt.Pairs(pairs.queries[:6000], pairs.items[:6000])
+    v1, _ = xt.train(registry, "m", first, XmrTrainParams())
+    live = XmrModel.load(Path(registry.get("m", v1)["path"]))
+    pruned = XmrTrainParams(threshold=0.4)
+    v2, _ = xt.train(registry, "m", pairs, pruned, seed=3)
+    v3, _ = xt.train(registry, "m", pairs, XmrTrainParams(threshold=0.4, congruent_weight=4), live=live, seed=3)
+    plain = xt.compare(live, XmrModel.load(Path(registry.get("m", v2)["path"])), Path(registry.get("m", v2)["path"]))
+    cong = xt.compare(live, XmrModel.load(Path(registry.get("m", v3)["path"])), Path(registry.get("m", v3)["path"]))
+    assert plain["heldout_pairs"] == cong["heldout_pairs"] == 1200  # the same held-out pairs
+    assert cong["negative_flip_rate"] < plain["negative_flip_rate"] - 0.01, (plain, cong)
+    assert plain["negative_flip_rate"] > 0.05
+
+
+def test_pairs_file_reports_bad_lines() -> None:
+    pairs, errors = xt.read_pairs(['{"query": "Blue Train", "item_id": "song-1"}', '{"query": "", "item_id": "x"}',
+                                   '{"query": "x"}', "nope"])
+    assert pairs.queries == ["blue train"] and pairs.items == ["song-1"]
+    assert errors == ["line 2: query: missing or empty", "line 3: item_id: missing or empty",
+                      "line 4: not valid JSON: Expecting value"]
