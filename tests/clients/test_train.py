@@ -57,3 +57,38 @@ def test_pairs_from_the_log_are_the_engaged_items_of_logged_queries(make_server:
     s.stop()
     pairs = pairs_from_log(db.create_engine(sqlite_url))
     assert list(zip(pairs.queries, pairs.items, strict=True)) == [(text, world.items[target]["id"])] * 2
+
+
+def test_eval_compares_xmr_with_lexical_and_vector_on_held_out_pairs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    world = MusicWorld(n_items=TEST_ITEMS, seed=42)
+    cfg = tmp_path / "ltrr.toml"
+    cfg.write_text(f"""
+[server]
+model_dir = "{tmp_path / 'models'}"
+[[policies]]
+name = "retrieval"
+[retrieval]
+policies = ["retrieval"]
+data_dir = "{tmp_path / 'data'}"
+[retrieval.strategies.lexical]
+budgets = [0, 10]
+[retrieval.strategies.vector]
+budgets = [0, 10]
+""")
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    (tmp_path / "items.jsonl").write_text("\n".join(json.dumps(i) for i in world.catalog()) + "\n")
+    common = ["--config", str(cfg), "--db", url]
+    assert main(["ingest", "catalog", str(tmp_path / "items.jsonl"), *common]) == 0
+    assert main(["train", "xmr", "--name", "music", "--demo-pairs", "4000", "--items", str(TEST_ITEMS), *common]) == 0
+    capsys.readouterr()
+    assert main(["eval", "xmr", "--name", "music", "--version", "1", *common]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "400 held-out pairs of music v1"
+    rows = {line.split()[0]: [float(x) for x in line.split()[-3:]] for line in out[2:]}
+    assert set(rows) == {"xmr", "lexical", "vector"}
+    for r10, r100, _ in rows.values():
+        assert 0 <= r10 <= r100 <= 1
+    assert rows["xmr"][1] > 0.5  # head and new-release queries repeat: XR-Linear learns them
+    assert main(["eval", "xmr", "--name", "music", *common]) == 2  # no live version yet

@@ -10,6 +10,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
@@ -247,6 +248,60 @@ def cmd_train_xmr(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_xmr(args: argparse.Namespace) -> int:
+    """Recall@10/@100 of a model version against lexical and vector, on its held-out pairs (offline)."""
+    import dataclasses
+    from pathlib import Path
+
+    from prometheus_client import CollectorRegistry
+
+    from ltrr_server.config import load_settings
+    from ltrr_server.errors import LtrrError
+    from ltrr_server.log import db
+    from ltrr_server.metrics import Metrics
+    from ltrr_server.retrieval.retriever import Retriever
+    from ltrr_server.xmr.evaluate import recall_table
+    from ltrr_server.xmr.model import XmrModel
+    from ltrr_server.xmr.registry import ModelRegistry
+    from ltrr_server.xmr.train import HELDOUT_FILE
+
+    try:
+        settings = load_settings(args.config, db_url=args.db)
+        if args.data_dir:
+            settings = dataclasses.replace(settings, retrieval=dataclasses.replace(settings.retrieval,
+                                                                                   data_dir=args.data_dir))
+        engine = db.create_engine(settings.db_url)
+        db.migrate(engine)
+        row = ModelRegistry(engine, settings.model_dir).get(args.name, args.version)
+        model = XmrModel.load(Path(row["path"]))
+        held = json.loads((Path(row["path"]) / HELDOUT_FILE).read_text())
+        retriever = Retriever(dataclasses.replace(settings.retrieval, demo_items=0), engine,
+                              Metrics(CollectorRegistry()))
+    except (LtrrError, OSError, ValueError) as exc:
+        print(f"ltrr eval: {exc}", file=sys.stderr)
+        return 2
+    queries, items = held["queries"][:args.limit], held["items"][:args.limit]
+    catalog = retriever.catalog
+
+    def via(strategy: str) -> Any:
+        s = retriever.strategies[strategy]
+        return lambda q, k: [catalog.items[p].id for p, _ in s.retrieve(retriever.prepare(q, []), k)]
+
+    methods: dict[str, Any] = {
+        f"xmr {args.name} v{row['version']}": lambda q, k: [i for i, _ in model.predict([q], k)[0]],
+    }
+    for name in ("lexical", "vector"):
+        if name in retriever.strategies and len(catalog):
+            methods[name] = via(name)
+    table = recall_table(methods, queries, items)
+    retriever.close()
+    print(f"{len(queries)} held-out pairs of {args.name} v{row['version']}")
+    print(f"{'method':<24} {'recall@10':>10} {'recall@100':>11} {'ms/query@100':>13}")
+    for name, r in table.items():
+        print(f"{name:<24} {r['recall_at_10']:>10.3f} {r['recall_at_100']:>11.3f} {r['ms_per_query_at_100']:>13.3f}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from ltrr.v1 import models_pb2
 
@@ -373,6 +428,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="repeat the pairs the live version gets right this many times (lowers NFR)")
     tr.add_argument("--heldout-share", type=float, default=0.1)
     tr.set_defaults(fn=cmd_train_xmr)
+
+    ev = sub.add_parser("eval", help="evaluate a model version on its held-out pairs (offline)")
+    ev.add_argument("what", choices=["xmr"])
+    ev.add_argument("--name", default="xmr")
+    ev.add_argument("--version", type=int, default=0, help="0: the live version")
+    ev.add_argument("--config")
+    ev.add_argument("--db")
+    ev.add_argument("--data-dir", help="the catalog's index directory (for lexical and vector)")
+    ev.add_argument("--limit", type=int, default=5000, help="at most this many held-out pairs")
+    ev.set_defaults(fn=cmd_eval_xmr)
 
     md = client_cmd("models", "list models, or promote a version (checked against the live one)")
     md.add_argument("action", choices=["list", "promote"])

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ltrr_server.xmr.model import XmrModel
 
@@ -30,3 +30,25 @@ def negative_flip_rate(old: Sequence[bool], new: Sequence[bool]) -> float:
     if not old:
         return 0.0
     return sum(o and not n for o, n in zip(old, new, strict=True)) / len(old)
+
+
+def strategy_hits(retrieve: Callable[[str, int], list[str]], queries: Sequence[str], targets: Sequence[str],
+                  k: int) -> list[bool]:
+    """Per pair, whether ``retrieve(query, k)`` (item ids, best first) has the target."""
+    return [t in retrieve(q, k) for q, t in zip(queries, targets, strict=True)]
+
+
+def recall_table(methods: dict[str, Callable[[str, int], list[str]]], queries: Sequence[str],
+                 targets: Sequence[str], ks: Sequence[int] = (10, 100)) -> dict[str, dict[str, float]]:
+    """Recall@k of every method on the same (query, target) pairs, with per-query latency."""
+    import time
+
+    out: dict[str, dict[str, float]] = {}
+    for name, fn in methods.items():
+        row: dict[str, float] = {}
+        for k in ks:
+            t0 = time.perf_counter()
+            row[f"recall_at_{k}"] = recall(strategy_hits(fn, queries, targets, k))
+            row[f"ms_per_query_at_{k}"] = (time.perf_counter() - t0) / max(len(queries), 1) * 1000
+        out[name] = row
+    return out

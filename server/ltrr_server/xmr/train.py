@@ -11,7 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ltrr_server.catalog.catalog import normalize
+from ltrr_server.catalog.catalog import normalize  # noqa: F401 - re-exported for callers
 from ltrr_server.errors import InvalidArgument
 from ltrr_server.log import schema as t
 from ltrr_server.xmr.evaluate import hits_at, negative_flip_rate, recall
