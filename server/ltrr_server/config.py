@@ -186,6 +186,10 @@ class Limits:
     max_write_queue_rows: int = 200_000
     max_stream_inflight_batches: int = 64
     max_reward_batch: int = 10_000
+    # Autocomplete: sessions the server keeps, queries kept per session, prefix length.
+    max_sessions: int = 100_000
+    max_session_queries: int = 5
+    max_prefix_chars: int = 256
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

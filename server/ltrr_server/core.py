@@ -14,6 +14,7 @@ import math
 import random
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,7 @@ from ltrr_server.regret import RewardWindow
 from ltrr_server.retrieval.retriever import ActionSet, RetrievalResult, Retriever
 from ltrr_server.xmr.live import LiveModels
 from ltrr_server.xmr.model import XmrModel
-from ltrr_server.xmr.registry import ModelRegistry
+from ltrr_server.xmr.registry import ModelRegistry, load_model
 from ltrr_server.xmr.train import compare
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,8 @@ class Ltrr:
         self.retriever: Retriever | None = None
         self.registry = ModelRegistry(self.engine, settings.model_dir)
         self.live_models = LiveModels(self.registry)
+        # Autocomplete sessions kept by the server: session id -> recent queries, bounded LRU.
+        self._sessions: OrderedDict[str, list[str]] = OrderedDict()
         self._retrieval_policies = set(settings.retrieval.policies)
         self._logged_action_sets: set[str] = set()
 
@@ -655,15 +658,60 @@ class Ltrr:
         version, m = self.live_models.get(model)
         return version, await asyncio.to_thread(m.predict, texts, k or 10, beam_size)
 
+    async def autocomplete(self, model: str, prefix: str, previous: Sequence[str] = (), session_id: str = "",
+                           k: int = 10) -> tuple[int, list[tuple[str, float]]]:
+        """Completions of ``prefix`` given the session's previous queries (sent, or kept by session id)."""
+        from ltrr_server.autocomplete.model import AutocompleteModel
+
+        if not model:
+            raise InvalidArgument("model", "is empty")
+        if not prefix.strip() or not normalize(prefix):
+            raise InvalidArgument("prefix", "is empty (or has no letters or digits)")
+        if len(prefix) > self.limits.max_prefix_chars:
+            raise InvalidArgument("prefix", f"longer than limits.max_prefix_chars={self.limits.max_prefix_chars}")
+        if not 0 <= k <= 100:
+            raise InvalidArgument("k", f"must be in [1, 100], got {k}")
+        if len(session_id) > MAX_ID_LENGTH:
+            raise InvalidArgument("session_id", f"longer than {MAX_ID_LENGTH} characters")
+        version, m = self.live_models.get(model, AutocompleteModel)
+        if previous:
+            history = [normalize(q) for q in previous][-self.limits.max_session_queries:]
+            if session_id:
+                self._remember(session_id, history)
+        else:
+            history = self._sessions.get(session_id, []) if session_id else []
+        return version, m.complete(history[-1] if history else "", prefix, k or 10)
+
+    def record_query(self, session_id: str, query: str) -> int:
+        """Adds a submitted query to a session the server keeps; returns the session's length."""
+        if not session_id:
+            raise InvalidArgument("session_id", "is empty")
+        if len(session_id) > MAX_ID_LENGTH:
+            raise InvalidArgument("session_id", f"longer than {MAX_ID_LENGTH} characters")
+        text = normalize(query)
+        if not text:
+            raise InvalidArgument("query", "is empty (or has no letters or digits)")
+        history = (self._sessions.get(session_id, []) + [text])[-self.limits.max_session_queries:]
+        self._remember(session_id, history)
+        return len(history)
+
+    def _remember(self, session_id: str, history: list[str]) -> None:
+        self._sessions[session_id] = history
+        self._sessions.move_to_end(session_id)
+        while len(self._sessions) > self.limits.max_sessions:  # the least recently used go first
+            self._sessions.popitem(last=False)
+
     async def promote_model(self, name: str, version: int, force: bool) -> dict[str, Any]:
         """Checks a version against the live one on its held-out pairs, then swaps it in."""
         row = await asyncio.to_thread(self.registry.get, name, version)
         if version == 0:
             raise InvalidArgument("version", "is required")
-        candidate = await asyncio.to_thread(XmrModel.load, Path(row["path"]))
+        candidate = await asyncio.to_thread(load_model, row["kind"], Path(row["path"]))
         live = self.live_models.maybe(name)
         previous = next((r["version"] for r in self.registry.live_versions() if r["name"] == name), 0)
-        figures = await asyncio.to_thread(compare, live, candidate, Path(row["path"]))
+        figures: dict[str, float] = {}
+        if isinstance(candidate, XmrModel):
+            figures = await asyncio.to_thread(compare, live, candidate, Path(row["path"]))
         nfr = figures.get("negative_flip_rate", 0.0)
         if live is not None and nfr > self.settings.max_nfr and not force:
             raise FailedPrecondition(

@@ -92,3 +92,16 @@ budgets = [0, 10]
         assert 0 <= r10 <= r100 <= 1
     assert rows["xmr"][1] > 0.5  # head and new-release queries repeat: XR-Linear learns them
     assert main(["eval", "xmr", "--name", "music", *common]) == 2  # no live version yet
+
+
+def test_train_autocomplete_registers_a_version(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    base = ["train", "autocomplete", "--name", "ac", "--config", str(_config(tmp_path)), "--db", url]
+    assert main([*base, "--demo-sessions", "500", "--items", str(TEST_ITEMS), "--index", "trie"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (out["name"], out["version"], out["index"]) == ("ac", 1, "trie") and out["labels"] > 100
+    (tmp_path / "s.jsonl").write_text('{"queries": ["jazz", "jazz live"]}\n{"nope": 1}\n' * 20)
+    assert main([*base, "--sessions", str(tmp_path / "s.jsonl")]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.strip().splitlines()[-1])["version"] == 2
+    assert "skipped line 2" in captured.err

@@ -302,6 +302,91 @@ def cmd_eval_xmr(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sessions(args: argparse.Namespace, seed: int) -> list[list[str]]:
+    """Sessions from a JSONL file ({"queries": [...]} per line) or from the demo music world."""
+    from ltrr_server.autocomplete.sessions import demo_sessions
+    from ltrr_server.catalog.catalog import normalize
+
+    if args.sessions:
+        out = []
+        with open(args.sessions, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    qs = json.loads(line)["queries"]
+                    out.append([normalize(q) for q in qs if isinstance(q, str) and normalize(q)])
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    print(f"ltrr: skipped line {n}: not {{\"queries\": [...]}}", file=sys.stderr)
+        return [s for s in out if s]
+    from ltrr_server.demo.music import MusicWorld
+
+    return demo_sessions(MusicWorld(n_items=args.items, seed=args.world_seed), args.demo_sessions, seed=seed)
+
+
+def cmd_train_autocomplete(args: argparse.Namespace) -> int:
+    from ltrr_server.autocomplete.model import AutocompleteModel, AutocompleteParams
+    from ltrr_server.config import load_settings
+    from ltrr_server.errors import LtrrError
+    from ltrr_server.log import db
+    from ltrr_server.xmr.registry import ModelRegistry
+
+    try:
+        settings = load_settings(args.config, db_url=args.db)
+        params = AutocompleteParams(index=args.index, trie_depth=args.trie_depth, cluster_size=args.cluster_size,
+                                    beam_size=args.beam_size)
+        sessions = _sessions(args, args.seed)
+        engine = db.create_engine(settings.db_url)
+        db.migrate(engine)
+        model = AutocompleteModel.train(sessions, params, progress=lambda s, a, b: print(f"  {s}", file=sys.stderr))
+        version = ModelRegistry(engine, settings.model_dir).register(args.name, "autocomplete", model, model.meta)
+    except (LtrrError, OSError, ValueError) as exc:
+        print(f"ltrr train: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"name": args.name, "version": version} | model.meta))
+    return 0
+
+
+def cmd_eval_autocomplete(args: argparse.Namespace) -> int:
+    """Trains every label index on the same sessions; MRR@10 and success@1 by prefix length on held-out ones."""
+    from ltrr_server.autocomplete.evaluate import evaluate
+    from ltrr_server.autocomplete.model import INDEXES, AutocompleteModel, AutocompleteParams, MostPopular
+
+    train, held = _sessions(args, args.seed), _sessions(args, args.seed + 1000)
+    if args.sessions:  # one file: the last tenth of its sessions is held out
+        cut = len(train) * 9 // 10
+        train, held = train[:cut], train[cut:]
+    held = held[:args.limit]
+    methods: dict[str, Any] = {}
+    for index in INDEXES:
+        t0 = time.perf_counter()
+        m = AutocompleteModel.train(train, AutocompleteParams(index=index))
+        print(f"trained {index} in {time.perf_counter() - t0:.1f}s ({m.meta['labels']} labels)", file=sys.stderr)
+        methods[index] = lambda prev, prefix, k, m=m: [q for q, _ in m.complete(prev, prefix, k)]
+    popular = MostPopular([q for s in train for q in s])
+    methods["most popular"] = lambda prev, prefix, k: [q for q, _ in popular.complete(prefix, k)]
+    table = evaluate(methods, held)
+    print(f"{'method':<14} {'prefix':>6} {'MRR@10':>7} {'success@1':>10} {'p50 ms':>7} {'p99 ms':>7}")
+    for name, rows in table.items():
+        for n, r in rows.items():
+            print(f"{name:<14} {n:>6} {r['mrr_at_10']:>7.3f} {r['success_at_1']:>10.3f} {r['p50_ms']:>7.2f} "
+                  f"{r['p99_ms']:>7.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(table, f, indent=1)
+    return 0
+
+
+def cmd_complete(args: argparse.Namespace) -> int:
+    from ltrr.v1 import models_pb2
+
+    with LtrrClient(args.target) as c:
+        _print(c.models.Autocomplete(models_pb2.AutocompleteRequest(
+            model=args.model, prefix=args.prefix, previous_queries=args.previous or [], session_id=args.session or "",
+            k=args.k)))
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from ltrr.v1 import models_pb2
 
@@ -410,11 +495,14 @@ def build_parser() -> argparse.ArgumentParser:
     ing.set_defaults(fn=cmd_ingest)
 
     tr = sub.add_parser("train", help="train a model offline and register it as a new version")
-    tr.add_argument("what", choices=["xmr"])
+    tr.add_argument("what", choices=["xmr", "autocomplete"])
     tr.add_argument("--name", default="xmr", help="model name in the registry")
     src = tr.add_mutually_exclusive_group()
     src.add_argument("--pairs", help='JSONL of {"query": ..., "item_id": ...} (default: engagements in the log)')
-    src.add_argument("--demo-pairs", type=int, help="this many pairs from the demo music world")
+    src.add_argument("--demo-pairs", type=int, help="xmr: this many pairs from the demo music world")
+    src.add_argument("--sessions", help='autocomplete: JSONL of {"queries": [...]} per session, oldest first')
+    src.add_argument("--demo-sessions", type=int, default=30_000,
+                     help="autocomplete: this many sessions from the demo music world (the default)")
     tr.add_argument("--items", type=int, default=100_000, help="demo pairs: the demo catalog's size")
     tr.add_argument("--world-seed", type=int, default=42)
     tr.add_argument("--seed", type=int, default=0)
@@ -427,17 +515,35 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--congruent-weight", type=int, default=1,
                     help="repeat the pairs the live version gets right this many times (lowers NFR)")
     tr.add_argument("--heldout-share", type=float, default=0.1)
-    tr.set_defaults(fn=cmd_train_xmr)
+    tr.add_argument("--index", choices=["kmeans", "trie", "hybrid"], default="hybrid", help="autocomplete label index")
+    tr.add_argument("--trie-depth", type=int, default=2, help="autocomplete, hybrid: trie levels above the clusters")
+    tr.add_argument("--cluster-size", type=int, default=64, help="autocomplete: labels per cluster")
+    tr.set_defaults(fn=lambda a: (cmd_train_xmr if a.what == "xmr" else cmd_train_autocomplete)(a))
 
-    ev = sub.add_parser("eval", help="evaluate a model version on its held-out pairs (offline)")
-    ev.add_argument("what", choices=["xmr"])
+    co = client_cmd("complete", "autocompletions of a prefix")
+    co.add_argument("prefix")
+    co.add_argument("--previous", nargs="*", help="the session's earlier queries")
+    co.add_argument("--session", help="a session id the server keeps queries for")
+    co.add_argument("--model", default="autocomplete")
+    co.add_argument("--k", type=int, default=10)
+    co.set_defaults(fn=cmd_complete)
+
+    ev = sub.add_parser("eval", help="xmr: a version against lexical and vector on its held-out pairs; "
+                                     "autocomplete: every label index and most-popular on held-out sessions")
+    ev.add_argument("what", choices=["xmr", "autocomplete"])
+    ev.add_argument("--sessions", help='autocomplete: JSONL of {"queries": [...]} (the last tenth is held out)')
+    ev.add_argument("--demo-sessions", type=int, default=30_000)
+    ev.add_argument("--items", type=int, default=100_000)
+    ev.add_argument("--world-seed", type=int, default=42)
+    ev.add_argument("--seed", type=int, default=1)
+    ev.add_argument("--json", help="autocomplete: also write the table as JSON")
     ev.add_argument("--name", default="xmr")
     ev.add_argument("--version", type=int, default=0, help="0: the live version")
     ev.add_argument("--config")
     ev.add_argument("--db")
     ev.add_argument("--data-dir", help="the catalog's index directory (for lexical and vector)")
-    ev.add_argument("--limit", type=int, default=5000, help="at most this many held-out pairs")
-    ev.set_defaults(fn=cmd_eval_xmr)
+    ev.add_argument("--limit", type=int, default=5000, help="at most this many held-out pairs (or sessions)")
+    ev.set_defaults(fn=lambda a: (cmd_eval_xmr if a.what == "xmr" else cmd_eval_autocomplete)(a))
 
     md = client_cmd("models", "list models, or promote a version (checked against the live one)")
     md.add_argument("action", choices=["list", "promote"])

@@ -35,6 +35,22 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
             models_pb2.XmrPrediction(labels=[label(id=i, score=s) for i, s in p]) for p in preds
         ])
 
+    @unary("Autocomplete")
+    async def Autocomplete(  # noqa: N802
+        self, request: models_pb2.AutocompleteRequest, context: Ctx
+    ) -> models_pb2.AutocompleteResponse:
+        version, completions = await self._core.autocomplete(
+            request.model, request.prefix, list(request.previous_queries), request.session_id, request.k)
+        return models_pb2.AutocompleteResponse(model_version=version, completions=[
+            models_pb2.Completion(query=q, score=s) for q, s in completions])
+
+    @unary("RecordQuery")
+    async def RecordQuery(  # noqa: N802
+        self, request: models_pb2.RecordQueryRequest, context: Ctx
+    ) -> models_pb2.RecordQueryResponse:
+        return models_pb2.RecordQueryResponse(
+            session_queries=self._core.record_query(request.session_id, request.query))
+
     @unary("ListModels")
     async def ListModels(  # noqa: N802
         self, request: models_pb2.ListModelsRequest, context: Ctx

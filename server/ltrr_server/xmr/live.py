@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from ltrr_server.errors import FailedPrecondition, NotFound
 from ltrr_server.xmr.model import XmrModel
-from ltrr_server.xmr.registry import ModelRegistry
+from ltrr_server.xmr.registry import ModelRegistry, load_model
 
 log = logging.getLogger(__name__)
 
@@ -15,17 +16,24 @@ log = logging.getLogger(__name__)
 class LiveModels:
     def __init__(self, registry: ModelRegistry) -> None:
         self.registry = registry
-        self._models: dict[str, tuple[int, XmrModel]] = {}
+        self._models: dict[str, tuple[int, Any]] = {}
 
     def load_all(self) -> None:
         """Loads every live version; one that fails to load is logged and left out."""
         for row in self.registry.live_versions():
             try:
-                self._models[row["name"]] = (row["version"], XmrModel.load(Path(row["path"])))
+                self._models[row["name"]] = (row["version"], load_model(row["kind"], Path(row["path"])))
             except FailedPrecondition as exc:
                 log.error("model %s v%d not served: %s", row["name"], row["version"], exc)
 
-    def get(self, name: str) -> tuple[int, XmrModel]:
+    def get(self, name: str, kind: type[Any] = XmrModel) -> tuple[int, Any]:
+        """The live (version, model) of a name; the model must be of class ``kind``."""
+        found = self._get(name)
+        if not isinstance(found[1], kind):
+            raise FailedPrecondition(f"model {name!r} is not a {kind.__name__}", field="model")
+        return found
+
+    def _get(self, name: str) -> tuple[int, Any]:
         found = self._models.get(name)
         if found is None:
             if not any(r["name"] == name for r in self.registry.versions(name)):
@@ -35,8 +43,8 @@ class LiveModels:
 
     def maybe(self, name: str) -> XmrModel | None:
         found = self._models.get(name)
-        return found[1] if found else None
+        return found[1] if found and isinstance(found[1], XmrModel) else None
 
-    def swap(self, name: str, version: int, model: XmrModel) -> None:
+    def swap(self, name: str, version: int, model: Any) -> None:
         # One dict assignment: requests that already hold the old model finish with it.
         self._models[name] = (version, model)

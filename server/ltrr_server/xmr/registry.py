@@ -14,7 +14,16 @@ from ltrr_server.errors import FailedPrecondition, InvalidArgument, NotFound
 from ltrr_server.log import schema as t
 from ltrr_server.xmr.model import XmrModel
 
-_KINDS = ("xmr",)
+_KINDS = ("xmr", "autocomplete")
+
+
+def load_model(kind: str, folder: Path) -> Any:
+    """A model folder loaded as its kind; FailedPrecondition names what is wrong with it."""
+    if kind == "autocomplete":
+        from ltrr_server.autocomplete.model import AutocompleteModel
+
+        return AutocompleteModel.load(folder)
+    return XmrModel.load(folder)
 
 
 class ModelRegistry:
@@ -22,14 +31,14 @@ class ModelRegistry:
         self.engine = engine
         self.model_dir = Path(model_dir)
 
-    def register(self, name: str, kind: str, source: XmrModel | Path, metrics: dict[str, Any]) -> int:
+    def register(self, name: str, kind: str, source: Any, metrics: dict[str, Any]) -> int:
         """Stores a new version (a trained model, or a folder to copy after checking it loads)."""
         if not name or len(name) > 64 or not all(c.isalnum() or c in "-_." for c in name):
             raise InvalidArgument("name", f"model names are letters, digits, - _ . (1-64), got {name!r}")
         if kind not in _KINDS:
             raise InvalidArgument("kind", f"must be one of {_KINDS}, got {kind!r}")
         if isinstance(source, Path):
-            XmrModel.load(source)  # refuses a corrupt or incomplete folder before anything is stored
+            load_model(kind, source)  # refuses a corrupt or incomplete folder before anything is stored
         with self.engine.begin() as conn:
             version = int(conn.execute(sa.select(sa.func.max(t.models.c.version))
                                        .where(t.models.c.name == name)).scalar() or 0) + 1

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14ltrr/v1/models.proto\x12\x07ltrr.v1\"Q\n\x11XmrPredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07queries\x18\x02 \x03(\t\x12\t\n\x01k\x18\x03 \x01(\r\x12\x11\n\tbeam_size\x18\x04 \x01(\r\"(\n\x0bScoredLabel\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\"5\n\rXmrPrediction\x12$\n\x06labels\x18\x01 \x03(\x0b\x32\x14.ltrr.v1.ScoredLabel\"X\n\x12XmrPredictResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\r\x12+\n\x0bpredictions\x18\x02 \x03(\x0b\x32\x16.ltrr.v1.XmrPrediction\"s\n\x0cModelVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0c\n\x04live\x18\x04 \x01(\x08\x12\x14\n\x0cmetrics_json\x18\x05 \x01(\t\x12\x12\n\ncreated_at\x18\x06 \x01(\x01\"!\n\x11ListModelsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.ltrr.v1.ModelVersion\"C\n\x13PromoteModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\"\x9f\x01\n\x14PromoteModelResponse\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.ltrr.v1.ModelVersion\x12\x18\n\x10previous_version\x18\x02 \x01(\r\x12\x17\n\x0frecall_previous\x18\x03 \x01(\x01\x12\x12\n\nrecall_new\x18\x04 \x01(\x01\x12\x1a\n\x12negative_flip_rate\x18\x05 \x01(\x01\x32\xe9\x01\n\x0cModelService\x12\x45\n\nXmrPredict\x12\x1a.ltrr.v1.XmrPredictRequest\x1a\x1b.ltrr.v1.XmrPredictResponse\x12\x45\n\nListModels\x12\x1a.ltrr.v1.ListModelsRequest\x1a\x1b.ltrr.v1.ListModelsResponse\x12K\n\x0cPromoteModel\x12\x1c.ltrr.v1.PromoteModelRequest\x1a\x1d.ltrr.v1.PromoteModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14ltrr/v1/models.proto\x12\x07ltrr.v1\"Q\n\x11XmrPredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07queries\x18\x02 \x03(\t\x12\t\n\x01k\x18\x03 \x01(\r\x12\x11\n\tbeam_size\x18\x04 \x01(\r\"(\n\x0bScoredLabel\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\"5\n\rXmrPrediction\x12$\n\x06labels\x18\x01 \x03(\x0b\x32\x14.ltrr.v1.ScoredLabel\"X\n\x12XmrPredictResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\r\x12+\n\x0bpredictions\x18\x02 \x03(\x0b\x32\x16.ltrr.v1.XmrPrediction\"s\n\x0cModelVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0c\n\x04live\x18\x04 \x01(\x08\x12\x14\n\x0cmetrics_json\x18\x05 \x01(\t\x12\x12\n\ncreated_at\x18\x06 \x01(\x01\"!\n\x11ListModelsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.ltrr.v1.ModelVersion\"C\n\x13PromoteModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\"\x9f\x01\n\x14PromoteModelResponse\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.ltrr.v1.ModelVersion\x12\x18\n\x10previous_version\x18\x02 \x01(\r\x12\x17\n\x0frecall_previous\x18\x03 \x01(\x01\x12\x12\n\nrecall_new\x18\x04 \x01(\x01\x12\x1a\n\x12negative_flip_rate\x18\x05 \x01(\x01\"m\n\x13\x41utocompleteRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\t\x12\x18\n\x10previous_queries\x18\x03 \x03(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\t\n\x01k\x18\x05 \x01(\r\"*\n\nCompletion\x12\r\n\x05query\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\"W\n\x14\x41utocompleteResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\r\x12(\n\x0b\x63ompletions\x18\x02 \x03(\x0b\x32\x13.ltrr.v1.Completion\"7\n\x12RecordQueryRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\".\n\x13RecordQueryResponse\x12\x17\n\x0fsession_queries\x18\x01 \x01(\r2\x80\x03\n\x0cModelService\x12\x45\n\nXmrPredict\x12\x1a.ltrr.v1.XmrPredictRequest\x1a\x1b.ltrr.v1.XmrPredictResponse\x12K\n\x0c\x41utocomplete\x12\x1c.ltrr.v1.AutocompleteRequest\x1a\x1d.ltrr.v1.AutocompleteResponse\x12H\n\x0bRecordQuery\x12\x1b.ltrr.v1.RecordQueryRequest\x1a\x1c.ltrr.v1.RecordQueryResponse\x12\x45\n\nListModels\x12\x1a.ltrr.v1.ListModelsRequest\x1a\x1b.ltrr.v1.ListModelsResponse\x12K\n\x0cPromoteModel\x12\x1c.ltrr.v1.PromoteModelRequest\x1a\x1d.ltrr.v1.PromoteModelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,6 +49,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROMOTEMODELREQUEST']._serialized_end=583
   _globals['_PROMOTEMODELRESPONSE']._serialized_start=586
   _globals['_PROMOTEMODELRESPONSE']._serialized_end=745
-  _globals['_MODELSERVICE']._serialized_start=748
-  _globals['_MODELSERVICE']._serialized_end=981
+  _globals['_AUTOCOMPLETEREQUEST']._serialized_start=747
+  _globals['_AUTOCOMPLETEREQUEST']._serialized_end=856
+  _globals['_COMPLETION']._serialized_start=858
+  _globals['_COMPLETION']._serialized_end=900
+  _globals['_AUTOCOMPLETERESPONSE']._serialized_start=902
+  _globals['_AUTOCOMPLETERESPONSE']._serialized_end=989
+  _globals['_RECORDQUERYREQUEST']._serialized_start=991
+  _globals['_RECORDQUERYREQUEST']._serialized_end=1046
+  _globals['_RECORDQUERYRESPONSE']._serialized_start=1048
+  _globals['_RECORDQUERYRESPONSE']._serialized_end=1094
+  _globals['_MODELSERVICE']._serialized_start=1097
+  _globals['_MODELSERVICE']._serialized_end=1481
 # @@protoc_insertion_point(module_scope)

@@ -254,3 +254,129 @@ class PromoteModelResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PromoteModelResponse: _TypeAlias = PromoteModelResponse  # noqa: Y015
+
+@_typing.final
+class AutocompleteRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    PREFIX_FIELD_NUMBER: _builtins.int
+    PREVIOUS_QUERIES_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    K_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    prefix: _builtins.str
+    """What the user has typed so far (non-empty)."""
+    session_id: _builtins.str
+    k: _builtins.int
+    """Completions wanted (1-100; 0: 10)."""
+    @_builtins.property
+    def previous_queries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The session's earlier queries, oldest first. Empty: those the server keeps for session_id.
+        Given together with session_id, they replace what the server kept.
+        """
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        prefix: _builtins.str = ...,
+        previous_queries: _abc.Iterable[_builtins.str] | None = ...,
+        session_id: _builtins.str = ...,
+        k: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["k", b"k", "model", b"model", "prefix", b"prefix", "previous_queries", b"previous_queries", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AutocompleteRequest: _TypeAlias = AutocompleteRequest  # noqa: Y015
+
+@_typing.final
+class Completion(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUERY_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    query: _builtins.str
+    score: _builtins.float
+    """The model's score; 0 for completions filled in from the most popular ones."""
+    def __init__(
+        self,
+        *,
+        query: _builtins.str = ...,
+        score: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["query", b"query", "score", b"score"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Completion: _TypeAlias = Completion  # noqa: Y015
+
+@_typing.final
+class AutocompleteResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    COMPLETIONS_FIELD_NUMBER: _builtins.int
+    model_version: _builtins.int
+    @_builtins.property
+    def completions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Completion]: ...
+    def __init__(
+        self,
+        *,
+        model_version: _builtins.int = ...,
+        completions: _abc.Iterable[Global___Completion] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completions", b"completions", "model_version", b"model_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AutocompleteResponse: _TypeAlias = AutocompleteResponse  # noqa: Y015
+
+@_typing.final
+class RecordQueryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    QUERY_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    query: _builtins.str
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        query: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["query", b"query", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordQueryRequest: _TypeAlias = RecordQueryRequest  # noqa: Y015
+
+@_typing.final
+class RecordQueryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_QUERIES_FIELD_NUMBER: _builtins.int
+    session_queries: _builtins.int
+    """Queries the server now keeps for the session (the most recent ones)."""
+    def __init__(
+        self,
+        *,
+        session_queries: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_queries", b"session_queries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordQueryResponse: _TypeAlias = RecordQueryResponse  # noqa: Y015

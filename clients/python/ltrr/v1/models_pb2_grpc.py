@@ -26,8 +26,9 @@ if _version_not_supported:
 
 
 class ModelServiceStub:
-    """Trained models (PECOS XR-Linear): inference, the registry, safe promotion.
-    `ltrr train xmr` trains and registers versions; a version serves once promoted.
+    """Trained models (PECOS XR-Linear retrieval and session-aware autocompletion): inference,
+    the registry, safe promotion. `ltrr train xmr|autocomplete` trains and registers versions; a
+    version serves once promoted.
     """
 
     def __init__(self, channel):
@@ -40,6 +41,16 @@ class ModelServiceStub:
                 '/ltrr.v1.ModelService/XmrPredict',
                 request_serializer=ltrr_dot_v1_dot_models__pb2.XmrPredictRequest.SerializeToString,
                 response_deserializer=ltrr_dot_v1_dot_models__pb2.XmrPredictResponse.FromString,
+                _registered_method=True)
+        self.Autocomplete = channel.unary_unary(
+                '/ltrr.v1.ModelService/Autocomplete',
+                request_serializer=ltrr_dot_v1_dot_models__pb2.AutocompleteRequest.SerializeToString,
+                response_deserializer=ltrr_dot_v1_dot_models__pb2.AutocompleteResponse.FromString,
+                _registered_method=True)
+        self.RecordQuery = channel.unary_unary(
+                '/ltrr.v1.ModelService/RecordQuery',
+                request_serializer=ltrr_dot_v1_dot_models__pb2.RecordQueryRequest.SerializeToString,
+                response_deserializer=ltrr_dot_v1_dot_models__pb2.RecordQueryResponse.FromString,
                 _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/ltrr.v1.ModelService/ListModels',
@@ -54,13 +65,29 @@ class ModelServiceStub:
 
 
 class ModelServiceServicer:
-    """Trained models (PECOS XR-Linear): inference, the registry, safe promotion.
-    `ltrr train xmr` trains and registers versions; a version serves once promoted.
+    """Trained models (PECOS XR-Linear retrieval and session-aware autocompletion): inference,
+    the registry, safe promotion. `ltrr train xmr|autocomplete` trains and registers versions; a
+    version serves once promoted.
     """
 
     def XmrPredict(self, request, context):
         """Top-k labels (item ids) with scores for each query text, from the model's live version.
         Unknown model: NOT_FOUND. No live version yet: FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Autocomplete(self, request, context):
+        """Completions of a typed prefix, given the session's previous queries. Every completion
+        starts with the (normalized) prefix.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordQuery(self, request, context):
+        """Adds a submitted query to a session the server keeps (for Autocomplete by session id).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -89,6 +116,16 @@ def add_ModelServiceServicer_to_server(servicer, server):
                     request_deserializer=ltrr_dot_v1_dot_models__pb2.XmrPredictRequest.FromString,
                     response_serializer=ltrr_dot_v1_dot_models__pb2.XmrPredictResponse.SerializeToString,
             ),
+            'Autocomplete': grpc.unary_unary_rpc_method_handler(
+                    servicer.Autocomplete,
+                    request_deserializer=ltrr_dot_v1_dot_models__pb2.AutocompleteRequest.FromString,
+                    response_serializer=ltrr_dot_v1_dot_models__pb2.AutocompleteResponse.SerializeToString,
+            ),
+            'RecordQuery': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordQuery,
+                    request_deserializer=ltrr_dot_v1_dot_models__pb2.RecordQueryRequest.FromString,
+                    response_serializer=ltrr_dot_v1_dot_models__pb2.RecordQueryResponse.SerializeToString,
+            ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
                     request_deserializer=ltrr_dot_v1_dot_models__pb2.ListModelsRequest.FromString,
@@ -108,8 +145,9 @@ def add_ModelServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ModelService:
-    """Trained models (PECOS XR-Linear): inference, the registry, safe promotion.
-    `ltrr train xmr` trains and registers versions; a version serves once promoted.
+    """Trained models (PECOS XR-Linear retrieval and session-aware autocompletion): inference,
+    the registry, safe promotion. `ltrr train xmr|autocomplete` trains and registers versions; a
+    version serves once promoted.
     """
 
     @staticmethod
@@ -129,6 +167,60 @@ class ModelService:
             '/ltrr.v1.ModelService/XmrPredict',
             ltrr_dot_v1_dot_models__pb2.XmrPredictRequest.SerializeToString,
             ltrr_dot_v1_dot_models__pb2.XmrPredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Autocomplete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ltrr.v1.ModelService/Autocomplete',
+            ltrr_dot_v1_dot_models__pb2.AutocompleteRequest.SerializeToString,
+            ltrr_dot_v1_dot_models__pb2.AutocompleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordQuery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ltrr.v1.ModelService/RecordQuery',
+            ltrr_dot_v1_dot_models__pb2.RecordQueryRequest.SerializeToString,
+            ltrr_dot_v1_dot_models__pb2.RecordQueryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,8 +27,9 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class ModelServiceStub:
-    """Trained models (PECOS XR-Linear): inference, the registry, safe promotion.
-    `ltrr train xmr` trains and registers versions; a version serves once promoted.
+    """Trained models (PECOS XR-Linear retrieval and session-aware autocompletion): inference,
+    the registry, safe promotion. `ltrr train xmr|autocomplete` trains and registers versions; a
+    version serves once promoted.
     """
 
     @_typing.overload
@@ -39,6 +40,12 @@ class ModelServiceStub:
     """Top-k labels (item ids) with scores for each query text, from the model's live version.
     Unknown model: NOT_FOUND. No live version yet: FAILED_PRECONDITION.
     """
+    Autocomplete: _grpc.UnaryUnaryMultiCallable[_models_pb2.AutocompleteRequest, _models_pb2.AutocompleteResponse]
+    """Completions of a typed prefix, given the session's previous queries. Every completion
+    starts with the (normalized) prefix.
+    """
+    RecordQuery: _grpc.UnaryUnaryMultiCallable[_models_pb2.RecordQueryRequest, _models_pb2.RecordQueryResponse]
+    """Adds a submitted query to a session the server keeps (for Autocomplete by session id)."""
     ListModels: _grpc.UnaryUnaryMultiCallable[_models_pb2.ListModelsRequest, _models_pb2.ListModelsResponse]
     PromoteModel: _grpc.UnaryUnaryMultiCallable[_models_pb2.PromoteModelRequest, _models_pb2.PromoteModelResponse]
     """Makes a version live, swapping it in without dropping requests. Refused with
@@ -48,8 +55,9 @@ class ModelServiceStub:
 
 @_typing.type_check_only
 class ModelServiceAsyncStub(ModelServiceStub):
-    """Trained models (PECOS XR-Linear): inference, the registry, safe promotion.
-    `ltrr train xmr` trains and registers versions; a version serves once promoted.
+    """Trained models (PECOS XR-Linear retrieval and session-aware autocompletion): inference,
+    the registry, safe promotion. `ltrr train xmr|autocomplete` trains and registers versions; a
+    version serves once promoted.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -57,6 +65,12 @@ class ModelServiceAsyncStub(ModelServiceStub):
     """Top-k labels (item ids) with scores for each query text, from the model's live version.
     Unknown model: NOT_FOUND. No live version yet: FAILED_PRECONDITION.
     """
+    Autocomplete: _aio.UnaryUnaryMultiCallable[_models_pb2.AutocompleteRequest, _models_pb2.AutocompleteResponse]  # type: ignore[assignment]
+    """Completions of a typed prefix, given the session's previous queries. Every completion
+    starts with the (normalized) prefix.
+    """
+    RecordQuery: _aio.UnaryUnaryMultiCallable[_models_pb2.RecordQueryRequest, _models_pb2.RecordQueryResponse]  # type: ignore[assignment]
+    """Adds a submitted query to a session the server keeps (for Autocomplete by session id)."""
     ListModels: _aio.UnaryUnaryMultiCallable[_models_pb2.ListModelsRequest, _models_pb2.ListModelsResponse]  # type: ignore[assignment]
     PromoteModel: _aio.UnaryUnaryMultiCallable[_models_pb2.PromoteModelRequest, _models_pb2.PromoteModelResponse]  # type: ignore[assignment]
     """Makes a version live, swapping it in without dropping requests. Refused with
@@ -65,8 +79,9 @@ class ModelServiceAsyncStub(ModelServiceStub):
     """
 
 class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Trained models (PECOS XR-Linear): inference, the registry, safe promotion.
-    `ltrr train xmr` trains and registers versions; a version serves once promoted.
+    """Trained models (PECOS XR-Linear retrieval and session-aware autocompletion): inference,
+    the registry, safe promotion. `ltrr train xmr|autocomplete` trains and registers versions; a
+    version serves once promoted.
     """
 
     @_abc_1.abstractmethod
@@ -78,6 +93,24 @@ class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
         """Top-k labels (item ids) with scores for each query text, from the model's live version.
         Unknown model: NOT_FOUND. No live version yet: FAILED_PRECONDITION.
         """
+
+    @_abc_1.abstractmethod
+    def Autocomplete(
+        self,
+        request: _models_pb2.AutocompleteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_models_pb2.AutocompleteResponse, _abc.Awaitable[_models_pb2.AutocompleteResponse]]:
+        """Completions of a typed prefix, given the session's previous queries. Every completion
+        starts with the (normalized) prefix.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordQuery(
+        self,
+        request: _models_pb2.RecordQueryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_models_pb2.RecordQueryResponse, _abc.Awaitable[_models_pb2.RecordQueryResponse]]:
+        """Adds a submitted query to a session the server keeps (for Autocomplete by session id)."""
 
     @_abc_1.abstractmethod
     def ListModels(

@@ -1,0 +1,291 @@
+"""Session-aware autocompletion: input = previous query + typed prefix, labels = past queries.
+
+Features: character 1-3 grams of the prefix anchored at its start (``^`` marks it), and the
+previous query's words, TF-IDF, side by side. The model is PECOS XR-Linear over one of three
+label indexes (the label tree its beam search walks):
+
+- ``kmeans``: hierarchical k-means over PIFA label embeddings (PECOS's default);
+- ``trie``: the label trie, one tree level per prefix character (``trie_depth`` levels);
+- ``hybrid``: the trie for the top ``trie_depth`` levels (2 by default), then inside each trie
+  node k-means clusters of prefix-weighted character TF-IDF label embeddings.
+
+Completions always start with the prefix: predictions that do not are dropped, and the most
+popular completions of the prefix fill what is left. ``MostPopular`` is that baseline alone.
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+import json
+import math
+import pickle
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.cluster import MiniBatchKMeans
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+from ltrr_server.catalog.catalog import normalize
+from ltrr_server.errors import FailedPrecondition, InvalidArgument
+
+Progress = Callable[[str, int, int], None]
+INDEXES = ("kmeans", "trie", "hybrid")
+MAX_PREFIXES_PER_QUERY = 8
+
+
+@dataclass(frozen=True)
+class AutocompleteParams:
+    index: str = "hybrid"
+    trie_depth: int = 2
+    cluster_size: int = 64
+    beam_size: int = 20
+    threshold: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.index not in INDEXES:
+            raise InvalidArgument("index", f"must be one of {INDEXES}, got {self.index!r}")
+        if not 1 <= self.trie_depth <= 16:
+            raise InvalidArgument("trie_depth", f"must be in [1, 16], got {self.trie_depth}")
+        if not 2 <= self.cluster_size <= 10_000:
+            raise InvalidArgument("cluster_size", f"must be in [2, 10000], got {self.cluster_size}")
+        if not 1 <= self.beam_size <= 1000:
+            raise InvalidArgument("beam_size", f"must be in [1, 1000], got {self.beam_size}")
+
+
+def _silent(stage: str, done: int, total: int) -> None:
+    """The default progress callback."""
+
+
+class MostPopular:
+    """The most frequent past queries that start with the prefix.
+
+    >>> mp = MostPopular(["jazz", "jazz", "jazz live", "rock"])
+    >>> mp.complete("ja", 5)
+    [('jazz', 2.0), ('jazz live', 1.0)]
+    """
+
+    def __init__(self, queries: Sequence[str]) -> None:
+        counts = Counter(queries)
+        self.labels = sorted(counts)
+        self.counts = [float(counts[q]) for q in self.labels]
+        # Precomputed for short prefixes, where the matching range is widest.
+        self._short: dict[str, list[tuple[str, float]]] = {}
+        for length in (1, 2):
+            groups: dict[str, list[int]] = {}
+            for i, q in enumerate(self.labels):
+                if len(q) >= length:
+                    groups.setdefault(q[:length], []).append(i)
+            for prefix, idx in groups.items():
+                top = sorted(idx, key=lambda i: -self.counts[i])[:50]
+                self._short[prefix] = [(self.labels[i], self.counts[i]) for i in top]
+
+    def complete(self, prefix: str, k: int) -> list[tuple[str, float]]:
+        if prefix in self._short and k <= 50:
+            return self._short[prefix][:k]
+        lo = bisect.bisect_left(self.labels, prefix)
+        hi = bisect.bisect_left(self.labels, prefix + "\U0010ffff")
+        idx = sorted(range(lo, hi), key=lambda i: -self.counts[i])[:k]
+        return [(self.labels[i], self.counts[i]) for i in idx]
+
+
+def _prefix_weighted(label: str) -> str:
+    """A label as text whose earlier characters count more: its prefixes of growing length."""
+    return " ".join(label[:n] for n in (1, 2, 3, 5, 8) if n < len(label)) + " " + label
+
+
+class _Features:
+    def __init__(self) -> None:
+        self.prefix = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, dtype=np.float32)
+        self.previous = TfidfVectorizer(analyzer="word", token_pattern=r"(?u)\b\w+\b", sublinear_tf=True,
+                                        dtype=np.float32)
+
+    def fit(self, previous: Sequence[str], prefixes: Sequence[str]) -> _Features:
+        self.prefix.fit(["^" + p for p in prefixes])
+        self.previous.fit([p or "<none>" for p in previous])
+        return self
+
+    def transform(self, previous: Sequence[str], prefixes: Sequence[str]) -> sp.csr_matrix:
+        a = self.prefix.transform(["^" + p for p in prefixes])
+        b = self.previous.transform([p or "<none>" for p in previous]) * 0.5
+        return sp.hstack([a, b], format="csr", dtype=np.float32)
+
+
+def _assign(parents: Sequence[str], names: Sequence[str]) -> tuple[sp.csc_matrix, list[str]]:
+    """One tree level: each child (``names[i]`` under ``parents[i]``) as a row, parents as columns."""
+    cols = {p: j for j, p in enumerate(dict.fromkeys(parents))}
+    rows = np.arange(len(names))
+    m = sp.csc_matrix((np.ones(len(names), dtype=np.float32), (rows, [cols[p] for p in parents])),
+                      shape=(len(names), len(cols)))
+    return m, list(cols)
+
+
+def _trie_chain(labels: Sequence[str], depth: int) -> tuple[list[sp.csc_matrix], list[str]]:
+    """Trie levels 1..depth over the labels: the chain from the root down, and each label's deepest node."""
+    chain = []
+    parent_names = [""]
+    for d in range(1, depth + 1):
+        nodes = sorted({lab[:d] for lab in labels})
+        parents = [n[:d - 1] for n in nodes]
+        # Parent of a node is its prefix one shorter, which exists at level d-1 (or is the root).
+        cols = {p: j for j, p in enumerate(parent_names)}
+        m = sp.csc_matrix((np.ones(len(nodes), dtype=np.float32),
+                           (np.arange(len(nodes)), [cols[p if p in cols else p[:-1]] for p in parents])),
+                          shape=(len(nodes), len(parent_names)))
+        chain.append(m)
+        parent_names = nodes
+    return chain, parent_names
+
+
+def build_chain(labels: Sequence[str], params: AutocompleteParams, x: sp.csr_matrix, y: sp.csc_matrix,
+                seed: int = 0) -> Any:
+    """The label tree for ``params.index`` as a PECOS cluster chain."""
+    from pecos.utils.cluster_util import ClusterChain
+    from pecos.xmc import Indexer, LabelEmbeddingFactory
+
+    if params.index == "kmeans":
+        feat = LabelEmbeddingFactory.create(y, x, method="pifa")
+        return Indexer.gen(feat, indexer_type="hierarchicalkmeans", nr_splits=16,
+                           max_leaf_size=min(params.cluster_size, max(2, len(labels) - 1)))
+    depth = params.trie_depth if params.index == "hybrid" else max(params.trie_depth, 6)
+    chain, nodes = _trie_chain(labels, depth)
+    node_of = {n: j for j, n in enumerate(nodes)}
+    label_node = [node_of[lab[:depth]] for lab in labels]
+    if params.index == "trie":
+        rows = np.arange(len(labels))
+        chain.append(sp.csc_matrix((np.ones(len(labels), dtype=np.float32), (rows, label_node)),
+                                   shape=(len(labels), len(nodes))))
+        return ClusterChain(chain)
+    # Hybrid: inside each trie node, k-means over prefix-weighted character TF-IDF of its labels.
+    emb = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, dtype=np.float32) \
+        .fit_transform([_prefix_weighted(lab) for lab in labels])
+    members: dict[int, list[int]] = {}
+    for i, n in enumerate(label_node):
+        members.setdefault(n, []).append(i)
+    cluster_parent: list[int] = []
+    label_cluster = np.zeros(len(labels), dtype=np.int64)
+    for node in range(len(nodes)):
+        idx = members.get(node, [])
+        k = max(1, math.ceil(len(idx) / params.cluster_size))
+        if k == 1:
+            assign = np.zeros(len(idx), dtype=np.int64)
+        else:
+            assign = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=1, batch_size=1024) \
+                .fit_predict(emb[idx])
+            # Empty clusters are harmless (a cluster with no labels is never a beam's best).
+        base = len(cluster_parent)
+        cluster_parent += [node] * k
+        label_cluster[idx] = base + assign
+    n_clusters = len(cluster_parent)
+    chain.append(sp.csc_matrix((np.ones(n_clusters, dtype=np.float32), (np.arange(n_clusters), cluster_parent)),
+                               shape=(n_clusters, len(nodes))))
+    chain.append(sp.csc_matrix((np.ones(len(labels), dtype=np.float32), (np.arange(len(labels)), label_cluster)),
+                               shape=(len(labels), n_clusters)))
+    return ClusterChain(chain)
+
+
+def training_examples(sessions: Sequence[Sequence[str]]) -> tuple[list[str], list[str], list[str]]:
+    """(previous query, prefix, query) for every query after the first of a session (the previous
+    one is its context) and every first query (no context), at prefix lengths 1..8."""
+    prev, prefixes, targets = [], [], []
+    for s in sessions:
+        for t, q in enumerate(s):
+            for n in range(1, min(len(q), MAX_PREFIXES_PER_QUERY) + 1):
+                prev.append(s[t - 1] if t else "")
+                prefixes.append(q[:n])
+                targets.append(q)
+    return prev, prefixes, targets
+
+
+class AutocompleteModel:
+    def __init__(self, features: _Features, model: Any, labels: list[str], popular: MostPopular,
+                 meta: dict[str, Any]) -> None:
+        self.features, self.model, self.labels, self.popular, self.meta = features, model, labels, popular, meta
+        self.beam_size = int(meta.get("beam_size", 20))
+
+    @classmethod
+    def train(cls, sessions: Sequence[Sequence[str]], params: AutocompleteParams = AutocompleteParams(),
+              progress: Progress = _silent) -> AutocompleteModel:
+        from pecos.xmc.xlinear.model import XLinearModel
+
+        prev, prefixes, targets = training_examples(sessions)
+        if not targets:
+            raise InvalidArgument("sessions", "no queries to learn from")
+        t0 = time.perf_counter()
+        labels = sorted(set(targets))
+        index = {q: i for i, q in enumerate(labels)}
+        progress("features", 0, 3)
+        feats = _Features().fit(prev, prefixes)
+        x = feats.transform(prev, prefixes)
+        y = sp.csr_matrix((np.ones(len(targets), dtype=np.float32),
+                           (np.arange(len(targets)), [index[q] for q in targets])),
+                          shape=(len(targets), len(labels))).tocsc()
+        progress(f"{params.index} label index", 1, 3)
+        chain = build_chain(labels, params, x, y)
+        progress("train XR-Linear", 2, 3)
+        model = XLinearModel.train(x, y, C=copy.deepcopy(chain), threshold=params.threshold)
+        progress("done", 3, 3)
+        meta = asdict(params) | {"labels": len(labels), "examples": len(targets),
+                                 "train_seconds": round(time.perf_counter() - t0, 2)}
+        return cls(feats, model, labels, MostPopular([s[t] for s in sessions for t in range(len(s))]), meta)
+
+    def save(self, folder: Path) -> None:
+        tmp = folder.with_name(folder.name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        self.model.save(str(tmp / "xlinear"))
+        (tmp / "parts.pkl").write_bytes(pickle.dumps((self.features, self.labels, self.popular)))
+        (tmp / "meta.json").write_text(json.dumps(self.meta | {"kind": "autocomplete"}))
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+
+    @classmethod
+    def load(cls, folder: Path) -> AutocompleteModel:
+        from pecos.xmc.xlinear.model import XLinearModel
+
+        for part in ("xlinear", "parts.pkl", "meta.json"):
+            if not (folder / part).exists():
+                raise FailedPrecondition(f"model folder {folder}: {part} is missing", field="path")
+        try:
+            # Written by ltrr itself into its own model directory.
+            features, labels, popular = pickle.loads((folder / "parts.pkl").read_bytes())  # noqa: S301
+            meta = json.loads((folder / "meta.json").read_text())
+            model = XLinearModel.load(str(folder / "xlinear"), is_predict_only=True)
+        except Exception as exc:
+            raise FailedPrecondition(f"model folder {folder}: cannot load: {type(exc).__name__}: {exc}",
+                                     field="path") from exc
+        return cls(features, model, labels, popular, meta)
+
+    def complete(self, previous: str, prefix: str, k: int = 10) -> list[tuple[str, float]]:
+        """Up to ``k`` completions of ``prefix``, best first; every one starts with the prefix."""
+        prefix = normalize(prefix) + (" " if prefix.endswith(" ") and prefix.strip() else "")
+        if not prefix:
+            raise InvalidArgument("prefix", "is empty")
+        x = self.features.transform([normalize(previous)], [prefix])
+        pred = self.model.predict(x, beam_size=self.beam_size, only_topk=max(4 * k, 20), threads=1).tocsr()
+        order = np.argsort(-pred.data)
+        out: list[tuple[str, float]] = []
+        seen: set[str] = set()
+        for j in order:
+            label = self.labels[int(pred.indices[j])]
+            if label.startswith(prefix) and label not in seen:
+                out.append((label, float(pred.data[j])))
+                seen.add(label)
+                if len(out) == k:
+                    return out
+        for label, _ in self.popular.complete(prefix, k + len(out)):
+            if label not in seen:
+                out.append((label, 0.0))
+                seen.add(label)
+                if len(out) == k:
+                    break
+        return out

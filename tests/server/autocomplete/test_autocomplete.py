@@ -1,0 +1,106 @@
+"""Session-aware autocompletion: every index on the demo sessions, completions that keep the prefix,
+the RPC with sessions the server keeps, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from ltrr.v1 import models_pb2, models_pb2_grpc
+from ltrr_server.autocomplete.evaluate import evaluate
+from ltrr_server.autocomplete.model import AutocompleteModel, AutocompleteParams, MostPopular
+from ltrr_server.autocomplete.sessions import demo_sessions
+from ltrr_server.demo.music import MusicWorld
+from ltrr_server.errors import InvalidArgument
+from ltrr_server.log import db
+from ltrr_server.xmr.registry import ModelRegistry
+from tests.conftest import demo_policy, server_settings
+
+N_ITEMS = 2000
+
+
+@pytest.fixture(scope="module")
+def sessions() -> tuple[list[list[str]], list[list[str]]]:
+    world = MusicWorld(n_items=N_ITEMS, seed=42)
+    return demo_sessions(world, 4000, seed=1), demo_sessions(world, 600, seed=2)
+
+
+@pytest.fixture(scope="module")
+def models(sessions: tuple[list[list[str]], list[list[str]]]) -> dict[str, AutocompleteModel]:
+    return {i: AutocompleteModel.train(sessions[0], AutocompleteParams(index=i)) for i in ("kmeans", "trie", "hybrid")}
+
+
+def test_completions_start_with_the_prefix_for_every_index(models: dict[str, AutocompleteModel]) -> None:
+    for model in models.values():
+        for prev, prefix in (("", "j"), ("jazz", "ja"), ("rock hits", "new "), ("x", "zzzzzzzzzzzzzzzzzzzzzzzz")):
+            got = model.complete(prev, prefix, 10)
+            assert len(got) <= 10
+            assert all(q.startswith(prefix) for q, _ in got), (prefix, got)
+        assert model.complete("", "zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz", 10) == []  # longer than any label
+        with pytest.raises(InvalidArgument) as err:
+            model.complete("", "  ", 10)
+        assert err.value.field == "prefix"
+
+
+def test_the_previous_query_changes_the_completion(models: dict[str, AutocompleteModel],
+                                                    sessions: tuple[list[list[str]], list[list[str]]]) -> None:
+    refined = [(s[t - 1], s[t]) for s in sessions[0] for t in range(1, len(s)) if s[t].startswith(s[t - 1] + " ")]
+    prev, target = refined[0]
+    model = models["hybrid"]
+    with_context = [q for q, _ in model.complete(prev, target[:len(prev) + 2], 10)]
+    assert target in with_context
+
+
+def test_every_index_beats_most_popular_after_a_previous_query(
+    models: dict[str, AutocompleteModel], sessions: tuple[list[list[str]], list[list[str]]],
+) -> None:
+    popular = MostPopular([q for s in sessions[0] for q in s])
+    methods: dict[str, Any] = {name: (lambda p, x, k, m=m: [q for q, _ in m.complete(p, x, k)])
+                               for name, m in models.items()}
+    methods["popular"] = lambda p, x, k: [q for q, _ in popular.complete(x, k)]
+    table = evaluate(methods, sessions[1], (1, 2, 3))
+    for n in (1, 2, 3):
+        for name in models:
+            assert table[name][n]["mrr_at_10"] > table["popular"][n]["mrr_at_10"], (name, n, table)
+        assert table["hybrid"][n]["p99_ms"] < 10
+
+
+def test_autocomplete_rpc_with_server_kept_sessions(make_server: Any, sqlite_url: str, tmp_path: Path,
+                                                    models: dict[str, AutocompleteModel]) -> None:
+    engine = db.create_engine(sqlite_url)
+    db.migrate(engine)
+    ModelRegistry(engine, tmp_path / "models").register("ac", "autocomplete", models["hybrid"], {})
+    s = make_server(server_settings(sqlite_url, demo_policy(), model_dir=str(tmp_path / "models")))
+    ms = models_pb2_grpc.ModelServiceStub(s.channel())
+    req = models_pb2.AutocompleteRequest(model="ac", prefix="ja")
+    with pytest.raises(grpc.RpcError) as err:
+        ms.Autocomplete(req)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # registered, not promoted
+    ms.PromoteModel(models_pb2.PromoteModelRequest(name="ac", version=1))
+    plain = ms.Autocomplete(req)
+    assert plain.model_version == 1 and 0 < len(plain.completions) <= 10
+    assert all(c.query.startswith("ja") for c in plain.completions)
+
+    sent = ms.Autocomplete(models_pb2.AutocompleteRequest(model="ac", prefix="ja", previous_queries=["rock hits"],
+                                                           session_id="s1"))
+    kept = ms.Autocomplete(models_pb2.AutocompleteRequest(model="ac", prefix="ja", session_id="s1"))
+    assert [c.query for c in kept.completions] == [c.query for c in sent.completions]
+    assert ms.RecordQuery(models_pb2.RecordQueryRequest(session_id="s2", query="Jazz Hits")).session_queries == 1
+    assert ms.RecordQuery(models_pb2.RecordQueryRequest(session_id="s2", query="jazz")).session_queries == 2
+
+    for bad, field in ((models_pb2.AutocompleteRequest(model="ac", prefix=""), "prefix"),
+                       (models_pb2.AutocompleteRequest(model="ac", prefix="x" * 300), "prefix"),
+                       (models_pb2.AutocompleteRequest(model="ac", prefix="a", k=500), "k"),
+                       (models_pb2.AutocompleteRequest(model="", prefix="a"), "model")):
+        with pytest.raises(grpc.RpcError) as err:
+            ms.Autocomplete(bad)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith(field)
+    with pytest.raises(grpc.RpcError) as err:
+        ms.Autocomplete(models_pb2.AutocompleteRequest(model="nope", prefix="a"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as err:  # an autocomplete model is no XR-Linear retrieval model
+        ms.XmrPredict(models_pb2.XmrPredictRequest(model="ac", queries=["jazz"]))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
