@@ -98,3 +98,10 @@ def test_every_exploration_builds_a_working_vw_model(exploration: str, expected:
 def test_settings_reject_duplicate_policies() -> None:
     with pytest.raises(InvalidArgument, match=r"policies\[1\]\.name"):
         Settings(policies=(PolicySpec(name="a"), PolicySpec(name="a")))
+
+
+def test_the_documented_xmr_configuration_is_valid() -> None:
+    path = Path(__file__).resolve().parents[2] / "docs" / "retrieval-xmr.toml"
+    s = load_settings(path, env={})
+    xmr = [st for st in s.retrieval.strategies if st.kind == "xmr"]
+    assert len(xmr) == 1 and xmr[0].params == {"model": "music"}
