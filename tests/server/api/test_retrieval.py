@@ -189,15 +189,15 @@ def test_the_learned_policy_beats_random_plans_on_the_music_world(make_server: A
     import asyncio
 
     sim = asyncio.run(run_retrieval_simulation(
-        s.target, queries=1500, report_every=500, n_items=TEST_ITEMS, ladders={
+        s.target, queries=3000, report_every=500, n_items=TEST_ITEMS, ladders={
             "lexical": (0, 10, 50), "vector": (0, 10, 50), "memory": (0, 10), "explore": (0, 10)},
-        cost=0.001, singles_every=10**9, tail=500, seed=random.Random(5).randrange(1000), out=None,
+        cost=0.001, singles_every=10**9, tail=1000, seed=random.Random(5).randrange(1000), out=None,
     ))
     learned, rand = sim.tail["learned"], sim.tail["random"]
     every = sim.tail["all-largest"]
     assert learned["reward"] > rand["reward"] + 0.05, sim.tail
     assert learned["recall"] >= every["recall"] - 0.03, sim.tail
-    assert learned["candidates"] <= 0.6 * every["candidates"], sim.tail
+    assert learned["candidates"] <= 0.75 * every["candidates"], sim.tail
 
 
 def _metrics(s: ServerThread) -> str:
