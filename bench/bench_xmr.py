@@ -47,10 +47,8 @@ def run(items: int, n_pairs: int, n_queries: int) -> dict[str, Any]:
     db.migrate(engine)
     registry = ModelRegistry(engine, d / "models")
     world = MusicWorld(n_items=items, seed=42)
-    rng = random.Random(1)
-    qs = [world.query(rng) for _ in range(n_pairs)]
     t0 = time.perf_counter()
-    version, metrics = xt.train(registry, "music", xt.Pairs([q.text for q in qs], [q.target for q in qs]),
+    version, metrics = xt.train(registry, "music", xt.demo_pairs(world, n_pairs, 1),
                                 XmrTrainParams(), progress=lambda s, a, b: print(f"  {s}", flush=True))
     train_s = time.perf_counter() - t0
     print(f"trained on {n_pairs} pairs in {train_s:.1f}s: recall@10 {metrics['recall_at_10']:.3f}, "

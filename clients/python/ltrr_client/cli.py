@@ -130,25 +130,33 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ingest(args: argparse.Namespace) -> int:
-    """Offline ingest into the server's database and index directory (restart the server after)."""
+def _offline_settings(args: argparse.Namespace) -> Any:
+    """Settings for a command that works on the database and index directory directly:
+    the configuration, ``--db``, and ``--data-dir`` over ``retrieval.data_dir``."""
     import dataclasses
 
+    from ltrr_server.config import load_settings
+
+    settings = load_settings(args.config, db_url=args.db)
+    if args.data_dir:
+        settings = dataclasses.replace(settings, retrieval=dataclasses.replace(settings.retrieval,
+                                                                               data_dir=args.data_dir))
+    return settings
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    """Offline ingest into the server's database and index directory (restart the server after)."""
     from prometheus_client import CollectorRegistry
     from tqdm import tqdm
 
     from ltrr_server.catalog.ingest import read_catalog
-    from ltrr_server.config import load_settings
     from ltrr_server.errors import InvalidArgument
     from ltrr_server.log import db
     from ltrr_server.metrics import Metrics
     from ltrr_server.retrieval.retriever import Retriever
 
     try:
-        settings = load_settings(args.config, db_url=args.db)
-        if args.data_dir:
-            settings = dataclasses.replace(settings, retrieval=dataclasses.replace(settings.retrieval,
-                                                                                   data_dir=args.data_dir))
+        settings = _offline_settings(args)
         if not settings.retrieval.enabled:
             raise InvalidArgument("retrieval.strategies", "the configuration has no retrieval strategies")
         items, errors = read_catalog(args.file)
@@ -194,7 +202,6 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def cmd_train_xmr(args: argparse.Namespace) -> int:
     """Offline training into the registry (the database and the model directory); promote after."""
-    import random as _random
 
     from tqdm import tqdm
 
@@ -220,10 +227,7 @@ def cmd_train_xmr(args: argparse.Namespace) -> int:
         elif args.demo_pairs:
             from ltrr_server.demo.music import MusicWorld
 
-            world = MusicWorld(n_items=args.items, seed=args.world_seed)
-            rng = _random.Random(args.seed)
-            qs = [world.query(rng) for _ in range(args.demo_pairs)]
-            pairs = xt.Pairs([q.text for q in qs], [q.target for q in qs])
+            pairs = xt.demo_pairs(MusicWorld(n_items=args.items, seed=args.world_seed), args.demo_pairs, args.seed)
         else:
             pairs = xt.pairs_from_log(engine)
         registry = ModelRegistry(engine, settings.model_dir)
@@ -255,7 +259,6 @@ def cmd_eval_xmr(args: argparse.Namespace) -> int:
 
     from prometheus_client import CollectorRegistry
 
-    from ltrr_server.config import load_settings
     from ltrr_server.errors import LtrrError
     from ltrr_server.log import db
     from ltrr_server.metrics import Metrics
@@ -266,10 +269,7 @@ def cmd_eval_xmr(args: argparse.Namespace) -> int:
     from ltrr_server.xmr.train import HELDOUT_FILE
 
     try:
-        settings = load_settings(args.config, db_url=args.db)
-        if args.data_dir:
-            settings = dataclasses.replace(settings, retrieval=dataclasses.replace(settings.retrieval,
-                                                                                   data_dir=args.data_dir))
+        settings = _offline_settings(args)
         engine = db.create_engine(settings.db_url)
         db.migrate(engine)
         row = ModelRegistry(engine, settings.model_dir).get(args.name, args.version)

@@ -107,7 +107,7 @@ async def run_simulation(
                 if done + len(batch) > events - tail:
                     tail_learned.add(click, best - rates[a])
                     tail_uniform.add(u_click, best - rates[u])
-            await _send_rewards(client, batch)
+            await send_rewards(client, batch)
             done += n
             if done % report_every < n or done == events:
                 row = {
@@ -133,7 +133,8 @@ async def run_simulation(
     return result
 
 
-async def _send_rewards(client: AsyncLtrrClient, events: Sequence[feedback_pb2.RewardEvent]) -> None:
+async def send_rewards(client: AsyncLtrrClient, events: Sequence[feedback_pb2.RewardEvent]) -> None:
+    """Sends rewards as one batch on a stream; raises unless every one is accepted."""
     async def batches() -> AsyncIterator[feedback_pb2.RewardBatch]:
         yield feedback_pb2.RewardBatch(events=list(events))
 

@@ -13,13 +13,14 @@ import asyncio
 import random
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
 from ltrr.v1 import feedback_pb2, retrieval_pb2
 from ltrr_client.client import AsyncLtrrClient
-from ltrr_server.demo.music import MusicWorld, WorldQuery
+from ltrr_client.simulate import send_rewards
+from ltrr_server.demo.music import MusicWorld
 
 # The embedded demo configuration's ladders.
 DEMO_LADDERS: dict[str, tuple[int, ...]] = {
@@ -157,7 +158,7 @@ async def run_retrieval_simulation(
                         event_id=resp.event_id, value=reward, engaged_item_ids=[q.target] if found else [],
                         oracle_best_value=best, oracle_chosen_value=reward,
                     ))
-            await _send(client, events)
+            await send_rewards(client, events)
             done += n
             if done % report_every < n or done == queries:
                 row = {arm: w.summary() for arm, w in windows.items()}
@@ -195,16 +196,6 @@ def _row_text(done: int, row: dict[str, dict[str, float]], singles: list[str]) -
             f"{(best + ' ' + fmt(best)) if best else '-':>28} | {row[LEARNED]['regret']:.3f}")
 
 
-async def _send(client: AsyncLtrrClient, events: list[feedback_pb2.RewardEvent]) -> None:
-    async def batches() -> AsyncIterator[feedback_pb2.RewardBatch]:
-        yield feedback_pb2.RewardBatch(events=events)
-
-    async for acks in client.feedback.StreamRewards(batches()):
-        bad = [a for a in acks.acks if a.status != feedback_pb2.REWARD_STATUS_ACCEPTED]
-        if bad:
-            raise RuntimeError(f"reward not accepted: {bad[0]}")
-
-
 def plot(sim: RetrievalSimulation, path: str) -> None:
     """Reward, recall and candidates over time per arm, as a PNG."""
     import matplotlib
@@ -228,5 +219,3 @@ def plot(sim: RetrievalSimulation, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
-
-__all__ = ["run_retrieval_simulation", "plot", "parse_ladders", "WorldQuery"]

@@ -23,7 +23,7 @@ import pickle
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,10 +33,9 @@ import scipy.sparse as sp
 from sklearn.cluster import MiniBatchKMeans
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from ltrr_server.catalog.catalog import normalize
+from ltrr_server.catalog.catalog import Progress, no_progress, normalize
 from ltrr_server.errors import FailedPrecondition, InvalidArgument
 
-Progress = Callable[[str, int, int], None]
 INDEXES = ("kmeans", "trie", "hybrid")
 MAX_PREFIXES_PER_QUERY = 8
 
@@ -58,10 +57,6 @@ class AutocompleteParams:
             raise InvalidArgument("cluster_size", f"must be in [2, 10000], got {self.cluster_size}")
         if not 1 <= self.beam_size <= 1000:
             raise InvalidArgument("beam_size", f"must be in [1, 1000], got {self.beam_size}")
-
-
-def _silent(stage: str, done: int, total: int) -> None:
-    """The default progress callback."""
 
 
 class MostPopular:
@@ -212,7 +207,7 @@ class AutocompleteModel:
 
     @classmethod
     def train(cls, sessions: Sequence[Sequence[str]], params: AutocompleteParams = AutocompleteParams(),
-              progress: Progress = _silent) -> AutocompleteModel:
+              progress: Progress = no_progress) -> AutocompleteModel:
         from pecos.xmc.xlinear.model import XLinearModel
 
         prev, prefixes, targets = training_examples(sessions)

@@ -15,7 +15,7 @@ import copy
 import json
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +23,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from ltrr_server.catalog.catalog import Progress, no_progress
 from ltrr_server.errors import FailedPrecondition, InvalidArgument
-
-Progress = Callable[[str, int, int], None]
 
 VECTORIZER_CONFIG: dict[str, Any] = {"type": "tfidf", "kwargs": {"base_vect_configs": [
     {"ngram_range": [1, 2], "analyzer": "word", "max_feature": 500_000},
@@ -66,10 +65,6 @@ def _pecos() -> tuple[Any, Any, Any, Any]:
     return Vectorizer, Indexer, LabelEmbeddingFactory, XLinearModel
 
 
-def _silent(stage: str, done: int, total: int) -> None:
-    """The default progress callback."""
-
-
 class XmrModel:
     """A loaded model: ``predict`` maps query texts to (item id, score) lists, best first."""
 
@@ -83,7 +78,7 @@ class XmrModel:
     # ------------------------------------------------------------------ training
     @classmethod
     def train(cls, queries: Sequence[str], item_ids: Sequence[str], params: XmrTrainParams = XmrTrainParams(),
-              weights: Sequence[int] | None = None, progress: Progress = _silent) -> XmrModel:
+              weights: Sequence[int] | None = None, progress: Progress = no_progress) -> XmrModel:
         """Trains on (query, item id) pairs; ``weights`` repeats pairs (positive-congruent training)."""
         if len(queries) != len(item_ids):
             raise InvalidArgument("pairs", "queries and item ids differ in length")

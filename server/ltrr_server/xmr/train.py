@@ -11,11 +11,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ltrr_server.catalog.catalog import normalize  # noqa: F401 - re-exported for callers
+from ltrr_server.catalog.catalog import Progress, no_progress, normalize
+from ltrr_server.demo.music import MusicWorld
 from ltrr_server.errors import InvalidArgument
 from ltrr_server.log import schema as t
 from ltrr_server.xmr.evaluate import hits_at, negative_flip_rate, recall
-from ltrr_server.xmr.model import Progress, XmrModel, XmrTrainParams, _silent
+from ltrr_server.xmr.model import XmrModel, XmrTrainParams
 from ltrr_server.xmr.registry import ModelRegistry
 
 HELDOUT_FILE = "heldout.json"
@@ -53,6 +54,13 @@ def read_pairs(lines: Iterable[str]) -> tuple[Pairs, list[str]]:
     return pairs, errors
 
 
+def demo_pairs(world: MusicWorld, n: int, seed: int = 1) -> Pairs:
+    """``n`` (query, engaged item) pairs drawn from the demo music world's query generator."""
+    rng = random.Random(seed)
+    queries = [world.query(rng) for _ in range(n)]
+    return Pairs([q.text for q in queries], [q.target for q in queries])
+
+
 def pairs_from_log(engine: sa.Engine) -> Pairs:
     """(query, engaged item) pairs from retrieval decisions and their rewards in the event log.
 
@@ -87,7 +95,7 @@ def split(pairs: Pairs, heldout_share: float = 0.1, seed: int = 0) -> tuple[Pair
 
 def train(
     registry: ModelRegistry, name: str, pairs: Pairs, params: XmrTrainParams, live: XmrModel | None = None,
-    heldout_share: float = 0.1, seed: int = 0, progress: Progress = _silent,
+    heldout_share: float = 0.1, seed: int = 0, progress: Progress = no_progress,
 ) -> tuple[int, dict[str, Any]]:
     """Trains on a split of ``pairs``, measures on the rest, registers a new version (not live)."""
     if len(pairs) < 10:

@@ -4,7 +4,6 @@ xmr strategy inside retrieval plans, hot swap under load."""
 from __future__ import annotations
 
 import dataclasses
-import random
 import threading
 from pathlib import Path
 from typing import Any
@@ -28,10 +27,7 @@ def world() -> MusicWorld:
     return MusicWorld(n_items=TEST_ITEMS, seed=42)
 
 
-def _pairs(world: MusicWorld, n: int, seed: int = 1) -> xt.Pairs:
-    rng = random.Random(seed)
-    qs = [world.query(rng) for _ in range(n)]
-    return xt.Pairs([q.text for q in qs], [q.target for q in qs])
+_pairs = xt.demo_pairs
 
 
 def _server(make_server: Any, db_url: str, tmp_path: Path, **changes: Any) -> ServerThread:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import shutil
 from pathlib import Path
 
@@ -23,10 +22,7 @@ def world() -> MusicWorld:
     return MusicWorld(n_items=N_ITEMS, seed=42)
 
 
-def world_pairs(world: MusicWorld, n: int, seed: int = 1) -> xt.Pairs:
-    rng = random.Random(seed)
-    qs = [world.query(rng) for _ in range(n)]
-    return xt.Pairs([q.text for q in qs], [q.target for q in qs])
+world_pairs = xt.demo_pairs
 
 
 @pytest.fixture
