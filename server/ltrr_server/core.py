@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ltrr_server.catalog.catalog import Progress, normalize
+from ltrr_server.catalog.catalog import normalize
 from ltrr_server.config import ActionSpec, PolicySpec, Settings
 from ltrr_server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Overloaded
 from ltrr_server.features import (
@@ -197,7 +197,7 @@ class Ltrr:
         self.learner.drain_before_start()
         self.learner.start()
 
-    def _load_initial_catalog(self, progress: Progress | None = None) -> None:
+    def _load_initial_catalog(self) -> None:
         """An empty catalog gets the configured catalog file, or the generated demo catalog."""
         assert self.retriever is not None
         conf = self.settings.retrieval
@@ -205,7 +205,6 @@ class Ltrr:
             return
         from ltrr_server.catalog.ingest import demo_items, read_catalog
 
-        report = _log_progress if progress is None else progress
         t0 = time.perf_counter()
         if conf.catalog_path:
             items, errors = read_catalog(conf.catalog_path)
@@ -213,7 +212,7 @@ class Ltrr:
                 log.warning("catalog %s: %s", conf.catalog_path, e)
         else:
             items = demo_items(conf.demo_items, conf.demo_seed)
-        changes = self.retriever.ingest(items, report)
+        changes = self.retriever.ingest(items, _log_progress)
         log.info("catalog: %d items ingested in %.1fs", len(changes.added), time.perf_counter() - t0)
 
     def _restore(self, row: dict[str, object]) -> None:
@@ -527,7 +526,7 @@ class Ltrr:
         """The policy picks a plan for the query; its strategies run; the union comes back, fused."""
         rt, retriever = self._retrieval_policy(policy)
         q = retriever.prepare(query, embedding)
-        fixed = retriever.plan_index[retriever.fixed_plan(fixed_plan).id] if fixed_plan else None
+        fixed = retriever.fixed_plan_index(fixed_plan) if fixed_plan else None
         aset = retriever.action_set(time.time())
         decision, pending = self._decide(
             rt, context, aset.ids, aset.lines, self._log_action_set(aset), event_id, 1, fixed=fixed,
@@ -708,7 +707,9 @@ class Ltrr:
             raise InvalidArgument("version", "is required")
         candidate = await asyncio.to_thread(load_model, row["kind"], Path(row["path"]))
         live = self.live_models.maybe(name)
-        previous = next((r["version"] for r in self.registry.live_versions() if r["name"] == name), 0)
+        # Registry reads stay off the event loop, like every other SQL call here.
+        versions = await asyncio.to_thread(self.registry.versions, name)
+        previous = next((r["version"] for r in versions if r["live"]), 0)
         figures: dict[str, float] = {}
         if isinstance(candidate, XmrModel):
             figures = await asyncio.to_thread(compare, live, candidate, Path(row["path"]))
@@ -721,7 +722,8 @@ class Ltrr:
         await asyncio.to_thread(self.registry.set_live, name, version, figures | {"forced": force})
         self.live_models.swap(name, version, candidate)
         log.info("model %s: v%d live (was v%d): %s", name, version, previous, figures)
-        return figures | {"previous_version": previous, "row": self.registry.get(name, version)}
+        row = await asyncio.to_thread(self.registry.get, name, version)
+        return figures | {"previous_version": previous, "row": row}
 
     # ------------------------------------------------------------------ admin
     def _info(self, rt: PolicyRuntime) -> PolicyInfo:

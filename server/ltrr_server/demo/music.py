@@ -212,10 +212,6 @@ class MusicWorld:
         emb = _unit(self.embeddings[target] + 0.8 * noise())
         return WorldQuery("entity", text, item["id"], emb.tolist())
 
-    def popularity_rank(self, item_id: str) -> float:
-        """Share of the catalog more popular than the item (0 = the most popular)."""
-        return float(np.mean(self._pop > self._pop[self.index[item_id]]))
-
 
 def _typo(rng: random.Random, text: str) -> str:
     """One typing error in the longest word: a dropped, doubled or swapped letter.

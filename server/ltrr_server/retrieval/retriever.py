@@ -199,9 +199,9 @@ class Retriever:
         self._action_set_at = now
         return self._action_set
 
-    def fixed_plan(self, budgets: dict[str, int]) -> Plan:
-        plan = plan_from_budgets(budgets, self.specs, "fixed_plan")
-        return self.plans[self.plan_index[plan.id]]
+    def fixed_plan_index(self, budgets: dict[str, int]) -> int:
+        """The position among the plans (the policy's actions) of a caller's fixed plan."""
+        return self.plan_index[plan_from_budgets(budgets, self.specs, "fixed_plan").id]
 
     # ------------------------------------------------------------------ running a plan
     def _run_one(self, name: str, query: Query, budget: int) -> StrategyRun:
@@ -307,8 +307,5 @@ class Retriever:
                     s.flush()
                 except Exception:
                     log.exception("strategy %s: flush failed; retried at the next one", s.name)
-
-    def recent(self) -> dict[str, tuple[float, float]]:
-        return {n: (r.hit_rate, r.latency_ms) for n, r in self._recent.items()}
 
 

@@ -142,11 +142,6 @@ def register(kind: str) -> Callable[[StrategyFactory], StrategyFactory]:
     return wrap
 
 
-def kinds() -> list[str]:
-    _load_builtins()
-    return sorted(_KINDS)
-
-
 def create(kind: str, name: str, params: Params, env: StrategyEnv) -> Strategy:
     _load_builtins()
     factory = _KINDS.get(kind)

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 from ltrr_server.xmr.model import XmrModel
@@ -41,8 +42,6 @@ def strategy_hits(retrieve: Callable[[str, int], list[str]], queries: Sequence[s
 def recall_table(methods: dict[str, Callable[[str, int], list[str]]], queries: Sequence[str],
                  targets: Sequence[str], ks: Sequence[int] = (10, 100)) -> dict[str, dict[str, float]]:
     """Recall@k of every method on the same (query, target) pairs, with per-query latency."""
-    import time
-
     out: dict[str, dict[str, float]] = {}
     for name, fn in methods.items():
         row: dict[str, float] = {}
