@@ -8,7 +8,10 @@ query, alternating so that the machine's drift hits both alike:
 - raw: PECOS's vectorizer ``predict`` + ``XLinearModel.predict`` (beam 10, top 10) on one query;
 - ltrr in-process: ``XmrModel.predict`` (the same calls plus mapping labels to item ids);
 - ltrr served: ``ModelService.XmrPredict`` through a real gRPC server on this machine;
+- echo: the same call to a server that answers at once with 10 fixed labels per query
+  (``bench.echo_server.XmrEcho``): the transport's share, which no server can avoid;
 and per query in batches of 256 (raw: one vectorize + predict call; served: one XmrPredict).
+The served ratio is against raw alone and against raw + echo (the library plus the round trip).
 Also: training time, held-out recall@10/@100, and the model folder's size.
 """
 
@@ -83,10 +86,26 @@ def run(items: int, n_pairs: int, n_queries: int) -> dict[str, Any]:
     def served(text: str) -> None:
         stub.XmrPredict(models_pb2.XmrPredictRequest(model="music", queries=[text], k=10))
 
-    times: dict[str, list[float]] = {"raw": [], "ours": [], "served": []}
+    from bench.echo_server import XmrEcho
+
+    async def start_echo() -> tuple[grpc.aio.Server, int]:
+        echo_server = grpc.aio.server()
+        models_pb2_grpc.add_ModelServiceServicer_to_server(XmrEcho(), echo_server)
+        echo_port = echo_server.add_insecure_port("127.0.0.1:0")
+        await echo_server.start()
+        return echo_server, echo_port
+
+    echo_server, echo_port = asyncio.run_coroutine_threadsafe(start_echo(), loop).result(60)
+    echo_stub = models_pb2_grpc.ModelServiceStub(grpc.insecure_channel(f"127.0.0.1:{echo_port}"))
+
+    def echo(text: str) -> None:
+        echo_stub.XmrPredict(models_pb2.XmrPredictRequest(model="music", queries=[text], k=10))
+
+    times: dict[str, list[float]] = {"raw": [], "ours": [], "served": [], "echo": []}
+    fns = [("raw", raw), ("ours", ours), ("served", served), ("echo", echo)]
     for text in texts[:50]:  # warm-up
-        raw(text), ours(text), served(text)
-    fns = [("raw", raw), ("ours", ours), ("served", served)]
+        for _, fn in fns:
+            fn(text)
     order_rng = random.Random(3)
     for text in texts:
         order_rng.shuffle(fns)  # no fixed order: caches warmed by one call do not favour the next
@@ -97,7 +116,7 @@ def run(items: int, n_pairs: int, n_queries: int) -> dict[str, Any]:
     # Batches: the per-call costs (gRPC, Python) spread over many queries.
     batch = 256
     batches = [texts[i:i + batch] for i in range(0, len(texts) - batch + 1, batch)]
-    for name in ("raw_batch", "served_batch"):
+    for name in ("raw_batch", "served_batch", "echo_batch"):
         times[name] = []
     for b in batches:
         t = time.perf_counter()
@@ -106,7 +125,11 @@ def run(items: int, n_pairs: int, n_queries: int) -> dict[str, Any]:
         t = time.perf_counter()
         stub.XmrPredict(models_pb2.XmrPredictRequest(model="music", queries=b, k=10))
         times["served_batch"].append((time.perf_counter() - t) / len(b))
+        t = time.perf_counter()
+        echo_stub.XmrPredict(models_pb2.XmrPredictRequest(model="music", queries=b, k=10))
+        times["echo_batch"].append((time.perf_counter() - t) / len(b))
     asyncio.run_coroutine_threadsafe(server.stop(1.0), loop).result(60)
+    asyncio.run_coroutine_threadsafe(echo_server.stop(1.0), loop).result(60)
     res: dict[str, Any] = {"items": items, "pairs": n_pairs, "queries": n_queries, "train_seconds": train_s,
                            "recall_at_10": metrics["recall_at_10"], "recall_at_100": metrics["recall_at_100"],
                            "model_folder_mb": model_mb}
@@ -115,10 +138,14 @@ def run(items: int, n_pairs: int, n_queries: int) -> dict[str, Any]:
     res["in_process_ratio"] = res["ours_p50_ms"] / res["raw_p50_ms"]
     res["served_ratio"] = res["served_p50_ms"] / res["raw_p50_ms"]
     res["served_batch_ratio"] = res["served_batch_p50_ms"] / res["raw_batch_p50_ms"]
+    res["served_vs_raw_plus_echo"] = res["served_p50_ms"] / (res["raw_p50_ms"] + res["echo_p50_ms"])
+    res["served_batch_vs_raw_plus_echo"] = res["served_batch_p50_ms"] / (res["raw_batch_p50_ms"]
+                                                                         + res["echo_batch_p50_ms"])
     for name in times:
-        print(f"{name:>7}: p50 {res[f'{name}_p50_ms']:.3f} ms, p99 {res[f'{name}_p99_ms']:.3f} ms")
-    print(f"in-process / raw: {res['in_process_ratio']:.2f}; served over gRPC / raw: {res['served_ratio']:.2f} "
-          f"(batches of {batch}: {res['served_batch_ratio']:.2f}); "
+        print(f"{name:>12}: p50 {res[f'{name}_p50_ms']:.3f} ms, p99 {res[f'{name}_p99_ms']:.3f} ms")
+    print(f"in-process / raw: {res['in_process_ratio']:.2f}; served over gRPC / raw: {res['served_ratio']:.2f}, "
+          f"/ (raw + echo): {res['served_vs_raw_plus_echo']:.2f}; batches of {batch}: "
+          f"{res['served_batch_ratio']:.2f}, / (raw + echo): {res['served_batch_vs_raw_plus_echo']:.2f}; "
           f"model folder {model_mb:.0f} MB")
     return res
 

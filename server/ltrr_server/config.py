@@ -190,6 +190,8 @@ class Limits:
     max_sessions: int = 100_000
     max_session_queries: int = 5
     max_prefix_chars: int = 256
+    # XmrPredict: queries in one request (each is vectorized and searched on the server).
+    max_predict_queries: int = 1024
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -310,6 +312,9 @@ class Settings:
     # A promotion whose negative flip rate against the live model is above this is refused
     # unless forced.
     max_nfr: float = 0.05
+    # While no model named "autocomplete" is registered, the start trains one on this many demo
+    # sessions over the demo music world and makes it live (0: never). The embedded demo sets it.
+    demo_autocomplete_sessions: int = 0
     limits: Limits = field(default_factory=Limits)
     policies: tuple[PolicySpec, ...] = ()
     retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
@@ -333,6 +338,9 @@ class Settings:
             raise InvalidArgument("server.write_batch_rows", "must be positive")
         if not (math.isfinite(self.max_nfr) and 0 <= self.max_nfr <= 1):
             raise InvalidArgument("server.max_nfr", f"must be in [0, 1], got {self.max_nfr}")
+        if not 0 <= self.demo_autocomplete_sessions <= 1_000_000:
+            raise InvalidArgument("server.demo_autocomplete_sessions",
+                                  f"must be in [0, 1000000], got {self.demo_autocomplete_sessions}")
         if self.metrics_window < 1:
             raise InvalidArgument("server.metrics_window", "must be positive")
         names = [p.name for p in self.policies]

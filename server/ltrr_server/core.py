@@ -52,6 +52,10 @@ log = logging.getLogger(__name__)
 MAX_ID_LENGTH = 64
 MAX_REWARD_ID_LENGTH = 128
 MAX_ENGAGED_ITEMS = 1000
+# The model name ``server.demo_autocomplete_sessions`` trains (the CLI's and RPC's default).
+DEMO_AUTOCOMPLETE = "autocomplete"
+# XmrPredict requests with at most this many queries predict on the event loop (see xmr_predict).
+INLINE_PREDICT_QUERIES = 4
 
 
 @dataclass
@@ -176,6 +180,7 @@ class Ltrr:
     def open(self) -> None:
         """Migrates the schema, loads policies, restores models (snapshot + replay), recovers joins."""
         db.migrate(self.engine)
+        self._train_demo_autocomplete()
         self.live_models.load_all()
         if self.settings.retrieval.enabled:
             self.retriever = Retriever(self.settings.retrieval, self.engine, self.metrics, live_models=self.live_models)
@@ -196,6 +201,27 @@ class Ltrr:
             self._restore(row)
         self.learner.drain_before_start()
         self.learner.start()
+
+    def _train_demo_autocomplete(self) -> None:
+        """With ``server.demo_autocomplete_sessions`` set and no "autocomplete" model registered:
+        one trained on the demo sessions, live, so that ``ltrr complete`` answers on a first start."""
+        n = self.settings.demo_autocomplete_sessions
+        if not n or self.registry.versions(DEMO_AUTOCOMPLETE):
+            return
+        from ltrr_server.autocomplete.model import AutocompleteModel
+        from ltrr_server.autocomplete.sessions import demo_sessions
+        from ltrr_server.demo.music import MusicWorld
+
+        t0 = time.perf_counter()
+        world = MusicWorld(n_items=self.settings.retrieval.demo_items or 100_000,
+                           seed=self.settings.retrieval.demo_seed)
+        model = AutocompleteModel.train(
+            demo_sessions(world, n, seed=0),
+            progress=lambda stage, done, total: log.info("autocomplete demo model %d/%d: %s", done, total, stage))
+        version = self.registry.register(DEMO_AUTOCOMPLETE, "autocomplete", model, model.meta | {"demo": True})
+        self.registry.set_live(DEMO_AUTOCOMPLETE, version, {"demo": True})
+        log.info("autocomplete: demo model trained on %d sessions (%d labels) in %.1fs", n, model.meta["labels"],
+                 time.perf_counter() - t0)
 
     def _load_initial_catalog(self) -> None:
         """An empty catalog gets the configured catalog file, or the generated demo catalog."""
@@ -642,8 +668,9 @@ class Ltrr:
             raise InvalidArgument("model", "is empty")
         if not queries:
             raise InvalidArgument("queries", "is empty")
-        if len(queries) > self.limits.max_reward_batch:
-            raise InvalidArgument("queries", f"{len(queries)} queries, more than {self.limits.max_reward_batch}")
+        if len(queries) > self.limits.max_predict_queries:
+            raise InvalidArgument("queries", f"{len(queries)} queries, more than "
+                                             f"limits.max_predict_queries={self.limits.max_predict_queries}")
         texts = []
         for i, q in enumerate(queries):
             text = normalize(q)
@@ -655,6 +682,9 @@ class Ltrr:
         if beam_size > 1000:
             raise InvalidArgument("beam_size", f"must be at most 1000, got {beam_size}")
         version, m = self.live_models.get(model)
+        if len(texts) <= INLINE_PREDICT_QUERIES:
+            # A query costs about 0.3 ms, less than the hop to a worker thread and back.
+            return version, m.predict(texts, k or 10, beam_size)
         return version, await asyncio.to_thread(m.predict, texts, k or 10, beam_size)
 
     async def autocomplete(self, model: str, prefix: str, previous: Sequence[str] = (), session_id: str = "",

@@ -23,9 +23,9 @@ def test_world_has_one_clearly_best_action_per_context() -> None:
 
 def test_demo_policy_regret_is_under_30_percent_of_uniform(make_server: Any, sqlite_url: str) -> None:
     demo = load_settings(env={})
-    # The demo's policy as configured; its retrieval catalog is not needed here.
+    # The demo's policy as configured; its retrieval catalog and autocomplete model are not needed here.
     settings = replace(demo, db_url=sqlite_url, grpc_host="127.0.0.1", grpc_port=0, metrics_port=0,
-                       policies=demo.policies[:1], retrieval=RetrievalSettings())
+                       policies=demo.policies[:1], retrieval=RetrievalSettings(), demo_autocomplete_sessions=0)
     server = make_server(settings)
     out = io.StringIO()
     result = asyncio.run(run_simulation(server.target, "demo", events=20_000, out=out))

@@ -105,3 +105,24 @@ def test_train_autocomplete_registers_a_version(tmp_path: Path, capsys: pytest.C
     captured = capsys.readouterr()
     assert json.loads(captured.out.strip().splitlines()[-1])["version"] == 2
     assert "skipped line 2" in captured.err
+
+
+def test_register_a_folder_trained_with_pecos_tools(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ltrr_server.xmr.model import XmrModel
+    from ltrr_server.xmr.train import demo_pairs
+
+    pairs = demo_pairs(MusicWorld(n_items=TEST_ITEMS, seed=42), 1000)
+    model = XmrModel.train(pairs.queries, pairs.items)
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    model.vectorizer.save(str(folder / "vectorizer"))
+    model.model.save(str(folder / "xlinear"))  # PECOS's own npz format
+    (folder / "labels.json").write_text(json.dumps(model.labels))
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    base = ["register", "xmr", "--name", "ext", "--config", str(_config(tmp_path)), "--db", url]
+    assert main([*base, str(folder)]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"name": "ext", "version": 1}
+    (folder / "labels.json").write_text(json.dumps(model.labels[:-1]))
+    assert main([*base, str(folder)]) == 2
+    assert "labels.json" in capsys.readouterr().err
+    assert main([*base, str(tmp_path / "missing")]) == 2

@@ -10,6 +10,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
@@ -347,6 +348,25 @@ def cmd_train_autocomplete(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_register(args: argparse.Namespace) -> int:
+    from ltrr_server.config import load_settings
+    from ltrr_server.errors import LtrrError
+    from ltrr_server.log import db
+    from ltrr_server.xmr.registry import ModelRegistry
+
+    try:
+        settings = load_settings(args.config, db_url=args.db)
+        engine = db.create_engine(settings.db_url)
+        db.migrate(engine)
+        version = ModelRegistry(engine, settings.model_dir).register(args.name, args.what, Path(args.folder),
+                                                                     {"source": str(Path(args.folder).resolve())})
+    except (LtrrError, OSError, ValueError) as exc:
+        print(f"ltrr register: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"name": args.name, "version": version}))
+    return 0
+
+
 def cmd_eval_autocomplete(args: argparse.Namespace) -> int:
     """Trains every label index on the same sessions; MRR@10 and success@1 by prefix length on held-out ones."""
     from ltrr_server.autocomplete.evaluate import evaluate
@@ -516,9 +536,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="repeat the pairs the live version gets right this many times (lowers NFR)")
     tr.add_argument("--heldout-share", type=float, default=0.1)
     tr.add_argument("--index", choices=["kmeans", "trie", "hybrid"], default="hybrid", help="autocomplete label index")
-    tr.add_argument("--trie-depth", type=int, default=2, help="autocomplete, hybrid: trie levels above the clusters")
-    tr.add_argument("--cluster-size", type=int, default=64, help="autocomplete: labels per cluster")
+    tr.add_argument("--trie-depth", type=int, default=3, help="autocomplete, hybrid: trie levels above the clusters")
+    tr.add_argument("--cluster-size", type=int, default=32, help="autocomplete: labels per cluster")
     tr.set_defaults(fn=lambda a: (cmd_train_xmr if a.what == "xmr" else cmd_train_autocomplete)(a))
+
+    rg = sub.add_parser("register", help="register a model folder trained elsewhere (PECOS's own tools) as a new "
+                                          "version, after checking that it loads")
+    rg.add_argument("what", choices=["xmr", "autocomplete"])
+    rg.add_argument("folder", help="xmr: vectorizer/, xlinear/ and labels.json (item ids in label order)")
+    rg.add_argument("--name", required=True, help="model name in the registry")
+    rg.add_argument("--config", help="TOML configuration file (default: the embedded demo)")
+    rg.add_argument("--db", help="database URL")
+    rg.set_defaults(fn=cmd_register)
 
     co = client_cmd("complete", "autocompletions of a prefix")
     co.add_argument("prefix")

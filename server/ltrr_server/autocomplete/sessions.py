@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 
 from ltrr_server.catalog.catalog import normalize
-from ltrr_server.demo.music import GENRES, MOODS, MusicWorld
+from ltrr_server.demo.music import GENRES, MOODS, MusicWorld, _typo
 
 _REFINEMENTS = ("live", "remix", "playlist", "acoustic", "lyrics", "album", "radio", "cover")
 
@@ -39,4 +39,46 @@ def demo_sessions(world: MusicWorld, n: int, seed: int = 0) -> list[list[str]]:
                 nxt = normalize(world.query(rng).text)
             session.append(normalize(nxt))
         out.append(session)
+    return out
+
+
+def tail_sessions(world: MusicWorld, n_queries: int, seed: int = 0, exclude: frozenset[str] = frozenset()
+                  ) -> list[list[str]]:
+    """Two-query sessions whose second queries are ``n_queries`` distinct long-tail queries.
+
+    They name catalog items the way people search for the rare ones: the title, the title and its
+    artist, the title with a refinement, or the title with a typo; each follows the artist or the
+    title. This is how the benchmarks reach a label space of a million past queries, far more than
+    the Zipfian demo sessions repeat. Queries in ``exclude`` are not counted (nor produced).
+
+    >>> sessions = tail_sessions(MusicWorld(n_items=2000, seed=42), 500, seed=1)
+    >>> len(sessions), len({s[1] for s in sessions}), all(len(s) == 2 for s in sessions)
+    (500, 500, True)
+    """
+    rng = random.Random(seed)
+    items = [it for it in world.items if it["title"]]
+    rng.shuffle(items)
+    seen = set(exclude)
+    out: list[list[str]] = []
+    # Round r takes every item's r-th form, so the forms spread over the whole catalog.
+    for form in range(4 + len(_REFINEMENTS)):
+        for it in items:
+            title, artist = it["title"], it["artist"] or it["genre"]
+            if form == 0:
+                prev, q = artist, title
+            elif form == 1:
+                prev, q = title, f"{title} {artist}"
+            elif form == 2:
+                prev, q = artist, _typo(rng, title)
+            elif form == 3:
+                prev, q = title, _typo(rng, f"{title} {artist}")
+            else:
+                prev, q = title, f"{title} {_REFINEMENTS[(form + len(out)) % len(_REFINEMENTS)]}"
+            q = normalize(q)
+            if q in seen:
+                continue
+            seen.add(q)
+            out.append([normalize(prev), q])
+            if len(out) == n_queries:
+                return out
     return out

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,26 @@ def load_model(kind: str, folder: Path) -> Any:
     return XmrModel.load(folder)
 
 
+def check_loads(kind: str, folder: Path) -> None:
+    """Loads a model folder in a child process; FailedPrecondition says why it does not load.
+
+    A child, because PECOS aborts the whole process on some corrupt files (a truncated
+    memory-mapped store throws a C++ exception nothing catches): a bad folder must not take the
+    server or the CLI down with it.
+    """
+    code = ("import sys; from pathlib import Path; from ltrr_server.xmr.registry import load_model; "
+            "load_model(sys.argv[1], Path(sys.argv[2]))")
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, kind, str(folder)], capture_output=True, text=True,
+                              timeout=900)
+    except subprocess.TimeoutExpired as exc:
+        raise FailedPrecondition(f"model folder {folder}: cannot load: no answer in 900 s", field="path") from exc
+    if proc.returncode != 0:
+        lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+        why = lines[-1] if lines else f"exit status {proc.returncode}"
+        raise FailedPrecondition(f"model folder {folder}: cannot load: {why}", field="path")
+
+
 class ModelRegistry:
     def __init__(self, engine: sa.Engine, model_dir: str | Path) -> None:
         self.engine = engine
@@ -38,7 +60,7 @@ class ModelRegistry:
         if kind not in _KINDS:
             raise InvalidArgument("kind", f"must be one of {_KINDS}, got {kind!r}")
         if isinstance(source, Path):
-            load_model(kind, source)  # refuses a corrupt or incomplete folder before anything is stored
+            check_loads(kind, source)  # refuses a corrupt or incomplete folder before anything is stored
         with self.engine.begin() as conn:
             version = int(conn.execute(sa.select(sa.func.max(t.models.c.version))
                                        .where(t.models.c.name == name)).scalar() or 0) + 1

@@ -84,7 +84,9 @@ def test_predict_promote_and_serve_inside_plans(make_server: Any, db_url: str, t
     (models_pb2.XmrPredictRequest(model="music", queries=["jazz", "?!"]), grpc.StatusCode.INVALID_ARGUMENT,
      "queries[1]"),
     (models_pb2.XmrPredictRequest(model="music", queries=["jazz"], k=5000), grpc.StatusCode.INVALID_ARGUMENT, "k"),
-], ids=["unknown model", "no model", "no queries", "query without letters", "k too large"])
+    (models_pb2.XmrPredictRequest(model="music", queries=["jazz"] * 1025), grpc.StatusCode.INVALID_ARGUMENT,
+     "queries"),
+], ids=["unknown model", "no model", "no queries", "query without letters", "k too large", "too many queries"])
 def test_bad_predict_requests(make_server: Any, sqlite_url: str, tmp_path: Path, req: Any, code: Any,
                               field: str) -> None:
     s = _server(make_server, sqlite_url, tmp_path)

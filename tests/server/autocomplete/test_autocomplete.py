@@ -104,3 +104,22 @@ def test_autocomplete_rpc_with_server_kept_sessions(make_server: Any, sqlite_url
     with pytest.raises(grpc.RpcError) as err:  # an autocomplete model is no XR-Linear retrieval model
         ms.XmrPredict(models_pb2.XmrPredictRequest(model="ac", queries=["jazz"]))
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_the_demo_start_trains_a_live_autocomplete_model_once(make_server: Any, sqlite_url: str,
+                                                               tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from ltrr_server.config import RetrievalSettings
+
+    settings = server_settings(sqlite_url, demo_policy(), model_dir=str(tmp_path / "models"),
+                               demo_autocomplete_sessions=1500,
+                               retrieval=replace(RetrievalSettings(), demo_items=N_ITEMS))
+    s = make_server(settings)
+    got = models_pb2_grpc.ModelServiceStub(s.channel()).Autocomplete(
+        models_pb2.AutocompleteRequest(model="autocomplete", prefix="ja", previous_queries=["rock hits"]))
+    assert got.model_version == 1 and got.completions and all(c.query.startswith("ja") for c in got.completions)
+    s.stop()
+    again = make_server(settings)  # a restart serves the registered model; it does not train another
+    listed = models_pb2_grpc.ModelServiceStub(again.channel()).ListModels(models_pb2.ListModelsRequest())
+    assert [(m.name, m.version, m.live) for m in listed.models] == [("autocomplete", 1, True)]

@@ -55,7 +55,11 @@ def test_a_folder_trained_elsewhere_registers_and_a_corrupt_one_is_refused(
     model = XmrModel.train(*(lambda p: (p.queries, p.items))(world_pairs(world, 1000)))
     good = tmp_path / "elsewhere"
     model.save(good)
+    # As PECOS's own tools write it: the npz format (ltrr itself saves the memory-mapped one).
+    shutil.rmtree(good / "xlinear")
+    model.model.save(str(good / "xlinear"))
     assert registry.register("ext", "xmr", good, {"source": "elsewhere"}) == 1
+    assert registry.register("ours", "xmr", model, {}) == 1
     broken = tmp_path / "broken"
     shutil.copytree(good, broken)
     shutil.rmtree(broken / "xlinear")
@@ -68,6 +72,13 @@ def test_a_folder_trained_elsewhere_registers_and_a_corrupt_one_is_refused(
             f.write_bytes(b"not a model")
     with pytest.raises(FailedPrecondition, match="cannot load"):
         registry.register("ext", "xmr", garbage, {})
+    # A truncated memory-mapped store makes PECOS abort its process: the check runs in a child.
+    truncated = tmp_path / "truncated"
+    shutil.copytree(registry.get("ours", 1)["path"], truncated)
+    for f in (truncated / "xlinear").rglob("W.mmap_store"):
+        f.write_bytes(f.read_bytes()[:100])
+    with pytest.raises(FailedPrecondition, match="not a valid PECOS MMAP file"):
+        registry.register("ext", "xmr", truncated, {})
     assert [r["version"] for r in registry.versions("ext")] == [1]  # nothing half-registered
 
 
