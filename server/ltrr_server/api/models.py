@@ -30,10 +30,12 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
     ) -> models_pb2.XmrPredictResponse:
         version, preds = await self._core.xmr_predict(request.model, list(request.queries), request.k,
                                                       request.beam_size)
-        label = models_pb2.ScoredLabel
-        return models_pb2.XmrPredictResponse(model_version=version, predictions=[
-            models_pb2.XmrPrediction(labels=[label(id=i, score=s) for i, s in p]) for p in preds
-        ])
+        resp = models_pb2.XmrPredictResponse(model_version=version)
+        for p in preds:
+            add = resp.predictions.add().labels.add  # in place: half the cost of building messages to copy
+            for i, s in p:
+                add(id=i, score=s)
+        return resp
 
     @unary("Autocomplete")
     async def Autocomplete(  # noqa: N802

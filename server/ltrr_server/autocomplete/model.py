@@ -35,7 +35,7 @@ from sklearn.cluster import MiniBatchKMeans
 
 from ltrr_server.catalog.catalog import Progress, no_progress, normalize
 from ltrr_server.errors import FailedPrecondition, InvalidArgument
-from ltrr_server.xmr.model import save_xlinear
+from ltrr_server.xmr.model import layer_progress, save_xlinear
 
 INDEXES = ("kmeans", "trie", "hybrid")
 MAX_PREFIXES_PER_QUERY = 8
@@ -247,7 +247,8 @@ class AutocompleteModel:
         progress(f"{params.index} label index", 1, 3)
         chain = build_chain(labels, params, x, y)
         progress("train XR-Linear", 2, 3)
-        model = XLinearModel.train(x, y, C=copy.deepcopy(chain), threshold=params.threshold)
+        with layer_progress(progress, 2, 3):
+            model = XLinearModel.train(x, y, C=copy.deepcopy(chain), threshold=params.threshold)
         progress("done", 3, 3)
         meta = asdict(params) | {"labels": len(labels), "examples": len(targets),
                                  "train_seconds": round(time.perf_counter() - t0, 2)}
