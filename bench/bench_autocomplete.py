@@ -1,6 +1,6 @@
 """Autocompletion at a million labels: p50/p99 per call, quality, and the RSS of the loaded models.
 
-    python -m bench.bench_autocomplete [--labels 1000000] [--indexes hybrid,kmeans,trie] [--work DIR]
+    python -m bench.bench_autocomplete [--labels 1000000] [--indexes hybrid,kmeans,trie] [--prefixes 8] [--work DIR]
 
 The label space is the demo's 30,000 sessions (about 23k distinct queries, the Zipfian head) plus
 long-tail sessions (``tail_sessions``: titles, titles with artists, refinements and typos) up to
@@ -54,17 +54,17 @@ def _sessions(labels: int, items: int) -> tuple[list[list[str]], list[list[str]]
     return demo + tail, held
 
 
-def train(work: Path, index: str, labels: int, items: int) -> Path:
+def train(work: Path, index: str, labels: int, items: int, prefixes: int) -> Path:
     from ltrr_server.autocomplete.model import AutocompleteModel, AutocompleteParams
 
-    folder = work / f"{index}-{labels}"
+    folder = work / f"{index}-{labels}-p{prefixes}"
     if (folder / "meta.json").exists():
         _log(f"{index}: using {folder}")
         return folder
     sessions, _ = _sessions(labels, items)
     _log(f"{index}: training on {len(sessions)} sessions")
     t0 = time.perf_counter()
-    model = AutocompleteModel.train(sessions, AutocompleteParams(index=index),
+    model = AutocompleteModel.train(sessions, AutocompleteParams(index=index, prefixes_per_query=prefixes),
                                     progress=lambda s, a, b: _log(f"  {index} {a}/{b} {s}"))
     _log(f"{index}: trained in {time.perf_counter() - t0:.0f}s, {model.meta['labels']} labels")
     model.save(folder)
@@ -127,6 +127,8 @@ def main() -> None:
     p.add_argument("--labels", type=int, default=1_000_000)
     p.add_argument("--items", type=int, default=120_000, help="music world size the long tail names")
     p.add_argument("--indexes", default="hybrid,kmeans,trie")
+    p.add_argument("--prefixes", type=int, default=8,
+                   help="typed prefixes learned per past query (1-8); 1 trains about 8x faster")
     p.add_argument("--work", default=str(Path.home() / ".cache" / "ltrr-bench-autocomplete"))
     p.add_argument("--measure", help=argparse.SUPPRESS)  # internal: the child process
     p.add_argument("--xmr", help=argparse.SUPPRESS)
@@ -137,9 +139,9 @@ def main() -> None:
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     xmr_folder = train_xmr(work)
-    res: dict[str, Any] = {"labels": a.labels}
+    res: dict[str, Any] = {"labels": a.labels, "prefixes_per_query": a.prefixes}
     for index in a.indexes.split(","):
-        folder = train(work, index, a.labels, a.items)
+        folder = train(work, index, a.labels, a.items, a.prefixes)
         _log(f"{index}: measuring in a fresh process")
         out = subprocess.run([sys.executable, "-m", "bench.bench_autocomplete", "--measure", str(folder),
                               "--xmr", str(xmr_folder), "--labels", str(a.labels), "--items", str(a.items)],

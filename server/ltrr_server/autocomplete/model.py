@@ -21,6 +21,7 @@ import copy
 import json
 import math
 import pickle
+import random
 import shutil
 import time
 from collections import Counter
@@ -48,6 +49,8 @@ class AutocompleteParams:
     cluster_size: int = 32
     beam_size: int = 10
     threshold: float = 0.05
+    # Typed prefixes each past query is learned at (of lengths 1-8): fewer trains faster.
+    prefixes_per_query: int = MAX_PREFIXES_PER_QUERY
 
     def __post_init__(self) -> None:
         if self.index not in INDEXES:
@@ -58,6 +61,9 @@ class AutocompleteParams:
             raise InvalidArgument("cluster_size", f"must be in [2, 10000], got {self.cluster_size}")
         if not 1 <= self.beam_size <= 1000:
             raise InvalidArgument("beam_size", f"must be in [1, 1000], got {self.beam_size}")
+        if not 1 <= self.prefixes_per_query <= MAX_PREFIXES_PER_QUERY:
+            raise InvalidArgument("prefixes_per_query",
+                                  f"must be in [1, {MAX_PREFIXES_PER_QUERY}], got {self.prefixes_per_query}")
 
 
 class MostPopular:
@@ -208,13 +214,25 @@ def build_chain(labels: Sequence[str], params: AutocompleteParams, x: sp.csr_mat
     return ClusterChain(chain)
 
 
-def training_examples(sessions: Sequence[Sequence[str]]) -> tuple[list[str], list[str], list[str]]:
+def training_examples(sessions: Sequence[Sequence[str]], prefixes_per_query: int = MAX_PREFIXES_PER_QUERY,
+                      seed: int = 0) -> tuple[list[str], list[str], list[str]]:
     """(previous query, prefix, query) for every query after the first of a session (the previous
-    one is its context) and every first query (no context), at prefix lengths 1..8."""
+    one is its context) and every first query (no context), at prefix lengths 1..8; with
+    ``prefixes_per_query`` below 8, at that many of those lengths drawn at random per query.
+
+    >>> training_examples([["jazz", "jazz live"]])[1][:5]
+    ['j', 'ja', 'jaz', 'jazz', 'j']
+    >>> len(training_examples([["jazz", "jazz live"]], prefixes_per_query=2)[1])
+    4
+    """
+    rng = random.Random(seed)
     prev, prefixes, targets = [], [], []
     for s in sessions:
         for t, q in enumerate(s):
-            for n in range(1, min(len(q), MAX_PREFIXES_PER_QUERY) + 1):
+            lengths = range(1, min(len(q), MAX_PREFIXES_PER_QUERY) + 1)
+            if prefixes_per_query < len(lengths):
+                lengths = sorted(rng.sample(lengths, prefixes_per_query))  # type: ignore[assignment]
+            for n in lengths:
                 prev.append(s[t - 1] if t else "")
                 prefixes.append(q[:n])
                 targets.append(q)
@@ -232,7 +250,7 @@ class AutocompleteModel:
               progress: Progress = no_progress) -> AutocompleteModel:
         from pecos.xmc.xlinear.model import XLinearModel
 
-        prev, prefixes, targets = training_examples(sessions)
+        prev, prefixes, targets = training_examples(sessions, params.prefixes_per_query)
         if not targets:
             raise InvalidArgument("sessions", "no queries to learn from")
         t0 = time.perf_counter()

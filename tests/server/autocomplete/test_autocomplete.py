@@ -123,3 +123,16 @@ def test_the_demo_start_trains_a_live_autocomplete_model_once(make_server: Any, 
     again = make_server(settings)  # a restart serves the registered model; it does not train another
     listed = models_pb2_grpc.ModelServiceStub(again.channel()).ListModels(models_pb2.ListModelsRequest())
     assert [(m.name, m.version, m.live) for m in listed.models] == [("autocomplete", 1, True)]
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"index": "btree"}, "index"),
+    ({"trie_depth": 0}, "trie_depth"),
+    ({"cluster_size": 1}, "cluster_size"),
+    ({"beam_size": 0}, "beam_size"),
+    ({"prefixes_per_query": 9}, "prefixes_per_query"),
+])
+def test_bad_training_options_name_the_field(kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        AutocompleteParams(**kwargs)
+    assert err.value.field == field
