@@ -145,6 +145,16 @@ def _offline_settings(args: argparse.Namespace) -> Any:
     return settings
 
 
+def _registry(settings: Any) -> Any:
+    """The model registry of these settings: their database (migrated) and model directory."""
+    from ltrr_server.log import db
+    from ltrr_server.xmr.registry import ModelRegistry
+
+    engine = db.create_engine(settings.db_url)
+    db.migrate(engine)
+    return ModelRegistry(engine, settings.model_dir)
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     """Offline ingest into the server's database and index directory (restart the server after)."""
     from prometheus_client import CollectorRegistry
@@ -208,18 +218,15 @@ def cmd_train_xmr(args: argparse.Namespace) -> int:
 
     from ltrr_server.config import load_settings
     from ltrr_server.errors import LtrrError
-    from ltrr_server.log import db
     from ltrr_server.xmr import train as xt
     from ltrr_server.xmr.live import LiveModels
     from ltrr_server.xmr.model import XmrTrainParams
-    from ltrr_server.xmr.registry import ModelRegistry
 
     try:
         settings = load_settings(args.config, db_url=args.db)
         params = XmrTrainParams(beam_size=args.beam_size, threshold=args.threshold, nr_splits=args.nr_splits,
                                 max_leaf_size=args.max_leaf_size, congruent_weight=args.congruent_weight)
-        engine = db.create_engine(settings.db_url)
-        db.migrate(engine)
+        registry = _registry(settings)
         if args.pairs:
             with open(args.pairs, encoding="utf-8") as f:
                 pairs, errors = xt.read_pairs(f)
@@ -230,8 +237,7 @@ def cmd_train_xmr(args: argparse.Namespace) -> int:
 
             pairs = xt.demo_pairs(MusicWorld(n_items=args.items, seed=args.world_seed), args.demo_pairs, args.seed)
         else:
-            pairs = xt.pairs_from_log(engine)
-        registry = ModelRegistry(engine, settings.model_dir)
+            pairs = xt.pairs_from_log(registry.engine)
         live = None
         if params.congruent_weight > 1:
             models = LiveModels(registry)
@@ -256,27 +262,23 @@ def cmd_train_xmr(args: argparse.Namespace) -> int:
 def cmd_eval_xmr(args: argparse.Namespace) -> int:
     """Recall@10/@100 of a model version against lexical and vector, on its held-out pairs (offline)."""
     import dataclasses
-    from pathlib import Path
 
     from prometheus_client import CollectorRegistry
 
     from ltrr_server.errors import LtrrError
-    from ltrr_server.log import db
     from ltrr_server.metrics import Metrics
     from ltrr_server.retrieval.retriever import Retriever
     from ltrr_server.xmr.evaluate import recall_table
     from ltrr_server.xmr.model import XmrModel
-    from ltrr_server.xmr.registry import ModelRegistry
     from ltrr_server.xmr.train import HELDOUT_FILE
 
     try:
         settings = _offline_settings(args)
-        engine = db.create_engine(settings.db_url)
-        db.migrate(engine)
-        row = ModelRegistry(engine, settings.model_dir).get(args.name, args.version)
+        registry = _registry(settings)
+        row = registry.get(args.name, args.version)
         model = XmrModel.load(Path(row["path"]))
         held = json.loads((Path(row["path"]) / HELDOUT_FILE).read_text())
-        retriever = Retriever(dataclasses.replace(settings.retrieval, demo_items=0), engine,
+        retriever = Retriever(dataclasses.replace(settings.retrieval, demo_items=0), registry.engine,
                               Metrics(CollectorRegistry()))
     except (LtrrError, OSError, ValueError) as exc:
         print(f"ltrr eval: {exc}", file=sys.stderr)
@@ -329,18 +331,15 @@ def cmd_train_autocomplete(args: argparse.Namespace) -> int:
     from ltrr_server.autocomplete.model import AutocompleteModel, AutocompleteParams
     from ltrr_server.config import load_settings
     from ltrr_server.errors import LtrrError
-    from ltrr_server.log import db
-    from ltrr_server.xmr.registry import ModelRegistry
 
     try:
         settings = load_settings(args.config, db_url=args.db)
         params = AutocompleteParams(index=args.index, trie_depth=args.trie_depth, cluster_size=args.cluster_size,
                                     beam_size=args.beam_size)
         sessions = _sessions(args, args.seed)
-        engine = db.create_engine(settings.db_url)
-        db.migrate(engine)
+        registry = _registry(settings)
         model = AutocompleteModel.train(sessions, params, progress=lambda s, a, b: print(f"  {s}", file=sys.stderr))
-        version = ModelRegistry(engine, settings.model_dir).register(args.name, "autocomplete", model, model.meta)
+        version = registry.register(args.name, "autocomplete", model, model.meta)
     except (LtrrError, OSError, ValueError) as exc:
         print(f"ltrr train: {exc}", file=sys.stderr)
         return 2
@@ -351,15 +350,11 @@ def cmd_train_autocomplete(args: argparse.Namespace) -> int:
 def cmd_register(args: argparse.Namespace) -> int:
     from ltrr_server.config import load_settings
     from ltrr_server.errors import LtrrError
-    from ltrr_server.log import db
-    from ltrr_server.xmr.registry import ModelRegistry
 
     try:
-        settings = load_settings(args.config, db_url=args.db)
-        engine = db.create_engine(settings.db_url)
-        db.migrate(engine)
-        version = ModelRegistry(engine, settings.model_dir).register(args.name, args.what, Path(args.folder),
-                                                                     {"source": str(Path(args.folder).resolve())})
+        registry = _registry(load_settings(args.config, db_url=args.db))
+        version = registry.register(args.name, args.what, Path(args.folder),
+                                    {"source": str(Path(args.folder).resolve())})
     except (LtrrError, OSError, ValueError) as exc:
         print(f"ltrr register: {exc}", file=sys.stderr)
         return 2
