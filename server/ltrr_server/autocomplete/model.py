@@ -7,8 +7,8 @@ label indexes (the label tree its beam search walks):
 - ``kmeans``: hierarchical k-means over PIFA label embeddings (PECOS's default);
 - ``trie``: the label trie, one tree level per prefix character (``trie_depth`` levels);
 - ``hybrid``: the trie for the top ``trie_depth`` levels (3 by default), then inside each trie
-  node k-means clusters (of ``cluster_size``, 32) of prefix-weighted character TF-IDF label
-  embeddings.
+  node a 16-way k-means tree (leaves of at most ``cluster_size``, 32) over prefix-weighted
+  character TF-IDF label embeddings.
 
 Completions always start with the prefix: predictions that do not are dropped, and the most
 popular completions of the prefix fill what is left. ``MostPopular`` is that baseline alone.
@@ -32,13 +32,14 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.cluster import MiniBatchKMeans
 
 from ltrr_server.catalog.catalog import Progress, no_progress, normalize
 from ltrr_server.errors import FailedPrecondition, InvalidArgument
 from ltrr_server.xmr.model import layer_progress, save_xlinear
 
 INDEXES = ("kmeans", "trie", "hybrid")
+# Per label, its node at each level of a label tree (a column per level).
+Codes = np.ndarray[Any, np.dtype[np.int64]]
 MAX_PREFIXES_PER_QUERY = 8
 
 
@@ -150,21 +151,69 @@ class _Features:
         return cls(v.load(str(folder / cls.PARTS[0])), v.load(str(folder / cls.PARTS[1])))
 
 
-def _trie_chain(labels: Sequence[str], depth: int) -> tuple[list[sp.csc_matrix], list[str]]:
-    """Trie levels 1..depth over the labels: the chain from the root down, and each label's deepest node."""
-    chain = []
-    parent_names = [""]
+def _trie_codes(labels: Sequence[str], depth: int) -> Codes:
+    """Each label's trie node at levels 1..depth (its prefix of that length), as ids per level.
+
+    >>> _trie_codes(["ab", "ac", "b"], 2).tolist()
+    [[0, 0], [0, 1], [1, 2]]
+    """
+    codes = np.zeros((len(labels), depth), dtype=np.int64)
     for d in range(1, depth + 1):
-        nodes = sorted({lab[:d] for lab in labels})
-        parents = [n[:d - 1] for n in nodes]
-        # Parent of a node is its prefix one shorter, which exists at level d-1 (or is the root).
-        cols = {p: j for j, p in enumerate(parent_names)}
-        m = sp.csc_matrix((np.ones(len(nodes), dtype=np.float32),
-                           (np.arange(len(nodes)), [cols[p if p in cols else p[:-1]] for p in parents])),
-                          shape=(len(nodes), len(parent_names)))
-        chain.append(m)
-        parent_names = nodes
-    return chain, parent_names
+        # A label shorter than d is its own node at every deeper level: a single-child chain.
+        _, codes[:, d - 1] = np.unique(np.array([lab[:d] for lab in labels], dtype=object), return_inverse=True)
+    return codes
+
+
+def _chain_from_codes(codes: Codes) -> list[sp.csc_matrix]:
+    """A PECOS cluster chain from each label's path (one column per tree level, root excluded).
+
+    A level's node is a distinct path prefix, so every node has at least one label below it.
+
+    >>> [m.shape for m in _chain_from_codes(np.array([[0, 0], [0, 1], [1, 0]]))]
+    [(2, 1), (3, 2), (3, 3)]
+    """
+    chain = []
+    parent_of_label = np.zeros(len(codes), dtype=np.int64)
+    n_parents = 1
+    for level in range(codes.shape[1]):
+        _, first, node_of_label = np.unique(codes[:, :level + 1], axis=0, return_index=True, return_inverse=True)
+        node_of_label = node_of_label.reshape(-1)
+        chain.append(sp.csc_matrix((np.ones(len(first), dtype=np.float32),
+                                    (np.arange(len(first)), parent_of_label[first])),
+                                   shape=(len(first), n_parents)))
+        parent_of_label, n_parents = node_of_label, len(first)
+    chain.append(sp.csc_matrix((np.ones(len(codes), dtype=np.float32), (np.arange(len(codes)), parent_of_label)),
+                               shape=(len(codes), n_parents)))
+    return chain
+
+
+def _kmeans_codes(emb: sp.csr_matrix, groups: Codes, cluster_size: int, seed: int) -> Codes:
+    """Inside each group, PECOS's balanced binary k-means down to leaves of at most ``cluster_size``,
+    read as 16-way levels (4 bits each) so each node trains against at most 15 siblings.
+
+    Groups need different depths; a shallower group's code is padded with zeros at the top, which
+    gives it single-child nodes there. One flat level of ``size / cluster_size`` clusters per group
+    instead made training quadratic in the largest group (hours at a million labels).
+    """
+    from pecos.xmc import Indexer
+
+    leaf = np.zeros(len(groups), dtype=np.int64)
+    bits = 0
+    order = np.argsort(groups, kind="stable")
+    bounds = np.flatnonzero(np.diff(groups[order])) + 1
+    for idx in np.split(order, bounds):
+        if len(idx) <= cluster_size:
+            continue
+        chain = Indexer.gen(emb[idx], indexer_type="hierarchicalkmeans", nr_splits=2, max_leaf_size=cluster_size,
+                            seed=seed, threads=-1 if len(idx) > 5000 else 1)
+        # Binary splits: leaf j's parent is j >> 1, so the leaf id's bits are its path.
+        leaf[idx] = chain[-1].tocsr().indices
+        bits = max(bits, int(chain[-1].shape[1]).bit_length() - 1)
+    levels = math.ceil(bits / 4)
+    if not levels:
+        return np.zeros((len(groups), 0), dtype=np.int64)
+    digits: Codes = np.stack([(leaf >> (4 * (levels - 1 - j))) & 15 for j in range(levels)], axis=1)
+    return digits
 
 
 def build_chain(labels: Sequence[str], params: AutocompleteParams, x: sp.csr_matrix, y: sp.csc_matrix,
@@ -177,41 +226,15 @@ def build_chain(labels: Sequence[str], params: AutocompleteParams, x: sp.csr_mat
         feat = LabelEmbeddingFactory.create(y, x, method="pifa")
         return Indexer.gen(feat, indexer_type="hierarchicalkmeans", nr_splits=16,
                            max_leaf_size=min(params.cluster_size, max(2, len(labels) - 1)))
-    depth = params.trie_depth if params.index == "hybrid" else max(params.trie_depth, 6)
-    chain, nodes = _trie_chain(labels, depth)
-    node_of = {n: j for j, n in enumerate(nodes)}
-    label_node = [node_of[lab[:depth]] for lab in labels]
     if params.index == "trie":
-        rows = np.arange(len(labels))
-        chain.append(sp.csc_matrix((np.ones(len(labels), dtype=np.float32), (rows, label_node)),
-                                   shape=(len(labels), len(nodes))))
-        return ClusterChain(chain)
-    # Hybrid: inside each trie node, k-means over prefix-weighted character TF-IDF of its labels.
+        return ClusterChain(_chain_from_codes(_trie_codes(labels, max(params.trie_depth, 6))))
+    # Hybrid: the trie's top levels, then inside each trie node k-means over prefix-weighted
+    # character TF-IDF embeddings of its labels.
+    trie = _trie_codes(labels, params.trie_depth)
     weighted = [_prefix_weighted(lab) for lab in labels]
     emb = _vectorizer().train(weighted, config=_tfidf("char", (1, 3))).predict(weighted)
-    members: dict[int, list[int]] = {}
-    for i, n in enumerate(label_node):
-        members.setdefault(n, []).append(i)
-    cluster_parent: list[int] = []
-    label_cluster = np.zeros(len(labels), dtype=np.int64)
-    for node in range(len(nodes)):
-        idx = members.get(node, [])
-        k = max(1, math.ceil(len(idx) / params.cluster_size))
-        if k == 1:
-            assign = np.zeros(len(idx), dtype=np.int64)
-        else:
-            assign = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=1, batch_size=1024) \
-                .fit_predict(emb[idx])
-            # Empty clusters are harmless (a cluster with no labels is never a beam's best).
-        base = len(cluster_parent)
-        cluster_parent += [node] * k
-        label_cluster[idx] = base + assign
-    n_clusters = len(cluster_parent)
-    chain.append(sp.csc_matrix((np.ones(n_clusters, dtype=np.float32), (np.arange(n_clusters), cluster_parent)),
-                               shape=(n_clusters, len(nodes))))
-    chain.append(sp.csc_matrix((np.ones(len(labels), dtype=np.float32), (np.arange(len(labels)), label_cluster)),
-                               shape=(len(labels), n_clusters)))
-    return ClusterChain(chain)
+    kmeans = _kmeans_codes(emb, trie[:, -1], params.cluster_size, seed)
+    return ClusterChain(_chain_from_codes(np.hstack([trie, kmeans])))
 
 
 def training_examples(sessions: Sequence[Sequence[str]], prefixes_per_query: int = MAX_PREFIXES_PER_QUERY,

@@ -11,7 +11,7 @@ import pytest
 
 from ltrr.v1 import models_pb2, models_pb2_grpc
 from ltrr_server.autocomplete.evaluate import evaluate
-from ltrr_server.autocomplete.model import AutocompleteModel, AutocompleteParams, MostPopular
+from ltrr_server.autocomplete.model import AutocompleteModel, AutocompleteParams, MostPopular, build_chain
 from ltrr_server.autocomplete.sessions import demo_sessions
 from ltrr_server.demo.music import MusicWorld
 from ltrr_server.errors import InvalidArgument
@@ -43,6 +43,30 @@ def test_completions_start_with_the_prefix_for_every_index(models: dict[str, Aut
         with pytest.raises(InvalidArgument) as err:
             model.complete("", "  ", 10)
         assert err.value.field == "prefix"
+
+
+def test_the_hybrid_tree_is_the_trie_above_16_way_k_means_trees(
+        sessions: tuple[list[list[str]], list[list[str]]]) -> None:
+    labels = sorted({q for s in sessions[0] for q in s})
+    # Leaves of at most 4 labels: the largest trie nodes need several 16-way k-means levels.
+    chain = build_chain(labels, AutocompleteParams(index="hybrid", trie_depth=2, cluster_size=4), x=None, y=None)
+    assert len(chain) > 2 + 2 and chain[-1].shape[0] == len(labels)
+    # Walk each label up the tree: its node at trie level d is its d-character prefix.
+    node = chain[-1].tocsr().indices  # label -> leaf cluster
+    path = [node]
+    for m in reversed(chain[1:-1]):
+        node = m.tocsr().indices[node]
+        path.append(node)
+    path.reverse()  # path[0]: trie level 1 ... path[-1]: leaf cluster
+    for d in (0, 1):
+        by_node: dict[int, set[str]] = {}
+        for lab, n in zip(labels, path[d], strict=True):
+            by_node.setdefault(int(n), set()).add(lab[:d + 1])
+        assert all(len(p) == 1 for p in by_node.values())
+    assert chain[-1].sum(axis=0).max() <= 4  # leaf clusters
+    for m in chain[2:-1]:  # below the trie: at most 16 children per node
+        assert m.sum(axis=0).max() <= 16
+        assert m.sum(axis=0).min() >= 1  # no childless node
 
 
 def test_the_previous_query_changes_the_completion(models: dict[str, AutocompleteModel],
