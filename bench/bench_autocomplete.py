@@ -9,7 +9,8 @@ measures without retraining) and saved as PECOS's memory-mapped model.
 
 Each model is then measured in a fresh process, so that RSS is that of a server holding it: the
 interpreter with ltrr's imports, the process after loading, after 20k completions, and after also
-loading the XR-Linear demo model (100k items, as ``bench_xmr`` trains it). Completions are typed a
+loading the XR-Linear demo model (100k items, as ``bench_xmr`` trains it) and predicting every held-out
+query with it (its memory-mapped pages count once touched). Completions are typed a
 character at a time for every held-out demo query that follows a previous one (the ``ltrr eval
 autocomplete`` protocol), in-process and on one thread; MRR@10 against most-popular is reported too.
 """
@@ -42,16 +43,21 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def _sessions(labels: int, items: int) -> tuple[list[list[str]], list[list[str]]]:
+def _sessions(labels: int, items: int) -> list[list[str]]:
     from ltrr_server.autocomplete.sessions import demo_sessions, tail_sessions
     from ltrr_server.demo.music import MusicWorld
 
     world = MusicWorld(n_items=items, seed=42)
     demo = demo_sessions(world, 30_000, seed=0)
-    held = demo_sessions(world, 3_000, seed=1000)
     head = frozenset(q for s in demo for q in s)
-    tail = tail_sessions(world, max(0, labels - len(head)), seed=3, exclude=head)
-    return demo + tail, held
+    return demo + tail_sessions(world, max(0, labels - len(head)), seed=3, exclude=head)
+
+
+def _held_out(items: int) -> list[list[str]]:
+    from ltrr_server.autocomplete.sessions import demo_sessions
+    from ltrr_server.demo.music import MusicWorld
+
+    return demo_sessions(MusicWorld(n_items=items, seed=42), 3_000, seed=1000)
 
 
 def train(work: Path, index: str, labels: int, items: int, prefixes: int) -> Path:
@@ -61,7 +67,7 @@ def train(work: Path, index: str, labels: int, items: int, prefixes: int) -> Pat
     if (folder / "meta.json").exists():
         _log(f"{index}: using {folder}")
         return folder
-    sessions, _ = _sessions(labels, items)
+    sessions = _sessions(labels, items)
     _log(f"{index}: training on {len(sessions)} sessions")
     t0 = time.perf_counter()
     model = AutocompleteModel.train(sessions, AutocompleteParams(index=index, prefixes_per_query=prefixes),
@@ -85,7 +91,7 @@ def train_xmr(work: Path) -> Path:
     return folder
 
 
-def measure(folder: Path, xmr_folder: Path, labels: int, items: int) -> dict[str, Any]:
+def measure(folder: Path, xmr_folder: Path, held_file: Path) -> dict[str, Any]:
     """Runs in a fresh process: RSS around loading, then latency and MRR@10 by prefix length."""
     import numpy as np
 
@@ -93,7 +99,7 @@ def measure(folder: Path, xmr_folder: Path, labels: int, items: int) -> dict[str
     from ltrr_server.autocomplete.model import AutocompleteModel
     from ltrr_server.xmr.model import XmrModel
 
-    _, held = _sessions(labels, items)
+    held = json.loads(held_file.read_text())  # made by the parent: no music world in this process's RSS
     import pecos.xmc.xlinear.model  # noqa: F401 - counted in the baseline, as a server imports it
 
     base = _rss_mb()
@@ -114,7 +120,10 @@ def measure(folder: Path, xmr_folder: Path, labels: int, items: int) -> dict[str
             model.complete(prev, target[:n], 10)
             lat.append(time.perf_counter() - t)
     used = _rss_mb()
-    XmrModel.load(xmr_folder).predict(["warm up"], 10)
+    xmr = XmrModel.load(xmr_folder)  # memory-mapped: its pages count once queries have touched them
+    queries = [q for s in held for q in s]
+    for i in range(0, len(queries), 64):
+        xmr.predict(queries[i:i + 64], 10)
     both = _rss_mb()
     return {"labels": model.meta["labels"], "index": model.meta["index"], "load_seconds": load_s,
             "rss_base_mb": base, "rss_loaded_mb": loaded, "rss_after_use_mb": used, "rss_with_xmr_mb": both,
@@ -132,19 +141,23 @@ def main() -> None:
     p.add_argument("--work", default=str(Path.home() / ".cache" / "ltrr-bench-autocomplete"))
     p.add_argument("--measure", help=argparse.SUPPRESS)  # internal: the child process
     p.add_argument("--xmr", help=argparse.SUPPRESS)
+    p.add_argument("--held", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.measure:
-        print(json.dumps(measure(Path(a.measure), Path(a.xmr), a.labels, a.items)))
+        print(json.dumps(measure(Path(a.measure), Path(a.xmr), Path(a.held))))
         return
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     xmr_folder = train_xmr(work)
+    held_file = work / f"held-out-sessions-{a.items}.json"
+    if not held_file.exists():
+        held_file.write_text(json.dumps(_held_out(a.items)))
     res: dict[str, Any] = {"labels": a.labels, "prefixes_per_query": a.prefixes}
     for index in a.indexes.split(","):
         folder = train(work, index, a.labels, a.items, a.prefixes)
         _log(f"{index}: measuring in a fresh process")
         out = subprocess.run([sys.executable, "-m", "bench.bench_autocomplete", "--measure", str(folder),
-                              "--xmr", str(xmr_folder), "--labels", str(a.labels), "--items", str(a.items)],
+                              "--xmr", str(xmr_folder), "--held", str(held_file)],
                              check=True, capture_output=True, text=True, env=os.environ)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         res[index] = r
