@@ -44,7 +44,8 @@ def _pct(xs: list[float], p: float) -> float:
 def _settings(d: Path, items: int) -> Any:
     s = load_settings(env={}, db_url=f"sqlite:///{d / 'ltrr.db'}", grpc_port=0, metrics_port=-1)
     return dataclasses.replace(s, retrieval=dataclasses.replace(s.retrieval, data_dir=str(d / "data"),
-                                                                demo_items=items))
+                                                                demo_items=items),
+                               demo_autocomplete_sessions=0)  # the catalog alone: no autocomplete training
 
 
 def run(items: int, queries: int) -> dict[str, Any]:

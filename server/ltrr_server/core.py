@@ -55,8 +55,9 @@ MAX_ENGAGED_ITEMS = 1000
 # The model name ``server.demo_autocomplete_sessions`` trains (the CLI's and RPC's default).
 DEMO_AUTOCOMPLETE = "autocomplete"
 # XmrPredict requests with at most this many queries predict on the event loop (at most about
-# 4 ms of it here); bigger ones in a worker thread, which keeps the loop free but costs about
-# 30 µs a query in GIL hand-offs (bench_xmr: batches of 256 at 1.8x raw in a thread, 1.25x inline).
+# 5 ms of it here); bigger ones in one call on a worker thread, where PECOS's C++ runs without the
+# GIL and the loop stays free. One call, not chunks: PECOS's predict has a large fixed cost per
+# call (bench_xmr: 256 queries in chunks of 64 took 1.4x as long as in one call).
 INLINE_PREDICT_QUERIES = 64
 
 

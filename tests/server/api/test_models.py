@@ -13,6 +13,7 @@ import pytest
 
 from ltrr.v1 import models_pb2, models_pb2_grpc
 from ltrr_client.client import retrieve_request
+from ltrr_server import core
 from ltrr_server.config import StrategySpec
 from ltrr_server.demo.music import MusicWorld
 from ltrr_server.log import db
@@ -68,6 +69,14 @@ def test_predict_promote_and_serve_inside_plans(make_server: Any, db_url: str, t
     assert resp.model_version == 1 and len(resp.predictions) == 2
     assert target_id in [label.id for label in resp.predictions[0].labels]
     assert all(len(p.labels) <= 5 for p in resp.predictions)
+    # A batch larger than the event loop predicts itself (one call on a worker thread): every query
+    # answered, in order, as if sent alone.
+    queries = [q for q, _ in world.head_queries[:150]]
+    batch = ms.XmrPredict(models_pb2.XmrPredictRequest(model="music", queries=queries, k=3)).predictions
+    assert len(batch) == len(queries) > core.INLINE_PREDICT_QUERIES * 2
+    for i in (0, core.INLINE_PREDICT_QUERIES, len(queries) - 1):
+        alone = ms.XmrPredict(models_pb2.XmrPredictRequest(model="music", queries=[queries[i]], k=3)).predictions[0]
+        assert [lab.id for lab in batch[i].labels] == [lab.id for lab in alone.labels]
 
     r = rs.Retrieve(retrieve_request("retrieval", text, fixed_plan={"xmr": 10}))
     assert r.plan == "xmr:10" and target_id in [c.item_id for c in r.candidates]
