@@ -97,9 +97,12 @@ budgets = [0, 10]
 def test_train_autocomplete_registers_a_version(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"sqlite:///{tmp_path / 'l.db'}"
     base = ["train", "autocomplete", "--name", "ac", "--config", str(_config(tmp_path)), "--db", url]
-    assert main([*base, "--demo-sessions", "500", "--items", str(TEST_ITEMS), "--index", "trie"]) == 0
+    assert main([*base, "--demo-sessions", "500", "--items", str(TEST_ITEMS), "--index", "trie",
+                 "--prefixes-per-query", "2"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (out["name"], out["version"], out["index"]) == ("ac", 1, "trie") and out["labels"] > 100
+    # At most 2 prefixes per past query, and a demo session has at most 4 queries (8 would be ~8,000).
+    assert out["prefixes_per_query"] == 2 and out["examples"] <= 2 * 500 * 4
     (tmp_path / "s.jsonl").write_text('{"queries": ["jazz", "jazz live"]}\n{"nope": 1}\n' * 20)
     assert main([*base, "--sessions", str(tmp_path / "s.jsonl")]) == 0
     captured = capsys.readouterr()

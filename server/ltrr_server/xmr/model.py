@@ -120,7 +120,6 @@ class XmrModel:
         self.vectorizer = vectorizer
         self.model = model
         self.labels = labels
-        # Labels by index in one array: a prediction's ids come out in one fancy-index, not a loop.
         self.meta = meta
         self.beam_size = int(meta.get("beam_size", 10))
 
@@ -200,7 +199,9 @@ class XmrModel:
 
     # ------------------------------------------------------------------ inference
     def features(self, texts: Sequence[str]) -> sp.csr_matrix:
-        x = self.vectorizer.predict(list(texts))
+        # One thread below 1000 texts: a team of threads costs more than it saves there, and on a
+        # busy server each call would wait for its slowest thread.
+        x = self.vectorizer.predict(list(texts), threads=1 if len(texts) < 1000 else -1)
         return x if x.dtype == np.float32 else x.astype(np.float32)  # a copy costs ~30 µs a query
 
     def predict(self, texts: Sequence[str], k: int = 10, beam_size: int = 0) -> list[list[tuple[str, float]]]:
