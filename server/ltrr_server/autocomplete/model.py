@@ -35,7 +35,7 @@ import scipy.sparse as sp
 
 from ltrr_server.catalog.catalog import Progress, no_progress, normalize
 from ltrr_server.errors import FailedPrecondition, InvalidArgument
-from ltrr_server.xmr.model import layer_progress, save_xlinear
+from ltrr_server.xmr.model import layer_progress, save_xlinear, vectorizer_threads
 
 INDEXES = ("kmeans", "trie", "hybrid")
 # Per label, its node at each level of a label tree (a column per level).
@@ -136,7 +136,7 @@ class _Features:
                    v.train([p or "<none>" for p in previous], config=_tfidf("word", (1, 1))))
 
     def transform(self, previous: Sequence[str], prefixes: Sequence[str]) -> sp.csr_matrix:
-        threads = 1 if len(prefixes) < 1000 else -1  # a pool costs more than one query
+        threads = vectorizer_threads(len(prefixes))
         a = self.prefix.predict(["^" + p for p in prefixes], threads=threads)
         b = self.previous.predict([p or "<none>" for p in previous], threads=threads) * 0.5
         return sp.hstack([a, b], format="csr", dtype=np.float32)

@@ -32,6 +32,12 @@ from ltrr_server.errors import FailedPrecondition, InvalidArgument
 
 _score = itemgetter(0)
 
+
+def vectorizer_threads(n_texts: int) -> int:
+    """Threads for a PECOS vectorizer call on ``n_texts`` texts: one below 1000, where a team of
+    threads costs more than it saves (and on a busy server each call waits for its slowest thread)."""
+    return 1 if n_texts < 1000 else -1
+
 VECTORIZER_CONFIG: dict[str, Any] = {"type": "tfidf", "kwargs": {"base_vect_configs": [
     {"ngram_range": [1, 2], "analyzer": "word", "max_feature": 500_000},
     {"ngram_range": [3, 3], "analyzer": "char_wb", "max_feature": 500_000},
@@ -199,9 +205,7 @@ class XmrModel:
 
     # ------------------------------------------------------------------ inference
     def features(self, texts: Sequence[str]) -> sp.csr_matrix:
-        # One thread below 1000 texts: a team of threads costs more than it saves there, and on a
-        # busy server each call would wait for its slowest thread.
-        x = self.vectorizer.predict(list(texts), threads=1 if len(texts) < 1000 else -1)
+        x = self.vectorizer.predict(list(texts), threads=vectorizer_threads(len(texts)))
         return x if x.dtype == np.float32 else x.astype(np.float32)  # a copy costs ~30 µs a query
 
     def predict(self, texts: Sequence[str], k: int = 10, beam_size: int = 0) -> list[list[tuple[str, float]]]:
