@@ -85,7 +85,7 @@ class Retrieval:
     fixed: bool
 
 
-@dataclass
+@dataclass(slots=True)
 class RewardInput:
     event_id: str
     reward_id: str = ""
@@ -95,10 +95,14 @@ class RewardInput:
     oracle_chosen: float | None = None
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class RewardResult:
     outcome: str
     message: str = ""
+
+
+# One shared result per outcome that carries no message: a batch's results need no new objects.
+_RESULTS = {o: RewardResult(o) for o in (Outcome.ACCEPTED, Outcome.DUPLICATE, Outcome.LATE)}
 
 
 @dataclass
@@ -135,10 +139,10 @@ def _validate_reward(r: RewardInput) -> str:
         return f"reward_id: longer than {MAX_REWARD_ID_LENGTH} characters"
     if not math.isfinite(r.value):
         return f"value: must be finite, got {r.value}"
-    for name in ("oracle_best", "oracle_chosen"):
-        v = getattr(r, name)
-        if v is not None and not math.isfinite(v):
-            return f"{name}_value: must be finite, got {v}"
+    if r.oracle_best is not None and not math.isfinite(r.oracle_best):
+        return f"oracle_best_value: must be finite, got {r.oracle_best}"
+    if r.oracle_chosen is not None and not math.isfinite(r.oracle_chosen):
+        return f"oracle_chosen_value: must be finite, got {r.oracle_chosen}"
     if len(r.engaged) > MAX_ENGAGED_ITEMS:
         return f"engaged_item_ids: more than {MAX_ENGAGED_ITEMS} items"
     return ""
@@ -166,6 +170,8 @@ class Ltrr:
         self._joined_rows: list[JoinedRow] = []
         self._unattributed: dict[str, int] = {}
         self._joined_events: list[JoinedEvent] = []
+        # Joins since the last flush, by (policy, source, learned).
+        self._joined_counts: dict[tuple[str, str, bool], int] = {}
         self.policies: dict[str, PolicyRuntime] = {}
         self._rng = random.Random()
         self._event_prefix = uuid.uuid4().hex[:16]
@@ -324,7 +330,7 @@ class Ltrr:
                         pd.oracle_best, pd.oracle_chosen = rw["oracle_best"], rw["oracle_chosen"]
             self.joiner.add(pd)
             if pd.rewards and pd.aggregation == "first":
-                self.joiner.close_now(pd.event_id, now)
+                self.joiner.close_now([pd.event_id], now)
         self.joiner.expire(now)
         self._flush_joined()
         return len(rows)
@@ -363,7 +369,8 @@ class Ltrr:
 
     # ------------------------------------------------------------------ callbacks
     def _flush_joined(self) -> None:
-        """Queues the joined rows of the last batch of joins in one go (one queue entry, not one per row)."""
+        """Queues the joined rows of the last batch of joins in one go (one queue entry, not one per row),
+        and counts them: per batch, since a labelled counter's update costs more than a join."""
         if self._joined_rows:
             rows, self._joined_rows = self._joined_rows, []
             self.writer.append("joined", rows)
@@ -373,6 +380,17 @@ class Ltrr:
                     rt.window_batch = []
             self.learner.put_many(self._joined_events)
             self._joined_events = []
+            counts, self._joined_counts = self._joined_counts, {}
+            for (policy, source, learned), n in counts.items():
+                self.metrics.child(self.metrics.joined, policy, source).inc(n)
+                rt = self.policies[policy]
+                if not learned:
+                    rt.count("joined_unlearned", n)
+                    continue
+                rt.count("joined", n)
+                rt.enqueued += n
+                if source == "default":
+                    rt.count("joined_default", n)
 
     def _on_joined(self, ev: JoinedEvent) -> None:
         if ev.policy in self._retrieval_policies:
@@ -390,23 +408,18 @@ class Ltrr:
         rt = self.policies.get(ev.policy)
         if rt is None:
             return
+        key = (ev.policy, ev.source, ev.learn)
+        self._joined_counts[key] = self._joined_counts.get(key, 0) + 1
         if not ev.learn:
-            rt.count("joined_unlearned")
-            self.metrics.child(self.metrics.joined, ev.policy, ev.source).inc()
             return
         self._joined_events.append(ev)
         regret = None
         if ev.oracle_best is not None:
             regret = ev.oracle_best - (ev.oracle_chosen if ev.oracle_chosen is not None else ev.reward)
             rt.true_regret_total += regret
-            self.metrics.true_regret.labels(ev.policy).inc(max(regret, 0.0))
+            self.metrics.child(self.metrics.true_regret, ev.policy).inc(max(regret, 0.0))
         idx, prob = ev.chosen[0]
         rt.window_batch.append((ev.action_ids[idx], prob, ev.reward, ev.explored, regret))
-        rt.count("joined")
-        if ev.source == "default":
-            rt.count("joined_default")
-        self.metrics.child(self.metrics.joined, ev.policy, ev.source).inc()
-        rt.enqueued += 1
 
     def _on_publish(self, policy: str, lineage: int, model: PolicyModel, version: int, lag: float) -> None:
         """Called on the thread that receives from the learner process: one attribute swap, atomic
@@ -609,7 +622,7 @@ class Ltrr:
                 lookups.append(i)
                 continue
             counts[(policy, outcome)] = counts.get((policy, outcome), 0) + 1
-            results[i] = RewardResult(outcome)
+            results[i] = _RESULTS[outcome]
             if outcome in (Outcome.ACCEPTED, Outcome.LATE):
                 rows.append(self._reward_row(r, outcome, now))
                 if outcome == Outcome.ACCEPTED and self.policies[policy].spec.aggregation == "first":
@@ -618,8 +631,7 @@ class Ltrr:
             self._count_reward(policy, outcome, n)
         # The reward rows go to the log before the joins they cause.
         fut = self.writer.submit("rewards", rows, force=True) if rows else self.writer.barrier()
-        for event_id in close_now:
-            self.joiner.close_now(event_id, now)
+        self.joiner.close_now(close_now, now)
         self._flush_joined()
         if lookups:
             await self._classify_from_log(rewards, lookups, results, now)
@@ -640,12 +652,12 @@ class Ltrr:
                 results[i] = RewardResult(Outcome.UNKNOWN, f"event_id: no decision {key[0]!r}")
                 self._count_reward("", Outcome.UNKNOWN)
             elif key in stored:
-                results[i] = RewardResult(Outcome.DUPLICATE)
+                results[i] = _RESULTS[Outcome.DUPLICATE]
                 self._count_reward(found[0], Outcome.DUPLICATE)
             else:
                 stored.add(key)
                 outcome = Outcome.ACCEPTED if now <= found[1] else Outcome.LATE
-                results[i] = RewardResult(outcome)
+                results[i] = _RESULTS[outcome]
                 self._count_reward(found[0], outcome)
                 rows.append(self._reward_row(rewards[i], outcome, now))
         if rows:

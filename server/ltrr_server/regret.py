@@ -40,26 +40,30 @@ class RewardWindow:
 
     def add_many(self, events: list[tuple[str, float, float, bool, float | None]]) -> None:
         """Adds joined events: (chosen action, its probability, reward, explored, true regret or None)."""
+        # One pass on local variables: this runs for every joined reward.
         with self._lock:
+            ips, window, size = self._ips, self._events, self._size
+            reward_sum, explored_n = self._reward_sum, self._explored
+            regret_sum, regret_n = self._regret_sum, self._regret_n
             for ev in events:
-                self._push(*ev, 1)
-                self._events.append(ev)
-                if len(self._events) > self._size:
-                    self._push(*self._events.popleft(), -1)
-
-    def _push(self, action: str, prob: float, reward: float, explored: bool, regret: float | None, sign: int) -> None:
-        w = 1.0 / (prob if prob > 1e-6 else 1e-6)
-        acc = self._ips[action]
-        acc[0] += sign * reward * w
-        acc[1] += sign * w
-        acc[2] += sign
-        if acc[2] == 0:
-            del self._ips[action]
-        self._reward_sum += sign * reward
-        self._explored += sign * int(explored)
-        if regret is not None:
-            self._regret_sum += sign * regret
-            self._regret_n += sign
+                window.append(ev)
+                changes = ((ev, 1), (window.popleft(), -1)) if len(window) > size else ((ev, 1),)
+                for (action, prob, reward, explored, regret), sign in changes:
+                    w = 1.0 / (prob if prob > 1e-6 else 1e-6)
+                    acc = ips[action]
+                    acc[0] += sign * reward * w
+                    acc[1] += sign * w
+                    acc[2] += sign
+                    if acc[2] == 0:
+                        del ips[action]
+                    reward_sum += sign * reward
+                    if explored:
+                        explored_n += sign
+                    if regret is not None:
+                        regret_sum += sign * regret
+                        regret_n += sign
+            self._reward_sum, self._explored = reward_sum, explored_n
+            self._regret_sum, self._regret_n = regret_sum, regret_n
 
     def stats(self) -> dict[str, float]:
         with self._lock:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from ltrr.v1 import admin_pb2, common_pb2, decisions_pb2, feedback_pb2
 from ltrr_server.config import ActionSpec, PolicySpec
@@ -79,16 +79,29 @@ def decision_to_proto(d: Decision, request_id: str = "") -> decisions_pb2.Decide
 
 
 def reward_input(ev: feedback_pb2.RewardEvent) -> RewardInput:
+    engaged = ev.engaged_item_ids
     return RewardInput(
-        event_id=ev.event_id, reward_id=ev.reward_id, value=ev.value, engaged=list(ev.engaged_item_ids),
-        oracle_best=ev.oracle_best_value if ev.HasField("oracle_best_value") else None,
-        oracle_chosen=ev.oracle_chosen_value if ev.HasField("oracle_chosen_value") else None,
+        ev.event_id, ev.reward_id, ev.value, list(engaged) if engaged else [],
+        ev.oracle_best_value if ev.HasField("oracle_best_value") else None,
+        ev.oracle_chosen_value if ev.HasField("oracle_chosen_value") else None,
     )
 
 
-def reward_ack(ev: feedback_pb2.RewardEvent, result: RewardResult) -> feedback_pb2.RewardAck:
-    return feedback_pb2.RewardAck(event_id=ev.event_id, reward_id=ev.reward_id, status=_STATUS[result.outcome],
+def reward_ack(r: RewardInput, result: RewardResult) -> feedback_pb2.RewardAck:
+    return feedback_pb2.RewardAck(event_id=r.event_id, reward_id=r.reward_id, status=_STATUS[result.outcome],
                                   message=result.message)
+
+
+def reward_acks(rewards: Sequence[RewardInput], results: Sequence[RewardResult]) -> feedback_pb2.RewardAckBatch:
+    """The acks of a batch, built in place (a list of acks handed to the batch would be copied)."""
+    out = feedback_pb2.RewardAckBatch()
+    add = out.acks.add
+    for r, result in zip(rewards, results, strict=True):
+        if result.message:
+            add(event_id=r.event_id, reward_id=r.reward_id, status=_STATUS[result.outcome], message=result.message)
+        else:
+            add(event_id=r.event_id, reward_id=r.reward_id, status=_STATUS[result.outcome])
+    return out
 
 
 def spec_from_proto(s: admin_pb2.PolicySpec, max_features: int) -> PolicySpec:

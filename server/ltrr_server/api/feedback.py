@@ -12,7 +12,7 @@ from ltrr.v1 import feedback_pb2, feedback_pb2_grpc
 from ltrr_server import errors
 from ltrr_server.api import convert
 from ltrr_server.api.status import Ctx, code_for, message_for, unary
-from ltrr_server.core import Ltrr
+from ltrr_server.core import Ltrr, RewardResult
 from ltrr_server.log.joiner import Outcome
 from ltrr_server.metrics import Metrics
 
@@ -27,28 +27,29 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
     async def ReportReward(  # noqa: N802
         self, request: feedback_pb2.RewardEvent, context: Ctx
     ) -> feedback_pb2.RewardAck:
-        [result] = await self._core.report_rewards([convert.reward_input(request)])
+        reward = convert.reward_input(request)
+        [result] = await self._core.report_rewards([reward])
         if result.outcome == Outcome.INVALID:
             raise errors.InvalidArgument("", result.message)
         if result.outcome == Outcome.UNKNOWN:
             raise errors.NotFound(result.message, field="event_id")
-        return convert.reward_ack(request, result)
+        return convert.reward_ack(reward, result)
 
     async def _ack_batch(self, batch: feedback_pb2.RewardBatch) -> feedback_pb2.RewardAckBatch:
         start = time.perf_counter()
+        rewards = [convert.reward_input(ev) for ev in batch.events]
         try:
-            results = await self._core.report_rewards([convert.reward_input(ev) for ev in batch.events])
+            results = await self._core.report_rewards(rewards)
             code = grpc.StatusCode.OK
-            acks = [convert.reward_ack(ev, r) for ev, r in zip(batch.events, results, strict=True)]
+            out = convert.reward_acks(rewards, results)
         except errors.LtrrError as exc:
             # The whole batch was refused before anything was stored (bound reached, too large):
             # every event says so, and the stream goes on.
             code = code_for(exc)
-            acks = [feedback_pb2.RewardAck(event_id=ev.event_id, reward_id=ev.reward_id,
-                                           status=feedback_pb2.REWARD_STATUS_INVALID,
-                                           message=f"{code.name}: {message_for(exc)}") for ev in batch.events]
+            refused = RewardResult(Outcome.INVALID, f"{code.name}: {message_for(exc)}")
+            out = convert.reward_acks(rewards, [refused] * len(rewards))
         self._metrics.observe_rpc("StreamRewards", code.name, time.perf_counter() - start)
-        return feedback_pb2.RewardAckBatch(acks=acks)
+        return out
 
     async def StreamRewards(  # noqa: N802
         self, request_iterator: AsyncIterator[feedback_pb2.RewardBatch], context: Ctx

@@ -174,11 +174,13 @@ class Joiner:
         # Inside the window after an early (first-reward) join: stored, but the join is decided.
         return (Outcome.ACCEPTED if now <= closed.deadline else Outcome.LATE), closed.policy
 
-    def close_now(self, event_id: str, now: float) -> None:
-        """Joins a pending decision before its window ends (aggregation ``first``)."""
-        pd = self._pending.get(event_id)
-        if pd is not None:
-            self._join(pd, now)
+    def close_now(self, event_ids: list[str], now: float) -> None:
+        """Joins these pending decisions before their windows end (aggregation ``first``)."""
+        pending = self._pending
+        for event_id in event_ids:
+            pd = pending.get(event_id)
+            if pd is not None:
+                self._join(pd, now)
 
     def expire(self, now: float) -> int:
         """Joins every decision whose window has closed; returns how many."""
@@ -202,9 +204,9 @@ class Joiner:
             reward, source = pd.default_reward, "default"
         seq = self.next_seq
         self.next_seq += 1
+        # Positional: this runs once per joined reward, and keywords cost twice as much.
         self._emit(JoinedEvent(
-            seq=seq, event_id=pd.event_id, policy=pd.policy, lineage=pd.lineage, shared=pd.shared,
-            actions=pd.actions, action_ids=pd.action_ids, chosen=pd.chosen, explored=pd.explored,
-            reward=reward, n_rewards=len(pd.rewards) if pd.rewards else 0, source=source, oracle_best=pd.oracle_best,
-            oracle_chosen=pd.oracle_chosen, joined_at=now, learn=pd.learn, retrieval=pd.retrieval,
+            seq, pd.event_id, pd.policy, pd.lineage, pd.shared, pd.actions, pd.action_ids, pd.chosen, pd.explored,
+            reward, len(pd.rewards) if pd.rewards else 0, source, pd.oracle_best, pd.oracle_chosen, now, pd.learn,
+            pd.retrieval,
         ))

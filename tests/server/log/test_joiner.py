@@ -43,7 +43,7 @@ def test_duplicates_and_late_rewards() -> None:
     j, out = make()
     j.add(pending("e", deadline=5.0, aggregation="first"))
     assert j.reward("e", "r", 1.0, now=1.0) == (Outcome.ACCEPTED, "p")
-    j.close_now("e", now=1.0)
+    j.close_now(["e"], now=1.0)
     assert len(out) == 1
     assert j.reward("e", "r", 1.0, now=2.0)[0] == Outcome.DUPLICATE
     assert j.reward("e", "other", 1.0, now=2.0)[0] == Outcome.ACCEPTED  # in the window: stored, join decided
@@ -69,3 +69,23 @@ def test_pending_is_bounded() -> None:
         j.add(pending("c", 1.0))
     j.expire(now=2.0)
     j.add(pending("c", 3.0))
+
+
+def test_a_joined_event_carries_its_decision_field_by_field() -> None:
+    # The joiner builds joined events positionally (it runs once per reward): a field added or
+    # moved in either class must not shift the others.
+    j, out = make()
+    pd = PendingDecision(
+        event_id="e", policy="p", lineage=3, created_at=0.0, deadline=5.0, shared="shared |u x", actions=["|A id=a"],
+        action_ids=["a"], chosen=[(0, 0.25)], explored=True, aggregation="first", default_reward=0.0, learn=False,
+        retrieval="record",
+    )
+    j.add(pd)
+    j.reward("e", "r", 0.5, now=1.0, oracle_best=0.9, oracle_chosen=0.4)
+    j.close_now(["e"], now=2.0)
+    [ev] = out
+    shared = {f for f in JoinedEvent.__dataclass_fields__ if f in PendingDecision.__dataclass_fields__}
+    assert shared == {"event_id", "policy", "lineage", "shared", "actions", "action_ids", "chosen", "explored",
+                      "oracle_best", "oracle_chosen", "learn", "retrieval"}
+    assert all(getattr(ev, f) == getattr(pd, f) for f in shared)
+    assert (ev.seq, ev.reward, ev.n_rewards, ev.source, ev.joined_at) == (7, 0.5, 1, "reward", 2.0)
