@@ -37,17 +37,18 @@ MAX_ROWS_PER_STATEMENT = 256
 
 
 class _InsertStatement:
-    """One table's insert as driver SQL, many rows per statement.
+    """One table's insert as driver SQL with positional parameters.
 
     The hot path of the log. SQLAlchemy's per-row parameter processing costs more than the
-    database does, so rows go to the driver as flat tuples. And many rows go in one
-    ``INSERT ... VALUES (...), (...)``: SQLite's driver lets go of the GIL around every
-    statement it steps, so a row-at-a-time executemany must win the GIL back once per row from a
-    busy event loop (measured: a writer beside a busy thread fell to a few hundred rows a
-    second), while a statement of 256 rows wins it back once. PostgreSQL saves the round trips.
-    Statements are cut in power-of-two row counts, so each table has at most nine SQL texts for
-    the driver to cache. Tables whose rows may legitimately repeat (idempotent retries) get
-    ON CONFLICT DO NOTHING, which SQLite and PostgreSQL both understand.
+    database does, so rows go to the driver as tuples. On SQLite many rows go in one
+    ``INSERT ... VALUES (...), (...)``: its driver lets go of the GIL around every statement it
+    steps, so a row-at-a-time executemany must win the GIL back once per row from a busy event
+    loop (measured: beside a busy thread it fell to a few hundred rows a second), while a
+    statement of 256 rows wins it back once. Those statements are cut in power-of-two row counts,
+    so each table has at most nine SQL texts for the driver to cache. PostgreSQL keeps
+    executemany: psycopg pipelines it, and the long statements measured half as fast there.
+    Tables whose rows may legitimately repeat (idempotent retries) get ON CONFLICT DO NOTHING,
+    which SQLite and PostgreSQL both understand.
     """
 
     def __init__(self, dialect: sa.Dialect, name: str, max_rows: int = MAX_ROWS_PER_STATEMENT) -> None:
@@ -58,6 +59,7 @@ class _InsertStatement:
         self._tail = " ON CONFLICT DO NOTHING" if name in _IGNORE_CONFLICTS else ""
         self._mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(dialect.paramstyle, "")
         self._named = not self._mark  # named styles: one row per execution, as dicts
+        self._multi_row = dialect.name == "sqlite"
         # Bound parameters per statement: SQLite before 3.32 allows 999, later ones 32766.
         limit = 999 if dialect.name == "sqlite" and sqlite3.sqlite_version_info < (3, 32) else 32766
         self._max_rows = max(1, min(max_rows, limit // len(self.columns)))
@@ -81,6 +83,9 @@ class _InsertStatement:
             named = "(" + ", ".join(f":{c}" for c in self.columns) + ")"
             conn.exec_driver_sql(self._head + named + self._tail,
                                  [dict(zip(self.columns, r, strict=True)) for r in rows])
+            return
+        if not self._multi_row:
+            conn.exec_driver_sql(self.sql(1), list(rows))
             return
         i, n = 0, len(rows)
         while i < n:

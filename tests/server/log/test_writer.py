@@ -48,3 +48,19 @@ def test_queue_bound(sqlite_url: str) -> None:
     w.barrier().result(timeout=10)
     assert len(rows(sqlite_url, "rewards")) == 11
     w.close()
+
+
+@pytest.mark.parametrize("n", [1, 255, 256, 257, 1003])
+def test_a_batch_lands_whole_at_any_size(db_url: str, n: int) -> None:
+    # SQLite takes many rows per statement, cut in power-of-two counts: every cut must hold,
+    # and a row repeated inside the batch is stored once.
+    engine = db.create_engine(db_url)
+    db.migrate(engine)
+    w = EventLogWriter(engine, Metrics(CollectorRegistry()), max_queue_rows=10_000)
+    w.start()
+    batch = [reward(i) for i in range(n)]
+    w.submit("rewards", batch + batch[:1]).result(timeout=30)
+    stored = rows(db_url, "rewards")
+    assert sorted((r["reward_id"], r["value"]) for r in stored) == sorted((str(i), float(i)) for i in range(n))
+    w.close()
+    engine.dispose()
