@@ -383,14 +383,16 @@ class Ltrr:
             counts, self._joined_counts = self._joined_counts, {}
             for (policy, source, learned), n in counts.items():
                 self.metrics.child(self.metrics.joined, policy, source).inc(n)
-                rt = self.policies[policy]
-                if not learned:
-                    rt.count("joined_unlearned", n)
+                runtime = self.policies.get(policy)
+                if runtime is None:
                     continue
-                rt.count("joined", n)
-                rt.enqueued += n
+                if not learned:
+                    runtime.count("joined_unlearned", n)
+                    continue
+                runtime.count("joined", n)
+                runtime.enqueued += n
                 if source == "default":
-                    rt.count("joined_default", n)
+                    runtime.count("joined_default", n)
 
     def _on_joined(self, ev: JoinedEvent) -> None:
         if ev.policy in self._retrieval_policies:
