@@ -43,7 +43,7 @@ from ltrr_server.policy.runtime import PolicyRuntime, draw_slots
 from ltrr_server.regret import RewardWindow
 from ltrr_server.retrieval.retriever import ActionSet, RetrievalResult, Retriever
 from ltrr_server.xmr.live import LiveModels
-from ltrr_server.xmr.model import XmrModel
+from ltrr_server.xmr.model import Ranked, XmrModel
 from ltrr_server.xmr.registry import ModelRegistry, load_model
 from ltrr_server.xmr.train import compare
 
@@ -680,8 +680,8 @@ class Ltrr:
 
     # ------------------------------------------------------------------ models
     async def xmr_predict(self, model: str, queries: Sequence[str], k: int = 10, beam_size: int = 0
-                          ) -> tuple[int, list[list[tuple[str, float]]]]:
-        """Top-k labels per query from the model's live version."""
+                          ) -> tuple[int, XmrModel, Ranked]:
+        """Top-k labels per query from the model's live version: (version, that model, its ranked labels)."""
         if not model:
             raise InvalidArgument("model", "is empty")
         if not queries:
@@ -702,8 +702,8 @@ class Ltrr:
         version, m = self.live_models.get(model)
         if len(texts) <= INLINE_PREDICT_QUERIES:
             # A query costs 0.06-0.4 ms: less than the hop to a worker thread and back.
-            return version, m.predict(texts, k or 10, beam_size)
-        return version, await asyncio.to_thread(m.predict, texts, k or 10, beam_size)
+            return version, m, m.predict_ranked(texts, k or 10, beam_size)
+        return version, m, await asyncio.to_thread(m.predict_ranked, texts, k or 10, beam_size)
 
     async def autocomplete(self, model: str, prefix: str, previous: Sequence[str] = (), session_id: str = "",
                            k: int = 10) -> tuple[int, list[tuple[str, float]]]:

@@ -8,6 +8,7 @@ from typing import Any
 
 from ltrr.v1 import models_pb2, models_pb2_grpc
 from ltrr_server.api.status import Ctx, unary
+from ltrr_server.api.xmr_wire import XmrResponseWire
 from ltrr_server.core import Ltrr
 from ltrr_server.metrics import Metrics
 
@@ -23,19 +24,15 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
     def __init__(self, core: Ltrr, metrics: Metrics) -> None:
         self._core = core
         self._metrics = metrics
+        self._xmr_wire = XmrResponseWire()
 
     @unary("XmrPredict")
     async def XmrPredict(  # noqa: N802 - gRPC method name
         self, request: models_pb2.XmrPredictRequest, context: Ctx
     ) -> models_pb2.XmrPredictResponse:
-        version, preds = await self._core.xmr_predict(request.model, list(request.queries), request.k,
-                                                      request.beam_size)
-        resp = models_pb2.XmrPredictResponse(model_version=version)
-        for p in preds:
-            add = resp.predictions.add().labels.add  # in place: half the cost of building messages to copy
-            for i, s in p:
-                add(id=i, score=s)
-        return resp
+        version, model, ranked = await self._core.xmr_predict(request.model, list(request.queries), request.k,
+                                                              request.beam_size)
+        return self._xmr_wire.response(version, model, ranked)
 
     @unary("Autocomplete")
     async def Autocomplete(  # noqa: N802

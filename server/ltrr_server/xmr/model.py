@@ -31,6 +31,8 @@ from ltrr_server.catalog.catalog import Progress, no_progress
 from ltrr_server.errors import FailedPrecondition, InvalidArgument
 
 _score = itemgetter(0)
+# Above this many rows a prediction is sorted in one numpy call rather than row by row in Python.
+_NUMPY_SORT_ROWS = 8
 
 
 def vectorizer_threads(n_texts: int) -> int:
@@ -209,13 +211,50 @@ class XmrModel:
         return x if x.dtype == np.float32 else x.astype(np.float32)  # a copy costs ~30 µs a query
 
     def predict(self, texts: Sequence[str], k: int = 10, beam_size: int = 0) -> list[list[tuple[str, float]]]:
-        """Top ``k`` labels per text, best first."""
+        """Top ``k`` labels per text as (item id, score), best first."""
+        r, labels = self.predict_ranked(texts, k, beam_size), self.labels
+        return [[(labels[j], v) for v, j in zip(r.scores[a:b], r.positions[a:b], strict=True)]
+                for a, b in zip(r.bounds, r.bounds[1:], strict=False)]
+
+    def predict_ranked(self, texts: Sequence[str], k: int = 10, beam_size: int = 0) -> Ranked:
+        """Top ``k`` labels per text as label positions in ``labels`` and scores, best first."""
         if not texts:
-            return []
+            return Ranked([], [], [0])
         pred = self.model.predict(self.features(texts), beam_size=beam_size or self.beam_size, only_topk=k,
                                   threads=1).tocsr()
-        # Each row sorted in Python: as fast as one numpy sort of the whole batch at 256 rows, and
-        # ~30 µs faster for one (numpy's per-call costs). Stable: equal scores keep PECOS's order.
-        scores, cols, bounds, labels = pred.data.tolist(), pred.indices.tolist(), pred.indptr.tolist(), self.labels
-        return [[(labels[j], v) for v, j in sorted(zip(scores[a:b], cols[a:b], strict=True), key=_score, reverse=True)]
-                for a, b in zip(bounds, bounds[1:], strict=False)]
+        return Ranked.of(pred)
+
+
+@dataclass(frozen=True, slots=True)
+class Ranked:
+    """Predictions as flat lists: text ``i``'s labels are ``positions[bounds[i]:bounds[i + 1]]``
+    (indexes into the model's ``labels``), with their ``scores``, best first.
+
+    >>> pred = sp.csr_matrix(np.array([[0.2, 0.0, 0.7], [0.0, 0.0, 0.0], [0.5, 0.5, 0.9]], dtype=np.float32))
+    >>> r = Ranked.of(pred)
+    >>> r.positions, [round(s, 1) for s in r.scores], r.bounds
+    ([2, 0, 2, 0, 1], [0.7, 0.2, 0.9, 0.5, 0.5], [0, 2, 2, 5])
+    """
+
+    positions: list[int]
+    scores: list[float]
+    bounds: list[int]
+
+    @classmethod
+    def of(cls, pred: sp.csr_matrix) -> Ranked:
+        """Sorts each row of a sparse prediction by score, high to low; equal scores keep PECOS's order."""
+        data, cols, bounds = pred.data, pred.indices, pred.indptr
+        n = len(bounds) - 1
+        if n > _NUMPY_SORT_ROWS:
+            # One stable sort of the whole batch, by row, then by score descending.
+            order = np.lexsort((-data, np.repeat(np.arange(n), np.diff(bounds))))
+            return cls(cols[order].tolist(), data[order].tolist(), bounds.tolist())
+        # Few rows: sorted in Python, which is ~30 µs faster for one row than numpy's per-call costs.
+        scores, positions, bounds_list = data.tolist(), cols.tolist(), bounds.tolist()
+        out_p: list[int] = []
+        out_s: list[float] = []
+        for a, b in zip(bounds_list, bounds_list[1:], strict=False):
+            for v, j in sorted(zip(scores[a:b], positions[a:b], strict=True), key=_score, reverse=True):
+                out_s.append(v)
+                out_p.append(j)
+        return cls(out_p, out_s, bounds_list)
