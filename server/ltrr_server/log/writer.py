@@ -58,7 +58,9 @@ class _InsertStatement:
         self._head = f"INSERT INTO {name} ({cols}) VALUES "
         self._tail = " ON CONFLICT DO NOTHING" if name in _IGNORE_CONFLICTS else ""
         self._mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(dialect.paramstyle, "")
-        self._named = not self._mark  # named styles: one row per execution, as dicts
+        # Named styles (no dialect we ship): one row per execution, as dicts.
+        self._named = not self._mark
+        self._named_sql = self._head + "(" + ", ".join(f":{c}" for c in self.columns) + ")" + self._tail
         self._multi_row = dialect.name == "sqlite"
         # Bound parameters per statement: SQLite before 3.32 allows 999, later ones 32766.
         limit = 999 if dialect.name == "sqlite" and sqlite3.sqlite_version_info < (3, 32) else 32766
@@ -80,9 +82,7 @@ class _InsertStatement:
 
     def execute(self, conn: sa.Connection, rows: Sequence[Row]) -> None:
         if self._named:
-            named = "(" + ", ".join(f":{c}" for c in self.columns) + ")"
-            conn.exec_driver_sql(self._head + named + self._tail,
-                                 [dict(zip(self.columns, r, strict=True)) for r in rows])
+            conn.exec_driver_sql(self._named_sql, [dict(zip(self.columns, r, strict=True)) for r in rows])
             return
         if not self._multi_row:
             conn.exec_driver_sql(self.sql(1), list(rows))
