@@ -301,11 +301,18 @@ class Settings:
     snapshot_interval_seconds: float = 60.0
     # How often the learner hands the decision path a fresh model copy (a copy costs ~10 ms of CPU).
     publish_interval_seconds: float = 0.25
+    # The learner process's niceness (0-19). When both cores are busy, decisions and acks come
+    # first and the learner lags and then catches up (its backlog is bounded by
+    # limits.max_pending_joins); when they are not, it changes nothing.
+    learner_nice: int = 10
     write_batch_rows: int = 5000
     # How long a group commit waits for more rows when the queue is short: while an ack waits
     # (adds to ack latency), and while only rows nobody waits for are queued (decisions, joins).
     write_linger_seconds: float = 0.002
     write_idle_linger_seconds: float = 0.05
+    # Commit the event log from a child process, so that handing the driver its rows does not
+    # hold this process's interpreter lock (ignored for an in-memory SQLite database).
+    writer_process: bool = True
     metrics_window: int = 10_000
     # Trained models (XR-Linear) live here, one folder per name and version.
     model_dir: str = "ltrr-models"
@@ -336,6 +343,11 @@ class Settings:
                 raise InvalidArgument(f"server.{name}", f"must be a positive number, got {value}")
         if self.write_batch_rows < 1:
             raise InvalidArgument("server.write_batch_rows", "must be positive")
+        if isinstance(self.learner_nice, bool) or not isinstance(self.learner_nice, int) \
+                or not 0 <= self.learner_nice <= 19:
+            raise InvalidArgument("server.learner_nice", f"must be an integer in [0, 19], got {self.learner_nice!r}")
+        if not isinstance(self.writer_process, bool):
+            raise InvalidArgument("server.writer_process", f"must be true or false, got {self.writer_process!r}")
         if not (math.isfinite(self.max_nfr) and 0 <= self.max_nfr <= 1):
             raise InvalidArgument("server.max_nfr", f"must be in [0, 1], got {self.max_nfr}")
         if not 0 <= self.demo_autocomplete_sessions <= 1_000_000:

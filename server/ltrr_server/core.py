@@ -15,8 +15,9 @@ import random
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,9 @@ class PolicyInfo:
 # instance in C, in about half the time (it does not count the fields: the tests read every
 # kind of row back from the log). Rows are built once per decision, reward and join.
 _row = tuple.__new__
+# A join's log row, read off the joined event in C (its fields are named as the row's).
+# A plain tuple in JoinedRow's field order (the writer reads rows by position).
+_joined_row: Callable[[JoinedEvent], tuple[Any, ...]] = attrgetter(*JoinedRow._fields)
 
 
 def _float_lists(rows: list[list[float]]) -> str:
@@ -166,14 +170,16 @@ class Ltrr:
         self.writer = EventLogWriter(
             self.engine, metrics, settings.limits.max_write_queue_rows, settings.write_batch_rows,
             linger=settings.write_linger_seconds, idle_linger=settings.write_idle_linger_seconds,
+            process=settings.writer_process,
         )
         self.learner = Learner(
             self.writer, metrics, self._on_publish, settings.publish_interval_seconds,
-            settings.snapshot_interval_seconds, self.store.latest_snapshot_id,
+            settings.snapshot_interval_seconds, self.store.latest_snapshot_id, nice=settings.learner_nice,
         )
         self.joiner = Joiner(settings.limits.max_pending_joins, 1, self._on_joined,
                              closed_memory=settings.limits.max_recent_joins)
-        self._joined_rows: list[JoinedRow] = []
+        # Joins since the last flush; their rows are written then.
+        self._joined_all: list[JoinedEvent] = []
         self._unattributed: dict[str, int] = {}
         self._joined_events: list[JoinedEvent] = []
         # Joins since the last flush, by (policy, source, learned).
@@ -195,6 +201,8 @@ class Ltrr:
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> None:
         """Migrates the schema, loads policies, restores models (snapshot + replay), recovers joins."""
+        # The writer process imports its driver while the rest of the start-up runs.
+        self.writer.launch()
         db.migrate(self.engine)
         self._train_demo_autocomplete()
         self.live_models.load_all()
@@ -377,9 +385,9 @@ class Ltrr:
     def _flush_joined(self) -> None:
         """Queues the joined rows of the last batch of joins in one go (one queue entry, not one per row),
         and counts them: per batch, since a labelled counter's update costs more than a join."""
-        if self._joined_rows:
-            rows, self._joined_rows = self._joined_rows, []
-            self.writer.append("joined", rows)
+        if self._joined_all:
+            joined, self._joined_all = self._joined_all, []
+            self.writer.append("joined", list(map(_joined_row, joined)))
             for rt in self.policies.values():
                 if rt.window_batch:
                     rt.window.add_many(rt.window_batch)
@@ -400,34 +408,36 @@ class Ltrr:
                 if source == "default":
                     runtime.count("joined_default", n)
 
-    def _on_joined(self, ev: JoinedEvent) -> None:
-        if ev.policy in self._retrieval_policies:
-            if ev.retrieval is not None and self.retriever is not None:
-                self.retriever.on_joined(ev.policy, ev.retrieval)
-                ev.retrieval = None  # the learner process needs none of it
-            elif ev.learn:
-                # Recovered after a restart: the candidates are gone, so the reward cannot be
-                # computed from the engaged items. Logged as such, never learned.
-                ev.source, ev.learn = "norecord", False
-        self._joined_rows.append(_row(JoinedRow, (
-            ev.seq, ev.event_id, ev.policy, ev.reward, ev.n_rewards, ev.source, ev.oracle_best, ev.oracle_chosen,
-            ev.joined_at,
-        )))
-        rt = self.policies.get(ev.policy)
-        if rt is None:
-            return
-        key = (ev.policy, ev.source, ev.learn)
-        self._joined_counts[key] = self._joined_counts.get(key, 0) + 1
-        if not ev.learn:
-            return
-        self._joined_events.append(ev)
-        regret = None
-        if ev.oracle_best is not None:
-            regret = ev.oracle_best - (ev.oracle_chosen if ev.oracle_chosen is not None else ev.reward)
-            rt.true_regret_total += regret
-            self.metrics.child(self.metrics.true_regret, ev.policy).inc(max(regret, 0.0))
-        idx, prob = ev.chosen[0]
-        rt.window_batch.append((ev.action_ids[idx], prob, ev.reward, ev.explored, regret))
+    def _on_joined(self, events: list[JoinedEvent]) -> None:
+        """Takes a list of joins from the joiner: credits retrieval plans, counts them, queues what is
+        learned. Their log rows are made at the flush, in one pass."""
+        self._joined_all.extend(events)
+        retrieval_policies, policies = self._retrieval_policies, self.policies
+        counts, learned = self._joined_counts, self._joined_events
+        for ev in events:
+            if ev.policy in retrieval_policies:
+                if ev.retrieval is not None and self.retriever is not None:
+                    self.retriever.on_joined(ev.policy, ev.retrieval)
+                    ev.retrieval = None  # the learner process needs none of it
+                elif ev.learn:
+                    # Recovered after a restart: the candidates are gone, so the reward cannot be
+                    # computed from the engaged items. Logged as such, never learned.
+                    ev.source, ev.learn = "norecord", False
+            rt = policies.get(ev.policy)
+            if rt is None:
+                continue
+            key = (ev.policy, ev.source, ev.learn)
+            counts[key] = counts.get(key, 0) + 1
+            if not ev.learn:
+                continue
+            learned.append(ev)
+            regret = None
+            if ev.oracle_best is not None:
+                regret = ev.oracle_best - (ev.oracle_chosen if ev.oracle_chosen is not None else ev.reward)
+                rt.true_regret_total += regret
+                self.metrics.child(self.metrics.true_regret, ev.policy).inc(max(regret, 0.0))
+            idx, prob = ev.chosen[0]
+            rt.window_batch.append((ev.action_ids[idx], prob, ev.reward, ev.explored, regret))
 
     def _on_publish(self, policy: str, lineage: int, model: PolicyModel, version: int, lag: float) -> None:
         """Called on the thread that receives from the learner process: one attribute swap, atomic
@@ -607,34 +617,39 @@ class Ltrr:
         close_now: list[str] = []
         lookups: list[int] = []
         counts: dict[tuple[str, str], int] = {}
+        # Locals for what every reward touches: this loop runs once per reward.
+        retriever, joiner_get, joiner_reward = self.retriever, self.joiner.get, self.joiner.reward
+        accepted, late = Outcome.ACCEPTED, Outcome.LATE
+        join_at_first = {name for name, rt in self.policies.items() if rt.spec.aggregation == "first"}
         for i, r in enumerate(rewards):
             problem = _validate_reward(r)
             if problem:
                 results[i] = RewardResult(Outcome.INVALID, problem)
                 counts[("", Outcome.INVALID)] = counts.get(("", Outcome.INVALID), 0) + 1
                 continue
-            value = r.value
-            pending = self.joiner.get(r.event_id) if self.retriever is not None else None
+            event_id, value = r.event_id, r.value
+            pending = joiner_get(event_id) if retriever is not None else None
             engaged: list[int] | None = None
             if pending is not None and pending.retrieval is not None:
                 # A retrieval plan's reward comes from the engaged items, not from the caller's value.
-                assert self.retriever is not None
-                engaged = self.retriever.engaged_positions(r.engaged)
-                value = self.retriever.reward_value(pending.retrieval, engaged)
-            outcome, policy = self.joiner.reward(r.event_id, r.reward_id, value, now, r.oracle_best,
-                                                 r.oracle_chosen)
-            if engaged and outcome == Outcome.ACCEPTED and pending is not None:
+                assert retriever is not None
+                engaged = retriever.engaged_positions(r.engaged)
+                value = retriever.reward_value(pending.retrieval, engaged)
+            outcome, policy = joiner_reward(event_id, r.reward_id, value, now, r.oracle_best, r.oracle_chosen)
+            if engaged and outcome == accepted and pending is not None:
                 rec = pending.retrieval
                 rec.engaged = engaged if rec.engaged is None else rec.engaged + engaged
             if outcome == Outcome.LOOKUP:
                 lookups.append(i)
                 continue
-            counts[(policy, outcome)] = counts.get((policy, outcome), 0) + 1
+            key = (policy, outcome)
+            counts[key] = counts.get(key, 0) + 1
             results[i] = _RESULTS[outcome]
-            if outcome in (Outcome.ACCEPTED, Outcome.LATE):
-                rows.append(self._reward_row(r, outcome, now))
-                if outcome == Outcome.ACCEPTED and self.policies[policy].spec.aggregation == "first":
-                    close_now.append(r.event_id)
+            if outcome == accepted or outcome == late:
+                rows.append(_row(RewardRow, (event_id, r.reward_id, r.value, dumps(r.engaged) if r.engaged else None,
+                                             r.oracle_best, r.oracle_chosen, outcome, now)))
+                if outcome == accepted and policy in join_at_first:
+                    close_now.append(event_id)
         for (policy, outcome), n in counts.items():
             self._count_reward(policy, outcome, n)
         # The reward rows go to the log before the joins they cause.

@@ -42,6 +42,10 @@ features = { item = { genre = "jazz", year = 1959 } }
 @pytest.mark.parametrize("toml,field", [
     ('[server]\ngrpc_port = 70000', "server.grpc_port"),
     ('[server]\nnope = 1', "server.nope"),
+    ('[server]\nlearner_nice = 20', "server.learner_nice"),
+    ('[server]\nlearner_nice = -1', "server.learner_nice"),
+    ('[server]\nlearner_nice = true', "server.learner_nice"),
+    ('[server]\nwriter_process = "yes"', "server.writer_process"),
     ('[limits]\nmax_actions = 0', "limits.max_actions"),
     ('[limits]\nmax_things = 3', "limits.max_things"),
     ('[whatever]\n', "whatever"),

@@ -60,6 +60,7 @@ class Learner:
     def __init__(
         self, writer: EventLogWriter, metrics: Metrics, publish: Publish,
         publish_interval: float, snapshot_interval: float, snapshot_ids: Callable[[str], int],
+        nice: int = 0,
     ) -> None:
         self._writer = writer
         self._metrics = metrics
@@ -67,6 +68,7 @@ class Learner:
         self._publish_interval = publish_interval
         self._snapshot_interval = snapshot_interval
         self._snapshot_ids = snapshot_ids
+        self._nice = nice
         self._states: dict[str, LearnerState] = {}
         self._kinds: dict[str, str] = {}
         self._pre_start: list[JoinedEvent] = []
@@ -113,7 +115,7 @@ class Learner:
                    s.unsnapshotted) for s in self._states.values()]
         self._process = ctx.Process(
             target=worker.run, name="ltrr-learner", daemon=True,
-            args=(child, states, self._publish_interval, self._snapshot_interval),
+            args=(child, states, self._publish_interval, self._snapshot_interval, self._nice),
         )
         self._process.start()
         # The child ignores SIGTERM (the server stops it after its final snapshots), so a program
@@ -135,7 +137,7 @@ class Learner:
             return
         if not self.alive:
             return  # they are in the log: the next start replays them
-        self._outbox.put(("events", [worker.pack(ev) for ev in events]))
+        self._outbox.put(("events", list(map(worker.pack, events))))
 
     def backlog(self, policy: str, enqueued: int) -> int:
         """Joined events handed over and not yet learned; 0 while no learner runs to take them."""

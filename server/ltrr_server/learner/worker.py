@@ -5,9 +5,12 @@ Runs ``run`` as a spawned child of the server; talks to ``Learner`` over one pip
 
 from __future__ import annotations
 
+import os
 import signal
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
+from operator import attrgetter
 from typing import Any
 
 from ltrr_server.learner.state import LearnerState
@@ -18,15 +21,19 @@ from ltrr_server.policy.model import PolicyModel
 Packed = tuple[int, str, int, str, list[str], list[tuple[int, float]], float, float]
 
 
-def pack(ev: JoinedEvent) -> Packed:
-    return (ev.seq, ev.policy, ev.lineage, ev.shared, ev.actions, ev.chosen, ev.reward, ev.joined_at)
+# pack(joined event) -> Packed, read off the event in C: it runs once per learned reward.
+pack: Callable[[JoinedEvent], Packed] = attrgetter(
+    "seq", "policy", "lineage", "shared", "actions", "chosen", "reward", "joined_at")
 
 
-def run(conn: Connection, states: list[tuple[Any, ...]], publish_interval: float, snapshot_interval: float) -> None:
+def run(conn: Connection, states: list[tuple[Any, ...]], publish_interval: float, snapshot_interval: float,
+        nice: int = 0) -> None:
     # Ctrl-C and SIGTERM reach the whole process group; the server decides when the learner stops
     # (after its final snapshots), and a server that dies closes the pipe, which ends this loop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if nice:
+        os.nice(nice)
     learner = _Worker(conn, publish_interval, snapshot_interval)
     for policy, lineage, kind, data, last_seq, version, learned, unsnapshotted in states:
         state = LearnerState(policy, lineage, PolicyModel.from_bytes(data, kind), last_seq, version, learned,

@@ -6,8 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -33,6 +31,10 @@ def create_engine(url: str) -> sa.Engine:
 
 def migrate(engine: sa.Engine) -> None:
     """Brings the schema to the newest Alembic revision."""
+    # Imported here: the writer process opens engines too, and never migrates.
+    from alembic import command
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(_MIGRATIONS))
     with engine.begin() as conn:

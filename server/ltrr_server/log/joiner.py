@@ -91,11 +91,9 @@ class JoinedEvent:
     retrieval: Any = None
 
 
-@dataclass(slots=True)
-class _Closed:
-    policy: str
-    deadline: float
-    reward_ids: set[str] | None
+# A decision joined recently: (policy, deadline, reward ids seen or None). A tuple, not a class:
+# one is made per join.
+_Closed = tuple[str, float, "set[str] | None"]
 
 
 def aggregate(values: list[float], how: str) -> float:
@@ -112,10 +110,11 @@ def aggregate(values: list[float], how: str) -> float:
 
 
 class Joiner:
-    """Pending decisions, bounded by ``max_pending``; emits ``JoinedEvent`` in join order."""
+    """Pending decisions, bounded by ``max_pending``; emits lists of ``JoinedEvent`` in join order."""
 
     def __init__(
-        self, max_pending: int, next_seq: int, emit: Callable[[JoinedEvent], None], closed_memory: int = 200_000
+        self, max_pending: int, next_seq: int, emit: Callable[[list[JoinedEvent]], None],
+        closed_memory: int = 200_000,
     ) -> None:
         self._max_pending = max_pending
         self.next_seq = next_seq
@@ -166,47 +165,53 @@ class Joiner:
         closed = self._closed.get(event_id)
         if closed is None:
             return Outcome.LOOKUP, ""
-        if closed.reward_ids is None:
-            closed.reward_ids = set()
-        elif reward_id in closed.reward_ids:
-            return Outcome.DUPLICATE, closed.policy
-        closed.reward_ids.add(reward_id)
+        policy, deadline, seen = closed
+        if seen is None:
+            seen = set()
+            self._closed[event_id] = (policy, deadline, seen)  # keeps its place in the order
+        elif reward_id in seen:
+            return Outcome.DUPLICATE, policy
+        seen.add(reward_id)
         # Inside the window after an early (first-reward) join: stored, but the join is decided.
-        return (Outcome.ACCEPTED if now <= closed.deadline else Outcome.LATE), closed.policy
+        return (Outcome.ACCEPTED if now <= deadline else Outcome.LATE), policy
 
     def close_now(self, event_ids: list[str], now: float) -> None:
         """Joins these pending decisions before their windows end (aggregation ``first``)."""
-        pending = self._pending
-        for event_id in event_ids:
-            pd = pending.get(event_id)
-            if pd is not None:
-                self._join(pd, now)
+        pop = self._pending.pop
+        self._join([pd for event_id in event_ids if (pd := pop(event_id, None)) is not None], now)
 
     def expire(self, now: float) -> int:
         """Joins every decision whose window has closed; returns how many."""
-        n = 0
+        due = []
         while self._deadlines and self._deadlines[0][0] <= now:
             _, event_id = heapq.heappop(self._deadlines)
-            pd = self._pending.get(event_id)
+            pd = self._pending.pop(event_id, None)
             if pd is not None:
-                self._join(pd, now)
-                n += 1
-        return n
+                due.append(pd)
+        self._join(due, now)
+        return len(due)
 
-    def _join(self, pd: PendingDecision, now: float) -> None:
-        del self._pending[pd.event_id]
-        self._closed[pd.event_id] = _Closed(pd.policy, pd.deadline, pd.reward_ids)
-        if len(self._closed) > self._closed_memory:
-            self._closed.popitem(last=False)
-        if pd.rewards:
-            reward, source = aggregate(pd.rewards, pd.aggregation), "reward"
-        else:
-            reward, source = pd.default_reward, "default"
+    def _join(self, decisions: list[PendingDecision], now: float) -> None:
+        """Joins decisions already taken out of ``_pending``, in order; emits them in one list."""
+        if not decisions:
+            return
+        closed = self._closed
         seq = self.next_seq
-        self.next_seq += 1
-        # Positional: this runs once per joined reward, and keywords cost twice as much.
-        self._emit(JoinedEvent(
-            seq, pd.event_id, pd.policy, pd.lineage, pd.shared, pd.actions, pd.action_ids, pd.chosen, pd.explored,
-            reward, len(pd.rewards) if pd.rewards else 0, source, pd.oracle_best, pd.oracle_chosen, now, pd.learn,
-            pd.retrieval,
-        ))
+        joined = []
+        # Locals and positional arguments: this runs once per joined reward.
+        for pd in decisions:
+            closed[pd.event_id] = (pd.policy, pd.deadline, pd.reward_ids)
+            rewards = pd.rewards
+            if rewards:
+                reward, n, source = aggregate(rewards, pd.aggregation), len(rewards), "reward"
+            else:
+                reward, n, source = pd.default_reward, 0, "default"
+            joined.append(JoinedEvent(
+                seq, pd.event_id, pd.policy, pd.lineage, pd.shared, pd.actions, pd.action_ids, pd.chosen,
+                pd.explored, reward, n, source, pd.oracle_best, pd.oracle_chosen, now, pd.learn, pd.retrieval,
+            ))
+            seq += 1
+        self.next_seq = seq
+        for _ in range(len(closed) - self._closed_memory):
+            closed.popitem(last=False)
+        self._emit(joined)

@@ -22,6 +22,15 @@ def test_learning_runs_in_another_process(server: ServerThread) -> None:
     assert learner.alive and learner._process.pid != os.getpid()
 
 
+def test_the_learner_runs_at_the_configured_niceness(make_server: Any, sqlite_url: str) -> None:
+    server: ServerThread = make_server(server_settings(sqlite_url, learner_nice=7))
+    pid = server.core.learner._process.pid
+    # Relative to the server's own: the learner yields the cores to decisions and acks. Set by
+    # the child itself once its imports are done.
+    wait_for(lambda: os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, 0) + 7,
+             what="the learner process at niceness +7")
+
+
 def test_a_dead_learner_is_reported_and_decisions_go_on(make_server: Any, sqlite_url: str) -> None:
     settings = replace(server_settings(sqlite_url), limits=Limits(max_pending_joins=50))
     server: ServerThread = make_server(settings)

@@ -18,7 +18,7 @@ def pending(event_id: str, deadline: float, aggregation: str = "sum", default: f
 
 def make(max_pending: int = 10) -> tuple[Joiner, list[JoinedEvent]]:
     out: list[JoinedEvent] = []
-    return Joiner(max_pending, next_seq=7, emit=out.append), out
+    return Joiner(max_pending, next_seq=7, emit=out.extend), out
 
 
 @pytest.mark.parametrize("how,expected", [("sum", 3.5), ("max", 2.5), ("first", 1.0)])

@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry
 from ltrr_server.errors import Overloaded
 from ltrr_server.log import db
 from ltrr_server.log.rows import RewardRow
-from ltrr_server.log.writer import EventLogWriter
+from ltrr_server.log.writer import EventLogWriter, ProcessCommitter, ThreadCommitter, committer_for
 from ltrr_server.metrics import Metrics
 from tests.helpers import rows
 
@@ -17,11 +17,17 @@ def reward(i: int, event: str = "e") -> RewardRow:
     return RewardRow(event, str(i), float(i), None, None, None, "accepted", 0.0)
 
 
-def test_many_submissions_share_commits_and_all_land(db_url: str) -> None:
+@pytest.fixture(params=[False, True], ids=["thread", "process"])
+def process(request: pytest.FixtureRequest) -> bool:
+    """Whether the SQL runs in a writer process (the server's default) or in the writer thread."""
+    return bool(request.param)
+
+
+def test_many_submissions_share_commits_and_all_land(db_url: str, process: bool) -> None:
     engine = db.create_engine(db_url)
     db.migrate(engine)
     metrics = Metrics(CollectorRegistry())
-    w = EventLogWriter(engine, metrics, max_queue_rows=100_000, batch_rows=1000)
+    w = EventLogWriter(engine, metrics, max_queue_rows=100_000, batch_rows=1000, process=process)
     futures = [w.submit("rewards", [reward(i)]) for i in range(3000)]
     w.start()
     for f in futures:
@@ -51,12 +57,12 @@ def test_queue_bound(sqlite_url: str) -> None:
 
 
 @pytest.mark.parametrize("n", [1, 255, 256, 257, 1003])
-def test_a_batch_lands_whole_at_any_size(db_url: str, n: int) -> None:
+def test_a_batch_lands_whole_at_any_size(db_url: str, n: int, process: bool) -> None:
     # SQLite takes many rows per statement, cut in power-of-two counts: every cut must hold,
     # and a row repeated inside the batch is stored once.
     engine = db.create_engine(db_url)
     db.migrate(engine)
-    w = EventLogWriter(engine, Metrics(CollectorRegistry()), max_queue_rows=10_000)
+    w = EventLogWriter(engine, Metrics(CollectorRegistry()), max_queue_rows=10_000, process=process)
     w.start()
     batch = [reward(i) for i in range(n)]
     w.submit("rewards", batch + batch[:1]).result(timeout=30)
@@ -64,3 +70,31 @@ def test_a_batch_lands_whole_at_any_size(db_url: str, n: int) -> None:
     assert sorted((r["reward_id"], r["value"]) for r in stored) == sorted((str(i), float(i)) for i in range(n))
     w.close()
     engine.dispose()
+
+
+def test_a_writer_process_that_dies_is_replaced_and_nothing_is_lost(db_url: str) -> None:
+    engine = db.create_engine(db_url)
+    db.migrate(engine)
+    metrics = Metrics(CollectorRegistry())
+    w = EventLogWriter(engine, metrics, max_queue_rows=10_000, process=True)
+    w.start()
+    w.submit("rewards", [reward(i) for i in range(10)]).result(timeout=30)
+    committer = w._committer
+    assert isinstance(committer, ProcessCommitter)
+    first = committer._process
+    assert first is not None
+    first.kill()
+    first.wait(10)
+    # The next batch finds the child gone, starts another and lands through it.
+    w.submit("rewards", [reward(i) for i in range(10, 20)]).result(timeout=60)
+    assert committer._process is not None and committer._process.pid != first.pid
+    assert sorted(int(r["reward_id"]) for r in rows(db_url, "rewards")) == list(range(20))
+    assert metrics.registry.get_sample_value("ltrr_db_write_errors_total") == 1
+    w.close()
+    assert committer._process is None  # closed with the writer
+    engine.dispose()
+
+
+def test_an_in_memory_database_is_written_from_the_thread() -> None:
+    engine = db.create_engine("sqlite://")
+    assert isinstance(committer_for(engine, process=True), ThreadCommitter)
