@@ -4,7 +4,7 @@
 
 `ltrr serve` on the demo config (a temporary SQLite file) with a steady load of Decide calls at
 ``--rate`` per second, each rewarded half a second later (in batches on one StreamRewards), so
-decisions, pending joins, commits and learning all run. RSS (server and learner processes) is
+decisions, pending joins, commits and learning all run. RSS (the server, and its learner and writer processes) is
 sampled every 10 s; the first two minutes are warm-up (pending joins and the memory of recent
 joins fill up to their bounds).
 """
@@ -83,12 +83,13 @@ def run(minutes: float, rate: int) -> dict[str, Any]:
     try:
         time.sleep(1.5)
         idle = server.rss_mb()
-        learner_pids = children(server.proc.pid)
+        # The learner and the writer process (and multiprocessing's resource tracker).
+        child_pids = children(server.proc.pid)
         samples: list[dict[str, float]] = []
 
         def sample(t: float) -> None:
             samples.append({"t": round(t), "server_mb": round(server.rss_mb(), 1),
-                            "learner_mb": round(sum(rss_mb(p) for p in learner_pids), 1)})
+                            "children_mb": round(sum(rss_mb(p) for p in child_pids), 1)})
             print(samples[-1], flush=True)
 
         n = asyncio.run(load(server.target, rate, minutes * 60, sample))
@@ -100,7 +101,7 @@ def run(minutes: float, rate: int) -> dict[str, Any]:
     first, second = sum(steady[:half]) / half, sum(steady[half:]) / max(1, len(steady) - half)
     return {
         "minutes": minutes, "rate_per_s": rate, "decisions": n, "idle_server_rss_mb": idle,
-        "idle_learner_rss_mb": samples[0]["learner_mb"] if samples else 0.0,
+        "idle_children_rss_mb": samples[0]["children_mb"] if samples else 0.0,
         "steady_min_mb": min(steady), "steady_max_mb": max(steady),
         # Drift: mean of the second half of the steady samples against the first half's.
         "steady_drift": second / first - 1, "steady_range": max(steady) / min(steady) - 1, "samples": samples,
