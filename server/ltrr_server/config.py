@@ -301,9 +301,9 @@ class Settings:
     snapshot_interval_seconds: float = 60.0
     # How often the learner hands the decision path a fresh model copy (a copy costs ~10 ms of CPU).
     publish_interval_seconds: float = 0.25
-    # The learner process's niceness (0-19). When both cores are busy, decisions and acks come
-    # first and the learner lags and then catches up (its backlog is bounded by
-    # limits.max_pending_joins); when they are not, it changes nothing.
+    # How much nicer (0-19, added to the server's niceness) the learner process runs. When both
+    # cores are busy, decisions and acks come first and the learner lags, then catches up (its
+    # backlog is bounded by limits.max_pending_joins); when they are not, it changes nothing.
     learner_nice: int = 10
     write_batch_rows: int = 5000
     # How long a group commit waits for more rows when the queue is short: while an ack waits

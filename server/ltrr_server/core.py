@@ -120,8 +120,8 @@ class PolicyInfo:
 # instance in C, in about half the time (it does not count the fields: the tests read every
 # kind of row back from the log). Rows are built once per decision, reward and join.
 _row = tuple.__new__
-# A join's log row, read off the joined event in C (its fields are named as the row's).
-# A plain tuple in JoinedRow's field order (the writer reads rows by position).
+# A join's log row read off the joined event in C, whose fields are named as the row's: a plain
+# tuple in JoinedRow's field order (the writer reads rows by position).
 _joined_row: Callable[[JoinedEvent], tuple[Any, ...]] = attrgetter(*JoinedRow._fields)
 
 
@@ -646,6 +646,7 @@ class Ltrr:
             counts[key] = counts.get(key, 0) + 1
             results[i] = _RESULTS[outcome]
             if outcome == accepted or outcome == late:
+                # _reward_row, inline: a call per reward costs more than the row.
                 rows.append(_row(RewardRow, (event_id, r.reward_id, r.value, dumps(r.engaged) if r.engaged else None,
                                              r.oracle_best, r.oracle_chosen, outcome, now)))
                 if outcome == accepted and policy in join_at_first:
