@@ -124,12 +124,26 @@ class WriteRefused(Exception):
     """The database refused the batch itself: retrying cannot help."""
 
 
-def _commit(engine: sa.Engine, statements: dict[str, _InsertStatement], batch: Batch) -> None:
-    with engine.begin() as conn:
-        for table in _TABLE_ORDER:
-            rows = batch.get(table)
-            if rows:
-                statements[table].execute(conn, rows)
+def _commit(engine: sa.Engine, statements: dict[str, _InsertStatement], batch: Batch) -> tuple[str, str]:
+    """Commits the batch in one transaction: ("ok", ""), or ("retry" | "refused", what went wrong)."""
+    try:
+        with engine.begin() as conn:
+            for table in _TABLE_ORDER:
+                rows = batch.get(table)
+                if rows:
+                    statements[table].execute(conn, rows)
+    except sa.exc.OperationalError as exc:  # the database is away: worth retrying
+        return "retry", str(exc)
+    except Exception as exc:
+        return "refused", f"{type(exc).__name__}: {exc}"
+    return "ok", ""
+
+
+def _raise_for(answer: str, message: str) -> None:
+    if answer == "retry":
+        raise RetryableWriteError(message)
+    if answer == "refused":
+        raise WriteRefused(message)
 
 
 class Committer(Protocol):
@@ -158,12 +172,7 @@ class ThreadCommitter:
         pass
 
     def commit(self, batch: Batch) -> None:
-        try:
-            _commit(self._engine, self._statements, batch)
-        except sa.exc.OperationalError as exc:
-            raise RetryableWriteError(str(exc)) from exc
-        except Exception as exc:
-            raise WriteRefused(f"{type(exc).__name__}: {exc}") from exc
+        _raise_for(*_commit(self._engine, self._statements, batch))
 
     def close(self) -> None:
         pass
@@ -238,10 +247,7 @@ class ProcessCommitter:
             log.error("the writer process exited (code %s); the batch goes to a new one", code)
             self._stop_child()
             raise RetryableWriteError(f"the writer process exited (code {code})") from exc
-        if answer == "retry":
-            raise RetryableWriteError(message)
-        if answer == "refused":
-            raise WriteRefused(message)
+        _raise_for(answer, message)
 
     def _stop_child(self) -> None:
         """Forgets the child (killed if still alive); the next commit starts a new one."""
@@ -296,14 +302,7 @@ def serve_commits(conn: Connection, url: str) -> None:
         if batch is None:
             break
         try:
-            _commit(engine, statements, batch)
-            answer = ("ok", "")
-        except sa.exc.OperationalError as exc:
-            answer = ("retry", str(exc))
-        except Exception as exc:
-            answer = ("refused", f"{type(exc).__name__}: {exc}")
-        try:
-            conn.send(answer)
+            conn.send(_commit(engine, statements, batch))
         except OSError:
             break
     engine.dispose()
