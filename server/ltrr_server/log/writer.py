@@ -194,6 +194,7 @@ class ProcessCommitter:
         self._process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._ready = False
+        self._kill_at_exit_registered = False
 
     def launch(self) -> None:
         """Starts the child without waiting for it: its imports overlap the rest of the start-up."""
@@ -208,7 +209,11 @@ class ProcessCommitter:
                 [sys.executable, "-m", "ltrr_server.log.commit_process", str(theirs.fileno())],
                 pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
             )
-        atexit.register(_kill_if_alive, self._process)
+        if not self._kill_at_exit_registered:
+            # Once per committer, not per child: a child that keeps failing to start is replaced
+            # again and again, and each registration would be kept until exit.
+            atexit.register(self._kill_child_at_exit)
+            self._kill_at_exit_registered = True
         self._conn = Connection(ours.detach())
         self._ready = False
 
@@ -259,6 +264,10 @@ class ProcessCommitter:
             _kill_if_alive(self._process)
             self._process.wait(5)
             self._process = None
+
+    def _kill_child_at_exit(self) -> None:
+        if self._process is not None:
+            _kill_if_alive(self._process)
 
     def close(self) -> None:
         if self._conn is None:
