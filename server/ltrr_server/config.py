@@ -185,6 +185,8 @@ class Limits:
     max_recent_joins: int = 50_000
     max_write_queue_rows: int = 200_000
     max_stream_inflight_batches: int = 64
+    # DecideStream: decisions made and not yet written back (it reads ahead of its writes).
+    max_stream_unsent_decisions: int = 256
     max_reward_batch: int = 10_000
     # Autocomplete: sessions the server keeps, queries kept per session, prefix length.
     max_sessions: int = 100_000

@@ -9,6 +9,7 @@ from ltrr.v1 import common_pb2, decisions_pb2, decisions_pb2_grpc
 from ltrr_server import errors
 from ltrr_server.api import convert
 from ltrr_server.api.status import Ctx, code_for, message_for, unary
+from ltrr_server.api.streams import answered_in_order
 from ltrr_server.core import Ltrr
 from ltrr_server.metrics import Metrics
 
@@ -18,6 +19,7 @@ class DecisionServicer(decisions_pb2_grpc.DecisionServiceServicer):
         self._core = core
         self._metrics = metrics
         self._max_features = core.limits.max_features
+        self._stream_bound = core.limits.max_stream_unsent_decisions
 
     def _decide(self, req: decisions_pb2.DecideRequest) -> decisions_pb2.DecideResponse:
         context = convert.namespaces(req.context, "context", self._max_features)
@@ -36,18 +38,22 @@ class DecisionServicer(decisions_pb2_grpc.DecisionServiceServicer):
     async def DecideStream(  # noqa: N802
         self, request_iterator: AsyncIterator[decisions_pb2.DecideRequest], context: Ctx
     ) -> AsyncIterator[decisions_pb2.DecideResponse]:
-        async for req in request_iterator:
-            start = time.perf_counter()
-            try:
-                if req.event_id:
-                    await self._core.check_new_event_id(req.event_id)
-                resp = self._decide(req)
-                self._metrics.observe_rpc("DecideStream", "OK", time.perf_counter() - start)
-            except errors.LtrrError as exc:
-                code = code_for(exc)
-                self._metrics.observe_rpc("DecideStream", code.name, time.perf_counter() - start)
-                resp = decisions_pb2.DecideResponse(
-                    request_id=req.request_id,
-                    error=common_pb2.Error(code=code.value[0], message=message_for(exc), field=exc.field),
-                )
-            yield resp
+        async for response in answered_in_order(request_iterator, self._answer_in_stream, self._stream_bound):
+            yield response
+
+    async def _answer_in_stream(self, req: decisions_pb2.DecideRequest) -> decisions_pb2.DecideResponse:
+        """A decision, or the error in its place: one bad request does not end the stream."""
+        start = time.perf_counter()
+        try:
+            if req.event_id:
+                await self._core.check_new_event_id(req.event_id)
+            resp = self._decide(req)
+            self._metrics.observe_rpc("DecideStream", "OK", time.perf_counter() - start)
+        except errors.LtrrError as exc:
+            code = code_for(exc)
+            self._metrics.observe_rpc("DecideStream", code.name, time.perf_counter() - start)
+            resp = decisions_pb2.DecideResponse(
+                request_id=req.request_id,
+                error=common_pb2.Error(code=code.value[0], message=message_for(exc), field=exc.field),
+            )
+        return resp

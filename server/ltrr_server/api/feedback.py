@@ -12,6 +12,7 @@ from ltrr.v1 import feedback_pb2, feedback_pb2_grpc
 from ltrr_server import errors
 from ltrr_server.api import convert
 from ltrr_server.api.status import Ctx, code_for, message_for, unary
+from ltrr_server.api.streams import answered_in_order
 from ltrr_server.core import Ltrr, RewardResult
 from ltrr_server.log.joiner import Outcome
 from ltrr_server.metrics import Metrics
@@ -54,22 +55,10 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
     async def StreamRewards(  # noqa: N802
         self, request_iterator: AsyncIterator[feedback_pb2.RewardBatch], context: Ctx
     ) -> AsyncIterator[feedback_pb2.RewardAckBatch]:
-        # Batches are submitted as they arrive and acked in order as their commits land.
-        # At most max_stream_inflight_batches wait: past that we stop reading, and gRPC
-        # flow control pushes back on the sender instead of our memory growing.
-        pending: asyncio.Queue[Awaitable[feedback_pb2.RewardAckBatch] | None] = asyncio.Queue(self._inflight)
+        # Batches are submitted as they arrive and acked in order as their commits land: at most
+        # max_stream_inflight_batches commits are awaited at once.
+        async for acks in answered_in_order(request_iterator, self._submit_batch, self._inflight):
+            yield await acks
 
-        async def read() -> None:
-            try:
-                async for batch in request_iterator:
-                    await pending.put(asyncio.ensure_future(self._ack_batch(batch)))
-            finally:
-                await pending.put(None)
-
-        reader = asyncio.ensure_future(read())
-        try:
-            while (item := await pending.get()) is not None:
-                yield await item
-            await reader
-        finally:
-            reader.cancel()
+    async def _submit_batch(self, batch: feedback_pb2.RewardBatch) -> Awaitable[feedback_pb2.RewardAckBatch]:
+        return asyncio.ensure_future(self._ack_batch(batch))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from typing import Any
 
 import grpc
@@ -11,6 +12,7 @@ import pytest
 
 from ltrr.v1 import common_pb2, decisions_pb2, decisions_pb2_grpc
 from ltrr_client.client import decide_request
+from ltrr_server.config import Limits
 from tests.conftest import ServerThread, server_settings
 from tests.helpers import rows, wait_for
 
@@ -109,3 +111,18 @@ def test_decide_stream_answers_in_order_and_survives_bad_requests(server: Server
     good = [r for i, r in enumerate(resps) if i not in (10, 20)]
     assert all(r.event_id and not r.HasField("error") for r in good)
     wait_for(lambda: len(rows(server.settings.db_url, "decisions")) == 48, what="48 logged decisions")
+
+
+def test_decide_stream_reading_ahead_of_a_slow_reader_keeps_every_answer_in_order(
+    make_server: Any, sqlite_url: str
+) -> None:
+    # Two answers may wait to be written: the client sends 300 before reading the first.
+    server = make_server(server_settings(sqlite_url, limits=Limits(max_stream_unsent_decisions=2)))
+    reqs = [decide_request("demo", {"user": {"segment": f"s{i % 5}"}}, request_id=str(i)) for i in range(300)]
+    responses = stub(server).DecideStream(iter(reqs))
+    time.sleep(0.5)
+    got = list(responses)
+    assert [r.request_id for r in got] == [str(i) for i in range(300)]
+    assert all(r.event_id and not r.HasField("error") for r in got)
+    assert len({r.event_id for r in got}) == 300
+    wait_for(lambda: len(rows(server.settings.db_url, "decisions")) == 300, what="300 logged decisions")
