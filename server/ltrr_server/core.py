@@ -35,7 +35,7 @@ from ltrr_server.features import (
 from ltrr_server.learner.learner import Learner, LearnerState, SnapshotInfo
 from ltrr_server.log import db
 from ltrr_server.log.joiner import JoinedEvent, Joiner, Outcome, PendingDecision
-from ltrr_server.log.rows import ActionSetRow, DecisionRow, JoinedRow, RewardRow
+from ltrr_server.log.rows import ActionSetRow, DecisionRecord, JoinedRow, RewardRow
 from ltrr_server.log.store import EventLogStore
 from ltrr_server.log.writer import EventLogWriter
 from ltrr_server.metrics import Metrics
@@ -123,15 +123,6 @@ _row = tuple.__new__
 # A join's log row read off the joined event in C, whose fields are named as the row's: a plain
 # tuple in JoinedRow's field order (the writer reads rows by position).
 _joined_row: Callable[[JoinedEvent], tuple[Any, ...]] = attrgetter(*JoinedRow._fields)
-
-
-def _float_lists(rows: list[list[float]]) -> str:
-    """JSON for lists of floats, without the general encoder (this runs once per decision).
-
-    >>> _float_lists([[0.25, 0.75]])
-    '[[0.25,0.75]]'
-    """
-    return "[" + ",".join("[" + ",".join(map(repr, r)) + "]" for r in rows) + "]"
 
 
 def _log_progress(stage: str, done: int, total: int) -> None:
@@ -547,10 +538,9 @@ class Ltrr:
             aggregation=rt.spec.aggregation, default_reward=rt.spec.default_reward, learn=fixed is None,
         )
         self.joiner.add(pending)
-        self.writer.append("decisions", [_row(DecisionRow, (
-            event_id, policy, rt.lineage, now, deadline, dumps(namespaces_to_json(full_context)), actions_json,
-            _float_lists([d for _, _, d in drawn]), repr([idx for idx, _ in chosen]), explored, rt.model_version,
-            fixed is None,
+        self.writer.append("decisions", [_row(DecisionRecord, (
+            event_id, policy, rt.lineage, now, deadline, full_context, actions_json,
+            [d for _, _, d in drawn], [idx for idx, _ in chosen], explored, rt.model_version, fixed is None,
         ))])
         rt.count("decisions")
         self.metrics.child(self.metrics.decisions, policy).inc()

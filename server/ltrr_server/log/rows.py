@@ -7,7 +7,31 @@ every field list matches its table.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from ltrr_server.features import Namespaces, dumps
+
+
+class DecisionRecord(NamedTuple):
+    """A decision as the decision path queues it: context, probabilities and choice as they are.
+
+    The committer turns it into its ``DecisionRow`` (``decision_row``): the JSON is written off the
+    event loop, in the writer process by default, where it costs the decisions nothing.
+    """
+
+    event_id: str
+    policy: str
+    lineage: int
+    created_at: float
+    deadline: float
+    context: Namespaces
+    actions: str  # already JSON: made once per policy, or once per request that sends its actions
+    probabilities: list[list[float]]
+    chosen: list[int]
+    explored: bool
+    model_version: int
+    learn: bool
 
 
 class DecisionRow(NamedTuple):
@@ -63,6 +87,30 @@ class ActionSetRow(NamedTuple):
     key: str
     actions: str
     created_at: float
+
+
+def float_lists(rows: Sequence[Sequence[float]]) -> str:
+    """JSON for lists of floats, without the general encoder.
+
+    >>> float_lists([[0.25, 0.75], [1.0]])
+    '[[0.25,0.75],[1.0]]'
+    """
+    return "[" + ",".join("[" + ",".join(map(repr, r)) + "]" for r in rows) + "]"
+
+
+def decision_row(record: Sequence[Any]) -> DecisionRow:
+    """The log row of a ``DecisionRecord`` (or of the plain tuple it is sent to the writer process as).
+
+    >>> rec = DecisionRecord("e1", "p", 1, 10.0, 40.0, [("user", [("segment", "s1"), ("age", 31.0)])],
+    ...                      '[["a",[]]]', [[0.25, 0.75]], [1], True, 3, True)
+    >>> row = decision_row(tuple(rec))
+    >>> row.context, row.probabilities, row.chosen
+    ('[["user",[["segment","s1"],["age",31.0]]]]', '[[0.25,0.75]]', '[1]')
+    """
+    (event_id, policy, lineage, created_at, deadline, context, actions, probabilities, chosen, explored,
+     model_version, learn) = record
+    return DecisionRow(event_id, policy, lineage, created_at, deadline, dumps(context), actions,
+                       float_lists(probabilities), repr(chosen), explored, model_version, learn)
 
 
 ROW_TYPES: dict[str, type[tuple[object, ...]]] = {

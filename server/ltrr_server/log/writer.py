@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from itertools import chain
 from multiprocessing.connection import Connection
@@ -37,7 +37,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 
 from ltrr_server.errors import FailedPrecondition, Overloaded
-from ltrr_server.log.rows import ROW_TYPES
+from ltrr_server.log.rows import ROW_TYPES, decision_row
 from ltrr_server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,8 @@ Row = tuple[Any, ...]
 # Tables whose rows may legitimately repeat (idempotent retries): insert-or-ignore.
 _IGNORE_CONFLICTS = {"action_sets", "decisions", "rewards", "joined"}
 _TABLE_ORDER = ("action_sets", "decisions", "rewards", "joined", "snapshots")
+# Tables queued as records that become their rows only here, at the commit (off the event loop).
+_ENCODERS: dict[str, Callable[[Sequence[Any]], Row]] = {"decisions": decision_row}
 # Rows in one INSERT statement (fewer where the database bounds the parameters of a statement).
 MAX_ROWS_PER_STATEMENT = 256
 # Seconds a writer process may take to import its driver and open the database.
@@ -131,7 +133,8 @@ def _commit(engine: sa.Engine, statements: dict[str, _InsertStatement], batch: B
             for table in _TABLE_ORDER:
                 rows = batch.get(table)
                 if rows:
-                    statements[table].execute(conn, rows)
+                    encode = _ENCODERS.get(table)
+                    statements[table].execute(conn, list(map(encode, rows)) if encode else rows)
     except sa.exc.OperationalError as exc:  # the database is away: worth retrying
         return "retry", str(exc)
     except Exception as exc:
