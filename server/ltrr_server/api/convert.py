@@ -28,15 +28,17 @@ _STATUS = {
 }
 
 
-def namespaces(msgs: Iterable[common_pb2.Namespace], field: str, max_features: int) -> Namespaces:
+def namespaces(msgs: Sequence[common_pb2.Namespace], field: str, max_features: int) -> Namespaces:
+    # Sliced, not iterated: a protobuf repeated field iterates by index until IndexError, and
+    # raising that (once per namespace and once for the list) cost more than reading the fields.
     return validate_namespaces(
-        (
-            (ns.name, (
+        [
+            (ns.name, [
                 (f.name, f.str if f.HasField("str") else None, f.num if f.HasField("num") else None)
-                for f in ns.features
-            ))
-            for ns in msgs
-        ),
+                for f in ns.features[:]
+            ])
+            for ns in msgs[:]
+        ],
         field, max_features,
     )
 
@@ -54,14 +56,7 @@ def namespaces_to_proto(ns: Namespaces) -> list[common_pb2.Namespace]:
 
 
 def decision_to_proto(d: Decision, request_id: str = "") -> decisions_pb2.DecideResponse:
-    if len(d.slots) == 1:  # the common case, built directly: this runs once per decision
-        s = d.slots[0]
-        return decisions_pb2.DecideResponse(
-            event_id=d.event_id, chosen_action_id=d.action_ids[s.chosen], probability=s.probability,
-            probabilities=[decisions_pb2.ActionProbability(action_id=a, probability=p)
-                           for a, p in zip(d.action_ids, s.probabilities, strict=True)],
-            model_version=d.model_version, request_id=request_id,
-        )
+    """The response as messages (the decision path writes one-slot answers as bytes: ``decision_wire``)."""
     slots = [
         decisions_pb2.SlotDecision(
             chosen_action_id=d.action_ids[s.chosen], probability=s.probability,
