@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from ltrr.v1 import common_pb2, decisions_pb2, decisions_pb2_grpc
 from ltrr_server import errors
 from ltrr_server.api import convert
+from ltrr_server.api.decision_wire import DecisionWire
 from ltrr_server.api.status import Ctx, code_for, message_for, unary
 from ltrr_server.api.streams import answered_in_order
 from ltrr_server.core import Ltrr
@@ -20,11 +21,14 @@ class DecisionServicer(decisions_pb2_grpc.DecisionServiceServicer):
         self._metrics = metrics
         self._max_features = core.limits.max_features
         self._stream_bound = core.limits.max_stream_unsent_decisions
+        self._wire = DecisionWire()
 
     def _decide(self, req: decisions_pb2.DecideRequest) -> decisions_pb2.DecideResponse:
         context = convert.namespaces(req.context, "context", self._max_features)
         acts = convert.actions(req.actions, "actions", self._max_features) if req.actions else None
         d = self._core.decide(req.policy, context, acts, req.event_id, req.slots)
+        if len(d.slots) == 1:
+            return self._wire.response(d, req.request_id)
         return convert.decision_to_proto(d, req.request_id)
 
     @unary("Decide")

@@ -17,35 +17,23 @@ whole response in C. The result is the same message, field for field.
 
 from __future__ import annotations
 
-import struct
 import weakref
 from typing import Protocol
 
 from ltrr.v1 import models_pb2
+from ltrr_server.api.wire import length_delimited, pack_double, varint
 from ltrr_server.xmr.model import Ranked
-
-_pack_double = struct.Struct("<d").pack
 
 
 class LabelledModel(Protocol):
     labels: list[str]
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _label_head(label: str) -> bytes:
     """``XmrPrediction.labels`` entry up to the score's value: tag and length of the ScoredLabel,
     its ``id`` field, and the tag of its ``score`` field (a double: 8 bytes follow)."""
-    encoded = label.encode()
-    body = b"\x0a" + _varint(len(encoded)) + encoded  # id = 1, length-delimited
-    return b"\x0a" + _varint(len(body) + 9) + body + b"\x11"  # labels = 1; score = 2, fixed64
+    body = length_delimited(b"\x0a", label)  # id = 1
+    return b"\x0a" + varint(len(body) + 9) + body + b"\x11"  # labels = 1; score = 2, fixed64
 
 
 class XmrResponseWire:
@@ -62,7 +50,7 @@ class XmrResponseWire:
         if heads is None:
             heads = self._heads[model] = [None] * len(model.labels)
         labels, positions, scores, bounds = model.labels, ranked.positions, ranked.scores, ranked.bounds
-        parts = [b"\x08" + _varint(version)] if version else []
+        parts = [b"\x08" + varint(version)] if version else []
         for a, b in zip(bounds, bounds[1:], strict=False):
             chunks = []
             for j, score in zip(positions[a:b], scores[a:b], strict=True):
@@ -70,8 +58,8 @@ class XmrResponseWire:
                 if head is None:
                     head = heads[j] = _label_head(labels[j])
                 chunks.append(head)
-                chunks.append(_pack_double(score))
+                chunks.append(pack_double(score))
             body = b"".join(chunks)
-            parts.append(b"\x12" + _varint(len(body)))  # predictions = 2
+            parts.append(b"\x12" + varint(len(body)))  # predictions = 2
             parts.append(body)
         return models_pb2.XmrPredictResponse.FromString(b"".join(parts))
