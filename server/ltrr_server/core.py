@@ -542,10 +542,10 @@ class Ltrr:
             event_id, policy, rt.lineage, now, deadline, full_context, actions_json,
             [d for _, _, d in drawn], [idx for idx, _ in chosen], explored, rt.model_version, fixed is None,
         ))])
-        rt.count("decisions")
-        self.metrics.child(self.metrics.decisions, policy).inc()
+        counts = rt.counts  # also the Prometheus counters, read at scrape time
+        counts["decisions"] = counts.get("decisions", 0) + 1
         if explored:
-            self.metrics.child(self.metrics.explored, policy).inc()
+            counts["explored"] = counts.get("explored", 0) + 1
         decision = Decision(
             event_id=event_id, action_ids=action_ids,
             slots=[SlotResult(idx, p, d) for idx, p, d in drawn], model_version=rt.model_version,
@@ -836,7 +836,7 @@ class Ltrr:
         self.learner.set_state(LearnerState(spec.name, lineage, model, start_seq - 1, 0, last_snapshot_at=now))
 
     def _register(self, rt: PolicyRuntime) -> None:
-        self.metrics.watch_policy(rt.spec.name, rt.window.stats)
+        self.metrics.watch_policy(rt.spec.name, rt.window.stats, rt.counts)
         self.policies[rt.spec.name] = rt
 
     async def snapshot(self, name: str) -> SnapshotInfo:

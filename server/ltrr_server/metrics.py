@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 _LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -18,16 +21,16 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self._children: dict[tuple[object, ...], Any] = {}
-        self.rpc_duration = Histogram(
+        self.rpc_duration = RpcLatency(
             "ltrr_rpc_duration_seconds", "Server-side RPC (or stream message) handling time.",
-            ["method", "code"], buckets=_LATENCY_BUCKETS, registry=registry,
+            _LATENCY_BUCKETS, registry,
         )
-        self.decisions = Counter(
-            "ltrr_decisions", "Decisions made.", ["policy"], registry=registry,
+        self.decisions = PolicyCounts(
+            "ltrr_decisions", "Decisions made.", "decisions", registry,
         )
-        self.explored = Counter(
+        self.explored = PolicyCounts(
             "ltrr_explored_decisions", "Decisions whose chosen action was not the model's greedy one.",
-            ["policy"], registry=registry,
+            "explored", registry,
         )
         self.rewards = Counter(
             "ltrr_rewards", "Reward events by join outcome.", ["policy", "outcome"], registry=registry,
@@ -137,11 +140,94 @@ class Metrics:
         return found
 
     def observe_rpc(self, method: str, code: str, seconds: float) -> None:
-        self.child(self.rpc_duration, method, code).observe(seconds)
+        self.rpc_duration.observe(method, code, seconds)
 
-    def watch_policy(self, policy: str, window_stats: Callable[[], dict[str, float]]) -> None:
-        """Ties a policy's windowed gauges to a function evaluated at scrape time."""
+    def watch_policy(
+        self, policy: str, window_stats: Callable[[], dict[str, float]], counts: dict[str, int]
+    ) -> None:
+        """Ties a policy's windowed gauges to a function evaluated at scrape time, and its counters
+        to the counts the decision path keeps."""
+        self.decisions.watch(policy, counts)
+        self.explored.watch(policy, counts)
         self.mean_reward.labels(policy).set_function(lambda: window_stats()["mean_reward"])
         self.estimated_regret.labels(policy).set_function(lambda: window_stats()["estimated_regret"])
         self.true_regret_mean.labels(policy).set_function(lambda: window_stats()["true_regret_mean"])
         self.exploration_share.labels(policy).set_function(lambda: window_stats()["exploration_share"])
+
+
+class PolicyCounts:
+    """A counter by policy whose values the decision path keeps itself (``PolicyRuntime.counts``,
+    which survive policy updates) and the registry reads at scrape time: a labelled Counter's
+    ``inc`` costs a look-up and a lock on every decision.
+
+    >>> registry = CollectorRegistry()
+    >>> decisions = PolicyCounts("x_decisions", "Decisions made.", "decisions", registry)
+    >>> counts = {"decisions": 2}
+    >>> decisions.watch("demo", counts)
+    >>> counts["decisions"] += 1
+    >>> registry.get_sample_value("x_decisions_total", {"policy": "demo"})
+    3.0
+    """
+
+    def __init__(self, name: str, documentation: str, key: str, registry: CollectorRegistry) -> None:
+        self._name, self._documentation, self._key = name, documentation, key
+        self._counts: dict[str, dict[str, int]] = {}
+        registry.register(self)
+
+    def watch(self, policy: str, counts: dict[str, int]) -> None:
+        self._counts[policy] = counts
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self._name, self._documentation, labels=["policy"])
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=["policy"])
+        for policy, counts in list(self._counts.items()):
+            family.add_metric([policy], float(counts.get(self._key, 0)))
+        yield family
+
+
+class RpcLatency:
+    """A histogram of handling time by method and status code, observed once per call or stream
+    message: a prometheus_client Histogram's ``observe`` (a look-up, a lock per bucket update)
+    cost five times this. Observed from the event loop only, so the counts need no lock; a
+    scrape reads a copy, which may be one observation short in its sum or its buckets.
+
+    >>> registry = CollectorRegistry()
+    >>> latency = RpcLatency("x_seconds", "Handling time.", (0.001, 0.01), registry)
+    >>> for seconds in (0.0005, 0.001, 0.002, 5.0):
+    ...     latency.observe("Decide", "OK", seconds)
+    >>> [registry.get_sample_value("x_seconds_bucket", {"method": "Decide", "code": "OK", "le": le})
+    ...  for le in ("0.001", "0.01", "+Inf")]
+    [2.0, 3.0, 4.0]
+    >>> registry.get_sample_value("x_seconds_count", {"method": "Decide", "code": "OK"})
+    4.0
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry) -> None:
+        self._name, self._documentation = name, documentation
+        self._bounds = sorted(buckets)
+        # Per (method, code): one count per bucket (the last for +Inf), then the sum.
+        self._series: dict[tuple[str, str], list[float]] = {}
+        registry.register(self)
+
+    def observe(self, method: str, code: str, seconds: float) -> None:
+        series = self._series.get((method, code))
+        if series is None:
+            series = self._series[(method, code)] = [0] * (len(self._bounds) + 1) + [0.0]
+        series[bisect_left(self._bounds, seconds)] += 1  # a bucket counts values up to its bound
+        series[-1] += seconds
+
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        yield HistogramMetricFamily(self._name, self._documentation, labels=["method", "code"])
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self._name, self._documentation, labels=["method", "code"])
+        for (method, code), series in list(self._series.items()):
+            counts = list(series)
+            cumulative, buckets = 0.0, []
+            for bound, n in zip([*map(floatToGoString, self._bounds), "+Inf"], counts[:-1], strict=True):
+                cumulative += n
+                buckets.append((bound, cumulative))
+            family.add_metric([method, code], buckets, counts[-1])
+        yield family
