@@ -542,10 +542,10 @@ class Ltrr:
             event_id, policy, rt.lineage, now, deadline, full_context, actions_json,
             [d for _, _, d in drawn], [idx for idx, _ in chosen], explored, rt.model_version, fixed is None,
         ))])
-        counts = rt.counts  # also the Prometheus counters, read at scrape time
-        counts["decisions"] = counts.get("decisions", 0) + 1
+        # Also the Prometheus counters: read from the policy's counts at scrape time.
+        rt.count("decisions")
         if explored:
-            counts["explored"] = counts.get("explored", 0) + 1
+            rt.count("explored")
         decision = Decision(
             event_id=event_id, action_ids=action_ids,
             slots=[SlotResult(idx, p, d) for idx, p, d in drawn], model_version=rt.model_version,
