@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from ltrr.v1 import admin_pb2, common_pb2, decisions_pb2, feedback_pb2
 from ltrr_server.config import ActionSpec, PolicySpec
@@ -43,9 +43,9 @@ def namespaces(msgs: Sequence[common_pb2.Namespace], field: str, max_features: i
     )
 
 
-def actions(msgs: Iterable[common_pb2.Action], field: str, max_features: int) -> list[ActionSpec]:
+def actions(msgs: Sequence[common_pb2.Action], field: str, max_features: int) -> list[ActionSpec]:
     return [ActionSpec(a.id, namespaces(a.features, f"{field}[{i}].features", max_features))
-            for i, a in enumerate(msgs)]
+            for i, a in enumerate(msgs[:])]  # sliced, as in ``namespaces``
 
 
 def namespaces_to_proto(ns: Namespaces) -> list[common_pb2.Namespace]:
