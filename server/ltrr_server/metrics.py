@@ -207,6 +207,7 @@ class RpcLatency:
     def __init__(self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry) -> None:
         self._name, self._documentation = name, documentation
         self._bounds = sorted(buckets)
+        self._le = [*map(floatToGoString, self._bounds), "+Inf"]  # the buckets' labels
         # Per (method, code): one count per bucket (the last for +Inf), then the sum.
         self._series: dict[tuple[str, str], list[float]] = {}
         registry.register(self)
@@ -226,7 +227,7 @@ class RpcLatency:
         for (method, code), series in list(self._series.items()):
             counts = list(series)
             cumulative, buckets = 0.0, []
-            for bound, n in zip([*map(floatToGoString, self._bounds), "+Inf"], counts[:-1], strict=True):
+            for bound, n in zip(self._le, counts[:-1], strict=True):
                 cumulative += n
                 buckets.append((bound, cumulative))
             family.add_metric([method, code], buckets, counts[-1])
