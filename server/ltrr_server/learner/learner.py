@@ -80,6 +80,8 @@ class Learner:
         self._conn: Connection | None = None
         self.learned: dict[str, int] = {}
         self.alive = False
+        # Nothing for the child to learn or snapshot yet: stop() then need not wait for it.
+        self._idle_since_start = True
 
     # --- before start: restore in this process ------------------------------------------
     def set_state(self, state: LearnerState) -> None:
@@ -88,8 +90,8 @@ class Learner:
         if self._process is None:
             self._states[state.policy] = state
         else:
-            self._outbox.put(("state", state.policy, state.lineage, state.model.kind, state.model.to_bytes(),
-                              state.last_seq, state.version))
+            self._give(("state", state.policy, state.lineage, state.model.kind, state.model.to_bytes(),
+                        state.last_seq, state.version))
 
     def drain_before_start(self) -> None:
         """Learns, in this process, the joins recovered at start-up; then publishes every policy."""
@@ -113,6 +115,7 @@ class Learner:
         parent, child = ctx.Pipe()
         states = [(s.policy, s.lineage, s.model.kind, s.model.to_bytes(), s.last_seq, s.version, s.learned,
                    s.unsnapshotted) for s in self._states.values()]
+        self._idle_since_start = not any(s.unsnapshotted for s in self._states.values())
         self._process = ctx.Process(
             target=worker.run, name="ltrr-learner", daemon=True,
             args=(child, states, self._publish_interval, self._snapshot_interval, self._nice),
@@ -137,7 +140,7 @@ class Learner:
             return
         if not self.alive:
             return  # they are in the log: the next start replays them
-        self._outbox.put(("events", list(map(worker.pack, events))))
+        self._give(("events", list(map(worker.pack, events))))
 
     def backlog(self, policy: str, enqueued: int) -> int:
         """Joined events handed over and not yet learned; 0 while no learner runs to take them."""
@@ -150,14 +153,22 @@ class Learner:
             return fut
         request_id = next(self._request_ids)
         self._pending_snapshots[request_id] = fut
-        self._outbox.put(("snapshot", request_id, policy, trigger))
+        self._give(("snapshot", request_id, policy, trigger))
         return fut
 
     def stop(self, timeout: float = 60.0) -> None:
-        """Learns what is queued, writes a final snapshot of every changed policy, stops the process."""
+        """Learns what is queued, writes a final snapshot of every changed policy, stops the process.
+
+        A child that was given nothing since its start has nothing to learn or snapshot: it is
+        killed at once instead of being waited for, which would take its whole start-up
+        (importing VW; about a second on a slow machine) when the server stops soon after starting.
+        """
         if self._process is None:
             return
-        if self.alive:
+        if self._idle_since_start:
+            self._stopped.set()  # before the kill: its end is not the unexpected exit it looks like
+            _kill_if_alive(self._process)
+        elif self.alive:
             self._outbox.put(("stop",))
             if not self._stopped.wait(timeout):
                 log.error("learner did not stop within %.0fs; killing it", timeout)
@@ -165,6 +176,11 @@ class Learner:
         self._process.join(5)
         if self._process.is_alive():
             self._process.kill()
+
+    def _give(self, msg: tuple[Any, ...]) -> None:
+        """Queues work for the child: from then on, stop() waits for it to learn and snapshot."""
+        self._idle_since_start = False
+        self._outbox.put(msg)
 
     # --- threads ----------------------------------------------------------------------------
     def _send_loop(self) -> None:

@@ -49,3 +49,27 @@ def test_a_dead_learner_is_reported_and_decisions_go_on(make_server: Any, sqlite
         admin_pb2_grpc.AdminServiceStub(ch).SnapshotPolicy(admin_pb2.SnapshotPolicyRequest(name="demo"))
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "learner" in err.value.details()
+
+
+def test_a_learner_given_nothing_is_stopped_without_a_snapshot_and_without_an_error(
+    make_server: Any, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    server: ServerThread = make_server(server_settings(sqlite_url))
+    process = server.core.learner._process
+    server.stop()
+    assert not process.is_alive()
+    # Nothing changed since the start: no shutdown snapshot, and the kill is not reported as a crash.
+    assert rows(sqlite_url, "snapshots") == []
+    assert "exited unexpectedly" not in caplog.text
+
+
+def test_a_learner_given_events_still_writes_its_shutdown_snapshot(make_server: Any, sqlite_url: str) -> None:
+    server: ServerThread = make_server(server_settings(sqlite_url))
+    ch = server.channel()
+    dec = decisions_pb2_grpc.DecisionServiceStub(ch)
+    fb = feedback_pb2_grpc.FeedbackServiceStub(ch)
+    for _ in range(20):
+        fb.ReportReward(reward_event(dec.Decide(decide_request("demo")).event_id, 1.0))
+    wait_for(lambda: server.core.learner.learned.get("demo", 0) == 20, what="20 events learned")
+    server.stop()
+    assert [r["trigger"] for r in rows(sqlite_url, "snapshots")] == ["shutdown"]
