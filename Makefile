@@ -4,7 +4,7 @@ UV_VERSION ?= 0.13.9
 UV := .tools/bin/uv
 RUN := $(UV) run --frozen
 
-.PHONY: serve test proto check-proto lint bench simulate clean
+.PHONY: serve test proto check-proto lint bench simulate image-dry-run clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -31,11 +31,14 @@ check-proto: proto
 	test -z "$$(git status --porcelain -- clients/python/ltrr)"
 
 lint: .venv/.synced
-	$(RUN) ruff check server clients tests bench
+	$(RUN) ruff check server clients tests bench deploy
 	$(RUN) mypy
 
 simulate: .venv/.synced
 	$(RUN) ltrr simulate $(ARGS)
+
+image-dry-run: .venv/.synced  ## follow the Dockerfile on this host (no engine needed), start it, health-check it
+	.venv/bin/python deploy/dockerfile_dry_run.py $(ARGS)
 
 bench: .venv/.synced
 	$(RUN) python -m bench.run_all

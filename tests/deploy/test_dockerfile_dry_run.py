@@ -1,0 +1,72 @@
+"""deploy/dockerfile_dry_run.py and what it reads: the Dockerfile's COPY sources, entrypoint and
+health check are checked here cheaply; CI also follows the whole recipe (`.ci/run`)."""
+
+from __future__ import annotations
+
+import doctest
+import importlib.util
+import sys
+import tomllib
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from ltrr_server.config import load_settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _dry_run() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("dockerfile_dry_run", REPO / "deploy/dockerfile_dry_run.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+dry = _dry_run()
+STAGES = dry.parse((REPO / "Dockerfile").read_text())
+IGNORE = [p.strip() for p in (REPO / ".dockerignore").read_text().splitlines() if p.strip() and p[0] != "#"]
+
+
+def test_doctests() -> None:
+    assert doctest.testmod(dry).failed == 0
+
+
+@pytest.mark.parametrize("source", [
+    src for stage in STAGES for step in stage.steps if step.keyword == "COPY" and "--from" not in step.args
+    for src in step.args.split()[:-1]
+])
+def test_every_copy_source_is_in_the_context_and_sent(source: str) -> None:
+    assert (REPO / source).exists(), f"COPY {source}: not in the repository"
+    assert not dry.ignored(source, IGNORE), f"COPY {source}: excluded by .dockerignore"
+
+
+@pytest.mark.parametrize(("path", "sent"), [
+    (".venv/lib/x.py", False), ("ltrr.db-wal", False), ("ltrr-data/vector/index.usearch", False),
+    ("server/ltrr_server/__pycache__/core.cpython-311.pyc", False), (".git/HEAD", False),
+    ("server/ltrr_server/demo.toml", True), ("server/ltrr_server/log/migrations/env.py", True), ("uv.lock", True),
+])
+def test_dockerignore_keeps_local_state_out_and_the_package_in(path: str, sent: bool) -> None:
+    assert dry.ignored(path, IGNORE) is not sent
+
+
+def test_the_image_serves_ltrr_on_the_ports_it_exposes_and_checks() -> None:
+    final = STAGES[-1]
+    steps = {s.keyword: s.args for s in final.steps}
+    entry = dry.command_words(steps["ENTRYPOINT"]) + dry.command_words(steps["CMD"])
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert entry[0] in scripts and entry[1:] == ["serve"]
+    demo = load_settings()
+    assert {demo.grpc_port, demo.metrics_port} <= {int(p) for p in steps["EXPOSE"].split()}
+    assert f"localhost:{demo.grpc_port}" in " ".join(dry.healthcheck_command(steps["HEALTHCHECK"]))
+
+
+def test_a_copy_of_a_missing_path_fails_the_dry_run(tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text("FROM python:3.11-slim\nWORKDIR /app\nCOPY missing ./\n")
+    run = dry.DryRun(tmp_path / "Dockerfile", tmp_path / "root")
+    run.do_workdir("/app")
+    with pytest.raises(FileNotFoundError, match="COPY missing"):
+        run.do_copy("missing ./")
