@@ -1,6 +1,10 @@
 """Server memory: RSS of the demo server idle, and over a steady load (flat within 10%?).
 
     python -m bench.bench_memory [--minutes 10] [--rate 1000]
+    python -m bench.bench_memory --startup
+
+``--startup``: RSS of `ltrr serve` on the embedded demo (catalog, indexes, autocomplete model)
+5 s after it is healthy, on a first start in a fresh directory and on the restart after it.
 
 `ltrr serve` on the demo config (a temporary SQLite file) with a steady load of Decide calls at
 ``--rate`` per second, each rewarded half a second later (in batches on one StreamRewards), so
@@ -108,9 +112,32 @@ def run(minutes: float, rate: int) -> dict[str, Any]:
     }
 
 
+def startup(settle: float = 5.0) -> dict[str, Any]:
+    """The demo server's RSS after a first start (it trains and ingests) and after a restart."""
+    out: dict[str, Any] = {}
+    directory = None
+    for label in ("first_start", "restart"):
+        t0 = time.perf_counter()
+        server = LtrrProcess(directory=directory)
+        healthy = time.perf_counter() - t0
+        directory = server.dir
+        try:
+            time.sleep(settle)
+            out[label] = {"healthy_after_s": round(healthy, 1), "server_mb": round(server.rss_mb(), 1),
+                          "children_mb": [round(rss_mb(p), 1) for p in children(server.proc.pid)]}
+            print(label, out[label], flush=True)
+        finally:
+            server.stop()
+    return out
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--minutes", type=float, default=10)
     p.add_argument("--rate", type=int, default=1000)
+    p.add_argument("--startup", action="store_true", help="RSS after a first start and a restart, no load")
     a = p.parse_args()
-    save("memory", run(a.minutes, a.rate))
+    if a.startup:
+        save("memory_startup", startup())
+    else:
+        save("memory", run(a.minutes, a.rate))

@@ -42,10 +42,15 @@ def wait_healthy(target: str, proc: subprocess.Popen[bytes], timeout: float = 30
 
 
 class LtrrProcess:
-    """`ltrr serve` as an operator runs it, on a temporary SQLite file unless a URL is given."""
+    """`ltrr serve` as an operator runs it, on a temporary SQLite file unless a URL is given.
 
-    def __init__(self, config: str | None = None, db_url: str | None = None, metrics: bool = True) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="ltrr-bench-"))
+    It runs in its own directory (a new temporary one unless given), where relative paths of the
+    config (the demo's ``ltrr-data``) land: a fresh database never meets another run's indexes.
+    """
+
+    def __init__(self, config: str | None = None, db_url: str | None = None, metrics: bool = True,
+                 directory: Path | None = None) -> None:
+        self.dir = directory or Path(tempfile.mkdtemp(prefix="ltrr-bench-"))
         self.port = free_port()
         self.metrics_port = free_port() if metrics else -1
         self.db_url = db_url or f"sqlite:///{self.dir / 'ltrr.db'}"
@@ -54,8 +59,8 @@ class LtrrProcess:
         if config:
             (self.dir / "ltrr.toml").write_text(config)
             args += ["--config", str(self.dir / "ltrr.toml")]
-        self.log = open(self.dir / "server.log", "w")
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        self.log = open(self.dir / "server.log", "a")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.dir)
         self.target = f"127.0.0.1:{self.port}"
         wait_healthy(self.target, self.proc)
 

@@ -32,6 +32,7 @@ from ltrr_server.features import (
     namespaces_to_json,
     shared_line,
 )
+from ltrr_server.heap import release_free_memory
 from ltrr_server.learner.learner import Learner, LearnerState, SnapshotInfo
 from ltrr_server.log import db
 from ltrr_server.log.joiner import JoinedEvent, Joiner, Outcome, PendingDecision
@@ -216,6 +217,8 @@ class Ltrr:
             self._restore(row)
         self.learner.drain_before_start()
         self.learner.start()
+        # What training and ingest left behind goes back to the OS, not into the server's RSS.
+        release_free_memory()
 
     def _train_demo_autocomplete(self) -> None:
         """With ``server.demo_autocomplete_sessions`` set and no "autocomplete" model registered:

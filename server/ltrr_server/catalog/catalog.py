@@ -105,13 +105,18 @@ class Catalog:
     @classmethod
     def load(cls, engine: sa.Engine) -> Catalog:
         cat = cls()
+        # Equal keys and values as one object each (see ``parse_item``): 160 MB -> 90 MB for the demo.
+        strings: dict[str, str] = {}
+        share = strings.setdefault
         with engine.connect() as conn:
             rows = conn.execute(sa.select(t.catalog_items.c.idx, t.catalog_items.c.data, t.catalog_items.c.embedding)
                                 .order_by(t.catalog_items.c.idx))
             for idx, data, emb in rows:
                 d = json.loads(data)
-                item = Item(d.pop("id"), d.pop("type", ""), popularity=d.pop("popularity", 0.0),
-                            created_at=d.pop("created_at", 0.0), fields=d, embedding=emb)
+                item_id, kind = d.pop("id"), d.pop("type", "")
+                popularity, created_at = d.pop("popularity", 0.0), d.pop("created_at", 0.0)
+                fields = {share(k, k): share(v, v) for k, v in d.items()}
+                item = Item(item_id, share(kind, kind), fields, popularity, created_at, emb)
                 assert idx == len(cat.items), "catalog positions must be dense"
                 cat.index[item.id] = idx
                 cat.items.append(item)

@@ -24,4 +24,5 @@ def demo_items(n: int, seed: int = 42) -> list[Item]:
     from ltrr_server.demo.music import MusicWorld
 
     world = MusicWorld(n_items=n, seed=seed)
-    return [parse_item(d, i + 1) for i, d in enumerate(world.catalog())]
+    strings: dict[str, str] = {}
+    return [parse_item(d, i + 1, strings) for i, d in enumerate(world.catalog())]

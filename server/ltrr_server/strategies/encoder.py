@@ -30,26 +30,35 @@ def _unit(m: np.ndarray[Any, Any]) -> Matrix:
 
 
 class TextEncoder:
-    def __init__(self, chars: TfidfVectorizer, words: TfidfVectorizer, svd: TruncatedSVD,
-                 projection: Matrix | None) -> None:
-        self.chars, self.words, self.svd, self.projection = chars, words, svd, projection
-        self._weights = self._output_weights()
+    """The two vectorizers and one matrix from their TF-IDF straight to the output space.
 
-    def _output_weights(self) -> Matrix:
-        """TF-IDF straight to the output space as one contiguous matrix: the SVD's own transform
-        multiplies by a transposed view, which costs a copy of it per call (8 ms against 0.7 ms a
-        query on the demo catalog)."""
-        w = self.svd.components_.T
-        return np.ascontiguousarray(w @ self.projection if self.projection is not None else w, dtype=np.float32)
+    The SVD's own transform multiplies by a transposed view, which costs a copy of it per call
+    (8 ms against 0.7 ms a query on the demo catalog); and once the matrix is made, the SVD's
+    components (15 MB for the demo catalog) are not needed, so they are not kept.
+    """
+
+    def __init__(self, chars: TfidfVectorizer, words: TfidfVectorizer, weights: Matrix) -> None:
+        self.chars, self.words = chars, words
+        self._weights = weights
+
+    @classmethod
+    def _from_parts(cls, chars: TfidfVectorizer, words: TfidfVectorizer, svd: TruncatedSVD,
+                    projection: Matrix | None) -> TextEncoder:
+        w = svd.components_.T
+        weights = np.ascontiguousarray(w @ projection if projection is not None else w, dtype=np.float32)
+        return cls(chars, words, weights)
 
     def __setstate__(self, state: dict[str, object]) -> None:
+        if "svd" in state:  # pickled by an earlier version, with the SVD and the projection
+            svd, projection = state.pop("svd"), state.pop("projection")
+            if "_weights" not in state:
+                state["_weights"] = TextEncoder._from_parts(
+                    state["chars"], state["words"], svd, projection)._weights  # type: ignore[arg-type]
         self.__dict__.update(state)
-        if "_weights" not in state:  # pickled before the weights were kept
-            self._weights = self._output_weights()
 
     @property
     def dims(self) -> int:
-        return int(self.projection.shape[1]) if self.projection is not None else int(self.svd.n_components)
+        return int(self._weights.shape[1])
 
     @classmethod
     def fit(cls, texts: list[str], dims: int = 64, targets: Matrix | None = None, seed: int = 0) -> TextEncoder:
@@ -68,7 +77,7 @@ class TextEncoder:
             # Ridge regression in the reduced space: (Z'Z + a I)^-1 Z'Y.
             a = 1e-2 * float(np.trace(z.T @ z)) / k
             projection = np.linalg.solve(z.T @ z + a * np.eye(k), z.T @ targets).astype(np.float32)
-        return cls(chars, words, svd, projection)
+        return cls._from_parts(chars, words, svd, projection)
 
     def encode(self, texts: list[str]) -> Matrix:
         x = sparse.hstack([self.chars.transform(texts), self.words.transform(texts)], format="csr")
