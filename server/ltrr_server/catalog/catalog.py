@@ -105,7 +105,7 @@ class Catalog:
     @classmethod
     def load(cls, engine: sa.Engine) -> Catalog:
         cat = cls()
-        # Equal keys and values as one object each (see ``parse_item``): 160 MB -> 90 MB for the demo.
+        # Equal keys and values as one object each (see ``parse_item``): 160 -> 84 MB for the demo.
         strings: dict[str, str] = {}
         share = strings.setdefault
         with engine.connect() as conn:
