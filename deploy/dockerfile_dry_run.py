@@ -201,7 +201,14 @@ class DryRun:
             for step in stage.steps:
                 n += 1
                 print(f"[{n}/{total}] {step.keyword} {step.args}", flush=True)
-                getattr(self, f"do_{step.keyword.lower()}")(step.args)
+                self.run_step(step)
+
+    def run_step(self, step: Instruction) -> None:
+        do = getattr(self, f"do_{step.keyword.lower()}", None)
+        if do is None:
+            raise NotImplementedError(f"Dockerfile line {step.line}: the dry run does not know {step.keyword}; "
+                                      f"teach it (deploy/dockerfile_dry_run.py) before using it")
+        do(step.args)
 
     def do_workdir(self, args: str) -> None:
         self.workdir = args if args.startswith("/") else f"{self.workdir.rstrip('/')}/{args}"

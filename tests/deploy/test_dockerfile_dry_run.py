@@ -70,3 +70,14 @@ def test_a_copy_of_a_missing_path_fails_the_dry_run(tmp_path: Path) -> None:
     run.do_workdir("/app")
     with pytest.raises(FileNotFoundError, match="COPY missing"):
         run.do_copy("missing ./")
+
+
+
+def test_an_instruction_the_dry_run_does_not_know_is_refused_by_line(tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text("FROM python:3.11-slim\nWORKDIR /app\nONBUILD RUN x\n")
+    run = dry.DryRun(tmp_path / "Dockerfile", tmp_path / "root")
+    workdir, onbuild = run.stages[0].steps
+    run.run_step(workdir)
+    assert (tmp_path / "root/app").is_dir()
+    with pytest.raises(NotImplementedError, match="line 3: the dry run does not know ONBUILD"):
+        run.run_step(onbuild)
