@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
+import tempfile
 import time
 from collections import deque
 from pathlib import Path
@@ -115,12 +117,11 @@ def run(minutes: float, rate: int) -> dict[str, Any]:
 def startup(settle: float = 5.0) -> dict[str, Any]:
     """The demo server's RSS after a first start (it trains and ingests) and after a restart."""
     out: dict[str, Any] = {}
-    directory = None
+    directory = Path(tempfile.mkdtemp(prefix="ltrr-bench-startup-"))
     for label in ("first_start", "restart"):
         t0 = time.perf_counter()
         server = LtrrProcess(directory=directory)
         healthy = time.perf_counter() - t0
-        directory = server.dir
         try:
             time.sleep(settle)
             out[label] = {"healthy_after_s": round(healthy, 1), "server_mb": round(server.rss_mb(), 1),
@@ -128,6 +129,7 @@ def startup(settle: float = 5.0) -> dict[str, Any]:
             print(label, out[label], flush=True)
         finally:
             server.stop()
+    shutil.rmtree(directory, ignore_errors=True)
     return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -50,6 +51,8 @@ class LtrrProcess:
 
     def __init__(self, config: str | None = None, db_url: str | None = None, metrics: bool = True,
                  directory: Path | None = None) -> None:
+        # A directory made here is removed by ``stop``: a demo server leaves ~150 MB of indexes in it.
+        self._owns_dir = directory is None
         self.dir = directory or Path(tempfile.mkdtemp(prefix="ltrr-bench-"))
         self.port = free_port()
         self.metrics_port = free_port() if metrics else -1
@@ -70,6 +73,9 @@ class LtrrProcess:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(60)
+        self.log.close()
+        if self._owns_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def rss_mb(pid: int) -> float:
