@@ -143,14 +143,21 @@ def ignored(relative: str, patterns: list[str]) -> bool:
     return result
 
 
+def dockerignore_patterns(context: Path) -> list[str]:
+    """The patterns of the context's ``.dockerignore`` (none without one), comments dropped."""
+    path = context / ".dockerignore"
+    if not path.exists():
+        return []
+    lines = (line.strip() for line in path.read_text().splitlines())
+    return [line.rstrip("/") for line in lines if line and not line.startswith("#")]
+
+
 class DryRun:
     def __init__(self, dockerfile: Path, root: Path) -> None:
         self.context = dockerfile.parent
         self.stages = parse(dockerfile.read_text())
         self.root = root
-        ignore = self.context / ".dockerignore"
-        self.ignore = [p.strip().rstrip("/") for p in ignore.read_text().splitlines()
-                       if p.strip() and not p.strip().startswith("#")] if ignore.exists() else []
+        self.ignore = dockerignore_patterns(self.context)
         self.python = root / "_base-python"
         self.workdir = "/"
         self.env: dict[str, str] = {}

@@ -28,7 +28,7 @@ def _dry_run() -> ModuleType:
 
 dry = _dry_run()
 STAGES = dry.parse((REPO / "Dockerfile").read_text())
-IGNORE = [p.strip() for p in (REPO / ".dockerignore").read_text().splitlines() if p.strip() and p[0] != "#"]
+IGNORE = dry.dockerignore_patterns(REPO)
 
 
 def test_doctests() -> None:

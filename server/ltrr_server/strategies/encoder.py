@@ -29,6 +29,12 @@ def _unit(m: np.ndarray[Any, Any]) -> Matrix:
     return out
 
 
+def _output_weights(svd: TruncatedSVD, projection: Matrix | None) -> Matrix:
+    """The SVD's components, then the projection if any, as one contiguous float32 matrix."""
+    w = svd.components_.T
+    return np.ascontiguousarray(w @ projection if projection is not None else w, dtype=np.float32)
+
+
 class TextEncoder:
     """The two vectorizers and one matrix from their TF-IDF straight to the output space.
 
@@ -41,19 +47,11 @@ class TextEncoder:
         self.chars, self.words = chars, words
         self._weights = weights
 
-    @classmethod
-    def _from_parts(cls, chars: TfidfVectorizer, words: TfidfVectorizer, svd: TruncatedSVD,
-                    projection: Matrix | None) -> TextEncoder:
-        w = svd.components_.T
-        weights = np.ascontiguousarray(w @ projection if projection is not None else w, dtype=np.float32)
-        return cls(chars, words, weights)
-
     def __setstate__(self, state: dict[str, object]) -> None:
         if "svd" in state:  # pickled by an earlier version, with the SVD and the projection
             svd, projection = state.pop("svd"), state.pop("projection")
             if "_weights" not in state:
-                state["_weights"] = TextEncoder._from_parts(
-                    state["chars"], state["words"], svd, projection)._weights  # type: ignore[arg-type]
+                state["_weights"] = _output_weights(svd, projection)  # type: ignore[arg-type]
         self.__dict__.update(state)
 
     @property
@@ -77,7 +75,7 @@ class TextEncoder:
             # Ridge regression in the reduced space: (Z'Z + a I)^-1 Z'Y.
             a = 1e-2 * float(np.trace(z.T @ z)) / k
             projection = np.linalg.solve(z.T @ z + a * np.eye(k), z.T @ targets).astype(np.float32)
-        return cls._from_parts(chars, words, svd, projection)
+        return cls(chars, words, _output_weights(svd, projection))
 
     def encode(self, texts: list[str]) -> Matrix:
         x = sparse.hstack([self.chars.transform(texts), self.words.transform(texts)], format="csr")
