@@ -38,6 +38,7 @@ from ltrr_server.api.models import ModelServicer
 from ltrr_server.api.retrieval import RetrievalServicer
 from ltrr_server.config import Settings
 from ltrr_server.core import Ltrr
+from ltrr_server.first_start import LOG_FORMAT
 from ltrr_server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -147,5 +148,5 @@ async def serve(settings: Settings) -> None:
 
 
 def main(settings: Settings) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     asyncio.run(serve(settings))

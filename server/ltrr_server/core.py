@@ -21,6 +21,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
+from ltrr_server import first_start
 from ltrr_server.catalog.catalog import normalize
 from ltrr_server.config import ActionSpec, PolicySpec, Settings
 from ltrr_server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Overloaded
@@ -54,8 +55,6 @@ log = logging.getLogger(__name__)
 MAX_ID_LENGTH = 64
 MAX_REWARD_ID_LENGTH = 128
 MAX_ENGAGED_ITEMS = 1000
-# The model name ``server.demo_autocomplete_sessions`` trains (the CLI's and RPC's default).
-DEMO_AUTOCOMPLETE = "autocomplete"
 # XmrPredict requests with at most this many queries predict on the event loop (at most about
 # 5 ms of it here); bigger ones in one call on a worker thread, where PECOS's C++ runs without the
 # GIL and the loop stays free (the hop costs about 6 µs a query at 256: 1.3x raw instead of 1.25x).
@@ -126,11 +125,6 @@ _row = tuple.__new__
 _joined_row: Callable[[JoinedEvent], tuple[Any, ...]] = attrgetter(*JoinedRow._fields)
 
 
-def _log_progress(stage: str, done: int, total: int) -> None:
-    if done == total or done % 20_000 == 0:
-        log.info("%s: %d/%d", stage, done, total)
-
-
 def _validate_reward(r: RewardInput) -> str:
     """The problem with a reward, naming the field, or ''."""
     if not r.event_id:
@@ -196,11 +190,11 @@ class Ltrr:
         # The writer process imports its driver while the rest of the start-up runs.
         self.writer.launch()
         db.migrate(self.engine)
-        self._train_demo_autocomplete()
+        if first_start.needs_work(self.settings, self.engine, self.registry):
+            first_start.run(self.settings)
         self.live_models.load_all()
         if self.settings.retrieval.enabled:
             self.retriever = Retriever(self.settings.retrieval, self.engine, self.metrics, live_models=self.live_models)
-            self._load_initial_catalog()
         self.writer.start()
         self.joiner.next_seq = self.store.max_joined_seq() + 1
         stored = {row["name"]: row for row in self.store.load_policies()}
@@ -219,45 +213,6 @@ class Ltrr:
         self.learner.start()
         # What training and ingest left behind goes back to the OS, not into the server's RSS.
         release_free_memory()
-
-    def _train_demo_autocomplete(self) -> None:
-        """With ``server.demo_autocomplete_sessions`` set and no "autocomplete" model registered:
-        one trained on the demo sessions, live, so that ``ltrr complete`` answers on a first start."""
-        n = self.settings.demo_autocomplete_sessions
-        if not n or self.registry.versions(DEMO_AUTOCOMPLETE):
-            return
-        from ltrr_server.autocomplete.model import AutocompleteModel
-        from ltrr_server.autocomplete.sessions import demo_sessions
-        from ltrr_server.demo.music import MusicWorld
-
-        t0 = time.perf_counter()
-        world = MusicWorld(n_items=self.settings.retrieval.demo_items or 100_000,
-                           seed=self.settings.retrieval.demo_seed)
-        model = AutocompleteModel.train(
-            demo_sessions(world, n, seed=0),
-            progress=lambda stage, done, total: log.info("autocomplete demo model %d/%d: %s", done, total, stage))
-        version = self.registry.register(DEMO_AUTOCOMPLETE, "autocomplete", model, model.meta | {"demo": True})
-        self.registry.set_live(DEMO_AUTOCOMPLETE, version, {"demo": True})
-        log.info("autocomplete: demo model trained on %d sessions (%d labels) in %.1fs", n, model.meta["labels"],
-                 time.perf_counter() - t0)
-
-    def _load_initial_catalog(self) -> None:
-        """An empty catalog gets the configured catalog file, or the generated demo catalog."""
-        assert self.retriever is not None
-        conf = self.settings.retrieval
-        if len(self.retriever.catalog) or not (conf.catalog_path or conf.demo_items):
-            return
-        from ltrr_server.catalog.ingest import demo_items, read_catalog
-
-        t0 = time.perf_counter()
-        if conf.catalog_path:
-            items, errors = read_catalog(conf.catalog_path)
-            for e in errors[:20]:
-                log.warning("catalog %s: %s", conf.catalog_path, e)
-        else:
-            items = demo_items(conf.demo_items, conf.demo_seed)
-        changes = self.retriever.ingest(items, _log_progress)
-        log.info("catalog: %d items ingested in %.1fs", len(changes.added), time.perf_counter() - t0)
 
     def _restore(self, row: dict[str, object]) -> None:
         spec = row["spec"]

@@ -288,7 +288,7 @@ def cmd_eval_xmr(args: argparse.Namespace) -> int:
 
     def via(strategy: str) -> Any:
         s = retriever.strategies[strategy]
-        return lambda q, k: [catalog.items[p].id for p, _ in s.retrieve(retriever.prepare(q, []), k)]
+        return lambda q, k: [catalog.ids[p] for p, _ in s.retrieve(retriever.prepare(q, []), k)]
 
     methods: dict[str, Any] = {
         f"xmr {args.name} v{row['version']}": lambda q, k: [i for i, _ in model.predict([q], k)[0]],

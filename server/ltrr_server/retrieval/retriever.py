@@ -151,14 +151,13 @@ class Retriever:
                 continue
             dim = dim or item.embedding_dims
             accepted.append(item)
-        changes = self.catalog.apply(accepted)
-        changes.rejected = rejected
-        changed = changes.added + changes.updated
-        if changed:
-            self.catalog.save(self.engine, changed, progress)
-            for s in self.strategies.values():
-                if isinstance(s, Indexes):
-                    s.index(self.catalog, changed, progress)
+        with self.catalog.applying(accepted, progress) as changes:
+            changes.rejected = rejected
+            changed = changes.added + changes.updated
+            if changed:
+                for s in self.strategies.values():
+                    if isinstance(s, Indexes):
+                        s.index(self.catalog, changed, progress)
         return changes
 
     # ------------------------------------------------------------------ queries
@@ -254,12 +253,12 @@ class Retriever:
                     masks[pos] = flag
                     provenance[pos] = [(run.strategy, score, rank)]
         order = sorted(fused, key=fused.__getitem__, reverse=True)
-        items = self.catalog.items
+        ids = self.catalog.ids
         record = RetrievalRecord(
             query=query.normalized, positions=array("l", order), masks=bytes(masks[p] for p in order),
             strategies=tuple(r.strategy for r in runs), drawn=drawn, learn=learn,
         )
-        return RetrievalResult(plan, runs, [items[p].id for p in order], [fused[p] for p in order],
+        return RetrievalResult(plan, runs, [ids[p] for p in order], [fused[p] for p in order],
                                [provenance[p] for p in order], record)
 
     # ------------------------------------------------------------------ rewards

@@ -153,6 +153,17 @@ def create(kind: str, name: str, params: Params, env: StrategyEnv) -> Strategy:
     return strategy
 
 
+def is_builtin(kind: str) -> bool:
+    """Whether ``kind`` is one of ltrr's own strategies, which a fresh process knows without a plug-in.
+
+    >>> is_builtin("lexical"), is_builtin("my-plugin")
+    (True, False)
+    """
+    _load_builtins()
+    factory = _KINDS.get(kind)
+    return factory is not None and getattr(factory, "__module__", "").startswith("ltrr_server.strategies.")
+
+
 def _load_builtins() -> None:
     # Importing a strategy module registers it.
     from ltrr_server.strategies import explore, lexical, memory, vector, xmr  # noqa: F401

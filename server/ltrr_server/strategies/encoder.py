@@ -21,6 +21,7 @@ from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 Matrix = np.ndarray[Any, np.dtype[np.float32]]
+_MIN_DF_FROM = 20
 
 
 def _unit(m: np.ndarray[Any, Any]) -> Matrix:
@@ -61,7 +62,9 @@ class TextEncoder:
     @classmethod
     def fit(cls, texts: list[str], dims: int = 64, targets: Matrix | None = None, seed: int = 0) -> TextEncoder:
         """Fits on item texts; with ``targets`` (the items' embeddings), maps onto their space."""
-        chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 4), min_df=2, max_features=200_000,
+        # An n-gram in one item only is noise in a catalog, and all there is in a catalog of one.
+        min_df = 2 if len(texts) >= _MIN_DF_FROM else 1
+        chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 4), min_df=min_df, max_features=200_000,
                                 sublinear_tf=True, dtype=np.float32)
         words = TfidfVectorizer(analyzer="word", ngram_range=(1, 2), min_df=1, max_features=200_000,
                                 sublinear_tf=True, dtype=np.float32, token_pattern=r"(?u)\b\w+\b")
@@ -69,11 +72,13 @@ class TextEncoder:
         k = max(2, min(dims if targets is None else max(dims, 2 * targets.shape[1]), x.shape[1] - 1,
                        x.shape[0] - 1))
         svd = TruncatedSVD(n_components=k, random_state=seed, algorithm="randomized", n_iter=4)
-        z = svd.fit_transform(x)
+        with np.errstate(divide="ignore", invalid="ignore"):  # explained variance of a one-item catalog
+            z = svd.fit_transform(x)
         projection = None
         if targets is not None:
             # Ridge regression in the reduced space: (Z'Z + a I)^-1 Z'Y.
-            a = 1e-2 * float(np.trace(z.T @ z)) / k
+            k = z.shape[1]  # fewer than asked for from a catalog of one or two items
+            a = 1e-2 * float(np.trace(z.T @ z)) / k + 1e-12
             projection = np.linalg.solve(z.T @ z + a * np.eye(k), z.T @ targets).astype(np.float32)
         return cls(chars, words, _output_weights(svd, projection))
 

@@ -49,8 +49,8 @@ class ExploreStrategy:
             cut = float(np.quantile(catalog.popularity, self.tail_share))
             tail = set(np.flatnonzero(catalog.popularity <= cut).tolist())
         postings: dict[str, list[int]] = {}
-        for pos in sorted(recent | tail):
-            item = catalog.items[pos]
+        pool = sorted(recent | tail)
+        for pos, item in zip(pool, catalog.iter_items(pool), strict=True):
             for tok in set(normalize(item.text() + " " + item.type).split()):
                 postings.setdefault(tok, []).append(pos)
         # Newest first inside every posting list.

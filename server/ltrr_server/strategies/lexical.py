@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+from array import array
 from operator import itemgetter
 from typing import cast
 
@@ -60,9 +61,10 @@ class LexicalStrategy:
         self._searcher = self._index.searcher()
         self._prior = self._priors(env.catalog)
 
-    def _priors(self, catalog: Catalog) -> list[float]:
-        """Per item position, what the popularity prior adds to its BM25 score (a list: indexed per hit)."""
-        return (self.popularity_prior * np.log1p(np.maximum(catalog.popularity, 0.0))).tolist()  # type: ignore[no-any-return]
+    def _priors(self, catalog: Catalog) -> array[float]:
+        """Per item position, what the popularity prior adds to its BM25 score. An ``array``: indexed
+        per hit it gives Python floats as fast as a list, in 8 bytes an item instead of 32."""
+        return array("d", (self.popularity_prior * np.log1p(np.maximum(catalog.popularity, 0.0))).tobytes())
 
     @property
     def num_docs(self) -> int:
@@ -73,8 +75,7 @@ class LexicalStrategy:
         total = len(positions)
         # Positions are dense: one below the number of indexed items is an update (delete first).
         indexed = self.num_docs
-        for n, pos in enumerate(positions, 1):
-            item = catalog.items[pos]
+        for n, (pos, item) in enumerate(zip(positions, catalog.iter_items(positions), strict=True), 1):
             if pos < indexed:
                 writer.delete_documents_by_term("idx", pos)
             doc = tantivy.Document()

@@ -11,7 +11,7 @@ kept in memory and upserted to SQL (``memory_stats``) by ``flush``, loaded at st
 >>> from ltrr_server.catalog.items import Item
 >>> from ltrr_server.log import db
 >>> engine = db.create_engine(f"sqlite:///{tempfile.mkdtemp()}/m.db"); db.migrate(engine)
->>> catalog = Catalog(); _ = catalog.apply([Item(f"item-{k}") for k in range(8)])
+>>> catalog = Catalog(engine); _ = catalog.apply([Item(f"item-{k}") for k in range(8)])
 >>> env = StrategyEnv(catalog, Path(tempfile.mkdtemp()), engine)
 >>> m = MemoryStrategy("memory", Params("m", {}), env)
 >>> q = Query("Road trip", "road trip", ("road", "trip"))
@@ -131,8 +131,8 @@ class MemoryStrategy:
                     continue
                 if pos < 0:
                     rows.append({"query": query, "item_id": "", "count": st.impressions, "updated_at": now})
-                elif pos in st.engaged and pos < len(self._catalog.items):
-                    rows.append({"query": query, "item_id": self._catalog.items[pos].id,
+                elif pos in st.engaged and pos < len(self._catalog):
+                    rows.append({"query": query, "item_id": self._catalog.ids[pos],
                                  "count": st.engaged[pos], "updated_at": now})
             insert = (postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert)
             stmt = insert(t.memory_stats)

@@ -6,6 +6,7 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+import pytest
 from scipy import sparse
 from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
@@ -45,3 +46,15 @@ def test_an_encoder_saved_with_its_svd_loads_and_encodes_as_before(tmp_path: Pat
         enc = TextEncoder.load(tmp_path / "old.pkl")
         assert set(vars(enc)) == {"chars", "words", "_weights"} and enc.dims == 3
         np.testing.assert_allclose(enc.encode(TEXTS[:2]), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("texts", [["café"], ["a b", "c d"], ["blue train", "kind of blue", "giant steps"]])
+@pytest.mark.parametrize("targets", [False, True])
+def test_a_catalog_of_one_two_or_three_items_fits(texts: list[str], targets: bool) -> None:
+    # Before: "max_df corresponds to < documents than min_df" for one item, "no terms remain" for two.
+    emb = np.eye(len(texts), 4, dtype=np.float32) + 0.1 if targets else None
+    enc = TextEncoder.fit(texts, targets=emb)
+    out = enc.encode(texts)
+    assert out.shape == (len(texts), enc.dims) and np.isfinite(out).all()
+    if targets:
+        assert enc.dims == 4

@@ -60,7 +60,7 @@ def test_lexical_finds_an_exact_title_first(retriever: Retriever, world: MusicWo
     found_first = 0
     for item in songs[:50]:
         hits = retriever.strategies["lexical"].retrieve(q(item["title"]), 10)
-        ids = [retriever.catalog.items[p].id for p, _ in hits]
+        ids = [retriever.catalog.ids[p] for p, _ in hits]
         assert len(hits) <= 10
         found_first += bool(ids) and item["id"] in ids[:3]
     assert found_first >= 40  # titles can repeat words; the exact item is nearly always on top
@@ -84,7 +84,7 @@ def test_vector_finds_the_nearest_items_of_a_query_embedding(retriever: Retrieve
     moods = [m for m in moods if m.kind == "mood"][:40]
     for m in moods:
         query = retriever.prepare(m.text, m.embedding or [])
-        ids = [retriever.catalog.items[p].id for p, _ in retriever.strategies["vector"].retrieve(query, 50)]
+        ids = [retriever.catalog.ids[p] for p, _ in retriever.strategies["vector"].retrieve(query, 50)]
         hits_at_50 += m.target in ids
     assert hits_at_50 >= 0.6 * len(moods)
 
@@ -116,13 +116,13 @@ def test_bad_query_embeddings_name_the_field(retriever: Retriever, embedding: li
 def test_explore_returns_new_items_for_new_release_queries(retriever: Retriever, world: MusicWorld) -> None:
     cat = retriever.catalog
     newest = max(cat.created_at)
-    recent_jazz = {p for p in range(len(cat)) if "jazz" in cat.items[p].text()
-                   and newest - cat.created_at[p] < 30 * 86400}
+    texts = [item.text() for item in cat.read(range(len(cat)))]
+    recent_jazz = {p for p in range(len(cat)) if "jazz" in texts[p] and newest - cat.created_at[p] < 30 * 86400}
     assert recent_jazz
     hits = retriever.strategies["explore"].retrieve(q("new jazz releases"), 10)
     assert len(hits) == 10
     assert {p for p, _ in hits[:len(recent_jazz)]} == recent_jazz  # recently added matches come first
-    assert all("jazz" in cat.items[p].text() for p, _ in hits)  # the rest: long-tail matches
+    assert all("jazz" in texts[p] for p, _ in hits)  # the rest: long-tail matches
 
 
 @pytest.mark.parametrize(("kind", "params", "field"), [
@@ -139,5 +139,5 @@ def test_bad_strategy_parameters_name_the_field(tmp_path: Path, kind: str, param
     engine = db.create_engine(f"sqlite:///{tmp_path / 'l.db'}")
     db.migrate(engine)
     with pytest.raises(InvalidArgument) as err:
-        create(kind, "s", Params("retrieval.strategies.s", params), StrategyEnv(Catalog(), tmp_path, engine))
+        create(kind, "s", Params("retrieval.strategies.s", params), StrategyEnv(Catalog(engine), tmp_path, engine))
     assert err.value.field == field

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -129,3 +131,19 @@ def test_pairs_file_reports_bad_lines() -> None:
     assert pairs.queries == ["blue train"] and pairs.items == ["song-1"]
     assert errors == ["line 2: query: missing or empty", "line 3: item_id: missing or empty",
                       "line 4: not valid JSON: Expecting value"]
+
+
+def test_a_model_saved_after_the_vector_strategy_was_imported_loads(tmp_path: Path) -> None:
+    # usearch links its own C++ runtime: imported before PECOS, it made PECOS write param.json files
+    # cut short at '"bias": ', which the first start's process did. A fresh interpreter, that order.
+    script = f"""
+import ltrr_server.strategies.vector
+from pathlib import Path
+from ltrr_server.demo.music import MusicWorld
+from ltrr_server.xmr import train as xt
+from ltrr_server.xmr.model import XmrModel
+pairs = xt.demo_pairs(MusicWorld(n_items=500, seed=42), 300)
+XmrModel.train(pairs.queries, pairs.items).save(Path({str(tmp_path / "m")!r}))
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    assert XmrModel.load(tmp_path / "m").predict(["jazz"], k=3)

@@ -1,0 +1,68 @@
+"""A first start's work (demo catalog, indexes, demo autocomplete model): in a child process, once."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ltrr.v1 import models_pb2, models_pb2_grpc, retrieval_pb2_grpc
+from ltrr_server import first_start
+from ltrr_server.catalog.catalog import Catalog
+from ltrr_server.demo.music import MusicWorld
+from ltrr_server.log import db
+from ltrr_server.xmr.registry import ModelRegistry
+from tests.conftest import TEST_ITEMS, retrieval_server_settings
+from tests.server.api.test_retrieval import retrieve_request
+
+READY = "first start: catalog and models ready"
+
+
+def test_the_work_runs_in_a_child_once_and_the_server_serves_what_it_made(
+    make_server: Any, sqlite_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = retrieval_server_settings(sqlite_url, tmp_path / "data", model_dir=str(tmp_path / "models"),
+                                         demo_autocomplete_sessions=300)
+    caplog.set_level(logging.INFO, logger="ltrr_server.first_start")
+    s = make_server(settings)
+    assert READY in caplog.text  # logged by the server once the child is done, and only then
+    song = next(it for it in MusicWorld(n_items=TEST_ITEMS, seed=42).items if it["type"] == "song")
+    resp = retrieval_pb2_grpc.RetrievalServiceStub(s.channel()).Retrieve(
+        retrieve_request("retrieval", song["title"], fixed_plan={"lexical": 10, "vector": 10}))
+    assert song["id"] in [c.item_id for c in resp.candidates]
+    assert {r.strategy: r.returned for r in resp.strategies}["vector"] == 10
+    got = models_pb2_grpc.ModelServiceStub(s.channel()).Autocomplete(
+        models_pb2.AutocompleteRequest(model="autocomplete", prefix="ja"))
+    assert got.model_version == 1 and got.completions
+    s.stop()
+
+    caplog.clear()
+    again = make_server(settings)  # a restart finds everything made: no second child
+    assert READY not in caplog.text and len(again.core.retriever.catalog) == TEST_ITEMS
+
+
+def test_a_failed_child_is_an_error_naming_its_exit_and_the_next_start_does_the_work(
+    sqlite_url: str, tmp_path: Path,
+) -> None:
+    catalog = tmp_path / "catalog.jsonl"
+    catalog.write_bytes(b'{"id": "a", "title": "caf\xe9"}\n')  # Latin-1, not UTF-8
+    base = retrieval_server_settings(sqlite_url, tmp_path / "data", model_dir=str(tmp_path / "models"),
+                                     demo_autocomplete_sessions=300)
+    settings = dataclasses.replace(base, retrieval=dataclasses.replace(base.retrieval, catalog_path=str(catalog)))
+    engine = db.create_engine(sqlite_url)
+    db.migrate(engine)
+    registry = ModelRegistry(engine, tmp_path / "models")
+    assert first_start.needs_work(settings, engine, registry)
+    with pytest.raises(first_start.FirstStartError, match=r"exit code 1"):
+        first_start.run(settings)
+    # The model was trained before the catalog failed: it stays; the catalog is still to do.
+    assert [v["version"] for v in registry.versions("autocomplete")] == [1]
+    assert Catalog.stored_count(engine) == 0 and first_start.needs_work(settings, engine, registry)
+
+    catalog.write_text('{"id": "a", "title": "café"}\n', encoding="utf-8")
+    first_start.run(settings)
+    assert Catalog.load(engine).ids == ["a"] and not first_start.needs_work(settings, engine, registry)
+    assert [v["version"] for v in registry.versions("autocomplete")] == [1]
