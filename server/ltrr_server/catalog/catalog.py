@@ -121,7 +121,7 @@ class Catalog:
     A query needs an item's id by position and back, its popularity and age, and the exact item
     names (the entity hint); only indexing reads whole items, and it reads them from SQL
     (``read``). Keeping every item in memory cost 84 MB for the demo's 100k items; these
-    columns cost about 25.
+    columns cost 21.
 
     >>> from ltrr_server.log import db
     >>> engine = db.create_engine("sqlite://"); db.migrate(engine)
