@@ -13,8 +13,6 @@ demo), or when ``server.demo_autocomplete_sessions`` is set and no demo model is
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import multiprocessing
 import os
@@ -26,6 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from ltrr_server.catalog.catalog import Catalog
 from ltrr_server.config import Settings
+from ltrr_server.heap import libc_function
 from ltrr_server.log import db
 from ltrr_server.metrics import Metrics
 from ltrr_server.retrieval.retriever import Retriever
@@ -51,6 +50,11 @@ def needs_work(settings: Settings, engine: sa.Engine, registry: ModelRegistry) -
     """Whether a first start's work is still to do (the schema must be migrated)."""
     if settings.demo_autocomplete_sessions and not registry.versions(DEMO_AUTOCOMPLETE):
         return True
+    return _catalog_to_ingest(settings, engine)
+
+
+def _catalog_to_ingest(settings: Settings, engine: sa.Engine) -> bool:
+    """A catalog is configured (a file or the generated demo) and none is stored yet."""
     conf = settings.retrieval
     return conf.enabled and bool(conf.catalog_path or conf.demo_items) and Catalog.stored_count(engine) == 0
 
@@ -112,7 +116,9 @@ def do_work(settings: Settings) -> None:
     try:
         registry = ModelRegistry(engine, settings.model_dir)
         _train_demo_autocomplete(settings, registry)
-        if settings.retrieval.enabled:
+        # A retriever loads every index: made only when a catalog is to be ingested, not for the
+        # autocomplete model alone.
+        if _catalog_to_ingest(settings, engine):
             live = LiveModels(registry)
             live.load_all()
             retriever = Retriever(settings.retrieval, engine, Metrics(CollectorRegistry()), live_models=live)
@@ -146,12 +152,10 @@ def _train_demo_autocomplete(settings: Settings, registry: ModelRegistry) -> Non
 
 
 def _load_initial_catalog(settings: Settings, retriever: Retriever) -> None:
-    """An empty catalog gets the configured catalog file, or the generated demo catalog."""
+    """The empty catalog gets the configured catalog file, or the generated demo catalog."""
     from ltrr_server.catalog.ingest import demo_items, read_catalog
 
     conf = settings.retrieval
-    if len(retriever.catalog) or not (conf.catalog_path or conf.demo_items):
-        return
     t0 = time.perf_counter()
     if conf.catalog_path:
         items, errors = read_catalog(conf.catalog_path)
@@ -170,10 +174,6 @@ def _log_progress(stage: str, done: int, total: int) -> None:
 
 def _die_with_parent() -> None:
     """A server killed during its first start takes this process with it (Linux; elsewhere a no-op)."""
-    name = ctypes.util.find_library("c")
-    if not name:
-        return
-    try:
-        ctypes.CDLL(name).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    prctl = libc_function("prctl")
+    if prctl is not None:
+        prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG

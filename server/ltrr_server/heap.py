@@ -12,6 +12,22 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+from typing import Any
+
+
+def libc_function(name: str) -> Any:
+    """A function of the C library by name, or None where there is no such library or function.
+
+    >>> libc_function("no_such_function") is None
+    True
+    """
+    library = ctypes.util.find_library("c")
+    if not library:
+        return None
+    try:
+        return getattr(ctypes.CDLL(library), name)
+    except (OSError, AttributeError):
+        return None
 
 
 def release_free_memory() -> bool:
@@ -21,12 +37,8 @@ def release_free_memory() -> bool:
     True
     """
     gc.collect()
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
-    try:
-        trim = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):  # not glibc
+    trim = libc_function("malloc_trim")
+    if trim is None:  # not glibc
         return False
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     return bool(trim(0))

@@ -158,12 +158,6 @@ class Catalog:
             raise RuntimeError("this catalog has no SQL engine to keep items in")
         return self.engine
 
-    def _add_columns(self, pos: int, item: Item) -> None:
-        """A new item's id and embedding dimension (names, popularity and age: by the caller)."""
-        self.ids.append(item.id)
-        self.index[item.id] = pos
-        self.embedding_dim = self.embedding_dim or item.embedding_dims
-
     # ------------------------------------------------------------------ reading
     def read(self, positions: Sequence[int], chunk: int = 5000) -> list[Item]:
         """The whole items at ``positions``, in that order, from SQL."""
@@ -247,7 +241,8 @@ class Catalog:
                 progress("store items", min(start + chunk, len(todo)), len(todo))
         # Memory follows SQL only once it is committed.
         for p in added:
-            self._add_columns(p, changed[p])
+            self.index[changed[p].id] = p
+            self.ids.append(changed[p].id)
         self.names.update(pair for p in added for pair in _names(changed[p].fields, changed[p].type))
         n = len(self.ids)
         self.popularity = np.resize(self.popularity, n)
