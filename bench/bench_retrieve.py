@@ -32,7 +32,7 @@ from bench.common import rss_mb, save
 from ltrr_server import first_start
 from ltrr_server.api.retrieval import retrieval_to_proto
 from ltrr_server.config import load_settings
-from ltrr_server.core import Ltrr
+from ltrr_server.core.ltrr import Ltrr
 from ltrr_server.demo.music import MusicWorld
 from ltrr_server.log import db
 from ltrr_server.metrics import Metrics
@@ -62,7 +62,8 @@ def run(items: int, queries: int) -> dict[str, Any]:
     gc.collect()
     rss_ingested = rss_mb_self()
     core = Ltrr(settings, Metrics(CollectorRegistry()))
-    core.open()  # loads what the ingest stored, as a server does
+    core.open_policies()
+    core.open_models()  # loads what the ingest stored, as a server does
     rss_loaded = rss_mb_self()
     retriever = core.retriever
     assert retriever is not None
@@ -74,11 +75,11 @@ def run(items: int, queries: int) -> dict[str, Any]:
           f"right after it, {rss_loaded:.0f} MB once loaded as a server does (process before: {rss0:.0f} MB)")
 
     async def serve_side() -> list[float]:
-        await core.start_background()
+        await core.start_joins()
         out = []
         for q in qs:
             t = time.perf_counter()
-            r = await core.retrieve("retrieval", q.text, [], q.embedding or [], fixed_plan=largest)
+            r = await core.decisions.retrieve("retrieval", q.text, [], q.embedding or [], fixed_plan=largest)
             retrieval_to_proto(r, 0, "")
             out.append(time.perf_counter() - t)
         return out

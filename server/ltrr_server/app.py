@@ -1,7 +1,19 @@
 """Builds the gRPC server (decisions, retrieval, models, feedback, admin, health, reflection) and the metrics endpoint.
 
+The port is checked and bound first, before any start-up work: health answers NOT_SERVING within
+a second of the start, and a port in use ends the start at once. Then, with the server answering:
+
+1. policies are restored (snapshot + replay) and the writer and learner start: Decide, the
+   feedback and admin services go SERVING;
+2. a first start's catalog and models are built (in a child process), live models and indexes
+   loaded and checked: Retrieve and the model service go SERVING, or stay NOT_SERVING naming
+   what is missing.
+
+Afterwards health follows the parts: a part that died holds its services down until the
+supervisor has it back; commits that stall hold the feedback service down.
+
 ``build_server`` is apart from ``main`` so that tests bind port 0 and run several servers,
-each with its own metrics registry.
+each with its own metrics registry. Its heavy imports (VW, PECOS, indexes) happen after binding.
 """
 
 from __future__ import annotations
@@ -10,8 +22,13 @@ import asyncio
 import gc
 import logging
 import signal
-from dataclasses import dataclass
-from typing import Any
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -19,100 +36,250 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
-from ltrr.v1 import (
-    admin_pb2,
-    admin_pb2_grpc,
-    decisions_pb2,
-    decisions_pb2_grpc,
-    feedback_pb2,
-    feedback_pb2_grpc,
-    models_pb2,
-    models_pb2_grpc,
-    retrieval_pb2,
-    retrieval_pb2_grpc,
-)
-from ltrr_server.api.admin import AdminServicer
-from ltrr_server.api.decisions import DecisionServicer
-from ltrr_server.api.feedback import FeedbackServicer
-from ltrr_server.api.models import ModelServicer
-from ltrr_server.api.retrieval import RetrievalServicer
+from ltrr.v1 import admin_pb2, decisions_pb2, feedback_pb2, models_pb2, retrieval_pb2
+from ltrr_server.api.health import Health
+from ltrr_server.api.routes import ServiceRoutes
 from ltrr_server.config import Settings
-from ltrr_server.core import Ltrr
-from ltrr_server.first_start import LOG_FORMAT
 from ltrr_server.metrics import Metrics
+
+if TYPE_CHECKING:
+    from ltrr_server.core.ltrr import Ltrr
 
 log = logging.getLogger(__name__)
 
-SERVICES = (
-    decisions_pb2.DESCRIPTOR.services_by_name["DecisionService"].full_name,
-    feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"].full_name,
-    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
-    retrieval_pb2.DESCRIPTOR.services_by_name["RetrievalService"].full_name,
-    models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
-)
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+DECISIONS = decisions_pb2.DESCRIPTOR.services_by_name["DecisionService"]
+FEEDBACK = feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"]
+ADMIN = admin_pb2.DESCRIPTOR.services_by_name["AdminService"]
+RETRIEVAL = retrieval_pb2.DESCRIPTOR.services_by_name["RetrievalService"]
+MODELS = models_pb2.DESCRIPTOR.services_by_name["ModelService"]
+SERVICES = tuple(s.full_name for s in (DECISIONS, FEEDBACK, ADMIN, RETRIEVAL, MODELS))
+# What each background part's death stops. The learner: rewards are still acknowledged, but not
+# learned (a replacement replays them); the writer: acknowledgements, which wait for commits.
+_PART_SERVICES = {
+    "writer": (FEEDBACK.full_name,), "writer_process": (FEEDBACK.full_name,), "learner": (FEEDBACK.full_name,),
+    "joins": (FEEDBACK.full_name,), "retrieval_flush": (RETRIEVAL.full_name,),
+}
+# Commits failing for this long hold the feedback service down (acks cannot be given meanwhile).
+COMMIT_STALL_SECONDS = 5.0
+# Long start-up work says it is still running at least this often.
+PROGRESS_INTERVAL_SECONDS = 10.0
 
 
 @dataclass
 class LtrrServer:
-    """A running ltrr: the gRPC server, its core, and the metrics endpoint."""
+    """A running ltrr: the gRPC server, its parts (once restored), health, the metrics endpoint."""
 
     grpc_server: grpc.aio.Server
-    core: Ltrr
-    health: HealthServicer
+    settings: Settings
+    metrics: Metrics
+    health: Health
+    routes: dict[str, ServiceRoutes]
     metrics_http: Any
     metrics_port: int
+    core: Ltrr | None = None
+    _start_up: asyncio.Task[None] | None = None
+    _health_task: asyncio.Task[None] | None = None
+    _stopping: bool = field(default=False)
+
+    async def ready(self) -> None:
+        """Waits until start-up is done; raises what stopped it."""
+        assert self._start_up is not None
+        await asyncio.shield(self._start_up)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stops taking calls, lets running ones finish, then snapshots and flushes the log."""
-        await self.health.enter_graceful_shutdown()
+        self._stopping = True
+        await self.health.servicer.enter_graceful_shutdown()
+        if self._start_up is not None and not self._start_up.done():
+            self._start_up.cancel()
+            try:
+                await self._start_up
+            except BaseException:  # noqa: BLE001 - stopping: what start-up would have raised no longer matters
+                pass
         await self.grpc_server.stop(grace)
-        await self.core.aclose()
+        if self._health_task is not None:
+            self._health_task.cancel()
+        if self.core is not None:
+            await self.core.aclose()
         if self.metrics_http is not None:
             self.metrics_http.shutdown()
             self.metrics_http.server_close()
 
+    # ------------------------------------------------------------------ start-up
+    async def _start(self) -> None:
+        settings, health = self.settings, self.health
+        for name in (FEEDBACK.full_name, ADMIN.full_name):
+            health.down(name, "start", "policies are being restored")
+        health.down(DECISIONS.full_name, "start", "policies are being restored")
+        if settings.retrieval.enabled:
+            health.down(RETRIEVAL.full_name, "start", "waiting for the policies to be restored")
+        else:
+            health.disable(RETRIEVAL.full_name, "no [retrieval] strategies are configured")
+        health.down(MODELS.full_name, "start", "waiting for the policies to be restored")
 
-async def build_server(settings: Settings, registry: CollectorRegistry | None = None) -> tuple[LtrrServer, int]:
-    """Restores the core and starts serving. Returns the server and its bound gRPC port.
+        with _progress("restoring policies"):
+            core = await asyncio.to_thread(_make_core, settings, self.metrics, self._on_component_change)
+            self.core = core
+            await asyncio.to_thread(core.open_policies)
+        from ltrr_server.api.admin import AdminServicer
+        from ltrr_server.api.decisions import DecisionServicer
+        from ltrr_server.api.feedback import FeedbackServicer
+
+        limits = settings.limits
+        self.routes[DECISIONS.full_name].attach(DecisionServicer(core.decisions, self.metrics, limits))
+        self.routes[FEEDBACK.full_name].attach(FeedbackServicer(core.rewards, self.metrics, limits))
+        self.routes[ADMIN.full_name].attach(AdminServicer(core.policies, core.rewards, limits))
+        await core.start_joins()
+        health.check(FEEDBACK.full_name, "commits", lambda: _commit_stall(core))
+        for name in (DECISIONS.full_name, FEEDBACK.full_name, ADMIN.full_name):
+            health.up(name, "start")
+
+        building = "the catalog, its indexes and the models are being loaded (on a first start, built)"
+        self.routes[RETRIEVAL.full_name].waiting_for(building)
+        self.routes[MODELS.full_name].waiting_for(building)
+        if settings.retrieval.enabled:
+            health.down(RETRIEVAL.full_name, "start", building)
+        health.down(MODELS.full_name, "start", building)
+        try:
+            with _progress("building and loading the catalog, indexes and models"):
+                await asyncio.to_thread(core.open_models)
+        except Exception as exc:
+            # Decisions and rewards go on; what needs the catalog or the models says why it cannot.
+            log.exception("start-up: the catalog, indexes or models could not be loaded")
+            reason = f"the catalog, indexes or models could not be loaded: {exc}"
+            for name in (RETRIEVAL.full_name, MODELS.full_name):
+                self.routes[name].waiting_for(reason)
+                health.down(name, "start", reason)
+            return
+        from ltrr_server.api.models import ModelServicer
+        from ltrr_server.api.retrieval import RetrievalServicer
+
+        self.routes[MODELS.full_name].attach(ModelServicer(core.models, core.sessions))
+        health.up(MODELS.full_name, "start")
+        # Without strategies it answers FAILED_PRECONDITION, saying so (its health: NOT_SERVING).
+        self.routes[RETRIEVAL.full_name].attach(RetrievalServicer(core.decisions, limits))
+        if core.retriever is not None:
+            await core.start_retrieval_flush()
+            health.up(RETRIEVAL.full_name, "start")
+        log.info("ltrr ready: every service restored and loaded")
+
+    def _on_component_change(self, component: str, up: bool, reason: str) -> None:
+        for service in _PART_SERVICES.get(component, ()):
+            if up:
+                self.health.up(service, component)
+            else:
+                self.health.down(service, component, reason)
+
+
+def _make_core(settings: Settings, metrics: Metrics, on_change: Callable[[str, bool, str], None]) -> Ltrr:
+    from ltrr_server.core.ltrr import Ltrr
+
+    return Ltrr(settings, metrics, on_component_change=on_change)
+
+
+def _commit_stall(core: Ltrr) -> str:
+    stalled = core.writer.stalled_seconds()
+    if stalled >= COMMIT_STALL_SECONDS:
+        return f"the event log has not committed for {stalled:.0f}s (is the database away?): acks wait"
+    return ""
+
+
+@contextmanager
+def _progress(what: str, interval: float = PROGRESS_INTERVAL_SECONDS) -> Iterator[None]:
+    """Logs that ``what`` is still running every ``interval`` seconds, and how long it took."""
+    done = threading.Event()
+    t0 = time.monotonic()
+
+    def tick() -> None:
+        while not done.wait(interval):
+            log.info("start-up: still %s (%.0fs)", what, time.monotonic() - t0)
+
+    threading.Thread(target=tick, name="ltrr-start-progress", daemon=True).start()
+    log.info("start-up: %s", what)
+    try:
+        yield
+    finally:
+        done.set()
+    log.info("start-up: done %s in %.1fs", what, time.monotonic() - t0)
+
+
+async def build_server(settings: Settings, registry: CollectorRegistry | None = None,
+                       wait: bool = True) -> tuple[LtrrServer, int]:
+    """Binds and starts serving, then restores and loads the parts. Returns the server and its
+    bound gRPC port: with ``wait`` once every part is ready (raising what failed), else at once.
 
     The learner runs in a spawned child process, so a script that calls this must keep its
     top level behind ``if __name__ == "__main__":`` (the usual multiprocessing rule).
     """
     registry = registry if registry is not None else CollectorRegistry()
     metrics = Metrics(registry)
-    core = Ltrr(settings, metrics)
-    await asyncio.to_thread(core.open)
-    await core.start_background()
-
+    _check_port_free(settings.grpc_host, settings.grpc_port)
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", settings.limits.max_request_bytes),
         ("grpc.max_send_message_length", 64 * 1024 * 1024),
         ("grpc.so_reuseport", 0),
     ])
-    decisions_pb2_grpc.add_DecisionServiceServicer_to_server(DecisionServicer(core, metrics), server)
-    feedback_pb2_grpc.add_FeedbackServiceServicer_to_server(FeedbackServicer(core, metrics), server)
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(core, metrics), server)
-    retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(RetrievalServicer(core, metrics), server)
-    models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(core, metrics), server)
-    health = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    routes = {s.full_name: ServiceRoutes(s, metrics) for s in (DECISIONS, FEEDBACK, ADMIN, RETRIEVAL, MODELS)}
+    for name, service_routes in routes.items():
+        server.add_registered_method_handlers(name, service_routes.handlers)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, service_routes.handlers),))
+    servicer = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     reflection.enable_server_reflection(
         (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+    health = Health(servicer, metrics, SERVICES)
+    for name in SERVICES:
+        health.down(name, "start", "the server is starting")
+    await health.publish()  # NOT_SERVING, overall too, before the first call can come in
+    try:
+        port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+    except RuntimeError as exc:
+        raise OSError(f"cannot bind gRPC port {settings.grpc_host}:{settings.grpc_port}: {exc}") from exc
     if port == 0:
         raise OSError(f"cannot bind gRPC port {settings.grpc_host}:{settings.grpc_port}")
     await server.start()
-    for name in ("", *SERVICES):
-        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     http, metrics_port = None, -1
     if settings.metrics_port >= 0:
-        http, _ = start_http_server(settings.metrics_port, registry=registry)
+        metrics_host = (settings.metrics_host or settings.grpc_host).strip("[]")
+        try:
+            http, _ = start_http_server(settings.metrics_port, addr=metrics_host, registry=registry)
+        except OSError:
+            await server.stop(0)
+            raise
         metrics_port = http.server_port
-    log.info("ltrr serving gRPC on %s:%d, metrics on :%d, database %s", settings.grpc_host, port, metrics_port,
-             _redact(settings.db_url))
-    return LtrrServer(server, core, health, http, metrics_port), port
+    log.info("ltrr listening: gRPC on %s:%d, metrics on %s:%d, database %s", settings.grpc_host, port,
+             settings.metrics_host or settings.grpc_host, metrics_port, _redact(settings.db_url))
+    ltrr = LtrrServer(server, settings, metrics, health, routes, http, metrics_port)
+    ltrr._health_task = asyncio.create_task(health.run())
+    ltrr._start_up = asyncio.create_task(ltrr._start())
+    if wait:
+        try:
+            await ltrr.ready()
+        except BaseException:
+            await ltrr.stop(grace=0)
+            raise
+    return ltrr, port
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fails at once, naming the address, when the port is taken (gRPC would say only "cannot bind")."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise OSError(f"cannot bind gRPC port {host}:{port}: {exc}") from exc
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds: TIME_WAIT is no conflict
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise OSError(f"cannot bind gRPC port {host}:{port}: {exc.strerror} (is another server running?)") \
+                from exc
 
 
 def _redact(url: str) -> str:
@@ -131,20 +298,29 @@ def _redact(url: str) -> str:
 
 
 async def serve(settings: Settings) -> None:
-    """Runs until SIGINT or SIGTERM, then stops gracefully."""
-    server, _ = await build_server(settings)
-    # Pending decisions live for a whole join window by design: with CPython's default thresholds
-    # the collector rescans them over and over (about 10% of Decide throughput). What start-up
-    # built (modules, restored models, config) is frozen out of the scans for good.
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
+    """Runs until SIGINT or SIGTERM, then stops gracefully. A start-up that fails stops the server."""
+    server, _ = await build_server(settings, wait=False)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    start_up = asyncio.ensure_future(server.ready())
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({start_up, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    failure = start_up.exception() if start_up.done() else None
+    if start_up.done() and failure is None:
+        # Pending decisions live for a whole join window by design: with CPython's default thresholds
+        # the collector rescans them over and over (about 10% of Decide throughput). What start-up
+        # built (modules, restored models, config) is frozen out of the scans for good.
+        gc.freeze()
+        gc.set_threshold(50_000, 50, 100)
+        await stopped
+    if failure is not None:
+        log.error("start-up failed: %s", failure)
     log.info("stopping: finishing calls, snapshotting, flushing the event log")
     await server.stop()
+    if failure is not None:
+        raise failure
 
 
 def main(settings: Settings) -> None:

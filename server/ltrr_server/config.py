@@ -33,6 +33,9 @@ EXPLORATIONS = ("epsilon", "softmax", "bag", "cover", "squarecb", "rnd")
 AGGREGATIONS = ("first", "sum", "max")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _MAX_JOIN_WINDOW_S = 7 * 24 * 3600.0
+MAX_ACTION_ID_CHARS = 256
+MAX_DESCRIPTION_CHARS = 1024
+MAX_INTERACTIONS = 64
 
 
 def _finite(value: float, field_name: str) -> None:
@@ -89,6 +92,9 @@ class PolicySpec:
         _finite(self.squarecb_gamma_scale, f"{p}.squarecb_gamma_scale")
         if self.squarecb_gamma_scale <= 0:
             raise InvalidArgument(f"{p}.squarecb_gamma_scale", "must be positive")
+        if len(self.interactions) > MAX_INTERACTIONS:
+            raise InvalidArgument(f"{p}.interactions", f"{len(self.interactions)} interactions, more than "
+                                                      f"{MAX_INTERACTIONS}")
         for i, inter in enumerate(self.interactions):
             if len(inter) not in (2, 3) or any(c in " |:" for c in inter):
                 raise InvalidArgument(
@@ -98,6 +104,8 @@ class PolicySpec:
         for i, action in enumerate(self.actions):
             if not action.id:
                 raise InvalidArgument(f"{p}.actions[{i}].id", "action id is empty")
+            if len(action.id) > MAX_ACTION_ID_CHARS:
+                raise InvalidArgument(f"{p}.actions[{i}].id", f"longer than {MAX_ACTION_ID_CHARS} characters")
             if action.id in seen:
                 raise InvalidArgument(f"{p}.actions[{i}].id", f"duplicate action id {action.id!r}")
             seen.add(action.id)
@@ -113,6 +121,8 @@ class PolicySpec:
             raise InvalidArgument(f"{p}.slots", f"must be in [1, 64], got {self.slots}")
         if self.kind == "cb" and self.slots != 1:
             raise InvalidArgument(f"{p}.slots", "a cb policy has exactly one slot; use kind ccb")
+        if len(self.description) > MAX_DESCRIPTION_CHARS:
+            raise InvalidArgument(f"{p}.description", f"longer than {MAX_DESCRIPTION_CHARS} characters")
         if not 1 <= self.bits <= 30:
             raise InvalidArgument(f"{p}.bits", f"must be in [1, 30], got {self.bits}")
         _finite(self.learning_rate, f"{p}.learning_rate")
@@ -192,14 +202,23 @@ class Limits:
     max_sessions: int = 100_000
     max_session_queries: int = 5
     max_prefix_chars: int = 256
+    # RecordQuery, Autocomplete's previous queries and XmrPredict: characters in one query, and
+    # previous queries one Autocomplete request may send.
+    max_query_chars: int = 512
+    max_previous_queries: int = 32
     # XmrPredict: queries in one request (each is vectorized and searched on the server).
     max_predict_queries: int = 1024
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidArgument(f"limits.{f.name}", f"must be a positive integer, got {value!r}")
+        if self.max_reward_batch > self.max_write_queue_rows:
+            # A batch is queued whole or refused: one larger than the queue could never be taken.
+            raise InvalidArgument("limits.max_reward_batch", f"{self.max_reward_batch} is more than "
+                                  f"limits.max_write_queue_rows={self.max_write_queue_rows}: such a batch could "
+                                  "never be queued")
 
 
 @dataclass(frozen=True)
@@ -298,8 +317,10 @@ class Settings:
     db_url: str = "sqlite:///ltrr.db"
     grpc_host: str = "0.0.0.0"
     grpc_port: int = 50051
-    # -1 disables the metrics HTTP endpoint; 0 picks a free port.
+    # -1 disables the metrics HTTP endpoint; 0 picks a free port. Its address is grpc_host's
+    # unless metrics_host says otherwise.
     metrics_port: int = 9464
+    metrics_host: str = ""
     snapshot_interval_seconds: float = 60.0
     # How often the learner hands the decision path a fresh model copy (a copy costs ~10 ms of CPU).
     publish_interval_seconds: float = 0.25
@@ -308,6 +329,9 @@ class Settings:
     # backlog is bounded by limits.max_pending_joins); when they are not, it changes nothing.
     learner_nice: int = 10
     write_batch_rows: int = 5000
+    # At a stop, how long the event log keeps retrying a database that is away before it gives
+    # up on what is queued (nothing of it was acknowledged). Under docker stop's 10 s.
+    shutdown_timeout_seconds: float = 5.0
     # How long a group commit waits for more rows when the queue is short: while an ack waits
     # (adds to ack latency), and while only rows nobody waits for are queued (decisions, joins).
     write_linger_seconds: float = 0.002
@@ -339,7 +363,7 @@ class Settings:
             value = getattr(self, name)
             if not (math.isfinite(value) and 0 <= value <= 1):
                 raise InvalidArgument(f"server.{name}", f"must be in [0, 1], got {value}")
-        for name in ("snapshot_interval_seconds", "publish_interval_seconds"):
+        for name in ("snapshot_interval_seconds", "publish_interval_seconds", "shutdown_timeout_seconds"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise InvalidArgument(f"server.{name}", f"must be a positive number, got {value}")
@@ -357,6 +381,10 @@ class Settings:
                                   f"must be in [0, 1000000], got {self.demo_autocomplete_sessions}")
         if self.metrics_window < 1:
             raise InvalidArgument("server.metrics_window", "must be positive")
+        for i, policy in enumerate(self.policies):
+            if len(policy.actions) > self.limits.max_actions:
+                raise InvalidArgument(f"policies[{i}].actions", f"{len(policy.actions)} actions, more than "
+                                                                f"limits.max_actions={self.limits.max_actions}")
         names = [p.name for p in self.policies]
         for i, name in enumerate(names):
             if name in names[:i]:
@@ -374,6 +402,7 @@ _ENV = {
     "LTRR_GRPC_PORT": ("grpc_port", int),
     "LTRR_METRICS_PORT": ("metrics_port", int),
     "LTRR_GRPC_HOST": ("grpc_host", str),
+    "LTRR_METRICS_HOST": ("metrics_host", str),
 }
 
 

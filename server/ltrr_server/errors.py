@@ -33,3 +33,7 @@ class Overloaded(LtrrError):
 
 class FailedPrecondition(LtrrError):
     """The system is not in a state that allows the request (shutting down, ...)."""
+
+
+class Unavailable(LtrrError):
+    """The service cannot answer now (starting, its data being rebuilt): retry later."""

@@ -22,6 +22,7 @@ import time
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 
+from ltrr_server.app import LOG_FORMAT
 from ltrr_server.catalog.catalog import Catalog
 from ltrr_server.config import Settings
 from ltrr_server.heap import libc_function
@@ -34,7 +35,6 @@ from ltrr_server.xmr.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # The model name ``server.demo_autocomplete_sessions`` trains (the CLI's and RPC's default).
 DEMO_AUTOCOMPLETE = "autocomplete"
 # Below these, the catalog is ingested in the server's process (see ``run``).

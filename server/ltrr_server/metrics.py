@@ -81,6 +81,18 @@ class Metrics:
         self.learner_up = Gauge(
             "ltrr_learner_up", "1 while the learner process runs.", registry=registry,
         )
+        self.component_up = Gauge(
+            "ltrr_component_up", "1 while a background part (writer, writer_process, learner) runs.",
+            ["component"], registry=registry,
+        )
+        self.service_serving = Gauge(
+            "ltrr_service_serving", "1 while a gRPC service reports SERVING on grpc.health.v1.",
+            ["service"], registry=registry,
+        )
+        self.component_restarts = Counter(
+            "ltrr_component_restarts", "Background parts restarted by the supervisor after they died.",
+            ["component"], registry=registry,
+        )
         self.pending_joins = Gauge(
             "ltrr_pending_joins", "Decisions waiting for their join window to close.", registry=registry,
         )
@@ -96,6 +108,10 @@ class Metrics:
         )
         self.db_write_errors = Counter(
             "ltrr_db_write_errors", "Group commits that failed.", registry=registry,
+        )
+        self.db_rows_refused = Counter(
+            "ltrr_db_rows_refused", "Rows the database refused (their callers were told; nothing else failed).",
+            registry=registry,
         )
 
         self.strategy_duration = Histogram(

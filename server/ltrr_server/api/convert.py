@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ltrr.v1 import admin_pb2, common_pb2, decisions_pb2, feedback_pb2
-from ltrr_server.config import ActionSpec, PolicySpec
-from ltrr_server.core import Decision, PolicyInfo, RewardInput, RewardResult
+from ltrr_server.config import ActionSpec, Limits, PolicySpec
+from ltrr_server.core.decisions import Decision
+from ltrr_server.core.policies import PolicyInfo
+from ltrr_server.core.rewards import RewardInput, RewardResult
 from ltrr_server.errors import InvalidArgument
 from ltrr_server.features import Namespaces, validate_namespaces
 from ltrr_server.log.joiner import Outcome
@@ -99,8 +101,12 @@ def reward_acks(rewards: Sequence[RewardInput], results: Sequence[RewardResult])
     return out
 
 
-def spec_from_proto(s: admin_pb2.PolicySpec, max_features: int) -> PolicySpec:
+def spec_from_proto(s: admin_pb2.PolicySpec, limits: Limits) -> PolicySpec:
+    """A policy spec from a request; bounded like the configuration (``PolicySpec``) and by ``limits``."""
     defaults = PolicySpec(name="defaults")
+    if len(s.actions) > limits.max_actions:
+        raise InvalidArgument("spec.actions", f"{len(s.actions)} actions, more than limits.max_actions="
+                                              f"{limits.max_actions}")
     kind = _KINDS.get(s.kind, "cb") if s.kind else "cb"
     if s.kind and s.kind not in _KINDS:
         raise InvalidArgument("spec.kind", f"unknown kind {s.kind}")
@@ -116,7 +122,7 @@ def spec_from_proto(s: admin_pb2.PolicySpec, max_features: int) -> PolicySpec:
         ensemble_size=s.ensemble_size or defaults.ensemble_size,
         squarecb_gamma_scale=s.squarecb_gamma_scale or defaults.squarecb_gamma_scale,
         interactions=tuple(s.interactions),
-        actions=tuple(actions(s.actions, "spec.actions", max_features)),
+        actions=tuple(actions(s.actions, "spec.actions", limits.max_features)),
         join_window_seconds=s.join_window_seconds or defaults.join_window_seconds,
         default_reward=s.default_reward,
         aggregation=_AGGREGATIONS.get(s.aggregation, defaults.aggregation),

@@ -6,7 +6,7 @@ id, the tag of its probability) encoded once and kept, cost a join, and protobuf
 in C (4.2 us together). The result is the same message, field for field; multi-slot decisions
 are still built as messages (``convert.decision_to_proto``).
 
->>> from ltrr_server.core import Decision, SlotResult
+>>> from ltrr_server.core.decisions import Decision, SlotResult
 >>> d = Decision("e1", ["news", "music"], [SlotResult(1, 0.75, [0.25, 0.75])], model_version=3)
 >>> resp = DecisionWire().response(d, "r1")
 >>> resp.chosen_action_id, resp.probability, [(p.action_id, p.probability) for p in resp.probabilities]
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from ltrr.v1 import decisions_pb2
 from ltrr_server.api.wire import length_delimited, pack_double, varint
-from ltrr_server.core import Decision
+from ltrr_server.core.decisions import Decision
 
 _from_bytes = decisions_pb2.DecideResponse.FromString
 

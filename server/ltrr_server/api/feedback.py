@@ -8,28 +8,29 @@ from collections.abc import AsyncIterator, Awaitable
 
 import grpc
 
-from ltrr.v1 import feedback_pb2, feedback_pb2_grpc
+from ltrr.v1 import feedback_pb2
 from ltrr_server import errors
 from ltrr_server.api import convert
-from ltrr_server.api.status import Ctx, code_for, message_for, unary
+from ltrr_server.api.routes import Undecodable
+from ltrr_server.api.status import Ctx, code_for, message_for
 from ltrr_server.api.streams import answered_in_order
-from ltrr_server.core import Ltrr, RewardResult
+from ltrr_server.config import Limits
+from ltrr_server.core.rewards import RewardResult, Rewards
 from ltrr_server.log.joiner import Outcome
 from ltrr_server.metrics import Metrics
 
 
-class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
-    def __init__(self, core: Ltrr, metrics: Metrics) -> None:
-        self._core = core
+class FeedbackServicer:
+    def __init__(self, rewards: Rewards, metrics: Metrics, limits: Limits) -> None:
+        self._rewards = rewards
         self._metrics = metrics
-        self._inflight = core.limits.max_stream_inflight_batches
+        self._inflight = limits.max_stream_inflight_batches
 
-    @unary("ReportReward")
     async def ReportReward(  # noqa: N802
         self, request: feedback_pb2.RewardEvent, context: Ctx
     ) -> feedback_pb2.RewardAck:
         reward = convert.reward_input(request)
-        [result] = await self._core.report_rewards([reward])
+        [result] = await self._rewards.report([reward])
         if result.outcome == Outcome.INVALID:
             raise errors.InvalidArgument("", result.message)
         if result.outcome == Outcome.UNKNOWN:
@@ -40,7 +41,7 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
         start = time.perf_counter()
         rewards = [convert.reward_input(ev) for ev in batch.events]
         try:
-            results = await self._core.report_rewards(rewards)
+            results = await self._rewards.report(rewards)
             code = grpc.StatusCode.OK
             out = convert.reward_acks(rewards, results)
         except errors.LtrrError as exc:
@@ -60,5 +61,11 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
         async for acks in answered_in_order(request_iterator, self._submit_batch, self._inflight):
             yield await acks
 
-    async def _submit_batch(self, batch: feedback_pb2.RewardBatch) -> Awaitable[feedback_pb2.RewardAckBatch]:
+    async def _submit_batch(
+        self, batch: feedback_pb2.RewardBatch | Undecodable
+    ) -> Awaitable[feedback_pb2.RewardAckBatch]:
+        if isinstance(batch, Undecodable):
+            # Its events cannot be named in acks: the stream ends here, after the acks before it.
+            self._metrics.observe_rpc("StreamRewards", "INVALID_ARGUMENT", 0.0)
+            raise batch.error
         return asyncio.ensure_future(self._ack_batch(batch))

@@ -1,16 +1,15 @@
-"""ModelService: XR-Linear inference, the model registry, promotion."""
+"""ModelService: XR-Linear inference, autocompletion and its sessions, the model registry, promotion."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
-from ltrr.v1 import models_pb2, models_pb2_grpc
-from ltrr_server.api.status import Ctx, unary
+from ltrr.v1 import models_pb2
+from ltrr_server.api.status import Ctx
 from ltrr_server.api.xmr_wire import XmrResponseWire
-from ltrr_server.core import Ltrr
-from ltrr_server.metrics import Metrics
+from ltrr_server.core.models import Models
+from ltrr_server.core.sessions import Sessions
 
 
 def version_to_proto(row: dict[str, Any]) -> models_pb2.ModelVersion:
@@ -20,48 +19,43 @@ def version_to_proto(row: dict[str, Any]) -> models_pb2.ModelVersion:
     )
 
 
-class ModelServicer(models_pb2_grpc.ModelServiceServicer):
-    def __init__(self, core: Ltrr, metrics: Metrics) -> None:
-        self._core = core
-        self._metrics = metrics
+class ModelServicer:
+    def __init__(self, models: Models, sessions: Sessions) -> None:
+        self._models = models
+        self._sessions = sessions
         self._xmr_wire = XmrResponseWire()
 
-    @unary("XmrPredict")
     async def XmrPredict(  # noqa: N802 - gRPC method name
         self, request: models_pb2.XmrPredictRequest, context: Ctx
     ) -> models_pb2.XmrPredictResponse:
-        version, model, ranked = await self._core.xmr_predict(request.model, list(request.queries), request.k,
-                                                              request.beam_size)
+        version, model, ranked = await self._models.xmr_predict(request.model, list(request.queries), request.k,
+                                                                request.beam_size)
         return self._xmr_wire.response(version, model, ranked)
 
-    @unary("Autocomplete")
     async def Autocomplete(  # noqa: N802
         self, request: models_pb2.AutocompleteRequest, context: Ctx
     ) -> models_pb2.AutocompleteResponse:
-        version, completions = await self._core.autocomplete(
+        version, completions = await self._models.autocomplete(
             request.model, request.prefix, list(request.previous_queries), request.session_id, request.k)
         return models_pb2.AutocompleteResponse(model_version=version, completions=[
             models_pb2.Completion(query=q, score=s) for q, s in completions])
 
-    @unary("RecordQuery")
     async def RecordQuery(  # noqa: N802
         self, request: models_pb2.RecordQueryRequest, context: Ctx
     ) -> models_pb2.RecordQueryResponse:
         return models_pb2.RecordQueryResponse(
-            session_queries=self._core.record_query(request.session_id, request.query))
+            session_queries=self._sessions.record(request.session_id, request.query))
 
-    @unary("ListModels")
     async def ListModels(  # noqa: N802
         self, request: models_pb2.ListModelsRequest, context: Ctx
     ) -> models_pb2.ListModelsResponse:
-        rows = await asyncio.to_thread(self._core.registry.versions, request.name)
+        rows = await self._models.versions(request.name)
         return models_pb2.ListModelsResponse(models=[version_to_proto(r) for r in rows])
 
-    @unary("PromoteModel")
     async def PromoteModel(  # noqa: N802
         self, request: models_pb2.PromoteModelRequest, context: Ctx
     ) -> models_pb2.PromoteModelResponse:
-        r = await self._core.promote_model(request.name, request.version, request.force)
+        r = await self._models.promote(request.name, request.version, request.force)
         return models_pb2.PromoteModelResponse(
             model=version_to_proto(r["row"]), previous_version=r["previous_version"],
             recall_previous=r.get("recall_live", 0.0), recall_new=r.get("recall_new", 0.0),

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from ltrr.v1 import retrieval_pb2, retrieval_pb2_grpc
+from ltrr.v1 import retrieval_pb2
 from ltrr_server.api import convert
-from ltrr_server.api.status import Ctx, unary
-from ltrr_server.core import Ltrr, Retrieval
-from ltrr_server.metrics import Metrics
+from ltrr_server.api.status import Ctx
+from ltrr_server.config import Limits
+from ltrr_server.core.decisions import Decisions, Retrieval
 
 
 def retrieval_to_proto(r: Retrieval, limit: int, request_id: str) -> retrieval_pb2.RetrieveResponse:
@@ -28,20 +28,18 @@ def retrieval_to_proto(r: Retrieval, limit: int, request_id: str) -> retrieval_p
     )
 
 
-class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
-    def __init__(self, core: Ltrr, metrics: Metrics) -> None:
-        self._core = core
-        self._metrics = metrics
-        self._max_features = core.limits.max_features
+class RetrievalServicer:
+    def __init__(self, decisions: Decisions, limits: Limits) -> None:
+        self._decisions = decisions
+        self._max_features = limits.max_features
 
-    @unary("Retrieve")
     async def Retrieve(  # noqa: N802 - gRPC method name
         self, request: retrieval_pb2.RetrieveRequest, context: Ctx
     ) -> retrieval_pb2.RetrieveResponse:
         ctx = convert.namespaces(request.context, "context", self._max_features)
         if request.event_id:
-            await self._core.check_new_event_id(request.event_id)
-        r = await self._core.retrieve(
+            await self._decisions.check_new_event_id(request.event_id)
+        r = await self._decisions.retrieve(
             request.policy, request.query, ctx, list(request.query_embedding), request.event_id,
             dict(request.fixed_plan) or None,
         )

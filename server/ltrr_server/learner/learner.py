@@ -9,6 +9,11 @@ only pickles batches of joined events to it and takes back a serialized model ev
 
 Before ``start`` (restore at start-up) the same ``LearnerState`` learns in the main process:
 the snapshot is loaded and the joined events after it replayed before any call is served.
+
+A learner process that dies is replaced by ``restart`` (the supervisor calls it): the new
+process rebuilds every policy from its latest snapshot and replays the joined events after it,
+up to the last event handed to the dead one; events joined from then on go to the new one. Each
+event is learned once: those up to the cut from the log, the later ones from the pipe.
 """
 
 from __future__ import annotations
@@ -22,12 +27,13 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
 from ltrr_server.errors import FailedPrecondition, NotFound
 from ltrr_server.learner import worker
+from ltrr_server.learner.restore import LearnerPolicy
 from ltrr_server.learner.state import LearnerState
 from ltrr_server.log.joiner import JoinedEvent
 from ltrr_server.log.rows import SnapshotRow
@@ -37,7 +43,10 @@ from ltrr_server.policy.model import PolicyModel
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Learner", "LearnerState", "SnapshotInfo"]
+__all__ = ["Learner", "LearnerPolicy", "LearnerState", "SnapshotInfo"]
+
+# How long a restart waits for the joined events handed to the dead process to be committed.
+_RESTART_BARRIER_SECONDS = 30.0
 
 
 @dataclass
@@ -54,48 +63,70 @@ class SnapshotInfo:
 Publish = Callable[[str, int, PolicyModel, int, float], None]
 
 
+@dataclass
+class _Process:
+    """One learner process and the pipe and threads that talk to it."""
+
+    process: Any
+    conn: Connection
+    outbox: queue.SimpleQueue[object] = field(default_factory=queue.SimpleQueue)
+    stopped: threading.Event = field(default_factory=threading.Event)
+    # Nothing for it to learn or snapshot yet: stop() then need not wait for it.
+    idle: bool = True
+    # Its exit was asked for (stop), or it was replaced: not the crash it would look like.
+    expected_exit: bool = False
+
+
 class Learner:
     """Front of the learner process, in the server process. Thread-safe."""
 
     def __init__(
         self, writer: EventLogWriter, metrics: Metrics, publish: Publish,
-        publish_interval: float, snapshot_interval: float, snapshot_ids: Callable[[str], int],
-        nice: int = 0,
+        publish_interval: float, snapshot_interval: float, nice: int = 0, db_url: str = "",
+        policies: Callable[[], list[LearnerPolicy]] | None = None,
     ) -> None:
         self._writer = writer
         self._metrics = metrics
         self._publish = publish
         self._publish_interval = publish_interval
         self._snapshot_interval = snapshot_interval
-        self._snapshot_ids = snapshot_ids
         self._nice = nice
+        self._db_url = db_url
+        self._policies = policies
         self._states: dict[str, LearnerState] = {}
         self._kinds: dict[str, str] = {}
         self._pre_start: list[JoinedEvent] = []
-        self._outbox: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._pending_snapshots: dict[int, Future[SnapshotInfo]] = {}
         self._request_ids = itertools.count(1)
-        self._stopped = threading.Event()
-        self._process: Any = None
-        self._conn: Connection | None = None
+        # Held while events are handed over and while a restart takes its cut.
+        self._lock = threading.Lock()
+        self._current: _Process | None = None
+        self._started = False
+        self._stopping = False
+        # The last joined event handed over, and how many were handed over per policy (the
+        # learner's consumed count is compared with it: the backlog).
+        self._last_seq = 0
+        self._handed: dict[str, int] = {}
         self.learned: dict[str, int] = {}
         self.alive = False
-        # Nothing for the child to learn or snapshot yet: stop() then need not wait for it.
-        self._idle_since_start = True
 
     # --- before start: restore in this process ------------------------------------------
     def set_state(self, state: LearnerState) -> None:
         """Adds a policy or replaces its lineage (after a reset)."""
         self._kinds[state.policy] = state.model.kind
-        if self._process is None:
+        if not self._started:
             self._states[state.policy] = state
-        else:
-            self._give(("state", state.policy, state.lineage, state.model.kind, state.model.to_bytes(),
-                        state.last_seq, state.version))
+            return
+        with self._lock:
+            current = self._current
+            if current is not None and (self.alive or current.process is None):  # running, or restarting
+                self._give(current, ("state", state.policy, state.lineage, state.model.kind,
+                                     state.model.to_bytes(), state.last_seq, state.version))
+            # Otherwise the restart rebuilds the new lineage from the policies it is given.
 
     def drain_before_start(self) -> None:
         """Learns, in this process, the joins recovered at start-up; then publishes every policy."""
-        assert self._process is None
+        assert not self._started
         for state in self._states.values():
             state.learned = 0  # counts what this process learns of its own joins, not the replay
         for ev in self._pre_start:
@@ -106,54 +137,121 @@ class Learner:
         self._pre_start.clear()
         for state in self._states.values():
             state.version += 1
-            self.learned[state.policy] = state.learned
+            self.learned[state.policy] = self._handed[state.policy] = state.learned
             self._publish(state.policy, state.lineage, PolicyModel.from_bytes(state.model.to_bytes(),
                           state.model.kind), state.version, 0.0)
 
     def start(self) -> None:
+        states = [worker.StartState(s.policy, s.lineage, s.model.kind, s.model.to_bytes(), s.last_seq, s.version,
+                                    s.learned, s.unsnapshotted) for s in self._states.values()]
+        proc = self._spawn(worker.WorkerStart(states=states))
+        proc.idle = not any(s.unsnapshotted for s in self._states.values())
+        self._states.clear()
+        self._started = True
+        with self._lock:
+            self._attach(proc)
+
+    def _spawn(self, start: worker.WorkerStart) -> _Process:
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe()
-        states = [(s.policy, s.lineage, s.model.kind, s.model.to_bytes(), s.last_seq, s.version, s.learned,
-                   s.unsnapshotted) for s in self._states.values()]
-        self._idle_since_start = not any(s.unsnapshotted for s in self._states.values())
-        self._process = ctx.Process(
+        process = ctx.Process(
             target=worker.run, name="ltrr-learner", daemon=True,
-            args=(child, states, self._publish_interval, self._snapshot_interval, self._nice),
+            args=(child, start, self._publish_interval, self._snapshot_interval, self._nice),
         )
-        self._process.start()
+        process.start()
         # The child ignores SIGTERM (the server stops it after its final snapshots), so a program
         # that exits without stop() would wait for it forever at exit: kill it then instead. What
         # it had not snapshotted is replayed from the log at the next start.
-        atexit.register(_kill_if_alive, self._process)
+        atexit.register(_kill_if_alive, process)
         child.close()
-        self._conn = parent
-        self._states.clear()
+        return _Process(process, parent)
+
+    def _attach(self, proc: _Process) -> None:
+        """Makes ``proc`` the learner (under the lock) and starts its threads."""
+        self._current = proc
         self.alive = True
         self._metrics.learner_up.set(1)
-        threading.Thread(target=self._send_loop, name="ltrr-learner-send", daemon=True).start()
-        threading.Thread(target=self._receive_loop, name="ltrr-learner-receive", daemon=True).start()
+        threading.Thread(target=self._send_loop, args=(proc,), name="ltrr-learner-send", daemon=True).start()
+        threading.Thread(target=self._receive_loop, args=(proc,), name="ltrr-learner-receive", daemon=True).start()
+
+    @property
+    def pid(self) -> int | None:
+        """The learner process's id (None before the start or while it is being replaced)."""
+        proc = self._current
+        return proc.process.pid if proc is not None and proc.process is not None else None
+
+    # --- supervision ------------------------------------------------------------------------
+    def running(self) -> bool:
+        """Whether a learner process runs (or none should: not started yet, or stopped)."""
+        return self.alive or not self._started or self._stopping
+
+    def restart(self) -> None:
+        """Replaces a learner process that died: see the module's docstring."""
+        if self.running():
+            return
+        assert self._policies is not None and self._db_url, "a restartable learner needs the log and its policies"
+        with self._lock:
+            # The cut: every event handed over so far was queued for the log before it was
+            # handed over, so the barrier below covers them all. Later ones go to the new process.
+            cut, handed = self._last_seq, dict(self._handed)
+            old = self._current
+            placeholder = _Process(None, None)  # type: ignore[arg-type]
+            self._current = placeholder  # events handed over from now on wait in its outbox
+        if old is not None:
+            old.expected_exit = True
+            old.outbox.put(None)
+        barrier = self._writer.barrier()
+        try:
+            barrier.result(timeout=_RESTART_BARRIER_SECONDS)
+            if self._stopping:
+                raise FailedPrecondition("the server is stopping")
+            start = worker.WorkerStart(restore=worker.RestoreFromLog(self._db_url, self._policies(), cut, handed))
+            proc = self._spawn(start)
+        except BaseException:
+            with self._lock:
+                if self._current is placeholder:
+                    self._current = old
+            raise
+        with self._lock:
+            proc.outbox = placeholder.outbox
+            proc.idle = False  # it replays the log: its state is worth a shutdown snapshot
+            self._attach(proc)
+        log.info("learner process restarted: policies rebuilt from their snapshots and the log up to joined "
+                 "event %d", cut)
 
     # --- feeding --------------------------------------------------------------------------
     def put_many(self, events: list[JoinedEvent]) -> None:
-        if self._process is None:
+        if not events:
+            return
+        if not self._started:
             self._pre_start.extend(events)
             return
-        if not self.alive:
-            return  # they are in the log: the next start replays them
-        self._give(("events", list(map(worker.pack, events))))
+        with self._lock:
+            handed = self._handed
+            for ev in events:
+                handed[ev.policy] = handed.get(ev.policy, 0) + 1
+            self._last_seq = events[-1].seq
+            current = self._current
+            if current is not None and (self.alive or current.process is None):
+                self._give(current, ("events", list(map(worker.pack, events))))
+            # A dead process: they are in the log, and its replacement replays them from there.
 
-    def backlog(self, policy: str, enqueued: int) -> int:
+    def backlog(self, policy: str) -> int:
         """Joined events handed over and not yet learned; 0 while no learner runs to take them."""
-        return max(0, enqueued - self.learned.get(policy, 0)) if self.alive else 0
+        return max(0, self._handed.get(policy, 0) - self.learned.get(policy, 0)) if self.alive else 0
 
     def snapshot(self, policy: str, trigger: str = "admin") -> Future[SnapshotInfo]:
+        """A snapshot of the policy's learning model; the future resolves once it is committed
+        (its ``snapshot_id`` is then 0: the caller reads it from the log if it needs it)."""
         fut: Future[SnapshotInfo] = Future()
-        if not self.alive:
-            fut.set_exception(FailedPrecondition("the learner process is not running; restart the server"))
-            return fut
-        request_id = next(self._request_ids)
-        self._pending_snapshots[request_id] = fut
-        self._give(("snapshot", request_id, policy, trigger))
+        with self._lock:
+            current = self._current
+            if not self.alive or current is None:
+                fut.set_exception(FailedPrecondition("the learner process is not running (it is being restarted)"))
+                return fut
+            request_id = next(self._request_ids)
+            self._pending_snapshots[request_id] = fut
+            self._give(current, ("snapshot", request_id, policy, trigger))
         return fut
 
     def stop(self, timeout: float = 60.0) -> None:
@@ -163,60 +261,69 @@ class Learner:
         killed at once instead of being waited for, which would take its whole start-up
         (importing VW; about a second on a slow machine) when the server stops soon after starting.
         """
-        if self._process is None:
+        self._stopping = True
+        with self._lock:
+            proc = self._current
+        if proc is None or proc.process is None:
             return
-        if self._idle_since_start:
-            self._stopped.set()  # before the kill: its end is not the unexpected exit it looks like
-            _kill_if_alive(self._process)
+        proc.expected_exit = True
+        if proc.idle:
+            proc.stopped.set()
+            _kill_if_alive(proc.process)
         elif self.alive:
-            self._outbox.put(("stop",))
-            if not self._stopped.wait(timeout):
+            proc.outbox.put(("stop",))
+            if not proc.stopped.wait(timeout):
                 log.error("learner did not stop within %.0fs; killing it", timeout)
-        self._outbox.put(None)
-        self._process.join(5)
-        if self._process.is_alive():
-            self._process.kill()
+        proc.outbox.put(None)
+        proc.process.join(5)
+        if proc.process.is_alive():
+            proc.process.kill()
 
-    def _give(self, msg: tuple[Any, ...]) -> None:
+    @staticmethod
+    def _give(proc: _Process, msg: tuple[Any, ...]) -> None:
         """Queues work for the child: from then on, stop() waits for it to learn and snapshot."""
-        self._idle_since_start = False
-        self._outbox.put(msg)
+        proc.idle = False
+        proc.outbox.put(msg)
 
     # --- threads ----------------------------------------------------------------------------
-    def _send_loop(self) -> None:
-        assert self._conn is not None
+    def _send_loop(self, proc: _Process) -> None:
         while True:
-            msg = self._outbox.get()
+            msg = proc.outbox.get()
             if msg is None:
                 return
             try:
-                self._conn.send(msg)  # pickles here, off the event loop; blocks when the child lags
+                proc.conn.send(msg)  # pickles here, off the event loop; blocks when the child lags
             except (OSError, ValueError):
                 return
 
-    def _receive_loop(self) -> None:
-        assert self._conn is not None
+    def _receive_loop(self, proc: _Process) -> None:
         while True:
             try:
-                msg = self._conn.recv()
+                msg = proc.conn.recv()
             except (EOFError, OSError):
                 break
             try:
-                if self._handle(msg):
+                if self._handle(msg, proc):
                     break
             except Exception:
                 log.exception("learner message %r failed", msg[0])
-        if not self._stopped.is_set():
-            log.error("the learner process exited unexpectedly: decisions keep the last published model, "
-                      "rewards are still logged; restart the server to learn them")
-        self.alive = False
+        proc.outbox.put(None)
+        with self._lock:
+            if self._current is not proc:
+                return  # replaced already
+            self.alive = False
         self._metrics.learner_up.set(0)
-        self._stopped.set()
-        for fut in self._pending_snapshots.values():
-            if not fut.done():
-                fut.set_exception(FailedPrecondition("the learner process stopped"))
+        proc.stopped.set()
+        if not proc.expected_exit:
+            proc.process.join(1)
+            code = proc.process.exitcode
+            log.error("the learner process exited unexpectedly (exit code %s): decisions keep the last published "
+                      "model and rewards are still logged; it is being restarted", code)
+        for request_id in list(self._pending_snapshots):
+            fut = self._pending_snapshots.pop(request_id)
+            _settle(fut, error=FailedPrecondition("the learner process stopped"))
 
-    def _handle(self, msg: tuple[Any, ...]) -> bool:
+    def _handle(self, msg: tuple[Any, ...], proc: _Process) -> bool:
         kind = msg[0]
         if kind == "publish":
             _, policy, lineage, data, version, lag, learned = msg
@@ -225,20 +332,14 @@ class Learner:
         elif kind == "snapshot":
             _, request_id, policy, trigger, lineage, data, version, last_seq, error = msg
             fut = self._pending_snapshots.pop(request_id, None) if request_id else None
-            try:
-                if error:
-                    raise NotFound(error) if "not found" in error else FailedPrecondition(error)
-                info = self._write_snapshot(policy, trigger, lineage, data, version, last_seq)
-            except Exception as exc:
+            if error:
+                err = NotFound(error) if "not found" in error else FailedPrecondition(error)
                 if fut is not None:
-                    fut.set_exception(exc)
-                else:
-                    log.warning("%s snapshot of %s failed: %s", trigger, policy, exc)
-            else:
-                if fut is not None:
-                    fut.set_result(info)
+                    _settle(fut, error=err)
+                return False
+            self._write_snapshot(policy, trigger, lineage, data, version, last_seq, fut)
         elif kind == "stopped":
-            self._stopped.set()
+            proc.stopped.set()
             return True
         return False
 
@@ -249,14 +350,39 @@ class Learner:
             self._metrics.learned.labels(policy).inc(learned - before)
 
     def _write_snapshot(self, policy: str, trigger: str, lineage: int, data: bytes, version: int,
-                        last_seq: int) -> SnapshotInfo:
+                        last_seq: int, fut: Future[SnapshotInfo] | None) -> None:
+        """Queues the snapshot for the log without waiting: a database that is away must not hold
+        the learner's messages (or a shutdown) back. ``fut`` resolves once it is committed."""
         now = time.time()
         row = SnapshotRow(policy, lineage, version, last_seq, trigger, now, len(data), data)
+        info = SnapshotInfo(0, policy, version, last_seq, now, len(data))
+
+        def committed(done: Future[None]) -> None:
+            error = done.exception()
+            if error is None:
+                self._metrics.snapshots.labels(policy, trigger).inc()
+            elif fut is None:
+                log.warning("%s snapshot of %s failed: %s", trigger, policy, error)
+            if fut is not None:
+                _settle(fut, info if error is None else None, error)
+
         # The joined rows up to last_seq were queued before the events reached the learner: they
         # are in this commit or an earlier one.
-        self._writer.submit("snapshots", [row], force=True).result(timeout=60)
-        self._metrics.snapshots.labels(policy, trigger).inc()
-        return SnapshotInfo(self._snapshot_ids(policy), policy, version, last_seq, now, len(data))
+        try:
+            self._writer.submit("snapshots", [row], force=True).add_done_callback(committed)
+        except Exception as exc:  # the log is closing
+            if fut is not None:
+                _settle(fut, error=exc)
+
+
+def _settle(fut: Future[Any], result: Any = None, error: BaseException | None = None) -> None:
+    """Resolves a future someone may have stopped waiting for (cancelled): then nobody is told."""
+    if not fut.set_running_or_notify_cancel():
+        return
+    if error is None:
+        fut.set_result(result)
+    else:
+        fut.set_exception(error)
 
 
 def _kill_if_alive(process: Any) -> None:

@@ -9,13 +9,17 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from operator import attrgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ltrr_server.learner.state import LearnerState
 from ltrr_server.log.joiner import JoinedEvent
 from ltrr_server.policy.model import PolicyModel
+
+if TYPE_CHECKING:  # imported by the process that restores from the log only: it needs SQL, a first one does not
+    from ltrr_server.learner.restore import LearnerPolicy
 
 # What crosses the pipe per event: no more than learning needs.
 Packed = tuple[int, str, int, str, list[str], list[tuple[int, float]], float, float]
@@ -26,7 +30,39 @@ pack: Callable[[JoinedEvent], Packed] = attrgetter(
     "seq", "policy", "lineage", "shared", "actions", "chosen", "reward", "joined_at")
 
 
-def run(conn: Connection, states: list[tuple[Any, ...]], publish_interval: float, snapshot_interval: float,
+@dataclass(frozen=True)
+class StartState:
+    """A policy's state handed to a first learner process, restored by the server at its start."""
+
+    policy: str
+    lineage: int
+    kind: str
+    model: bytes
+    last_seq: int
+    version: int
+    learned: int
+    unsnapshotted: int
+
+
+@dataclass(frozen=True)
+class RestoreFromLog:
+    """What a replacement learner process rebuilds by itself: each policy from its latest snapshot
+    and the joined events after it, up to ``until_seq``; ``consumed`` counts, per policy, the events
+    handed to the processes before it (its backlog is measured from there)."""
+
+    db_url: str
+    policies: list[LearnerPolicy]
+    until_seq: int
+    consumed: dict[str, int]
+
+
+@dataclass(frozen=True)
+class WorkerStart:
+    states: list[StartState] = field(default_factory=list)
+    restore: RestoreFromLog | None = None
+
+
+def run(conn: Connection, start: WorkerStart, publish_interval: float, snapshot_interval: float,
         nice: int = 0) -> None:
     # Ctrl-C and SIGTERM reach the whole process group; the server decides when the learner stops
     # (after its final snapshots), and a server that dies closes the pipe, which ends this loop.
@@ -35,12 +71,35 @@ def run(conn: Connection, states: list[tuple[Any, ...]], publish_interval: float
     if nice:
         os.nice(nice)
     learner = _Worker(conn, publish_interval, snapshot_interval)
-    for policy, lineage, kind, data, last_seq, version, learned, unsnapshotted in states:
-        state = LearnerState(policy, lineage, PolicyModel.from_bytes(data, kind), last_seq, version, learned,
-                             unsnapshotted=unsnapshotted, last_snapshot_at=time.time())
-        learner.states[policy] = state
-        learner.consumed[policy] = learned
+    for s in start.states:
+        state = LearnerState(s.policy, s.lineage, PolicyModel.from_bytes(s.model, s.kind), s.last_seq, s.version,
+                             s.learned, unsnapshotted=s.unsnapshotted, last_snapshot_at=time.time())
+        learner.states[s.policy] = state
+        learner.consumed[s.policy] = s.learned
+    if start.restore is not None:
+        _restore(learner, start.restore)
     learner.loop()
+
+
+def _restore(learner: _Worker, plan: RestoreFromLog) -> None:
+    """Rebuilds every policy from the log, then publishes it (a decision path that kept serving
+    the dead process's last model gets the rebuilt one)."""
+    from ltrr_server.learner.restore import restore_state
+    from ltrr_server.log import db
+    from ltrr_server.log.store import EventLogStore
+
+    engine = db.create_engine(plan.db_url)
+    try:
+        store = EventLogStore(engine)
+        for policy in plan.policies:
+            name = policy.spec.name
+            state = restore_state(store, policy, until_seq=plan.until_seq).state
+            state.learned = plan.consumed.get(name, 0)
+            learner.states[name] = state
+            learner.consumed[name] = state.learned
+            learner.publish(state)
+    finally:
+        engine.dispose()
 
 
 class _Worker:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import socket
 import sqlite3
@@ -158,6 +159,12 @@ class Committer(Protocol):
 
     def commit(self, batch: Batch) -> None: ...
 
+    def running(self) -> bool:
+        """Whether what commits is there to take the next batch."""
+
+    def revive(self) -> None:
+        """Replaces what commits if it died (a commit in progress replaces it by itself)."""
+
     def close(self) -> None: ...
 
 
@@ -176,6 +183,12 @@ class ThreadCommitter:
 
     def commit(self, batch: Batch) -> None:
         _raise_for(*_commit(self._engine, self._statements, batch))
+
+    def running(self) -> bool:
+        return True
+
+    def revive(self) -> None:
+        pass
 
     def close(self) -> None:
         pass
@@ -198,6 +211,9 @@ class ProcessCommitter:
         self._conn: Connection | None = None
         self._ready = False
         self._kill_at_exit_registered = False
+        # Held by the commit in progress: the supervisor replaces a dead child only between commits.
+        self._lock = threading.Lock()
+        self._closed = False
 
     def launch(self) -> None:
         """Starts the child without waiting for it: its imports overlap the rest of the start-up."""
@@ -237,7 +253,28 @@ class ProcessCommitter:
             raise RuntimeError(f"the writer process could not open the database: {message}")
         self._ready = True
 
+    def running(self) -> bool:
+        process = self._process
+        return self._closed or (process is not None and process.poll() is None)
+
+    def revive(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            return  # a commit is in progress: it finds the child gone and starts another itself
+        try:
+            if self._closed or self.running():
+                return
+            code = self._process.poll() if self._process is not None else None
+            log.error("the writer process exited (code %s); starting another", code)
+            self._stop_child()
+            self.start()
+        finally:
+            self._lock.release()
+
     def commit(self, batch: Batch) -> None:
+        with self._lock:
+            self._commit(batch)
+
+    def _commit(self, batch: Batch) -> None:
         if self._conn is None or not self._ready:
             try:
                 self.start()
@@ -273,6 +310,7 @@ class ProcessCommitter:
             _kill_if_alive(self._process)
 
     def close(self) -> None:
+        self._closed = True
         if self._conn is None:
             return
         try:
@@ -333,6 +371,11 @@ def committer_for(engine: sa.Engine, process: bool) -> Committer:
 class EventLogWriter:
     """A bounded write queue and the thread that group-commits it.
 
+    Nothing a caller does reaches this thread: a caller that stops waiting (a cancelled call, a
+    deadline) cancels only its own future, which the writer then skips; its rows are committed all
+    the same. A batch the database refuses is cut in halves until the refused submission stands
+    alone, so one bad row fails its own caller only.
+
     >>> import prometheus_client, tempfile
     >>> from ltrr_server.log import db
     >>> engine = db.create_engine(f"sqlite:///{tempfile.mkdtemp()}/log.db"); db.migrate(engine)
@@ -353,13 +396,17 @@ class EventLogWriter:
         self._metrics = metrics
         self._max_rows = max_queue_rows
         self._batch_rows = batch_rows
-        self._queue: deque[tuple[str, Sequence[Row], Future[None] | None]] = deque()
+        self._queue: deque[_Item] = deque()
         self._queued_rows = 0
         self._cond = threading.Condition()
         self._closing = False
+        # After this (monotonic) time a closing writer stops retrying a database that is away.
+        self._give_up_at = math.inf
         self._idle = False
         self._waiters = 0
-        self._thread = threading.Thread(target=self._run, name="ltrr-writer", daemon=True)
+        # Monotonic time since which the batch in hand has been trying to commit (0: none in hand).
+        self._committing_since = 0.0
+        self._thread: threading.Thread | None = None
         self._committer = committer_for(engine, process)
 
     def launch(self) -> None:
@@ -368,7 +415,32 @@ class EventLogWriter:
 
     def start(self) -> None:
         self._committer.start()
+        self._start_thread()
+
+    def _start_thread(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="ltrr-writer", daemon=True)
         self._thread.start()
+
+    # --- supervision -------------------------------------------------------------------------
+    def running(self) -> bool:
+        """Whether the thread that commits runs (or the writer was closed, as it should be)."""
+        return self._closing or (self._thread is not None and self._thread.is_alive())
+
+    def restart(self) -> None:
+        """A new commit thread over the same queue: nothing queued is lost when a thread dies."""
+        if not self.running():
+            self._start_thread()
+
+    def committer_running(self) -> bool:
+        return self._closing or self._committer.running()
+
+    def restart_committer(self) -> None:
+        self._committer.revive()
+
+    def stalled_seconds(self) -> float:
+        """How long the batch in hand has been failing to commit (0 while commits land)."""
+        since = self._committing_since
+        return time.monotonic() - since if since else 0.0
 
     @property
     def queued_rows(self) -> int:
@@ -377,11 +449,16 @@ class EventLogWriter:
     def room(self) -> int:
         return self._max_rows - self._queued_rows
 
+    @property
+    def max_rows(self) -> int:
+        return self._max_rows
+
     def submit(self, table: str, rows: Sequence[Row], *, force: bool = False) -> Future[None]:
         """Queues rows for the next commit; the future resolves after it. Raises Overloaded past the bound.
 
         ``force`` admits rows past the bound: for rows whose loss would lose data already
         promised elsewhere (joins of acknowledged rewards); they are bounded upstream.
+        Cancelling the future only says nobody waits for it: the rows are committed all the same.
         """
         fut: Future[None] = Future()
         self._enqueue(table, rows, fut, force)
@@ -414,15 +491,23 @@ class EventLogWriter:
         return self.submit("barrier", [], force=True)
 
     def close(self, timeout: float = 30.0) -> None:
-        """Commits what is queued, then stops the thread (and the writer process)."""
+        """Commits what is queued, then stops the thread (and the writer process).
+
+        A database that stays away is retried until ``timeout``; then what could not be
+        committed is counted in the log (nothing of it was acknowledged) and the writer stops.
+        """
         with self._cond:
             self._closing = True
+            self._give_up_at = time.monotonic() + timeout
             self._cond.notify_all()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            thread.join(timeout + 5.0)
+        if self._queue:
+            log.error("the event log closed with %d rows not committed (the database was away)", self._queued_rows)
         self._committer.close()
 
-    def _take_batch(self) -> list[tuple[str, Sequence[Row], Future[None] | None]] | None:
+    def _take_batch(self) -> list[_Item] | None:
         with self._cond:
             self._idle = True
             while not self._queue and not self._closing:
@@ -442,13 +527,18 @@ class EventLogWriter:
             batch = []
             rows = 0
             while self._queue and rows < self._batch_rows:
-                item = self._queue.popleft()
-                batch.append(item)
-                rows += len(item[1])
-                if item[2] is not None:
+                table, item_rows, fut = self._queue.popleft()
+                if fut is not None:
                     self._waiters -= 1
+                    # From here on the caller can no longer cancel it; one that already left
+                    # (cancelled) is not told: its rows are committed all the same.
+                    if not fut.set_running_or_notify_cancel():
+                        fut = None
+                batch.append((table, item_rows, fut))
+                rows += len(item_rows)
             self._queued_rows -= rows
             self._metrics.write_queue_rows.set(self._queued_rows)
+            self._committing_since = time.monotonic()
             return batch
 
     def _run(self) -> None:
@@ -456,38 +546,75 @@ class EventLogWriter:
             batch = self._take_batch()
             if batch is None:
                 return
-            by_table: Batch = {}
-            for table, rows, _ in batch:
-                if rows:
-                    by_table.setdefault(table, []).extend(rows)
-            n = sum(len(r) for r in by_table.values())
-            error: BaseException | None = None
-            attempt = 0
-            while True:
-                start = time.perf_counter()
-                try:
-                    self._committer.commit(by_table)
-                    error = None
-                    break
-                except RetryableWriteError as exc:
-                    # The database is away (restarting, locked, network): keep the rows and try
-                    # again. Nothing is acknowledged meanwhile; the bounded queue pushes back.
-                    error = exc
-                    attempt += 1
-                    self._metrics.db_write_errors.inc()
-                    log.warning("group commit of %d rows failed (attempt %d), retrying: %s", n, attempt, exc)
-                    time.sleep(min(5.0, 0.05 * 2**attempt))
-                except Exception as exc:  # the batch itself was refused (WriteRefused): retrying cannot help
-                    error = exc
-                    self._metrics.db_write_errors.inc()
-                    log.error("group commit of %d rows refused: %s", n, exc)
-                    break
+            try:
+                self._write(batch)
+            except BaseException as exc:  # a fault here must not stop the write path
+                log.exception("group commit of %d submissions failed unexpectedly", len(batch))
+                _resolve(batch, exc)
+            finally:
+                self._committing_since = 0.0
+
+    def _write(self, batch: list[_Item]) -> None:
+        """Commits the batch, or the parts of it the database takes, in submission order."""
+        error = self._commit_retrying(batch)
+        if error is None or isinstance(error, RetryableWriteError):  # committed, or given up at close
+            _resolve(batch, error)
+            return
+        if len(batch) > 1:
+            # Refused: find the submission the database refuses, so the others still land.
+            half = len(batch) // 2
+            self._write(batch[:half])
+            self._write(batch[half:])
+            return
+        table, rows, _ = batch[0]
+        self._metrics.db_rows_refused.inc(len(rows))
+        log.error("the database refused %d %s rows: %s", len(rows), table, error)
+        _resolve(batch, error)
+
+    def _commit_retrying(self, batch: list[_Item]) -> Exception | None:
+        """Commits the batch in one transaction, retrying while the database is away.
+
+        Returns None once committed, the refusal, or the last retryable error when a closing
+        writer gives up."""
+        by_table: Batch = {}
+        for table, rows, _ in batch:
+            if rows:
+                by_table.setdefault(table, []).extend(rows)
+        n = sum(len(r) for r in by_table.values())
+        attempt = 0
+        while True:
+            start = time.perf_counter()
+            try:
+                self._committer.commit(by_table)
+            except RetryableWriteError as exc:
+                # The database is away (restarting, locked, network): keep the rows and try
+                # again. Nothing is acknowledged meanwhile; the bounded queue pushes back.
+                attempt += 1
+                self._metrics.db_write_errors.inc()
+                if time.monotonic() >= self._give_up_at:
+                    log.error("group commit of %d rows given up at close after %d attempts: %s", n, attempt, exc)
+                    return exc
+                log.warning("group commit of %d rows failed (attempt %d), retrying: %s", n, attempt, exc)
+                time.sleep(min(5.0, 0.05 * 2**attempt, max(0.0, self._give_up_at - time.monotonic())))
+                continue
+            except Exception as exc:  # the batch itself was refused (WriteRefused): retrying cannot help
+                self._metrics.db_write_errors.inc()
+                return exc
             self._metrics.db_write_seconds.observe(time.perf_counter() - start)
             self._metrics.db_write_rows.observe(n)
-            for _, _, fut in batch:
-                if fut is None:
-                    continue
-                if error is None:
-                    fut.set_result(None)
-                else:
-                    fut.set_exception(error)
+            return None
+
+
+# One submission: its table, its rows, and the future of whoever waits for their commit.
+_Item = tuple[str, Sequence[Row], "Future[None] | None"]
+
+
+def _resolve(batch: list[_Item], error: BaseException | None) -> None:
+    """Tells every caller still waiting how its submission went (futures are already running)."""
+    for _, _, fut in batch:
+        if fut is None or fut.done():
+            continue
+        if error is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(error)

@@ -8,7 +8,7 @@ import pytest
 
 from ltrr_server.api import convert
 from ltrr_server.api.decision_wire import DecisionWire
-from ltrr_server.core import Decision, SlotResult
+from ltrr_server.core.decisions import Decision, SlotResult
 
 IDS = ["news", "é" * 70, "x" * 200, "日本語", "a" * 16_500, "sports fan|1:2"]
 

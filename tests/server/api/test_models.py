@@ -13,8 +13,8 @@ import pytest
 
 from ltrr.v1 import models_pb2, models_pb2_grpc
 from ltrr_client.client import retrieve_request
-from ltrr_server import core
 from ltrr_server.config import StrategySpec
+from ltrr_server.core import models as core
 from ltrr_server.demo.music import MusicWorld
 from ltrr_server.log import db
 from ltrr_server.xmr import train as xt

@@ -1,0 +1,148 @@
+"""Every method of every ltrr service, registered before the server starts and bound to its
+servicer once that service's parts are ready.
+
+The port is bound, and health answers, before the first-start work and the restore run: until a
+service is attached its calls get UNAVAILABLE naming what it waits for. Here, in one place for
+every method:
+
+- a request that does not decode (a truncated message, invalid UTF-8 in a string field, nesting
+  too deep) gets INVALID_ARGUMENT naming the request, never the parser's exception;
+- domain errors become their status codes (``api.status``), anything else INTERNAL, logged;
+- each call's handling time is recorded by method and code.
+
+A stream's messages are decoded one by one: an undecodable one reaches the servicer as an
+``Undecodable``, which it answers in the stream's own way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+
+from ltrr_server import errors
+from ltrr_server.api.status import Ctx, code_for, message_for
+from ltrr_server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class Undecodable:
+    """A request message that could not be decoded; ``error`` says so, naming the message type."""
+
+    __slots__ = ("type_name", "error")
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+        self.error = errors.InvalidArgument(
+            "request", f"not a valid {type_name}: truncated, invalid UTF-8 in a string field, or nested too deeply")
+
+
+def decoder(message_class: Any) -> Callable[[bytes], Any]:
+    """``message_class.FromString`` that answers an ``Undecodable`` instead of raising.
+
+    >>> from ltrr.v1 import feedback_pb2
+    >>> decode = decoder(feedback_pb2.RewardEvent)
+    >>> decode(feedback_pb2.RewardEvent(event_id="e1").SerializeToString()).event_id
+    'e1'
+    >>> decode(b"\\x0a\\x02\\xff\\xfe").error.message  # event_id with invalid UTF-8
+    'request: not a valid ltrr.v1.RewardEvent: truncated, invalid UTF-8 in a string field, or nested too deeply'
+    """
+    from_string = message_class.FromString
+    type_name = message_class.DESCRIPTOR.full_name
+
+    def decode(data: bytes) -> Any:
+        try:
+            return from_string(data)
+        except Exception:  # DecodeError, RecursionError: the message itself is the problem
+            return Undecodable(type_name)
+
+    return decode
+
+
+class ServiceRoutes:
+    """One service's handlers; ``attach`` binds them to a servicer with a method per RPC."""
+
+    def __init__(self, service: ServiceDescriptor, metrics: Metrics) -> None:
+        self.name = service.full_name
+        self._metrics = metrics
+        self._methods: dict[str, Callable[..., Any]] = {}
+        self._waiting_for = "the server is starting"
+        self._handlers = {m.name: self._handler(m) for m in service.methods}
+
+    @property
+    def handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+        return self._handlers
+
+    def waiting_for(self, reason: str) -> None:
+        """What calls are told (UNAVAILABLE) until the service is attached."""
+        self._waiting_for = reason
+
+    def attach(self, servicer: object) -> None:
+        self._methods = {name: getattr(servicer, name) for name in self._handlers}
+
+    def _handler(self, method: MethodDescriptor) -> grpc.RpcMethodHandler[Any, Any]:
+        request = message_factory.GetMessageClass(method.input_type)
+        response = message_factory.GetMessageClass(method.output_type)
+        decode, encode = decoder(request), response.SerializeToString
+        if method.client_streaming and method.server_streaming:
+            return grpc.stream_stream_rpc_method_handler(self._stream(method.name), decode, encode)
+        if method.client_streaming or method.server_streaming:
+            raise NotImplementedError(f"{method.full_name}: only unary and bidirectional methods are routed")
+        return grpc.unary_unary_rpc_method_handler(self._unary(method.name), decode, encode)
+
+    def _unary(self, name: str) -> Callable[[Any, Ctx], Any]:
+        metrics = self._metrics
+
+        async def call(request: Any, context: Ctx) -> Any:
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                method = self._methods.get(name)
+                if method is None:
+                    raise errors.Unavailable(f"{self.name} is not serving yet: {self._waiting_for}")
+                if request.__class__ is Undecodable:
+                    raise request.error
+                return await method(request, context)
+            except errors.LtrrError as exc:
+                code = code_for(exc)
+                await context.abort(code, message_for(exc))
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except grpc.aio.AbortError:  # servicers raise domain errors; an abort of their own is not counted by code
+                code = grpc.StatusCode.UNKNOWN
+                raise
+            except Exception:
+                code = grpc.StatusCode.INTERNAL
+                log.exception("%s failed", name)
+                await context.abort(code, "internal error")
+            finally:
+                metrics.observe_rpc(name, code.name, time.perf_counter() - start)
+
+        return call
+
+    def _stream(self, name: str) -> Callable[[AsyncIterator[Any], Ctx], AsyncIterator[Any]]:
+        async def call(requests: AsyncIterator[Any], context: Ctx) -> AsyncIterator[Any]:
+            # Each message's handling is timed by the servicer, per message.
+            try:
+                method = self._methods.get(name)
+                if method is None:
+                    raise errors.Unavailable(f"{self.name} is not serving yet: {self._waiting_for}")
+                async for answer in method(requests, context):
+                    yield answer
+            except errors.LtrrError as exc:
+                await context.abort(code_for(exc), message_for(exc))
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception:
+                log.exception("%s failed", name)
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+        return call

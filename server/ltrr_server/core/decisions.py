@@ -1,0 +1,218 @@
+"""Decisions: a policy draws for a context (or a retrieval policy draws a plan and runs it); every
+decision is logged with its probabilities and waits in the joiner for its rewards."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ltrr_server.config import ActionSpec, Limits
+from ltrr_server.core.policies import PolicyBook
+from ltrr_server.errors import FailedPrecondition, InvalidArgument, Overloaded
+from ltrr_server.features import Namespaces, action_line, dumps, namespaces_to_json, shared_line
+from ltrr_server.learner.learner import Learner
+from ltrr_server.log.joiner import Joiner, PendingDecision
+from ltrr_server.log.rows import ActionSetRow, DecisionRecord
+from ltrr_server.log.store import EventLogStore
+from ltrr_server.log.writer import EventLogWriter
+from ltrr_server.metrics import Metrics
+from ltrr_server.policy.runtime import PolicyRuntime, draw_slots
+from ltrr_server.retrieval.retriever import ActionSet, RetrievalResult, Retriever
+
+MAX_ID_LENGTH = 64
+MAX_ACTION_ID_LENGTH = 256
+
+# A named tuple's own constructor is a Python function; ``tuple.__new__`` builds the same
+# instance in C, in about half the time (it does not count the fields: the tests read every
+# kind of row back from the log). One decision row is built per decision.
+_row = tuple.__new__
+
+
+@dataclass
+class SlotResult:
+    chosen: int
+    probability: float
+    probabilities: list[float]
+
+
+@dataclass
+class Decision:
+    event_id: str
+    action_ids: list[str]
+    slots: list[SlotResult]
+    model_version: int
+
+
+@dataclass
+class Retrieval:
+    decision: Decision
+    result: RetrievalResult
+    probability: float
+    fixed: bool
+
+
+class Decisions:
+    """Decide and Retrieve. ``retriever`` is attached once the catalog and its indexes are loaded."""
+
+    def __init__(
+        self, policies: PolicyBook, joiner: Joiner, writer: EventLogWriter, learner: Learner,
+        store: EventLogStore, metrics: Metrics, limits: Limits, retrieval_policies: Sequence[str] = (),
+    ) -> None:
+        self._policies = policies
+        self._joiner = joiner
+        self._writer = writer
+        self._learner = learner
+        self._store = store
+        self._metrics = metrics
+        self._limits = limits
+        self._retrieval_policies = set(retrieval_policies)
+        self.retriever: Retriever | None = None
+        self._rng = random.Random()
+        self._event_prefix = uuid.uuid4().hex[:16]
+        self._event_counter = 0
+        self._logged_action_sets: set[str] = set()
+
+    def _next_event_id(self) -> str:
+        """A random per-process prefix and a counter: unique across restarts, and no system call
+        per decision (``uuid4`` reads the OS entropy pool every time)."""
+        self._event_counter += 1
+        return f"{self._event_prefix}{self._event_counter:016x}"
+
+    async def check_new_event_id(self, event_id: str) -> None:
+        """A caller-chosen event id must be new, also to the log (rows with a used id are not stored)."""
+        if event_id and event_id not in self._joiner and len(event_id) <= MAX_ID_LENGTH:
+            found, _ = await asyncio.to_thread(self._store.lookup_events, [(event_id, "")])
+            if found:
+                raise InvalidArgument("event_id", f"event id {event_id!r} is already used")
+
+    def decide(
+        self, policy: str, context: Namespaces, actions: Sequence[ActionSpec] | None = None,
+        event_id: str = "", slots: int = 0,
+    ) -> Decision:
+        """Chooses for one context; logs the decision with its probabilities."""
+        rt = self._policies.get(policy)
+        if actions:
+            if len(actions) > self._limits.max_actions:
+                raise InvalidArgument("actions", f"{len(actions)} actions, more than limits.max_actions="
+                                                 f"{self._limits.max_actions}")
+            seen: set[str] = set()
+            for i, a in enumerate(actions):
+                if not a.id:
+                    raise InvalidArgument(f"actions[{i}].id", "action id is empty")
+                if len(a.id) > MAX_ACTION_ID_LENGTH:
+                    raise InvalidArgument(f"actions[{i}].id", f"longer than {MAX_ACTION_ID_LENGTH} characters")
+                if a.id in seen:
+                    raise InvalidArgument(f"actions[{i}].id", f"duplicate action id {a.id!r}")
+                seen.add(a.id)
+            action_ids = [a.id for a in actions]
+            lines = [action_line(a.id, a.features) for a in actions]
+            actions_json = dumps([[a.id, namespaces_to_json(a.features)] for a in actions])
+        else:
+            if not rt.action_ids:
+                raise InvalidArgument("actions", f"empty, and policy {policy!r} has no configured actions")
+            action_ids, lines, actions_json = rt.action_ids, rt.action_lines, rt.actions_json
+        n_slots = slots or rt.spec.slots
+        if rt.spec.kind == "cb" and n_slots != 1:
+            raise InvalidArgument("slots", f"policy {policy!r} is a cb policy: one slot, got {n_slots}")
+        if n_slots > len(action_ids):
+            raise InvalidArgument("slots", f"{n_slots} slots but only {len(action_ids)} actions")
+        decision, _ = self._decide(rt, context, action_ids, lines, actions_json, event_id, n_slots)
+        return decision
+
+    def _decide(
+        self, rt: PolicyRuntime, context: Namespaces, action_ids: list[str], lines: list[str], actions_json: str,
+        event_id: str, n_slots: int, fixed: int | None = None, extra_context: Namespaces | None = None,
+    ) -> tuple[Decision, PendingDecision]:
+        """Draws (or, with ``fixed``, takes) an action, logs the decision and waits for its rewards."""
+        policy = rt.spec.name
+        if event_id:
+            if len(event_id) > MAX_ID_LENGTH:
+                raise InvalidArgument("event_id", f"longer than {MAX_ID_LENGTH} characters")
+            if event_id in self._joiner:
+                raise InvalidArgument("event_id", f"event id {event_id!r} is already used")
+        else:
+            event_id = self._next_event_id()
+        backlog = self._learner.backlog(policy)
+        if self._joiner.room() - backlog <= 0:
+            raise Overloaded(f"{len(self._joiner)} decisions pending and {backlog} joined events not yet learned "
+                             f"(limits.max_pending_joins={self._limits.max_pending_joins}); retry with backoff")
+        if self._writer.room() <= 0:
+            raise Overloaded(f"write queue full (limits.max_write_queue_rows={self._limits.max_write_queue_rows})")
+
+        full_context = extra_context + context if extra_context else context
+        shared = shared_line(full_context)
+        if fixed is None:
+            per_slot = rt.serving.predict_one(shared, lines, n_slots)
+            drawn = draw_slots(per_slot, self._rng)
+            greedy = max(range(len(per_slot[0])), key=per_slot[0].__getitem__)
+            explored = drawn[0][0] != greedy
+        else:
+            one_hot = [0.0] * len(lines)
+            one_hot[fixed] = 1.0
+            drawn, explored = [(fixed, 1.0, one_hot)], False
+        now = time.time()
+        deadline = now + rt.spec.join_window_seconds
+        chosen = [(idx, p) for idx, p, _ in drawn]
+        pending = PendingDecision(
+            event_id=event_id, policy=policy, lineage=rt.lineage, created_at=now, deadline=deadline,
+            shared=shared, actions=lines, action_ids=action_ids, chosen=chosen, explored=explored,
+            aggregation=rt.spec.aggregation, default_reward=rt.spec.default_reward, learn=fixed is None,
+        )
+        self._joiner.add(pending)
+        self._writer.append("decisions", [_row(DecisionRecord, (
+            event_id, policy, rt.lineage, now, deadline, full_context, actions_json,
+            [d for _, _, d in drawn], [idx for idx, _ in chosen], explored, rt.model_version, fixed is None,
+        ))])
+        # Also the Prometheus counters: read from the policy's counts at scrape time.
+        rt.count("decisions")
+        if explored:
+            rt.count("explored")
+        decision = Decision(
+            event_id=event_id, action_ids=action_ids,
+            slots=[SlotResult(idx, p, d) for idx, p, d in drawn], model_version=rt.model_version,
+        )
+        return decision, pending
+
+    # ------------------------------------------------------------------ retrieval
+    def _retrieval_policy(self, name: str) -> tuple[PolicyRuntime, Retriever]:
+        rt = self._policies.get(name)
+        if self.retriever is None:
+            raise FailedPrecondition("retrieval is not configured: the server has no [retrieval] strategies",
+                                     field="policy")
+        if name not in self._retrieval_policies:
+            raise FailedPrecondition(f"policy {name!r} is not a retrieval policy (retrieval.policies)",
+                                     field="policy")
+        return rt, self.retriever
+
+    def _log_action_set(self, aset: ActionSet) -> str:
+        """Logs a shared action set once; decisions refer to it as "#key"."""
+        if aset.key not in self._logged_action_sets:
+            self._writer.append("action_sets", [ActionSetRow(aset.key, aset.json, time.time())])
+            self._logged_action_sets.add(aset.key)
+        return "#" + aset.key
+
+    async def retrieve(
+        self, policy: str, query: str, context: Namespaces, embedding: Sequence[float] = (), event_id: str = "",
+        fixed_plan: dict[str, int] | None = None,
+    ) -> Retrieval:
+        """The policy picks a plan for the query; its strategies run; the union comes back, fused."""
+        rt, retriever = self._retrieval_policy(policy)
+        q = retriever.prepare(query, embedding)
+        fixed = retriever.fixed_plan_index(fixed_plan) if fixed_plan else None
+        aset = retriever.action_set(time.time())
+        decision, pending = self._decide(
+            rt, context, aset.ids, aset.lines, self._log_action_set(aset), event_id, 1, fixed=fixed,
+            extra_context=retriever.query_features(q),
+        )
+        plan = retriever.plans[decision.slots[0].chosen]
+        result = await retriever.run(plan, q, learn=fixed is None)
+        # No reward can arrive before the caller has the event id, so attaching the record now is safe.
+        pending.retrieval = result.record
+        pending.default_reward = retriever.default_reward(result.record)
+        self._metrics.child(self._metrics.plan_choices, policy, plan.id, "yes" if fixed is not None else "no").inc()
+        self._metrics.child(self._metrics.retrieval_candidates, policy).observe(len(result))
+        return Retrieval(decision, result, decision.slots[0].probability, fixed is not None)

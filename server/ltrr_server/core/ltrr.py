@@ -1,0 +1,187 @@
+"""The server's parts over one database, started in two phases and stopped in order.
+
+``open_policies`` makes decisions, rewards and the admin service work: the schema, the writer,
+every policy restored (snapshot + replay), the learner. ``open_models`` then makes retrieval and
+the model service work: a first start's catalog and models (built in a child process), the live
+models, the catalog and its indexes, each checked against the database. The server is already
+answering health checks while both run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from ltrr_server import first_start
+from ltrr_server.config import Settings
+from ltrr_server.core.decisions import Decisions
+from ltrr_server.core.models import Models
+from ltrr_server.core.policies import PolicyBook
+from ltrr_server.core.rewards import Rewards
+from ltrr_server.core.sessions import Sessions
+from ltrr_server.heap import release_free_memory
+from ltrr_server.learner.learner import Learner, LearnerPolicy
+from ltrr_server.log import db
+from ltrr_server.log.store import EventLogStore
+from ltrr_server.log.writer import EventLogWriter
+from ltrr_server.metrics import Metrics
+from ltrr_server.policy.model import PolicyModel
+from ltrr_server.retrieval.retriever import Retriever
+from ltrr_server.supervisor import FunctionPart, OnChange, Supervisor
+from ltrr_server.xmr.live import LiveModels
+from ltrr_server.xmr.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+
+class Ltrr:
+    """Builds every part; ``open_policies`` and ``open_models`` start them, ``close`` stops them."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, on_component_change: OnChange | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.limits = settings.limits
+        self.engine = db.create_engine(settings.db_url)
+        self.store = EventLogStore(self.engine)
+        self.writer = EventLogWriter(
+            self.engine, metrics, settings.limits.max_write_queue_rows, settings.write_batch_rows,
+            linger=settings.write_linger_seconds, idle_linger=settings.write_idle_linger_seconds,
+            process=settings.writer_process,
+        )
+        self.learner = Learner(
+            self.writer, metrics, self._on_publish, settings.publish_interval_seconds,
+            settings.snapshot_interval_seconds, nice=settings.learner_nice, db_url=settings.db_url,
+            policies=self._learner_policies,
+        )
+        retrieval_policies = settings.retrieval.policies
+        self.policies = PolicyBook(self.store, metrics, self.learner, self._next_seq, settings.metrics_window)
+        self.rewards = Rewards(self.policies, self.writer, self.store, self.learner, metrics, settings.limits,
+                               retrieval_policies)
+        self.decisions = Decisions(self.policies, self.rewards.joiner, self.writer, self.learner, self.store,
+                                   metrics, settings.limits, retrieval_policies)
+        self.registry = ModelRegistry(self.engine, settings.model_dir)
+        self.live_models = LiveModels(self.registry)
+        self.sessions = Sessions(settings.limits)
+        self.models = Models(self.registry, self.live_models, self.sessions, settings.limits, settings.max_nfr)
+        self.retriever: Retriever | None = None
+        self.supervisor = Supervisor(metrics, on_change=on_component_change)
+        self._loops: list[_LoopPart] = []
+
+    def _next_seq(self) -> int:
+        return self.rewards.joiner.next_seq
+
+    def _on_publish(self, policy: str, lineage: int, model: PolicyModel, version: int, lag: float) -> None:
+        self.policies.on_publish(policy, lineage, model, version, lag)
+
+    def _learner_policies(self) -> list[LearnerPolicy]:
+        return self.policies.learner_policies()
+
+    # ------------------------------------------------------------------ start-up
+    def open_policies(self) -> None:
+        """Migrates the schema, starts the writer, restores every policy, recovers joins, starts the learner."""
+        self.writer.launch()  # the writer process imports its driver while the rest of the start-up runs
+        db.migrate(self.engine)
+        self.writer.start()
+        self.rewards.joiner.next_seq = self.store.max_joined_seq() + 1
+        for rt, since in self.policies.restore_all(self.settings.policies):
+            recovered = self.rewards.recover(rt, since)
+            if recovered:
+                log.info("policy %s: recovered %d decisions whose join was not written", rt.spec.name, recovered)
+        self.learner.drain_before_start()
+        self.learner.start()
+        sup = self.supervisor
+        sup.watch(FunctionPart("writer", self.writer.running, self.writer.restart))
+        sup.watch(FunctionPart("writer_process", self.writer.committer_running, self.writer.restart_committer))
+        sup.watch(FunctionPart("learner", self.learner.running, self.learner.restart))
+        sup.start()
+
+    def open_models(self) -> None:
+        """A first start's work (in a child process), then the live models and the catalog with its indexes."""
+        if first_start.needs_work(self.settings, self.engine, self.registry):
+            first_start.run(self.settings)
+        self.live_models.load_all()
+        if self.settings.retrieval.enabled:
+            self.retriever = Retriever(self.settings.retrieval, self.engine, self.metrics,
+                                       live_models=self.live_models)
+            self.decisions.retriever = self.rewards.retriever = self.retriever
+        # What training and ingest left behind goes back to the OS, not into the server's RSS.
+        release_free_memory()
+
+    # ------------------------------------------------------------------ background loops
+    async def start_joins(self) -> None:
+        """Joins decisions whose window closed, every 50 ms (supervised: restarted if it ever ends)."""
+        await self._start_loop("joins", self._expire_loop)
+
+    async def start_retrieval_flush(self) -> None:
+        if self.retriever is not None:
+            retriever = self.retriever
+            await self._start_loop("retrieval_flush", lambda: self._flush_loop(retriever))
+
+    async def _start_loop(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
+        part = _LoopPart(name, asyncio.get_running_loop(), body)
+        part.start()
+        self._loops.append(part)
+        self.supervisor.watch(part)
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.05)
+            try:
+                self.rewards.expire(time.time())
+            except Exception:  # logged, and the next round tries again: joins must not stop
+                log.exception("joining expired decisions failed")
+                await asyncio.sleep(1.0)
+
+    async def _flush_loop(self, retriever: Retriever) -> None:
+        """Persists what strategies learned from engagements (memory statistics), once a second."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await asyncio.to_thread(retriever.flush)
+            except Exception:
+                log.exception("retrieval flush failed; retried in a second")
+
+    # ------------------------------------------------------------------ shutdown
+    async def aclose(self) -> None:
+        self.supervisor.stop()
+        for part in self._loops:
+            part.stop()
+        await asyncio.to_thread(self.close)
+
+    def close(self) -> None:
+        """Learns what is queued, snapshots every changed policy, commits everything."""
+        self.supervisor.stop()
+        self.learner.stop()
+        if self.retriever is not None:
+            self.retriever.close()
+        self.writer.close(timeout=self.settings.shutdown_timeout_seconds)
+        self.engine.dispose()
+
+
+class _LoopPart:
+    """A background loop of the event loop, as a supervised part."""
+
+    def __init__(self, name: str, loop: asyncio.AbstractEventLoop, body: Callable[[], Awaitable[None]]) -> None:
+        self.name = name
+        self._loop = loop
+        self._body = body
+        self._task: asyncio.Future[None] | None = None
+        self._stopped = False
+
+    def start(self) -> None:
+        """On the event loop's thread."""
+        self._task = asyncio.ensure_future(self._body(), loop=self._loop)
+
+    def running(self) -> bool:
+        return self._stopped or (self._task is not None and not self._task.done())
+
+    def restart(self) -> None:
+        """From the supervisor's thread."""
+        self._loop.call_soon_threadsafe(self.start)
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._task is not None:
+            self._task.cancel()

@@ -1,0 +1,200 @@
+"""Policies: their specs and lineages in SQL, their serving models, their restore, admin changes.
+
+``tests/server/core/test_parts.py`` exercises it on its own, over a real database and learner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from ltrr_server.config import PolicySpec
+from ltrr_server.errors import AlreadyExists, InvalidArgument, NotFound
+from ltrr_server.learner.learner import Learner, LearnerState, SnapshotInfo
+from ltrr_server.learner.restore import LearnerPolicy, restore_state
+from ltrr_server.log.store import EventLogStore
+from ltrr_server.metrics import Metrics
+from ltrr_server.policy.model import PolicyModel
+from ltrr_server.policy.runtime import PolicyRuntime
+from ltrr_server.regret import RewardWindow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PolicyInfo:
+    spec: PolicySpec
+    revision: int
+    lineage: int
+    model_version: int
+    created_at: float
+    updated_at: float
+
+
+class PolicyBook:
+    """Every policy by name: the decision path reads ``get``; the learner publishes into it."""
+
+    def __init__(
+        self, store: EventLogStore, metrics: Metrics, learner: Learner, next_seq: Callable[[], int],
+        metrics_window: int,
+    ) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._learner = learner
+        # The position of the next joined event: a new lineage learns from there on.
+        self._next_seq = next_seq
+        self._metrics_window = metrics_window
+        self.policies: dict[str, PolicyRuntime] = {}
+
+    def get(self, name: str) -> PolicyRuntime:
+        rt = self.policies.get(name)
+        if rt is None:
+            if not name:
+                raise InvalidArgument("policy", "is empty")
+            raise NotFound(f"policy {name!r} not found", field="policy")
+        return rt
+
+    # ------------------------------------------------------------------ restore
+    def restore_all(self, configured: Sequence[PolicySpec]) -> list[tuple[PolicyRuntime, float]]:
+        """Stores configured policies the database does not know, then restores every stored one
+        (snapshot + replay). Returns each with the time before which its decisions were joined
+        before its snapshot (the recovery of unjoined decisions starts there)."""
+        stored = {row["name"]: row for row in self._store.load_policies()}
+        now = time.time()
+        for spec in configured:
+            if spec.name not in stored:
+                start = self._next_seq()
+                self._store.insert_policy(spec, 1, 1, start, now)
+                stored[spec.name] = dict(spec=spec, revision=1, lineage=1, lineage_start_seq=start,
+                                         created_at=now, updated_at=now)
+            elif stored[spec.name]["spec"] != spec:
+                log.info("policy %s: the database holds an admin-changed spec; the config file's is ignored",
+                         spec.name)
+        return [self._restore(row) for row in stored.values()]
+
+    def _restore(self, row: dict[str, object]) -> tuple[PolicyRuntime, float]:
+        spec = row["spec"]
+        assert isinstance(spec, PolicySpec)
+        lineage = int(row["lineage"])  # type: ignore[call-overload]
+        start_seq = int(row["lineage_start_seq"])  # type: ignore[call-overload]
+        t0 = time.perf_counter()
+        restored = restore_state(self._store, LearnerPolicy(spec, lineage, start_seq))
+        state = restored.state
+        rt = PolicyRuntime(
+            spec=spec, revision=int(row["revision"]), lineage=lineage,  # type: ignore[call-overload]
+            lineage_start_seq=start_seq, created_at=float(row["created_at"]),  # type: ignore[arg-type]
+            updated_at=float(row["updated_at"]), serving=state.model, model_version=state.version,  # type: ignore[arg-type]
+            window=RewardWindow(self._metrics_window),
+        )
+        self._register(rt)
+        self._learner.set_state(state)
+        log.info("policy %s: lineage %d, snapshot %s, replayed %d joined events in %.2fs", spec.name, lineage,
+                 restored.snapshot_id or "none", restored.replayed, time.perf_counter() - t0)
+        return rt, restored.joins_settled_before
+
+    def learner_policies(self) -> list[LearnerPolicy]:
+        """What a replacement learner process rebuilds, as the decision path knows the policies now."""
+        return [LearnerPolicy(rt.spec, rt.lineage, rt.lineage_start_seq, rt.model_version)
+                for rt in list(self.policies.values())]
+
+    def on_publish(self, policy: str, lineage: int, model: PolicyModel, version: int, lag: float) -> None:
+        """Called on the thread that receives from the learner process: one attribute swap, atomic
+        for the event loop, which reads `rt.serving` once per decision."""
+        rt = self.policies.get(policy)
+        if rt is None or rt.lineage != lineage:
+            return
+        rt.serving = model
+        rt.model_version = max(version, rt.model_version)
+        rt.last_lag_seconds = lag
+        self._metrics.model_version.labels(policy).set(rt.model_version)
+        self._metrics.learner_lag_seconds.labels(policy).set(lag)
+
+    # ------------------------------------------------------------------ admin
+    @staticmethod
+    def info(rt: PolicyRuntime) -> PolicyInfo:
+        return PolicyInfo(rt.spec, rt.revision, rt.lineage, rt.model_version, rt.created_at, rt.updated_at)
+
+    def list_infos(self) -> list[PolicyInfo]:
+        return [self.info(rt) for _, rt in sorted(self.policies.items())]
+
+    def get_info(self, name: str) -> PolicyInfo:
+        return self.info(self.get(name))
+
+    async def create(self, spec: PolicySpec) -> PolicyInfo:
+        if spec.name in self.policies:
+            raise AlreadyExists(f"spec.name: policy {spec.name!r} exists already", field="spec.name")
+        now = time.time()
+        start = self._next_seq()
+        await asyncio.to_thread(self._store.insert_policy, spec, 1, 1, start, now)
+        self._install(spec, revision=1, lineage=1, start_seq=start, created_at=now, now=now)
+        return self.get_info(spec.name)
+
+    async def update(self, spec: PolicySpec) -> tuple[PolicyInfo, bool]:
+        """A changed spec; a change to its learning parameters starts a new lineage (a fresh model)."""
+        rt = self.get(spec.name)
+        reset = spec.learning_params() != rt.spec.learning_params()
+        now = time.time()
+        lineage = rt.lineage + 1 if reset else rt.lineage
+        start = self._next_seq() if reset else rt.lineage_start_seq
+        await asyncio.to_thread(self._store.update_policy, spec, rt.revision + 1, lineage, start, now)
+        if reset:
+            self._install(spec, revision=rt.revision + 1, lineage=lineage, start_seq=start,
+                          created_at=rt.created_at, now=now)
+        else:
+            rt.spec = spec
+            rt.revision += 1
+            rt.updated_at = now
+            rt.set_actions(spec.actions)
+        return self.get_info(spec.name), reset
+
+    def _install(self, spec: PolicySpec, revision: int, lineage: int, start_seq: int, created_at: float,
+                 now: float) -> None:
+        model = PolicyModel.create(spec)
+        old = self.policies.get(spec.name)
+        rt = PolicyRuntime(
+            spec=spec, revision=revision, lineage=lineage, lineage_start_seq=start_seq, created_at=created_at,
+            updated_at=now, serving=PolicyModel.from_bytes(model.to_bytes(), spec.kind), model_version=0,
+            window=RewardWindow(self._metrics_window),
+        )
+        if old is not None:  # counters span lineages
+            rt.counts = old.counts
+        self._register(rt)
+        self._learner.set_state(LearnerState(spec.name, lineage, model, start_seq - 1, 0, last_snapshot_at=now))
+
+    def _register(self, rt: PolicyRuntime) -> None:
+        name = rt.spec.name
+        self._metrics.watch_policy(name, rt.window.stats, rt.counts)
+        self._metrics.learner_lag_events.labels(name).set_function(lambda: self._learner.backlog(name))
+        self.policies[name] = rt
+
+    async def snapshot(self, name: str) -> SnapshotInfo:
+        self.get(name)
+        info = await asyncio.wrap_future(self._learner.snapshot(name))
+        info.snapshot_id = await asyncio.to_thread(self._store.latest_snapshot_id, name)
+        return info
+
+    async def stats(self, name: str) -> dict[str, float]:
+        """The policy's own figures: decisions, rewards by outcome, joins, learning, its window."""
+        rt = self.get(name)
+        last_snapshot = await asyncio.to_thread(self._store.latest_snapshot_id, name)
+        w = rt.window.stats()
+        return {
+            "decisions": rt.counts.get("decisions", 0),
+            "rewards_accepted": rt.counts.get("rewards_accepted", 0),
+            "rewards_duplicate": rt.counts.get("rewards_duplicate", 0),
+            "rewards_late": rt.counts.get("rewards_late", 0),
+            "joined": rt.counts.get("joined", 0),
+            "joined_default": rt.counts.get("joined_default", 0),
+            "learned": self._learner.learned.get(name, 0),
+            "model_version": rt.model_version,
+            "mean_reward": w["mean_reward"],
+            "estimated_regret": w["estimated_regret"],
+            "true_regret_total": rt.true_regret_total,
+            "exploration_share": w["exploration_share"],
+            "learner_lag_seconds": rt.last_lag_seconds,
+            "learner_lag_events": self._learner.backlog(name),
+            "last_snapshot_id": last_snapshot,
+        }
