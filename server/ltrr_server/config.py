@@ -25,6 +25,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ltrr_server import bounds
 from ltrr_server.errors import InvalidArgument
 from ltrr_server.features import Namespaces, namespaces_from_json, namespaces_to_json
 
@@ -33,9 +34,9 @@ EXPLORATIONS = ("epsilon", "softmax", "bag", "cover", "squarecb", "rnd")
 AGGREGATIONS = ("first", "sum", "max")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _MAX_JOIN_WINDOW_S = 7 * 24 * 3600.0
-MAX_ACTION_ID_CHARS = 256
-MAX_DESCRIPTION_CHARS = 1024
-MAX_INTERACTIONS = 64
+MAX_ACTION_ID_CHARS = bounds.NAME_CHARS
+MAX_DESCRIPTION_CHARS = bounds.DESCRIPTION_CHARS
+MAX_INTERACTIONS = bounds.INTERACTIONS
 
 
 def _finite(value: float, field_name: str) -> None:
@@ -87,7 +88,7 @@ class PolicySpec:
         if not 0.0 <= self.epsilon <= 1.0:
             raise InvalidArgument(f"{p}.epsilon", f"must be in [0, 1], got {self.epsilon}")
         _finite(self.softmax_lambda, f"{p}.softmax_lambda")
-        if self.exploration in ("bag", "cover", "rnd") and not 1 <= self.ensemble_size <= 64:
+        if not 1 <= self.ensemble_size <= 64:
             raise InvalidArgument(f"{p}.ensemble_size", f"must be in [1, 64], got {self.ensemble_size}")
         _finite(self.squarecb_gamma_scale, f"{p}.squarecb_gamma_scale")
         if self.squarecb_gamma_scale <= 0:

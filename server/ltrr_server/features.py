@@ -18,6 +18,7 @@ import json
 from collections.abc import Iterable, Sequence
 from math import isfinite
 
+from ltrr_server.bounds import NAME_CHARS
 from ltrr_server.errors import InvalidArgument
 
 FeatureValue = str | float
@@ -29,7 +30,7 @@ _SPECIAL_NAME = str.maketrans({" ": "_", "\t": "_", "\n": "_", "\r": "_", "|": "
 
 ACTION_NAMESPACE = "A"
 SLOT_NAMESPACE = "S"
-MAX_NAME_LENGTH = 256
+MAX_NAME_LENGTH = NAME_CHARS
 _TOO_LONG = f"longer than {MAX_NAME_LENGTH} characters"
 
 
@@ -83,6 +84,8 @@ def validate_namespaces(
     # The field paths are spelled only for an error: formatting them for every feature cost
     # more than checking it.
     for i, (ns_name, features) in enumerate(pairs):
+        if i >= max_features:
+            raise InvalidArgument(field, f"more than {max_features} namespaces (limits.max_features)")
         if not ns_name:
             raise InvalidArgument(f"{field}[{i}].name", "namespace name is empty")
         if len(ns_name) > MAX_NAME_LENGTH:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ltrr.v1 import admin_pb2, common_pb2, decisions_pb2, feedback_pb2
+from ltrr_server.bounds import REQUEST_ID_CHARS
 from ltrr_server.config import ActionSpec, Limits, PolicySpec
 from ltrr_server.core.decisions import Decision
 from ltrr_server.core.policies import PolicyInfo
@@ -28,6 +29,11 @@ _STATUS = {
     Outcome.UNKNOWN: feedback_pb2.REWARD_STATUS_UNKNOWN_EVENT,
     Outcome.INVALID: feedback_pb2.REWARD_STATUS_INVALID,
 }
+
+
+def check_request_id(request_id: str) -> None:
+    if len(request_id) > REQUEST_ID_CHARS:
+        raise InvalidArgument("request_id", f"longer than {REQUEST_ID_CHARS} characters")
 
 
 def namespaces(msgs: Sequence[common_pb2.Namespace], field: str, max_features: int) -> Namespaces:

@@ -12,6 +12,7 @@ from ltrr_server.api.decision_wire import DecisionWire
 from ltrr_server.api.routes import Undecodable
 from ltrr_server.api.status import Ctx, code_for, message_for
 from ltrr_server.api.streams import answered_in_order
+from ltrr_server.bounds import REQUEST_ID_CHARS
 from ltrr_server.config import Limits
 from ltrr_server.core.decisions import Decisions
 from ltrr_server.metrics import Metrics
@@ -26,6 +27,7 @@ class DecisionServicer:
         self._wire = DecisionWire()
 
     def _decide(self, req: decisions_pb2.DecideRequest) -> decisions_pb2.DecideResponse:
+        convert.check_request_id(req.request_id)
         context = convert.namespaces(req.context, "context", self._max_features)
         acts = convert.actions(req.actions, "actions", self._max_features) if req.actions else None
         d = self._decisions.decide(req.policy, context, acts, req.event_id, req.slots)
@@ -53,7 +55,8 @@ class DecisionServicer:
         try:
             if isinstance(req, Undecodable):
                 raise req.error
-            request_id = req.request_id
+            if len(req.request_id) <= REQUEST_ID_CHARS:  # echoed in an error too, if not too long
+                request_id = req.request_id
             if req.event_id:
                 await self._decisions.check_new_event_id(req.event_id)
             resp = self._decide(req)

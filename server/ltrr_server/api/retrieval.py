@@ -36,6 +36,7 @@ class RetrievalServicer:
     async def Retrieve(  # noqa: N802 - gRPC method name
         self, request: retrieval_pb2.RetrieveRequest, context: Ctx
     ) -> retrieval_pb2.RetrieveResponse:
+        convert.check_request_id(request.request_id)
         ctx = convert.namespaces(request.context, "context", self._max_features)
         if request.event_id:
             await self._decisions.check_new_event_id(request.event_id)

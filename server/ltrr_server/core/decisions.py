@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ltrr_server.bounds import ID_CHARS, MAX_SLOTS, NAME_CHARS, PLAN_ENTRIES
 from ltrr_server.config import ActionSpec, Limits
 from ltrr_server.core.policies import PolicyBook
 from ltrr_server.errors import FailedPrecondition, InvalidArgument, Overloaded
@@ -23,8 +24,6 @@ from ltrr_server.metrics import Metrics
 from ltrr_server.policy.runtime import PolicyRuntime, draw_slots
 from ltrr_server.retrieval.retriever import ActionSet, RetrievalResult, Retriever
 
-MAX_ID_LENGTH = 64
-MAX_ACTION_ID_LENGTH = 256
 
 # A named tuple's own constructor is a Python function; ``tuple.__new__`` builds the same
 # instance in C, in about half the time (it does not count the fields: the tests read every
@@ -84,7 +83,7 @@ class Decisions:
 
     async def check_new_event_id(self, event_id: str) -> None:
         """A caller-chosen event id must be new, also to the log (rows with a used id are not stored)."""
-        if event_id and event_id not in self._joiner and len(event_id) <= MAX_ID_LENGTH:
+        if event_id and event_id not in self._joiner and len(event_id) <= ID_CHARS:
             found, _ = await asyncio.to_thread(self._store.lookup_events, [(event_id, "")])
             if found:
                 raise InvalidArgument("event_id", f"event id {event_id!r} is already used")
@@ -103,8 +102,8 @@ class Decisions:
             for i, a in enumerate(actions):
                 if not a.id:
                     raise InvalidArgument(f"actions[{i}].id", "action id is empty")
-                if len(a.id) > MAX_ACTION_ID_LENGTH:
-                    raise InvalidArgument(f"actions[{i}].id", f"longer than {MAX_ACTION_ID_LENGTH} characters")
+                if len(a.id) > NAME_CHARS:
+                    raise InvalidArgument(f"actions[{i}].id", f"longer than {NAME_CHARS} characters")
                 if a.id in seen:
                     raise InvalidArgument(f"actions[{i}].id", f"duplicate action id {a.id!r}")
                 seen.add(a.id)
@@ -115,6 +114,8 @@ class Decisions:
             if not rt.action_ids:
                 raise InvalidArgument("actions", f"empty, and policy {policy!r} has no configured actions")
             action_ids, lines, actions_json = rt.action_ids, rt.action_lines, rt.actions_json
+        if slots > MAX_SLOTS:
+            raise InvalidArgument("slots", f"must be at most {MAX_SLOTS}, got {slots}")
         n_slots = slots or rt.spec.slots
         if rt.spec.kind == "cb" and n_slots != 1:
             raise InvalidArgument("slots", f"policy {policy!r} is a cb policy: one slot, got {n_slots}")
@@ -130,8 +131,10 @@ class Decisions:
         """Draws (or, with ``fixed``, takes) an action, logs the decision and waits for its rewards."""
         policy = rt.spec.name
         if event_id:
-            if len(event_id) > MAX_ID_LENGTH:
-                raise InvalidArgument("event_id", f"longer than {MAX_ID_LENGTH} characters")
+            if len(event_id) > ID_CHARS:
+                raise InvalidArgument("event_id", f"longer than {ID_CHARS} characters")
+            if "\x00" in event_id:
+                raise InvalidArgument("event_id", "contains a NUL character")
             if event_id in self._joiner:
                 raise InvalidArgument("event_id", f"event id {event_id!r} is already used")
         else:
@@ -202,6 +205,12 @@ class Decisions:
         """The policy picks a plan for the query; its strategies run; the union comes back, fused."""
         rt, retriever = self._retrieval_policy(policy)
         q = retriever.prepare(query, embedding)
+        if fixed_plan:
+            if len(fixed_plan) > PLAN_ENTRIES:
+                raise InvalidArgument("fixed_plan", f"{len(fixed_plan)} entries, more than {PLAN_ENTRIES}")
+            for name in fixed_plan:
+                if len(name) > ID_CHARS:
+                    raise InvalidArgument("fixed_plan", f"a strategy name longer than {ID_CHARS} characters")
         fixed = retriever.fixed_plan_index(fixed_plan) if fixed_plan else None
         aset = retriever.action_set(time.time())
         decision, pending = self._decide(

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ltrr_server.bounds import ID_CHARS, MAX_COMPLETIONS, MAX_K
 from ltrr_server.catalog.catalog import normalize
 from ltrr_server.config import Limits
 from ltrr_server.core.sessions import Sessions
@@ -25,8 +26,6 @@ log = logging.getLogger(__name__)
 # One call, not chunks on the loop: PECOS's predict has a large fixed cost per call (256 queries
 # in chunks of 64 took 1.4x as long as in one call).
 INLINE_PREDICT_QUERIES = 64
-MAX_K = 1000
-MAX_COMPLETIONS = 100
 
 
 class Models:
@@ -43,8 +42,7 @@ class Models:
     async def xmr_predict(self, model: str, queries: Sequence[str], k: int = 10, beam_size: int = 0
                           ) -> tuple[int, XmrModel, Ranked]:
         """Top-k labels per query from the model's live version: (version, that model, its ranked labels)."""
-        if not model:
-            raise InvalidArgument("model", "is empty")
+        check_model_name(model, "model")
         if not queries:
             raise InvalidArgument("queries", "is empty")
         if len(queries) > self._limits.max_predict_queries:
@@ -74,8 +72,7 @@ class Models:
         """Completions of ``prefix`` given the session's previous queries (sent, or kept by session id)."""
         from ltrr_server.autocomplete.model import AutocompleteModel
 
-        if not model:
-            raise InvalidArgument("model", "is empty")
+        check_model_name(model, "model")
         if len(prefix) > self._limits.max_prefix_chars:
             raise InvalidArgument("prefix", f"longer than limits.max_prefix_chars={self._limits.max_prefix_chars}")
         if not prefix.strip() or not normalize(prefix):
@@ -87,10 +84,13 @@ class Models:
         return version, m.complete(history[-1] if history else "", prefix, k or 10)
 
     async def versions(self, name: str) -> list[dict[str, Any]]:
+        if len(name) > ID_CHARS:
+            raise InvalidArgument("name", f"longer than {ID_CHARS} characters")
         return await asyncio.to_thread(self.registry.versions, name)
 
     async def promote(self, name: str, version: int, force: bool) -> dict[str, Any]:
         """Checks a version against the live one on its held-out pairs, then swaps it in."""
+        check_model_name(name, "name")
         if version == 0:
             raise InvalidArgument("version", "is required")
         row = await asyncio.to_thread(self.registry.get, name, version)
@@ -113,3 +113,10 @@ class Models:
         log.info("model %s: v%d live (was v%d): %s", name, version, previous, figures)
         row = await asyncio.to_thread(self.registry.get, name, version)
         return figures | {"previous_version": previous, "row": row}
+
+
+def check_model_name(name: str, field: str) -> None:
+    if not name:
+        raise InvalidArgument(field, "is empty")
+    if len(name) > ID_CHARS:
+        raise InvalidArgument(field, f"longer than {ID_CHARS} characters")

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ltrr_server.bounds import ID_CHARS
 from ltrr_server.config import PolicySpec
 from ltrr_server.errors import AlreadyExists, InvalidArgument, NotFound
 from ltrr_server.learner.learner import Learner, LearnerState, SnapshotInfo
@@ -49,12 +50,15 @@ class PolicyBook:
         self._metrics_window = metrics_window
         self.policies: dict[str, PolicyRuntime] = {}
 
-    def get(self, name: str) -> PolicyRuntime:
+    def get(self, name: str, field: str = "policy") -> PolicyRuntime:
+        """The policy named ``name``; errors name the request's ``field``."""
         rt = self.policies.get(name)
         if rt is None:
             if not name:
-                raise InvalidArgument("policy", "is empty")
-            raise NotFound(f"policy {name!r} not found", field="policy")
+                raise InvalidArgument(field, "is empty")
+            if len(name) > ID_CHARS:
+                raise InvalidArgument(field, f"longer than {ID_CHARS} characters")
+            raise NotFound(f"policy {name!r} not found", field=field)
         return rt
 
     # ------------------------------------------------------------------ restore
@@ -120,8 +124,8 @@ class PolicyBook:
     def list_infos(self) -> list[PolicyInfo]:
         return [self.info(rt) for _, rt in sorted(self.policies.items())]
 
-    def get_info(self, name: str) -> PolicyInfo:
-        return self.info(self.get(name))
+    def get_info(self, name: str, field: str = "name") -> PolicyInfo:
+        return self.info(self.get(name, field))
 
     async def create(self, spec: PolicySpec) -> PolicyInfo:
         if spec.name in self.policies:
@@ -171,14 +175,14 @@ class PolicyBook:
         self.policies[name] = rt
 
     async def snapshot(self, name: str) -> SnapshotInfo:
-        self.get(name)
+        self.get(name, "name")
         info = await asyncio.wrap_future(self._learner.snapshot(name))
         info.snapshot_id = await asyncio.to_thread(self._store.latest_snapshot_id, name)
         return info
 
     async def stats(self, name: str) -> dict[str, float]:
         """The policy's own figures: decisions, rewards by outcome, joins, learning, its window."""
-        rt = self.get(name)
+        rt = self.get(name, "name")
         last_snapshot = await asyncio.to_thread(self._store.latest_snapshot_id, name)
         w = rt.window.stats()
         return {

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
 
+from ltrr_server.bounds import ENGAGED_ITEMS, ID_CHARS, NAME_CHARS, REWARD_ID_CHARS
 from ltrr_server.config import Limits
 from ltrr_server.core.policies import PolicyBook
 from ltrr_server.errors import InvalidArgument, Overloaded
@@ -29,10 +30,6 @@ from ltrr_server.metrics import Metrics
 from ltrr_server.policy.runtime import PolicyRuntime
 from ltrr_server.retrieval.retriever import Retriever
 
-MAX_ID_LENGTH = 64
-MAX_REWARD_ID_LENGTH = 128
-MAX_ENGAGED_ITEMS = 1000
-MAX_ITEM_ID_LENGTH = 256
 
 
 @dataclass(slots=True)
@@ -72,10 +69,13 @@ def validate_reward(r: RewardInput) -> str:
     """
     if not r.event_id:
         return "event_id: is empty"
-    if len(r.event_id) > MAX_ID_LENGTH:
-        return f"event_id: longer than {MAX_ID_LENGTH} characters"
-    if len(r.reward_id) > MAX_REWARD_ID_LENGTH:
-        return f"reward_id: longer than {MAX_REWARD_ID_LENGTH} characters"
+    if len(r.event_id) > ID_CHARS:
+        return f"event_id: longer than {ID_CHARS} characters"
+    if len(r.reward_id) > REWARD_ID_CHARS:
+        return f"reward_id: longer than {REWARD_ID_CHARS} characters"
+    if "\x00" in r.event_id or "\x00" in r.reward_id:
+        # No database column takes one (PostgreSQL refuses the row): it could never be stored.
+        return ("event_id" if "\x00" in r.event_id else "reward_id") + ": contains a NUL character"
     if not math.isfinite(r.value):
         return f"value: must be finite, got {r.value}"
     if r.oracle_best is not None and not math.isfinite(r.oracle_best):
@@ -83,11 +83,11 @@ def validate_reward(r: RewardInput) -> str:
     if r.oracle_chosen is not None and not math.isfinite(r.oracle_chosen):
         return f"oracle_chosen_value: must be finite, got {r.oracle_chosen}"
     if r.engaged:
-        if len(r.engaged) > MAX_ENGAGED_ITEMS:
-            return f"engaged_item_ids: more than {MAX_ENGAGED_ITEMS} items"
+        if len(r.engaged) > ENGAGED_ITEMS:
+            return f"engaged_item_ids: more than {ENGAGED_ITEMS} items"
         for i, item in enumerate(r.engaged):
-            if len(item) > MAX_ITEM_ID_LENGTH:
-                return f"engaged_item_ids[{i}]: longer than {MAX_ITEM_ID_LENGTH} characters"
+            if len(item) > NAME_CHARS:
+                return f"engaged_item_ids[{i}]: longer than {NAME_CHARS} characters"
     return ""
 
 

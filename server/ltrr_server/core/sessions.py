@@ -16,11 +16,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 
+from ltrr_server.bounds import ID_CHARS
 from ltrr_server.catalog.catalog import normalize
 from ltrr_server.config import Limits
 from ltrr_server.errors import InvalidArgument
 
-MAX_SESSION_ID_LENGTH = 64
 
 
 class Sessions:
@@ -82,5 +82,5 @@ class Sessions:
 def check_session_id(session_id: str, required: bool) -> None:
     if required and not session_id:
         raise InvalidArgument("session_id", "is empty")
-    if len(session_id) > MAX_SESSION_ID_LENGTH:
-        raise InvalidArgument("session_id", f"longer than {MAX_SESSION_ID_LENGTH} characters")
+    if len(session_id) > ID_CHARS:
+        raise InvalidArgument("session_id", f"longer than {ID_CHARS} characters")

@@ -1,0 +1,186 @@
+"""Every field of every request message, bounded in one place.
+
+A search frontend can send anything: ``BOUNDS`` says, for each field of each request message
+(and of the messages inside them), how long, how many or how large it may be. The code that
+reads a field checks it against the number here (or the ``Limits`` setting named here) before
+any work, and answers INVALID_ARGUMENT naming the field. Two tests hold this together:
+
+- ``tests/server/api/test_bounds.py::test_every_request_field_has_a_bound`` walks the request
+  messages of every RPC in the protos: a field added without a bound fails CI;
+- ``test_bad_requests_get_invalid_argument_naming_the_field`` sends, for every bound here, a
+  request just past it (one character, one item, one unit too many; NaN; an unknown enum value)
+  and expects INVALID_ARGUMENT naming the field, with the server healthy after each.
+
+The gRPC message size limit (``limits.max_request_bytes``) bounds a request as a whole.
+
+>>> BOUNDS["ltrr.v1.RewardEvent.event_id"]
+Text(max_chars=64)
+>>> from ltrr_server.config import Settings
+>>> resolve("limits.max_actions", Settings())
+256
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# Characters of ids that name things the server stores (event ids, policy and model names).
+ID_CHARS = 64
+# Characters of a caller's reward id and request id (echoed back).
+REWARD_ID_CHARS = 128
+REQUEST_ID_CHARS = 128
+# Characters of action ids, item ids, namespace and feature names, and string feature values.
+NAME_CHARS = 256
+# Engaged items one reward may name.
+ENGAGED_ITEMS = 1000
+# XmrPredict's k and beam size, Autocomplete's k.
+MAX_K = 1000
+MAX_COMPLETIONS = 100
+# Policy specs.
+DESCRIPTION_CHARS = 1024
+INTERACTIONS = 64
+MAX_SLOTS = 64
+# Retrieve: entries of a fixed plan (one per strategy), a budget, dimensions of a query embedding.
+PLAN_ENTRIES = 64
+MAX_BUDGET = 10_000
+EMBEDDING_DIMS = 4096
+
+# A bound is a number, or the name of the setting that holds it ("limits.max_actions").
+Amount = int | str
+
+
+@dataclass(frozen=True)
+class Text:
+    """A string of at most ``max_chars`` characters."""
+
+    max_chars: Amount
+
+
+@dataclass(frozen=True)
+class Items:
+    """A repeated field (or map) of at most ``max_items`` entries; each entry is bounded by the
+    entry's own bound (``each``) or its message's fields."""
+
+    max_items: Amount
+    each: Text | Number | None = None
+
+
+@dataclass(frozen=True)
+class Number:
+    """A number in [lo, hi]; doubles must be finite."""
+
+    lo: float
+    hi: float
+
+
+@dataclass(frozen=True)
+class Enum:
+    """One of the enum's declared values."""
+
+
+@dataclass(frozen=True)
+class Nested:
+    """A message field: bounded by the fields of its message."""
+
+
+@dataclass(frozen=True)
+class Free:
+    """A field its type bounds (a bool, a uint32 whose every value is fine); ``why`` says so."""
+
+    why: str
+
+
+Bound = Text | Items | Number | Enum | Nested | Free
+
+_FINITE = float("inf")
+_UINT32 = 2**32 - 1
+
+_NAMESPACES = Items("limits.max_features")
+_ID = Text(ID_CHARS)
+
+BOUNDS: dict[str, Bound] = {
+    # common
+    "ltrr.v1.Namespace.name": Text(NAME_CHARS),
+    "ltrr.v1.Namespace.features": Items("limits.max_features"),
+    "ltrr.v1.Feature.name": Text(NAME_CHARS),
+    "ltrr.v1.Feature.str": Text(NAME_CHARS),
+    "ltrr.v1.Feature.num": Number(-_FINITE, _FINITE),
+    "ltrr.v1.Action.id": Text(NAME_CHARS),
+    "ltrr.v1.Action.features": _NAMESPACES,
+    # decisions
+    "ltrr.v1.DecideRequest.policy": _ID,
+    "ltrr.v1.DecideRequest.context": _NAMESPACES,
+    "ltrr.v1.DecideRequest.actions": Items("limits.max_actions"),
+    "ltrr.v1.DecideRequest.event_id": _ID,
+    "ltrr.v1.DecideRequest.slots": Number(0, MAX_SLOTS),
+    "ltrr.v1.DecideRequest.request_id": Text(REQUEST_ID_CHARS),
+    # feedback
+    "ltrr.v1.RewardEvent.event_id": _ID,
+    "ltrr.v1.RewardEvent.reward_id": Text(REWARD_ID_CHARS),
+    "ltrr.v1.RewardEvent.value": Number(-_FINITE, _FINITE),
+    "ltrr.v1.RewardEvent.engaged_item_ids": Items(ENGAGED_ITEMS, each=Text(NAME_CHARS)),
+    "ltrr.v1.RewardEvent.oracle_best_value": Number(-_FINITE, _FINITE),
+    "ltrr.v1.RewardEvent.oracle_chosen_value": Number(-_FINITE, _FINITE),
+    "ltrr.v1.RewardBatch.events": Items("limits.max_reward_batch"),
+    # retrieval
+    "ltrr.v1.RetrieveRequest.policy": _ID,
+    "ltrr.v1.RetrieveRequest.query": Text("retrieval.max_query_chars"),
+    "ltrr.v1.RetrieveRequest.context": _NAMESPACES,
+    "ltrr.v1.RetrieveRequest.query_embedding": Items(EMBEDDING_DIMS, each=Number(-_FINITE, _FINITE)),
+    "ltrr.v1.RetrieveRequest.event_id": _ID,
+    "ltrr.v1.RetrieveRequest.request_id": Text(REQUEST_ID_CHARS),
+    "ltrr.v1.RetrieveRequest.fixed_plan": Items(PLAN_ENTRIES),
+    "ltrr.v1.RetrieveRequest.FixedPlanEntry.key": _ID,
+    "ltrr.v1.RetrieveRequest.FixedPlanEntry.value": Number(0, MAX_BUDGET),
+    "ltrr.v1.RetrieveRequest.limit": Free("a limit past the candidates returns them all"),
+    # models
+    "ltrr.v1.XmrPredictRequest.model": _ID,
+    "ltrr.v1.XmrPredictRequest.queries": Items("limits.max_predict_queries", each=Text("limits.max_query_chars")),
+    "ltrr.v1.XmrPredictRequest.k": Number(0, MAX_K),
+    "ltrr.v1.XmrPredictRequest.beam_size": Number(0, MAX_K),
+    "ltrr.v1.AutocompleteRequest.model": _ID,
+    "ltrr.v1.AutocompleteRequest.prefix": Text("limits.max_prefix_chars"),
+    "ltrr.v1.AutocompleteRequest.previous_queries": Items("limits.max_previous_queries",
+                                                          each=Text("limits.max_query_chars")),
+    "ltrr.v1.AutocompleteRequest.session_id": _ID,
+    "ltrr.v1.AutocompleteRequest.k": Number(0, MAX_COMPLETIONS),
+    "ltrr.v1.RecordQueryRequest.session_id": _ID,
+    "ltrr.v1.RecordQueryRequest.query": Text("limits.max_query_chars"),
+    "ltrr.v1.ListModelsRequest.name": _ID,
+    "ltrr.v1.PromoteModelRequest.name": _ID,
+    "ltrr.v1.PromoteModelRequest.version": Free("a version that does not exist is NOT_FOUND"),
+    "ltrr.v1.PromoteModelRequest.force": Free("a bool"),
+    # admin
+    "ltrr.v1.CreatePolicyRequest.spec": Nested(),
+    "ltrr.v1.UpdatePolicyRequest.spec": Nested(),
+    "ltrr.v1.GetPolicyRequest.name": _ID,
+    "ltrr.v1.SnapshotPolicyRequest.name": _ID,
+    "ltrr.v1.GetPolicyStatsRequest.name": _ID,
+    "ltrr.v1.PolicySpec.name": _ID,
+    "ltrr.v1.PolicySpec.kind": Enum(),
+    "ltrr.v1.PolicySpec.exploration": Enum(),
+    "ltrr.v1.PolicySpec.epsilon": Number(0, 1),
+    "ltrr.v1.PolicySpec.softmax_lambda": Number(-_FINITE, _FINITE),
+    "ltrr.v1.PolicySpec.ensemble_size": Number(0, 64),
+    "ltrr.v1.PolicySpec.squarecb_gamma_scale": Number(0, _FINITE),
+    "ltrr.v1.PolicySpec.interactions": Items(INTERACTIONS, each=Text(3)),
+    "ltrr.v1.PolicySpec.actions": Items("limits.max_actions"),
+    "ltrr.v1.PolicySpec.join_window_seconds": Number(0, 7 * 24 * 3600),
+    "ltrr.v1.PolicySpec.default_reward": Number(-_FINITE, _FINITE),
+    "ltrr.v1.PolicySpec.aggregation": Enum(),
+    "ltrr.v1.PolicySpec.slots": Number(0, MAX_SLOTS),
+    "ltrr.v1.PolicySpec.description": Text(DESCRIPTION_CHARS),
+    "ltrr.v1.PolicySpec.bits": Number(0, 30),
+    "ltrr.v1.PolicySpec.learning_rate": Number(0, _FINITE),
+}
+
+
+def resolve(amount: Amount, settings: Any) -> int:
+    """A bound's number: itself, or the setting it names, read from ``settings``."""
+    if isinstance(amount, int):
+        return amount
+    value: Any = settings
+    for part in amount.split("."):
+        value = getattr(value, part)
+    return int(value)
