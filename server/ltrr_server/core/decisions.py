@@ -24,7 +24,6 @@ from ltrr_server.metrics import Metrics
 from ltrr_server.policy.runtime import PolicyRuntime, draw_slots
 from ltrr_server.retrieval.retriever import ActionSet, RetrievalResult, Retriever
 
-
 # A named tuple's own constructor is a Python function; ``tuple.__new__`` builds the same
 # instance in C, in about half the time (it does not count the fields: the tests read every
 # kind of row back from the log). One decision row is built per decision.

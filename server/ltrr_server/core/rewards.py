@@ -31,7 +31,6 @@ from ltrr_server.policy.runtime import PolicyRuntime
 from ltrr_server.retrieval.retriever import Retriever
 
 
-
 @dataclass(slots=True)
 class RewardInput:
     event_id: str

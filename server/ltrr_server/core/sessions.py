@@ -22,7 +22,6 @@ from ltrr_server.config import Limits
 from ltrr_server.errors import InvalidArgument
 
 
-
 class Sessions:
     """Bounded by ``limits.max_sessions`` sessions of ``limits.max_session_queries`` queries of at most
     ``limits.max_query_chars`` characters each: whatever clients send, it holds at most their product."""
