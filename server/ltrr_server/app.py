@@ -60,8 +60,6 @@ _PART_SERVICES = {
     "writer": (FEEDBACK.full_name,), "writer_process": (FEEDBACK.full_name,), "learner": (FEEDBACK.full_name,),
     "joins": (FEEDBACK.full_name,), "retrieval_flush": (RETRIEVAL.full_name,),
 }
-# Commits failing for this long hold the feedback service down (acks cannot be given meanwhile).
-COMMIT_STALL_SECONDS = 5.0
 # Long start-up work says it is still running at least this often.
 PROGRESS_INTERVAL_SECONDS = 10.0
 
@@ -131,7 +129,7 @@ class LtrrServer:
         self.routes[FEEDBACK.full_name].attach(FeedbackServicer(core.rewards, self.metrics, limits))
         self.routes[ADMIN.full_name].attach(AdminServicer(core.policies, core.rewards, limits))
         await core.start_joins()
-        health.check(FEEDBACK.full_name, "commits", lambda: _commit_stall(core))
+        health.check(FEEDBACK.full_name, "commits", lambda: _commit_stall(core, settings.commit_stall_seconds))
         for name in (DECISIONS.full_name, FEEDBACK.full_name, ADMIN.full_name):
             health.up(name, "start")
 
@@ -178,9 +176,9 @@ def _make_core(settings: Settings, metrics: Metrics, on_change: Callable[[str, b
     return Ltrr(settings, metrics, on_component_change=on_change)
 
 
-def _commit_stall(core: Ltrr) -> str:
+def _commit_stall(core: Ltrr, limit: float) -> str:
     stalled = core.writer.stalled_seconds()
-    if stalled >= COMMIT_STALL_SECONDS:
+    if stalled >= limit:
         return f"the event log has not committed for {stalled:.0f}s (is the database away?): acks wait"
     return ""
 

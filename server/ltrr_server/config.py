@@ -333,6 +333,9 @@ class Settings:
     # At a stop, how long the event log keeps retrying a database that is away before it gives
     # up on what is queued (nothing of it was acknowledged). Under docker stop's 10 s.
     shutdown_timeout_seconds: float = 5.0
+    # Commits failing (the database away) for this long hold the feedback service NOT_SERVING:
+    # no acknowledgement can be given meanwhile.
+    commit_stall_seconds: float = 5.0
     # How long a group commit waits for more rows when the queue is short: while an ack waits
     # (adds to ack latency), and while only rows nobody waits for are queued (decisions, joins).
     write_linger_seconds: float = 0.002
@@ -364,7 +367,8 @@ class Settings:
             value = getattr(self, name)
             if not (math.isfinite(value) and 0 <= value <= 1):
                 raise InvalidArgument(f"server.{name}", f"must be in [0, 1], got {value}")
-        for name in ("snapshot_interval_seconds", "publish_interval_seconds", "shutdown_timeout_seconds"):
+        for name in ("snapshot_interval_seconds", "publish_interval_seconds", "shutdown_timeout_seconds",
+                     "commit_stall_seconds"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise InvalidArgument(f"server.{name}", f"must be a positive number, got {value}")

@@ -149,6 +149,8 @@ def test_sigkill_mid_stream_loses_no_acked_reward_and_restores_the_policy(
     before = wait_for(lambda: (lambda a, b: a if a == b else None)(probabilities(first.channel),
                                                                     probabilities(first.channel)))
     assert max(flat(before)) > 0.6, "the policy must have learned something worth restoring"
+    version_before = admin_pb2_grpc.AdminServiceStub(first.channel).GetPolicy(
+        admin_pb2.GetPolicyRequest(name="demo")).model_version
 
     # A reward stream on another policy, killed in the middle.
     dec = decisions_pb2_grpc.DecisionServiceStub(first.channel)
@@ -181,6 +183,9 @@ def test_sigkill_mid_stream_loses_no_acked_reward_and_restores_the_policy(
     second = ServerProcess(tmp_path, db_url)
     after = probabilities(second.channel)
     assert flat(after) == pytest.approx(flat(before), abs=1e-6)
+    # No version served before the kill is served again after it.
+    assert admin_pb2_grpc.AdminServiceStub(second.channel).GetPolicy(
+        admin_pb2.GetPolicyRequest(name="demo")).model_version > version_before
     # Every stored reward is joined after the restart: none were dropped by recovery.
     wait_for(lambda: learned_all(second.channel, "stream"), what="recovered joins learned")
     joined_stream = {r["event_id"] for r in rows(db_url, "joined", "policy = 'stream'")}
