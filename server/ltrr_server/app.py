@@ -155,11 +155,14 @@ class LtrrServer:
 
         self.routes[MODELS.full_name].attach(ModelServicer(core.models, core.sessions))
         health.up(MODELS.full_name, "start")
+        health.check(MODELS.full_name, "models", lambda: "; ".join(core.live_models.failed.values()))
         # Without strategies it answers FAILED_PRECONDITION, saying so (its health: NOT_SERVING).
         self.routes[RETRIEVAL.full_name].attach(RetrievalServicer(core.decisions, limits))
         if core.retriever is not None:
             await core.start_retrieval_flush()
             health.up(RETRIEVAL.full_name, "start")
+        elif core.retrieval_problem is not None:
+            health.down(RETRIEVAL.full_name, "start", core.retrieval_problem)
         log.info("ltrr ready: every service restored and loaded")
 
     def _on_component_change(self, component: str, up: bool, reason: str) -> None:

@@ -59,8 +59,12 @@ def _catalog_to_ingest(settings: Settings, engine: sa.Engine) -> bool:
     return conf.enabled and bool(conf.catalog_path or conf.demo_items) and Catalog.stored_count(engine) == 0
 
 
-def run(settings: Settings) -> None:
+def run(settings: Settings, reindex: tuple[str, ...] = ()) -> None:
     """Does the work in a child process and waits for it. Raises FirstStartError if it failed.
+
+    ``reindex``: strategies whose index does not match the stored catalog, to build again from it
+    (instead of the first start's work).
+
 
     Small work (no demo autocomplete model, a catalog under ``SMALL_CATALOG_ITEMS`` items or
     ``SMALL_CATALOG_BYTES``) is done here: a child's imports (2-3 s) would cost more than the heap
@@ -71,13 +75,13 @@ def run(settings: Settings) -> None:
     plugins = sorted({s.kind for s in settings.retrieval.strategies if not is_builtin(s.kind)})
     if settings.retrieval.enabled and plugins:
         log.info("first start: in this process (strategy kinds registered here only: %s)", ", ".join(plugins))
-        do_work(settings)
+        do_work(settings, reindex)
         return
-    if _small(settings):
-        do_work(settings)
+    if _small(settings, reindex):
+        do_work(settings, reindex)
         return
     child = multiprocessing.get_context("spawn").Process(
-        target=_child, args=(settings, logging.getLogger("ltrr_server").getEffectiveLevel()),
+        target=_child, args=(settings, reindex, logging.getLogger("ltrr_server").getEffectiveLevel()),
         name="ltrr-first-start")
     child.start()
     try:
@@ -92,7 +96,13 @@ def run(settings: Settings) -> None:
     log.info("first start: catalog and models ready in %.1fs", time.perf_counter() - t0)
 
 
-def _small(settings: Settings) -> bool:
+def _small(settings: Settings, reindex: tuple[str, ...] = ()) -> bool:
+    if reindex:
+        engine = db.create_engine(settings.db_url)
+        try:
+            return Catalog.stored_count(engine) < SMALL_CATALOG_ITEMS
+        finally:
+            engine.dispose()
     if settings.demo_autocomplete_sessions:
         return False
     conf = settings.retrieval
@@ -104,16 +114,27 @@ def _small(settings: Settings) -> bool:
     return conf.demo_items < SMALL_CATALOG_ITEMS
 
 
-def _child(settings: Settings, log_level: int) -> None:
+def _child(settings: Settings, reindex: tuple[str, ...], log_level: int) -> None:
     _die_with_parent()
     logging.basicConfig(level=log_level, format=LOG_FORMAT)
-    do_work(settings)
+    do_work(settings, reindex)
 
 
-def do_work(settings: Settings) -> None:
-    """The work itself, in this process: train the demo autocomplete model, ingest the catalog."""
+def do_work(settings: Settings, reindex: tuple[str, ...] = ()) -> None:
+    """The work itself, in this process: train the demo autocomplete model, ingest the catalog
+    (or, with ``reindex``, index the stored catalog again in those strategies)."""
     engine = db.create_engine(settings.db_url)
     try:
+        if reindex:
+            retriever = Retriever(settings.retrieval, engine, Metrics(CollectorRegistry()))
+            try:
+                t0 = time.perf_counter()
+                retriever.reindex(reindex, _log_progress)
+                log.info("indexes %s rebuilt from the catalog (%d items) in %.1fs", ", ".join(reindex),
+                         len(retriever.catalog), time.perf_counter() - t0)
+            finally:
+                retriever.close()
+            return
         registry = ModelRegistry(engine, settings.model_dir)
         _train_demo_autocomplete(settings, registry)
         # A retriever loads every index: made only when a catalog is to be ingested, not for the

@@ -29,7 +29,9 @@ def test_train_from_demo_pairs_and_from_a_file(tmp_path: Path, capsys: pytest.Ca
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (out["name"], out["version"], out["nr_splits"], out["pairs"]) == ("music", 1, 8, 2700)
     assert 0 < out["recall_at_10"] <= out["recall_at_100"] <= 1
-    assert (tmp_path / "models" / "music" / "v1" / "xlinear").is_dir()
+    # Under the database's own folder: model_dir/db-<its id>/<name>/v<version>.
+    [folder] = (tmp_path / "models").glob("db-*/music/v1")
+    assert (folder / "xlinear").is_dir() and (folder.parents[1] / ".ltrr-database").is_file()
 
     lines = [json.dumps({"query": f"query {i % 50}", "item_id": f"item-{i % 50}"}) for i in range(200)]
     (tmp_path / "pairs.jsonl").write_text("\n".join([*lines, '{"query": 3}']) + "\n")

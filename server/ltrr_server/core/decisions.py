@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ltrr_server.bounds import ID_CHARS, MAX_SLOTS, NAME_CHARS, PLAN_ENTRIES
 from ltrr_server.config import ActionSpec, Limits
 from ltrr_server.core.policies import PolicyBook
-from ltrr_server.errors import FailedPrecondition, InvalidArgument, Overloaded
+from ltrr_server.errors import FailedPrecondition, InvalidArgument, Overloaded, Unavailable
 from ltrr_server.features import Namespaces, action_line, dumps, namespaces_to_json, shared_line
 from ltrr_server.learner.learner import Learner
 from ltrr_server.log.joiner import Joiner, PendingDecision
@@ -69,6 +69,8 @@ class Decisions:
         self._limits = limits
         self._retrieval_policies = set(retrieval_policies)
         self.retriever: Retriever | None = None
+        # Why retrieval cannot serve although it is configured (its data folder is another database's).
+        self.retrieval_problem: str | None = None
         self._rng = random.Random()
         self._event_prefix = uuid.uuid4().hex[:16]
         self._event_counter = 0
@@ -182,6 +184,8 @@ class Decisions:
     # ------------------------------------------------------------------ retrieval
     def _retrieval_policy(self, name: str) -> tuple[PolicyRuntime, Retriever]:
         rt = self._policies.get(name)
+        if self.retrieval_problem is not None:
+            raise Unavailable(f"retrieval cannot serve: {self.retrieval_problem}")
         if self.retriever is None:
             raise FailedPrecondition("retrieval is not configured: the server has no [retrieval] strategies",
                                      field="policy")

@@ -10,9 +10,11 @@ answering health checks while both run.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from ltrr_server import first_start
 from ltrr_server.config import Settings
@@ -21,6 +23,7 @@ from ltrr_server.core.models import Models
 from ltrr_server.core.policies import PolicyBook
 from ltrr_server.core.rewards import Rewards
 from ltrr_server.core.sessions import Sessions
+from ltrr_server.errors import FailedPrecondition
 from ltrr_server.heap import release_free_memory
 from ltrr_server.learner.learner import Learner, LearnerPolicy
 from ltrr_server.log import db
@@ -66,6 +69,8 @@ class Ltrr:
         self.sessions = Sessions(settings.limits)
         self.models = Models(self.registry, self.live_models, self.sessions, settings.limits, settings.max_nfr)
         self.retriever: Retriever | None = None
+        # Why retrieval cannot serve although it is configured (None: it can, or is not configured).
+        self.retrieval_problem: str | None = None
         self.supervisor = Supervisor(metrics, on_change=on_component_change)
         self._loops: list[_LoopPart] = []
 
@@ -98,16 +103,44 @@ class Ltrr:
         sup.start()
 
     def open_models(self) -> None:
-        """A first start's work (in a child process), then the live models and the catalog with its indexes."""
-        if first_start.needs_work(self.settings, self.engine, self.registry):
-            first_start.run(self.settings)
+        """A first start's work (in a child process), then the live models and the catalog with its
+        indexes, each checked against the database: an index that does not hold the catalog is built
+        again from it; a data folder of another database is refused (``retrieval_problem`` says why)."""
+        conf = self.settings.retrieval
+        if conf.enabled:
+            try:
+                db.claim_folder(Path(conf.data_dir), db.database_id(self.engine), "retrieval.data_dir")
+            except FailedPrecondition as exc:
+                self._retrieval_down(exc.message)
+        settings = self.settings if self.retrieval_problem is None else \
+            dataclasses.replace(self.settings, retrieval=dataclasses.replace(conf, strategies=(), policies=()))
+        if first_start.needs_work(settings, self.engine, self.registry):
+            first_start.run(settings)
         self.live_models.load_all()
-        if self.settings.retrieval.enabled:
-            self.retriever = Retriever(self.settings.retrieval, self.engine, self.metrics,
-                                       live_models=self.live_models)
-            self.decisions.retriever = self.rewards.retriever = self.retriever
+        if conf.enabled and self.retrieval_problem is None:
+            retriever = Retriever(conf, self.engine, self.metrics, live_models=self.live_models)
+            stale = retriever.stale_indexes()
+            if stale:
+                log.warning("indexes behind the catalog of %d items (%s): building them again from it",
+                            len(retriever.catalog), ", ".join(f"{n} holds {k}" for n, k in stale.items()))
+                retriever.close()
+                first_start.run(self.settings, reindex=tuple(stale))
+                retriever = Retriever(conf, self.engine, self.metrics, live_models=self.live_models)
+            still = retriever.stale_indexes()
+            if still:
+                retriever.close()
+                self._retrieval_down(f"the indexes in {conf.data_dir} do not match the catalog of "
+                                     f"{len(retriever.catalog)} items even after a rebuild: {still}")
+            else:
+                self.retriever = retriever
+                self.decisions.retriever = self.rewards.retriever = retriever
         # What training and ingest left behind goes back to the OS, not into the server's RSS.
         release_free_memory()
+
+    def _retrieval_down(self, problem: str) -> None:
+        log.error("retrieval cannot serve: %s", problem)
+        self.retrieval_problem = problem
+        self.decisions.retrieval_problem = problem
 
     # ------------------------------------------------------------------ background loops
     async def start_joins(self) -> None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+
+from ltrr_server.errors import FailedPrecondition
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -72,3 +75,41 @@ def head_revision() -> str:
     heads = revisions - parents
     assert len(heads) == 1, f"the migrations must have one head, found {sorted(heads)}"
     return heads.pop()
+
+
+def database_id(engine: sa.Engine) -> str:
+    """This database's identity: a random id made once, at its first use (the schema must be migrated).
+
+    Data and model folders carry it, so that two databases never write the same folder.
+    """
+    from ltrr_server.log.schema import meta
+
+    with engine.begin() as conn:
+        found = conn.execute(sa.select(meta.c.value).where(meta.c.key == "database_id")).scalar()
+        if found is None:
+            # Two servers starting together on a new database: the first insert wins for both.
+            conn.execute(sa.text("INSERT INTO ltrr_meta (key, value) VALUES ('database_id', :v) "
+                                 "ON CONFLICT DO NOTHING"), {"v": uuid.uuid4().hex})
+            found = conn.execute(sa.select(meta.c.value).where(meta.c.key == "database_id")).scalar()
+    return str(found)
+
+
+IDENTITY_FILE = ".ltrr-database"
+
+
+def claim_folder(folder: Path, db_id: str, setting: str) -> None:
+    """Makes ``folder`` this database's, or refuses (FailedPrecondition naming it) when another
+    database's identity is written in it. A folder written before folders carried an identity is
+    taken as it is (its contents are checked against the database afterwards)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / IDENTITY_FILE
+    if marker.exists():
+        owner = marker.read_text().strip()
+        if owner != db_id:
+            raise FailedPrecondition(
+                f"{setting} = {str(folder)!r} belongs to another database ({owner}; this one is {db_id}): "
+                f"give this server a {setting} of its own, or remove the folder to rebuild it", field=setting)
+        return
+    tmp = marker.with_suffix(".tmp")
+    tmp.write_text(db_id + "\n")
+    tmp.replace(marker)

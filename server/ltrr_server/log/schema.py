@@ -128,3 +128,10 @@ models = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("promoted_at", sa.Float, nullable=True),
 )
+
+# Facts about the database itself: its identity ("database_id"), written once.
+meta = sa.Table(
+    "ltrr_meta", metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)

@@ -160,6 +160,24 @@ class Retriever:
                         s.index(self.catalog, changed, progress)
         return changes
 
+    def stale_indexes(self) -> dict[str, int]:
+        """Strategies whose index holds another number of items than the catalog (a data folder
+        lost or replaced, an ingest stopped before its indexes were built): name -> items it holds."""
+        stale = {}
+        for name, s in self.strategies.items():
+            indexed = getattr(s, "indexed", None)
+            if isinstance(s, Indexes) and indexed is not None and indexed() != len(self.catalog):
+                stale[name] = int(indexed())
+        return stale
+
+    def reindex(self, names: Sequence[str], progress: Progress = no_progress) -> None:
+        """Indexes the whole catalog again in these strategies."""
+        positions = list(range(len(self.catalog)))
+        for name in names:
+            strategy = self.strategies[name]
+            assert isinstance(strategy, Indexes)
+            strategy.index(self.catalog, positions, progress)
+
     # ------------------------------------------------------------------ queries
     def prepare(self, text: str, embedding: Sequence[float]) -> Query:
         """Checks the query text and embedding; errors name the field."""

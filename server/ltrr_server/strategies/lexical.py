@@ -70,6 +70,10 @@ class LexicalStrategy:
     def num_docs(self) -> int:
         return int(self._searcher.num_docs)
 
+    def indexed(self) -> int:
+        """Items in the index (compared with the catalog at start)."""
+        return self.num_docs
+
     def index(self, catalog: Catalog, positions: list[int], progress: Progress) -> None:
         writer = self._index.writer(heap_size=128_000_000, num_threads=1)
         total = len(positions)

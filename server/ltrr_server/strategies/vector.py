@@ -44,6 +44,10 @@ class VectorStrategy:
             self.encoder = TextEncoder.load(enc_path)
             self._index = Index.restore(str(idx_path))
 
+    def indexed(self) -> int:
+        """Items in the index (compared with the catalog at start)."""
+        return len(self._index) if self._index is not None else 0
+
     @property
     def dims(self) -> int:
         return int(self._index.ndim) if self._index is not None else 0

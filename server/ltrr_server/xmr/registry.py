@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from ltrr_server.errors import FailedPrecondition, InvalidArgument, NotFound
 from ltrr_server.log import schema as t
+from ltrr_server.log.db import claim_folder, database_id
 from ltrr_server.xmr.model import XmrModel
 
 _KINDS = ("xmr", "autocomplete")
@@ -49,9 +50,23 @@ def check_loads(kind: str, folder: Path) -> None:
 
 
 class ModelRegistry:
+    """Versions of models by name. Their folders are ``model_dir/db-<database id>/<name>/v<version>``:
+    the database's identity in the path, so two databases sharing a model directory never write
+    each other's folders (versions are numbered per database)."""
+
     def __init__(self, engine: sa.Engine, model_dir: str | Path) -> None:
         self.engine = engine
         self.model_dir = Path(model_dir)
+        self._own_dir: Path | None = None
+
+    def own_dir(self) -> Path:
+        """This database's folder under ``model_dir`` (made, with its identity, on first use)."""
+        if self._own_dir is None:
+            db_id = database_id(self.engine)
+            folder = self.model_dir / f"db-{db_id[:12]}"
+            claim_folder(folder, db_id, "server.model_dir")
+            self._own_dir = folder
+        return self._own_dir
 
     def register(self, name: str, kind: str, source: Any, metrics: dict[str, Any]) -> int:
         """Stores a new version (a trained model, or a folder to copy after checking it loads)."""
@@ -64,7 +79,7 @@ class ModelRegistry:
         with self.engine.begin() as conn:
             version = int(conn.execute(sa.select(sa.func.max(t.models.c.version))
                                        .where(t.models.c.name == name)).scalar() or 0) + 1
-            folder = self.model_dir / name / f"v{version}"
+            folder = self.own_dir() / name / f"v{version}"
             folder.parent.mkdir(parents=True, exist_ok=True)
             if isinstance(source, Path):
                 if folder.exists():
