@@ -16,6 +16,8 @@ WORKDIR /data
 RUN chown ltrr /data
 USER ltrr
 EXPOSE 50051 9464
-HEALTHCHECK --interval=10s --timeout=3s CMD python -c "import grpc,sys; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; sys.exit(g.HealthStub(grpc.insecure_channel('localhost:50051')).Check(h.HealthCheckRequest(), timeout=2).status != 1)"
+# A first start builds the demo catalog and models (about a minute; more on a busy host): health
+# answers NOT_SERVING meanwhile, which the start period does not count against the container.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=600s CMD python -c "import grpc,sys; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; sys.exit(g.HealthStub(grpc.insecure_channel('localhost:50051')).Check(h.HealthCheckRequest(), timeout=2).status != 1)"
 ENTRYPOINT ["ltrr"]
 CMD ["serve"]

@@ -63,6 +63,10 @@ class Health:
     def disable(self, service: str, reason: str) -> None:
         """A service the configuration leaves out: NOT_SERVING, and not part of the overall status."""
         self._enabled.discard(service)
+        try:
+            self._metrics.service_serving.remove(service)
+        except KeyError:
+            pass
         self.down(service, "disabled", reason)
 
     def check(self, service: str, cause: str, condition: Callable[[], str]) -> None:
@@ -97,8 +101,9 @@ class Health:
                 continue
             self._published[service] = status
             await self.servicer.set(service, status)
-            if service:
+            if service in self._enabled:  # a service left out by the configuration is not a fault
                 self._metrics.service_serving.labels(service).set(1 if status == SERVING else 0)
+            if service:
                 if status == SERVING:
                     log.info("%s: SERVING", service)
                 elif before == SERVING:  # it was doing its job and no longer can
