@@ -22,9 +22,15 @@ from ltrr_server.config import Limits
 from ltrr_server.errors import InvalidArgument
 
 
+# Characters kept of each query of a session: the autocompletion reads a previous query's words,
+# not a paragraph. With the default limits (100,000 sessions of 5 queries) the sessions hold at
+# most 64M characters, about 110 MB, whatever clients send.
+KEPT_QUERY_CHARS = 128
+
+
 class Sessions:
-    """Bounded by ``limits.max_sessions`` sessions of ``limits.max_session_queries`` queries of at most
-    ``limits.max_query_chars`` characters each: whatever clients send, it holds at most their product."""
+    """Bounded by ``limits.max_sessions`` sessions of ``limits.max_session_queries`` queries, each
+    kept to its first ``KEPT_QUERY_CHARS`` characters (normalized)."""
 
     def __init__(self, limits: Limits) -> None:
         self._limits = limits
@@ -49,7 +55,7 @@ class Sessions:
         text = normalize(query)
         if not text:
             raise InvalidArgument(field, "is empty (or has no letters or digits)")
-        return text
+        return text[:KEPT_QUERY_CHARS]
 
     def from_request(self, previous: Sequence[str], session_id: str) -> list[str]:
         """The previous queries a request sends (then kept under its session id), or its session's."""
@@ -63,7 +69,7 @@ class Sessions:
             if len(q) > self._limits.max_query_chars:
                 raise InvalidArgument(f"previous_queries[{i}]", f"{len(q)} characters, more than "
                                       f"limits.max_query_chars={self._limits.max_query_chars}")
-        history = [normalize(q) for q in previous][-self._limits.max_session_queries:]
+        history = [normalize(q)[:KEPT_QUERY_CHARS] for q in previous][-self._limits.max_session_queries:]
         if session_id:
             self.remember(session_id, history)
         return history
