@@ -65,3 +65,15 @@ def test_promtool_accepts_the_live_metrics(server: ServerThread) -> None:
     decisions_pb2_grpc.DecisionServiceStub(server.channel()).Decide(decide_request("demo"))
     out = subprocess.run([promtool, "check", "metrics"], input=scrape(server), capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("metrics_host,bound", [("", "127.0.0.1"), ("0.0.0.0", "0.0.0.0")])
+def test_the_metrics_endpoint_binds_where_grpc_binds_unless_told_otherwise(
+    make_server: object, sqlite_url: str, metrics_host: str, bound: str
+) -> None:
+    from tests.conftest import server_settings
+
+    server: ServerThread = make_server(server_settings(sqlite_url, metrics_host=metrics_host))  # type: ignore[operator]
+    assert server.settings.grpc_host == "127.0.0.1"
+    assert server.server.metrics_http.server_address[0] == bound
+    assert "ltrr_component_up" in scrape(server)

@@ -162,3 +162,15 @@ def test_health_answers_not_serving_while_start_up_runs_then_serving(tmp_path: P
     seen = asyncio.run(main())
     assert seen[0] == ("", NOT_SERVING)
     assert seen[2:] == [("", SERVING), ("ltrr.v1.DecisionService", SERVING), (RETRIEVAL, SERVING), (MODELS, SERVING)]
+
+
+def test_long_start_up_work_says_it_is_still_running(caplog: pytest.LogCaptureFixture) -> None:
+    from ltrr_server.app import _progress
+
+    caplog.set_level(logging.INFO, logger="ltrr_server.app")
+    with _progress("building the catalog", interval=0.05):
+        time.sleep(0.3)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "start-up: building the catalog"
+    assert sum(line.startswith("start-up: still building the catalog (") for line in lines) >= 3
+    assert lines[-1].startswith("start-up: done building the catalog in ")

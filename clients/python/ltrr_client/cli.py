@@ -32,11 +32,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         settings = load_settings(args.config, db_url=args.db, grpc_port=args.grpc_port,
-                                 metrics_port=args.metrics_port, grpc_host=args.host)
+                                 metrics_port=args.metrics_port, grpc_host=args.host, metrics_host=args.metrics_host)
     except (InvalidArgument, OSError) as exc:
         print(f"ltrr serve: configuration error: {exc}", file=sys.stderr)
         return 2
-    serve_main(settings)
+    try:
+        serve_main(settings)
+    except OSError as exc:  # the port is taken, the address cannot be bound: nothing was started
+        print(f"ltrr serve: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -448,7 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--db", help="database URL (sqlite:///ltrr.db, postgresql://user@host/db)")
     s.add_argument("--grpc-port", type=int)
     s.add_argument("--metrics-port", type=int, help="Prometheus port; -1 disables")
-    s.add_argument("--host", help="gRPC listen address")
+    s.add_argument("--host", help="listen address of gRPC (and of the metrics endpoint, unless --metrics-host)")
+    s.add_argument("--metrics-host", help="listen address of the metrics endpoint (default: --host's)")
     s.set_defaults(fn=cmd_serve)
 
     def client_cmd(name: str, help_text: str) -> argparse.ArgumentParser:

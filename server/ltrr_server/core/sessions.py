@@ -21,7 +21,6 @@ from ltrr_server.catalog.catalog import normalize
 from ltrr_server.config import Limits
 from ltrr_server.errors import InvalidArgument
 
-
 # Characters kept of each query of a session: the autocompletion reads a previous query's words,
 # not a paragraph. With the default limits (100,000 sessions of 5 queries) the sessions hold at
 # most 64M characters, about 110 MB, whatever clients send.
