@@ -35,7 +35,8 @@ def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condit
 
 class TcpProxy:
     """A TCP proxy on a free local port to ``target``, which a test can cut and restore: ``down()``
-    closes the listener and every connection through it (the database is away), ``up()`` listens again.
+    closes the listener and every connection through it (the database is away), ``up()`` listens again;
+    ``freeze()`` stops passing bytes on, closing nothing (a peer that hangs), ``thaw()`` passes them again.
     """
 
     def __init__(self, target_host: str, target_port: int) -> None:
@@ -49,7 +50,15 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._sockets: list[Any] = []
         self._listener: Any = None
+        self._flowing = threading.Event()
+        self._flowing.set()
         self.up()
+
+    def freeze(self) -> None:
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
 
     def up(self) -> None:
         import socket
@@ -98,10 +107,10 @@ class TcpProxy:
             for a, b in ((client, server), (server, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src: Any, dst: Any) -> None:
+    def _pipe(self, src: Any, dst: Any) -> None:
         try:
             while data := src.recv(65536):
+                self._flowing.wait()
                 dst.sendall(data)
         except OSError:
             pass

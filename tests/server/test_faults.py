@@ -276,3 +276,23 @@ def test_model_version_never_goes_back_after_a_restart(make_server: Any, sqlite_
     with second.channel() as ch:
         after = admin_pb2_grpc.AdminServiceStub(ch).GetPolicy(admin_pb2.GetPolicyRequest(name="demo")).model_version
     assert after > before
+
+
+@pytest.mark.postgres
+def test_a_database_that_hangs_is_given_up_on_and_commits_resume_when_it_answers(make_server: Any,
+                                                                                 pg_url: str) -> None:
+    proxy = TcpProxy("127.0.0.1", int(PG_URL.rsplit(":", 1)[1].split("/")[0]))
+    through_proxy = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    server: ServerThread = make_server(server_settings(through_proxy, commit_timeout_seconds=1.0))
+    traffic = _Traffic(server, deadline=0.5)
+    wait_for(lambda: len(traffic.acked) >= 30, what="acks before the hang")
+    first = server.core.writer._committer._process.pid
+    proxy.freeze()  # connections stay open; nothing comes back
+    wait_for(lambda: server.core.writer._committer._process is None
+             or server.core.writer._committer._process.pid != first, timeout=10,
+             what="the hung writer process replaced")
+    acked = len(traffic.acked)
+    proxy.thaw()
+    wait_for(lambda: len(traffic.acked) >= acked + 30, timeout=30, what="acks after the database answers again")
+    traffic.stop()
+    assert set(traffic.acked) <= {r["event_id"] for r in rows(pg_url, "rewards")}

@@ -51,7 +51,7 @@ class Ltrr:
         self.writer = EventLogWriter(
             self.engine, metrics, settings.limits.max_write_queue_rows, settings.write_batch_rows,
             linger=settings.write_linger_seconds, idle_linger=settings.write_idle_linger_seconds,
-            process=settings.writer_process,
+            process=settings.writer_process, commit_timeout=settings.commit_timeout_seconds,
         )
         self.learner = Learner(
             self.writer, metrics, self._on_publish, settings.publish_interval_seconds,

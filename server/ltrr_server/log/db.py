@@ -30,7 +30,11 @@ def create_engine(url: str) -> sa.Engine:
             cur.close()
 
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4)
+    # A server that stops answering is noticed: connecting gives up after 5 s, and TCP keepalives
+    # and a user timeout end a connection whose peer is gone without closing it.
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4, connect_args={
+        "connect_timeout": 5, "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+        "keepalives_count": 3, "tcp_user_timeout": 30_000})
 
 
 def migrate(engine: sa.Engine) -> None:

@@ -54,6 +54,9 @@ _ENCODERS: dict[str, Callable[[Sequence[Any]], Row]] = {"decisions": decision_ro
 MAX_ROWS_PER_STATEMENT = 256
 # Seconds a writer process may take to import its driver and open the database.
 _START_TIMEOUT = 120.0
+# Seconds a commit may take before its writer process is taken for hung (a database that stopped
+# answering without closing the connection) and replaced; the batch then goes to the new one.
+COMMIT_TIMEOUT = 60.0
 
 
 class _InsertStatement:
@@ -205,8 +208,9 @@ class ProcessCommitter:
     committed lands once.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, commit_timeout: float = COMMIT_TIMEOUT) -> None:
         self._url = url
+        self._commit_timeout = commit_timeout
         self._process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._ready = False
@@ -286,6 +290,11 @@ class ProcessCommitter:
         plain = {table: list(map(tuple, rows)) for table, rows in batch.items()}
         try:
             self._conn.send(plain)
+            if not self._conn.poll(self._commit_timeout):
+                log.error("the writer process gave no answer in %.0fs (the database hangs?): replacing it",
+                          self._commit_timeout)
+                self._stop_child()
+                raise RetryableWriteError(f"no answer from the writer process in {self._commit_timeout:.0f}s")
             answer, message = self._conn.recv()
         except (EOFError, OSError) as exc:
             code = self._process.poll() if self._process is not None else None
@@ -358,13 +367,13 @@ def serve_commits(conn: Connection, url: str) -> None:
     engine.dispose()
 
 
-def committer_for(engine: sa.Engine, process: bool) -> Committer:
+def committer_for(engine: sa.Engine, process: bool, commit_timeout: float = COMMIT_TIMEOUT) -> Committer:
     """A ``ProcessCommitter`` when asked and the database can be opened by another process."""
     url = engine.url
     in_memory = url.get_backend_name() == "sqlite" and (
         url.database in (None, "", ":memory:") or "mode=memory" in str(url))
     if process and not in_memory:
-        return ProcessCommitter(url.render_as_string(hide_password=False))
+        return ProcessCommitter(url.render_as_string(hide_password=False), commit_timeout)
     return ThreadCommitter(engine)
 
 
@@ -389,7 +398,7 @@ class EventLogWriter:
 
     def __init__(
         self, engine: sa.Engine, metrics: Metrics, max_queue_rows: int, batch_rows: int = 5000,
-        linger: float = 0.0, idle_linger: float = 0.0, process: bool = False,
+        linger: float = 0.0, idle_linger: float = 0.0, process: bool = False, commit_timeout: float = COMMIT_TIMEOUT,
     ) -> None:
         self._linger = linger
         self._idle_linger = max(linger, idle_linger)
@@ -407,7 +416,7 @@ class EventLogWriter:
         # Monotonic time since which the batch in hand has been trying to commit (0: none in hand).
         self._committing_since = 0.0
         self._thread: threading.Thread | None = None
-        self._committer = committer_for(engine, process)
+        self._committer = committer_for(engine, process, commit_timeout)
 
     def launch(self) -> None:
         """Starts what commits (a writer process) early, without waiting for it; ``start`` waits."""
