@@ -98,3 +98,40 @@ def test_a_writer_process_that_dies_is_replaced_and_nothing_is_lost(db_url: str)
 def test_an_in_memory_database_is_written_from_the_thread() -> None:
     engine = db.create_engine("sqlite://")
     assert isinstance(committer_for(engine, process=True), ThreadCommitter)
+
+
+def test_a_submission_the_database_refuses_fails_alone(db_url: str, process: bool) -> None:
+    from ltrr_server.log.rows import SnapshotRow
+    from ltrr_server.log.writer import WriteRefused
+
+    engine = db.create_engine(db_url)
+    db.migrate(engine)
+    metrics = Metrics(CollectorRegistry())
+    w = EventLogWriter(engine, metrics, max_queue_rows=10_000, process=process)
+    # Queued together, so that they share one group commit: the bad row must not sink the others.
+    before = w.submit("rewards", [reward(i) for i in range(5)])
+    bad = w.submit("snapshots", [SnapshotRow(None, 1, 1, 0, "t", 0.0, 1, b"x")])  # type: ignore[arg-type]
+    after = w.submit("rewards", [reward(i) for i in range(5, 10)])
+    w.start()
+    before.result(timeout=30)
+    after.result(timeout=30)
+    with pytest.raises(WriteRefused):
+        bad.result(timeout=30)
+    assert sorted(int(r["reward_id"]) for r in rows(db_url, "rewards")) == list(range(10))
+    assert metrics.registry.get_sample_value("ltrr_db_rows_refused_total") == 1
+    w.close()
+    engine.dispose()
+
+
+def test_a_caller_that_stops_waiting_stops_nothing(sqlite_url: str) -> None:
+    engine = db.create_engine(sqlite_url)
+    db.migrate(engine)
+    w = EventLogWriter(engine, Metrics(CollectorRegistry()), max_queue_rows=10_000)
+    left = [w.submit("rewards", [reward(i)]) for i in range(50)]
+    for fut in left:
+        fut.cancel()  # as asyncio.wrap_future does when the awaiting call is cancelled
+    w.start()
+    w.submit("rewards", [reward(50)]).result(timeout=10)
+    assert w.running()
+    assert len(rows(sqlite_url, "rewards")) == 51  # the rows of those who left are committed too
+    w.close()
