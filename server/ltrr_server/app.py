@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import logging
 import signal
 import socket
@@ -60,8 +61,12 @@ _PART_SERVICES = {
     "writer": (FEEDBACK.full_name,), "writer_process": (FEEDBACK.full_name,), "learner": (FEEDBACK.full_name,),
     "joins": (FEEDBACK.full_name,), "retrieval_flush": (RETRIEVAL.full_name,),
 }
+# ("first_start", the work a first start does, is retried by the start-up itself: see _start.)
 # Long start-up work says it is still running at least this often.
 PROGRESS_INTERVAL_SECONDS = 10.0
+# A first start's work that failed is tried again after server.first_start_retry_seconds, then twice
+# that, ... up to this many times it.
+FIRST_START_MAX_BACKOFF_FACTOR = 20
 
 
 @dataclass
@@ -77,13 +82,22 @@ class LtrrServer:
     metrics_port: int
     core: Ltrr | None = None
     _start_up: asyncio.Task[None] | None = None
+    # Set once every service serves or says why it cannot (work that failed is retried after).
+    _settled: asyncio.Event = field(default_factory=asyncio.Event)
     _health_task: asyncio.Task[None] | None = None
     _stopping: bool = field(default=False)
 
     async def ready(self) -> None:
-        """Waits until start-up is done; raises what stopped it."""
+        """Waits until every service serves or says why it cannot (a first start's work that failed
+        is then retried in the background); raises what stopped the start-up."""
         assert self._start_up is not None
-        await asyncio.shield(self._start_up)
+        settled = asyncio.ensure_future(self._settled.wait())
+        try:
+            await asyncio.wait({self._start_up, settled}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            settled.cancel()
+        if self._start_up.done():
+            self._start_up.result()
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stops taking calls, lets running ones finish, then snapshots and flushes the log."""
@@ -139,17 +153,28 @@ class LtrrServer:
         if settings.retrieval.enabled:
             health.down(RETRIEVAL.full_name, "start", building)
         health.down(MODELS.full_name, "start", building)
-        try:
-            with _progress("building and loading the catalog, indexes and models"):
-                await asyncio.to_thread(core.open_models)
-        except Exception as exc:
-            # Decisions and rewards go on; what needs the catalog or the models says why it cannot.
-            log.exception("start-up: the catalog, indexes or models could not be loaded")
-            reason = f"the catalog, indexes or models could not be loaded: {exc}"
-            for name in (RETRIEVAL.full_name, MODELS.full_name):
-                self.routes[name].waiting_for(reason)
-                health.down(name, "start", reason)
-            return
+        for attempt in itertools.count(1):
+            try:
+                with _progress("building and loading the catalog, indexes and models"):
+                    await asyncio.to_thread(core.open_models)
+                break
+            except Exception as exc:
+                # Decisions and rewards go on; what needs the catalog or the models says why it
+                # cannot, and the work is tried again with backoff (a child killed for memory
+                # may pass the next time; a broken catalog file is reported every time).
+                first = settings.first_start_retry_seconds
+                retry = min(first * FIRST_START_MAX_BACKOFF_FACTOR, first * 2 ** (attempt - 1))
+                log.exception("start-up: the catalog, indexes or models could not be loaded (attempt %d); "
+                              "trying again in %.0fs", attempt, retry)
+                reason = f"the catalog, indexes or models could not be loaded: {exc}"
+                for name in (RETRIEVAL.full_name, MODELS.full_name):
+                    self.routes[name].waiting_for(reason)
+                    health.down(name, "start", reason)
+                self.metrics.component_up.labels("first_start").set(0)
+                self._settled.set()
+                await asyncio.sleep(retry)
+                self.metrics.component_restarts.labels("first_start").inc()
+        self.metrics.component_up.labels("first_start").set(1)
         from ltrr_server.api.models import ModelServicer
         from ltrr_server.api.retrieval import RetrievalServicer
 
@@ -164,6 +189,7 @@ class LtrrServer:
         elif core.retrieval_problem is not None:
             health.down(RETRIEVAL.full_name, "start", core.retrieval_problem)
         log.info("ltrr ready: every service restored and loaded")
+        self._settled.set()
 
     def _on_component_change(self, component: str, up: bool, reason: str) -> None:
         for service in _PART_SERVICES.get(component, ()):

@@ -339,6 +339,9 @@ class Settings:
     # A commit this long in the writer process is taken for a database that hangs: the process is
     # replaced and the batch committed through the new one.
     commit_timeout_seconds: float = 60.0
+    # A first start's work (catalog, indexes, demo models) that failed is tried again after this,
+    # then after twice as long, and so on up to 20 times as long.
+    first_start_retry_seconds: float = 30.0
     # How long a group commit waits for more rows when the queue is short: while an ack waits
     # (adds to ack latency), and while only rows nobody waits for are queued (decisions, joins).
     write_linger_seconds: float = 0.002
@@ -371,7 +374,7 @@ class Settings:
             if not (math.isfinite(value) and 0 <= value <= 1):
                 raise InvalidArgument(f"server.{name}", f"must be in [0, 1], got {value}")
         for name in ("snapshot_interval_seconds", "publish_interval_seconds", "shutdown_timeout_seconds",
-                     "commit_stall_seconds", "commit_timeout_seconds"):
+                     "commit_stall_seconds", "commit_timeout_seconds", "first_start_retry_seconds"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise InvalidArgument(f"server.{name}", f"must be a positive number, got {value}")

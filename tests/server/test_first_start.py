@@ -66,3 +66,31 @@ def test_a_failed_child_is_an_error_naming_its_exit_and_the_next_start_does_the_
     first_start.run(settings)
     assert Catalog.load(engine).ids == ["a"] and not first_start.needs_work(settings, engine, registry)
     assert [v["version"] for v in registry.versions("autocomplete")] == [1]
+
+
+def test_a_failed_first_start_holds_retrieval_down_and_is_tried_again_until_it_works(
+    make_server: Any, sqlite_url: str, tmp_path: Path,
+) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from tests.helpers import wait_for
+
+    catalog = tmp_path / "catalog.jsonl"
+    catalog.write_bytes(b'{"id": "a", "title": "caf\xe9"}\n')  # Latin-1, not UTF-8
+    base = retrieval_server_settings(sqlite_url, tmp_path / "data", first_start_retry_seconds=0.5)
+    settings = dataclasses.replace(base, retrieval=dataclasses.replace(base.retrieval, catalog_path=str(catalog)))
+    s = make_server(settings)  # ready as far as it can be: decisions serve, retrieval says why it cannot
+    health = health_pb2_grpc.HealthStub(s.channel())
+    retrieval = health_pb2.HealthCheckRequest(service="ltrr.v1.RetrievalService")
+    assert health.Check(retrieval).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    with pytest.raises(grpc.RpcError) as err:
+        retrieval_pb2_grpc.RetrievalServiceStub(s.channel()).Retrieve(retrieve_request("retrieval", "café"))
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "could not be loaded" in err.value.details()
+    catalog.write_text('{"id": "a", "title": "café"}\n', encoding="utf-8")  # mended: the next try works
+    wait_for(lambda: health.Check(retrieval).status == health_pb2.HealthCheckResponse.SERVING, timeout=30,
+             what="retrieval SERVING after a retry")
+    assert s.registry.get_sample_value("ltrr_component_restarts_total", {"component": "first_start"}) >= 1
+    resp = retrieval_pb2_grpc.RetrievalServiceStub(s.channel()).Retrieve(
+        retrieve_request("retrieval", "café", fixed_plan={"lexical": 10}))
+    assert [c.item_id for c in resp.candidates] == ["a"]
