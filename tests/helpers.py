@@ -77,13 +77,20 @@ class TcpProxy:
             listener, self._listener = self._listener, None
             sockets, self._sockets = self._sockets, []
         if listener is not None:
+            try:
+                listener.shutdown(socket.SHUT_RDWR)  # wakes its accept(): a close alone leaves it listening
+            except OSError:
+                pass
             listener.close()
         for s in sockets:
             try:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST, as a crash
-                s.close()
+                # Wakes the thread blocked reading it: closed alone, its number could be reused by a
+                # new connection, which that thread would then read from.
+                s.shutdown(socket.SHUT_RD)
             except OSError:
                 pass
+            s.close()
 
     def _accept(self, listener: Any) -> None:
         import socket

@@ -182,6 +182,41 @@ class _Traffic:
         self._thread.join(30)
 
 
+class _Stream:
+    """One StreamRewards call kept open, fed a batch of fresh decisions' rewards at a time."""
+
+    def __init__(self, server: ServerThread) -> None:
+        self.answered: list[str] = []
+        self.acked: list[str] = []
+        self.other: list[str] = []
+        self.error = ""
+        self._server = server
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _batches(self, dec: Any) -> Any:
+        while not self._stop.is_set():
+            ids = [dec.Decide(decide_request("demo"), timeout=30).event_id for _ in range(10)]
+            self.answered += ids
+            yield feedback_pb2.RewardBatch(events=[reward_event(e, 1.0) for e in ids])
+            time.sleep(0.05)
+
+    def _run(self) -> None:
+        with self._server.channel() as ch:
+            dec, fb = decisions_pb2_grpc.DecisionServiceStub(ch), feedback_pb2_grpc.FeedbackServiceStub(ch)
+            try:
+                for batch in fb.StreamRewards(self._batches(dec)):
+                    self.acked += [a.event_id for a in batch.acks if a.status == ACCEPTED]
+                    self.other += [a.message for a in batch.acks if a.status != ACCEPTED]
+            except grpc.RpcError as err:
+                self.error = f"{err.code().name}: {err.details()}"
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+
 @pytest.mark.postgres
 def test_postgres_dropping_mid_stream_loses_nothing_and_acks_resume_by_themselves(make_server: Any,
                                                                                     pg_url: str) -> None:
@@ -189,7 +224,9 @@ def test_postgres_dropping_mid_stream_loses_nothing_and_acks_resume_by_themselve
     through_proxy = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
     server: ServerThread = make_server(server_settings(through_proxy, commit_stall_seconds=1.0))
     traffic = _Traffic(server, deadline=0.5)  # callers with deadlines give up during the outage
-    wait_for(lambda: len(traffic.acked) >= 50, what="acks before the outage")
+    stream = _Stream(server)  # and a stream that stays open through it
+    # (Server, proxy and clients share this process's interpreter lock: a few acks a second is plenty.)
+    wait_for(lambda: len(traffic.acked) >= 10 and len(stream.acked) >= 50, timeout=30, what="acks before the outage")
     proxy.down()
     wait_for(lambda: _status(server, FEEDBACK) == health_pb2.HealthCheckResponse.NOT_SERVING, timeout=10,
              what="FeedbackService NOT_SERVING while nothing commits")
@@ -197,14 +234,19 @@ def test_postgres_dropping_mid_stream_loses_nothing_and_acks_resume_by_themselve
     time.sleep(2.0)
     assert len(traffic.acked) - acked_in_outage <= 1, "acknowledged while the database was away"
     proxy.up()
-    wait_for(lambda: len(traffic.acked) >= acked_in_outage + 50, timeout=30, what="acks after the outage")
+    streamed = len(stream.acked)
+    wait_for(lambda: len(traffic.acked) >= acked_in_outage + 5 and len(stream.acked) >= streamed + 50,
+             timeout=30, what="acks after the outage, on the stream too")
     wait_for(lambda: _status(server, FEEDBACK) == health_pb2.HealthCheckResponse.SERVING, what="SERVING again")
     traffic.stop()
+    stream.stop()
     assert traffic.errors.get("DEADLINE_EXCEEDED", 0) > 0, "callers must have given up during the outage"
     # Nothing acknowledged is lost; every answered decision is logged; nothing had to be restarted.
     stored = {r["event_id"] for r in rows(pg_url, "rewards")}
-    assert set(traffic.acked) <= stored
-    wait_for(lambda: set(traffic.answered) <= {r["event_id"] for r in rows(pg_url, "decisions")}, timeout=15,
+    assert set(traffic.acked) <= stored and set(stream.acked) <= stored
+    assert not stream.error and not stream.other, "the stream must have gone on, every event accepted"
+    answered = set(traffic.answered) | set(stream.answered)
+    wait_for(lambda: answered <= {r["event_id"] for r in rows(pg_url, "decisions")}, timeout=15,
              what="every answered decision logged")
     assert _restarts(server)["writer"] == 0.0
     assert server.registry.get_sample_value("ltrr_db_write_errors_total") >= 1
