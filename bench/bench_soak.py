@@ -1,7 +1,7 @@
 """Soak: decisions and rewards for a long time while clients misbehave; RSS must stay flat and every
 acknowledged reward must be in the database.
 
-    python -m bench.bench_soak [--minutes 30] [--demo]
+    python -m bench.bench_soak [--minutes 30] [--demo] [--parts steady,giving_up,slow_reader,record_flood]
 
 Against `ltrr serve` in a child process (the embedded demo with --demo: catalog, indexes and the
 autocomplete model; else one demo policy), at once:
@@ -50,9 +50,14 @@ id = "music"
 """
 
 
+# The kinds of clients, and how many of each run at once.
+PARTS = {"steady": 4, "giving_up": 2, "slow_reader": 1, "record_flood": 2}
+
+
 class Soak:
-    def __init__(self, target: str, seconds: float) -> None:
+    def __init__(self, target: str, seconds: float, parts: tuple[str, ...] = PARTS) -> None:
         self.target = target
+        self.parts = parts
         self.until = time.monotonic() + seconds
         self.acked: list[str] = []
         self.counts: dict[str, int] = {}
@@ -138,17 +143,15 @@ class Soak:
                 await asyncio.sleep(10)
 
         async with grpc.aio.insecure_channel(self.target) as ch:
-            await asyncio.gather(
-                sample(), *(self.steady(ch) for _ in range(4)), *(self.giving_up(ch) for _ in range(2)),
-                self.slow_reader(ch), *(self.record_flood(ch) for _ in range(2)),
-            )
+            clients = [getattr(self, part)(ch) for part in self.parts for _ in range(PARTS[part])]
+            await asyncio.gather(sample(), *clients)
         return samples
 
 
-def run(minutes: float, demo: bool) -> dict[str, Any]:
+def run(minutes: float, demo: bool, parts: tuple[str, ...] = tuple(PARTS)) -> dict[str, Any]:
     server = LtrrProcess(config=None if demo else POLICY_CONFIG)
     try:
-        soak = Soak(server.target, minutes * 60)
+        soak = Soak(server.target, minutes * 60, parts)
         samples = asyncio.run(soak.run(server))
         time.sleep(1.0)
         db = sqlite3.connect(str(server.dir / "ltrr.db") if server.db_url.startswith("sqlite") else ":memory:")
@@ -160,7 +163,7 @@ def run(minutes: float, demo: bool) -> dict[str, Any]:
     start_rss, end_rss = warm[0], warm[-1]
     lost = [e for e in soak.acked if e not in stored]
     out = {
-        "minutes": minutes, "demo": demo, "acked": len(soak.acked), "acked_lost": len(lost),
+        "minutes": minutes, "demo": demo, "parts": list(parts), "acked": len(soak.acked), "acked_lost": len(lost),
         "rss_after_warm_up_mb": round(start_rss, 1), "rss_end_mb": round(end_rss, 1),
         "rss_max_mb": round(max(rss for _, rss in samples), 1),
         "rss_change": round(end_rss / start_rss - 1, 4), "counts": soak.counts, "samples": samples,
@@ -174,8 +177,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--minutes", type=float, default=30.0)
     p.add_argument("--demo", action="store_true", help="the embedded demo (catalog, indexes, autocomplete)")
+    p.add_argument("--parts", default=",".join(PARTS), help="the kinds of clients (default: all of them)")
     a = p.parse_args()
-    save("soak", run(a.minutes, a.demo))
+    parts = tuple(a.parts.split(","))
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        p.error(f"--parts: unknown {sorted(unknown)}; known: {','.join(PARTS)}")
+    save("soak" if parts == tuple(PARTS) else "soak-" + "-".join(parts), run(a.minutes, a.demo, parts))
 
 
 if __name__ == "__main__":

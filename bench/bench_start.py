@@ -71,33 +71,39 @@ def one_start(directory: Path, kill_learner: bool) -> dict[str, Any]:
     return out
 
 
-def _learner_pid(server_pid: int) -> int:
-    children = Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split()
-    for pid in map(int, children):
-        if "multiprocessing" in Path(f"/proc/{pid}/cmdline").read_text() and \
-                "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text():
-            name = Path(f"/proc/{pid}/cmdline").read_text()
-            if "resource_tracker" not in name:
-                return pid
-    raise RuntimeError("no learner process found")
+def _learner_pid(server_pid: int, timeout: float = 10.0) -> int:
+    """The server's one live spawned child (once the first start's child is gone, the learner)."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while True:
+        children = psutil.Process(server_pid).children()
+        spawned = [c.pid for c in children if c.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(
+            c.cmdline())]
+        if len(spawned) == 1:
+            return spawned[0]
+        if time.monotonic() > deadline:
+            found = [(c.pid, c.status(), c.cmdline()) for c in children]
+            raise RuntimeError(f"expected one learner process among the server's children, found {found}")
+        time.sleep(0.1)
 
 
-def _learner_up(metrics_port: int) -> float:
+def _model_version(metrics_port: int, policy: str = "demo") -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2) as r:
         text = r.read().decode()
-    m = re.search(r'^ltrr_component_up\{component="learner"\} (\S+)$', text, re.MULTILINE)
+    m = re.search(rf'^ltrr_model_version\{{policy="{policy}"\}} (\S+)$', text, re.MULTILINE)
     return float(m.group(1)) if m else -1.0
 
 
 def _kill_learner(server_pid: int, metrics_port: int) -> float:
+    """Seconds from a SIGKILL of the learner process until its replacement has rebuilt the policies
+    from the log and published them (the served model version goes up)."""
     pid = _learner_pid(server_pid)
+    before = _model_version(metrics_port)
     t0 = time.monotonic()
     os.kill(pid, signal.SIGKILL)
-    saw_down = False
     while time.monotonic() - t0 < 60:
-        up = _learner_up(metrics_port)
-        saw_down = saw_down or up == 0.0
-        if saw_down and up == 1.0 or (up == 1.0 and _learner_pid(server_pid) != pid):
+        if _model_version(metrics_port) > before:
             return round(time.monotonic() - t0, 2)
         time.sleep(0.02)
     raise TimeoutError("the learner did not come back in 60 s")
