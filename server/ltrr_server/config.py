@@ -19,7 +19,7 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -37,6 +37,26 @@ _MAX_JOIN_WINDOW_S = 7 * 24 * 3600.0
 MAX_ACTION_ID_CHARS = bounds.NAME_CHARS
 MAX_DESCRIPTION_CHARS = bounds.DESCRIPTION_CHARS
 MAX_INTERACTIONS = bounds.INTERACTIONS
+
+
+def check_action_ids(ids: Sequence[str], field: str) -> None:
+    """Action ids as a policy or a request gives them: present, bounded, distinct. Errors name
+    ``field[i].id``.
+
+    >>> check_action_ids(["a", "a"], "actions")
+    Traceback (most recent call last):
+    ...
+    ltrr_server.errors.InvalidArgument: actions[1].id: duplicate action id 'a'
+    """
+    seen: set[str] = set()
+    for i, action_id in enumerate(ids):
+        if not action_id:
+            raise InvalidArgument(f"{field}[{i}].id", "action id is empty")
+        if len(action_id) > MAX_ACTION_ID_CHARS:
+            raise InvalidArgument(f"{field}[{i}].id", f"longer than {MAX_ACTION_ID_CHARS} characters")
+        if action_id in seen:
+            raise InvalidArgument(f"{field}[{i}].id", f"duplicate action id {action_id!r}")
+        seen.add(action_id)
 
 
 def _finite(value: float, field_name: str) -> None:
@@ -101,15 +121,7 @@ class PolicySpec:
                 raise InvalidArgument(
                     f"{p}.interactions[{i}]", f"must be 2 or 3 namespace initials, got {inter!r}"
                 )
-        seen: set[str] = set()
-        for i, action in enumerate(self.actions):
-            if not action.id:
-                raise InvalidArgument(f"{p}.actions[{i}].id", "action id is empty")
-            if len(action.id) > MAX_ACTION_ID_CHARS:
-                raise InvalidArgument(f"{p}.actions[{i}].id", f"longer than {MAX_ACTION_ID_CHARS} characters")
-            if action.id in seen:
-                raise InvalidArgument(f"{p}.actions[{i}].id", f"duplicate action id {action.id!r}")
-            seen.add(action.id)
+        check_action_ids([a.id for a in self.actions], f"{p}.actions")
         _finite(self.join_window_seconds, f"{p}.join_window_seconds")
         if not 0 < self.join_window_seconds <= _MAX_JOIN_WINDOW_S:
             raise InvalidArgument(

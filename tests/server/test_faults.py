@@ -217,11 +217,20 @@ class _Stream:
         self._thread.join(60)
 
 
+@pytest.fixture
+def pg_proxy(pg_url: str) -> tuple[TcpProxy, str]:
+    """A proxy in front of the test's PostgreSQL server, and the test database's URL through it."""
+    host_port = PG_URL.split("@", 1)[1].split("/", 1)[0]
+    host, port = host_port.rsplit(":", 1)
+    proxy = TcpProxy(host, int(port))
+    return proxy, pg_url.replace(host_port, f"127.0.0.1:{proxy.port}")
+
+
 @pytest.mark.postgres
-def test_postgres_dropping_mid_stream_loses_nothing_and_acks_resume_by_themselves(make_server: Any,
-                                                                                    pg_url: str) -> None:
-    proxy = TcpProxy("127.0.0.1", int(PG_URL.rsplit(":", 1)[1].split("/")[0]))
-    through_proxy = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+def test_postgres_dropping_mid_stream_loses_nothing_and_acks_resume_by_themselves(
+    make_server: Any, pg_url: str, pg_proxy: tuple[TcpProxy, str]
+) -> None:
+    proxy, through_proxy = pg_proxy
     server: ServerThread = make_server(server_settings(through_proxy, commit_stall_seconds=1.0))
     traffic = _Traffic(server, deadline=0.5)  # callers with deadlines give up during the outage
     stream = _Stream(server)  # and a stream that stays open through it
@@ -321,10 +330,10 @@ def test_model_version_never_goes_back_after_a_restart(make_server: Any, sqlite_
 
 
 @pytest.mark.postgres
-def test_a_database_that_hangs_is_given_up_on_and_commits_resume_when_it_answers(make_server: Any,
-                                                                                 pg_url: str) -> None:
-    proxy = TcpProxy("127.0.0.1", int(PG_URL.rsplit(":", 1)[1].split("/")[0]))
-    through_proxy = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+def test_a_database_that_hangs_is_given_up_on_and_commits_resume_when_it_answers(
+    make_server: Any, pg_url: str, pg_proxy: tuple[TcpProxy, str]
+) -> None:
+    proxy, through_proxy = pg_proxy
     server: ServerThread = make_server(server_settings(through_proxy, commit_timeout_seconds=1.0))
     traffic = _Traffic(server, deadline=0.5)
     wait_for(lambda: len(traffic.acked) >= 30, what="acks before the hang")

@@ -10,8 +10,8 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ltrr_server.bounds import ID_CHARS, MAX_SLOTS, NAME_CHARS, PLAN_ENTRIES
-from ltrr_server.config import ActionSpec, Limits
+from ltrr_server.bounds import ID_CHARS, MAX_SLOTS, PLAN_ENTRIES
+from ltrr_server.config import ActionSpec, Limits, check_action_ids
 from ltrr_server.core.policies import PolicyBook
 from ltrr_server.errors import FailedPrecondition, InvalidArgument, Overloaded, Unavailable
 from ltrr_server.features import Namespaces, action_line, dumps, namespaces_to_json, shared_line
@@ -99,16 +99,8 @@ class Decisions:
             if len(actions) > self._limits.max_actions:
                 raise InvalidArgument("actions", f"{len(actions)} actions, more than limits.max_actions="
                                                  f"{self._limits.max_actions}")
-            seen: set[str] = set()
-            for i, a in enumerate(actions):
-                if not a.id:
-                    raise InvalidArgument(f"actions[{i}].id", "action id is empty")
-                if len(a.id) > NAME_CHARS:
-                    raise InvalidArgument(f"actions[{i}].id", f"longer than {NAME_CHARS} characters")
-                if a.id in seen:
-                    raise InvalidArgument(f"actions[{i}].id", f"duplicate action id {a.id!r}")
-                seen.add(a.id)
             action_ids = [a.id for a in actions]
+            check_action_ids(action_ids, "actions")
             lines = [action_line(a.id, a.features) for a in actions]
             actions_json = dumps([[a.id, namespaces_to_json(a.features)] for a in actions])
         else:
