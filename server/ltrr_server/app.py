@@ -85,7 +85,6 @@ class LtrrServer:
     # Set once every service serves or says why it cannot (work that failed is retried after).
     _settled: asyncio.Event = field(default_factory=asyncio.Event)
     _health_task: asyncio.Task[None] | None = None
-    _stopping: bool = field(default=False)
 
     async def ready(self) -> None:
         """Waits until every service serves or says why it cannot (a first start's work that failed
@@ -101,7 +100,6 @@ class LtrrServer:
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stops taking calls, lets running ones finish, then snapshots and flushes the log."""
-        self._stopping = True
         await self.health.servicer.enter_graceful_shutdown()
         if self._start_up is not None and not self._start_up.done():
             self._start_up.cancel()
@@ -121,9 +119,8 @@ class LtrrServer:
     # ------------------------------------------------------------------ start-up
     async def _start(self) -> None:
         settings, health = self.settings, self.health
-        for name in (FEEDBACK.full_name, ADMIN.full_name):
+        for name in (DECISIONS.full_name, FEEDBACK.full_name, ADMIN.full_name):
             health.down(name, "start", "policies are being restored")
-        health.down(DECISIONS.full_name, "start", "policies are being restored")
         if settings.retrieval.enabled:
             health.down(RETRIEVAL.full_name, "start", "waiting for the policies to be restored")
         else:

@@ -33,9 +33,8 @@ class Health:
                  poll_interval: float = 0.25) -> None:
         self.servicer = servicer
         self._metrics = metrics
-        self._services = list(services)
-        self._enabled = set(self._services)
-        self._causes: dict[str, dict[str, str]] = {s: {} for s in self._services}
+        self._causes: dict[str, dict[str, str]] = {s: {} for s in services}
+        self._enabled = set(self._causes)
         self._checks: list[tuple[str, str, Callable[[], str]]] = []
         self._lock = threading.Lock()
         self._published: dict[str, int] = {}

@@ -126,11 +126,11 @@ class Ltrr:
                 retriever.close()
                 first_start.run(self.settings, reindex=tuple(stale))
                 retriever = Retriever(conf, self.engine, self.metrics, live_models=self.live_models)
-            still = retriever.stale_indexes()
-            if still:
+                stale = retriever.stale_indexes()
+            if stale:
                 retriever.close()
                 self._retrieval_down(f"the indexes in {conf.data_dir} do not match the catalog of "
-                                     f"{len(retriever.catalog)} items even after a rebuild: {still}")
+                                     f"{len(retriever.catalog)} items even after a rebuild: {stale}")
             else:
                 self.retriever = retriever
                 self.decisions.retriever = self.rewards.retriever = retriever

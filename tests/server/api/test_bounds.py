@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -415,5 +415,3 @@ def test_the_table_covers_every_bound_kind() -> None:
     assert any("NaN" in w for w in whats) and any("unknown enum" in w for w in whats)
     assert any("entries" in w for w in whats) and any("items" in w for w in whats)
 
-
-Stub = Callable[..., Any]
