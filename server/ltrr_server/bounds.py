@@ -22,6 +22,7 @@ Text(max_chars=64)
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,34 @@ ENGAGED_ITEMS = 1000
 # XmrPredict's k and beam size, Autocomplete's k.
 MAX_K = 1000
 MAX_COMPLETIONS = 100
+# Magnitudes of the numbers a policy learns from. VW keeps its state in 32-bit floats and its
+# adaptive updates sum squares of feature times cost: past about 1e15 for that product a policy's
+# weights overflow to inf or NaN, and it never learns again (measured: one reward of 1e10 with a
+# feature of 1e9; 3,000 rewards of 1e3 with features of 1e15; one reward of 1e19 alone). Features
+# up to 1e9 (a Unix time, a price in cents) with rewards up to 1e6 kept every weight finite over
+# 100k events; learning rates and softmax lambdas up to 1e30 did not overflow.
+MAX_ABS_FEATURE = 1e9
+MAX_ABS_REWARD = 1e6
+# A query embedding is kept as 32-bit floats: a larger number would be infinite.
+F32_MAX = 3.4028234663852886e38
+
+
+def magnitude_problem(value: float, limit: float) -> str:
+    """What is wrong with a number that must be finite and at most ``limit`` in magnitude, or ''.
+
+    >>> magnitude_problem(1e10, MAX_ABS_REWARD)
+    'must be within +-1e+06, got 1e+10'
+    >>> magnitude_problem(float("nan"), MAX_ABS_REWARD)
+    'must be finite, got nan'
+    >>> magnitude_problem(-2.5, MAX_ABS_REWARD)
+    ''
+    """
+    if not math.isfinite(value):
+        return f"must be finite, got {value}"
+    if abs(value) > limit:
+        return f"must be within +-{limit:g}, got {value:g}"
+    return ""
+
 # Policy specs.
 DESCRIPTION_CHARS = 1024
 INTERACTIONS = 64
@@ -105,7 +134,7 @@ BOUNDS: dict[str, Bound] = {
     "ltrr.v1.Namespace.features": Items("limits.max_features"),
     "ltrr.v1.Feature.name": Text(NAME_CHARS),
     "ltrr.v1.Feature.str": Text(NAME_CHARS),
-    "ltrr.v1.Feature.num": Number(-_FINITE, _FINITE),
+    "ltrr.v1.Feature.num": Number(-MAX_ABS_FEATURE, MAX_ABS_FEATURE),
     "ltrr.v1.Action.id": Text(NAME_CHARS),
     "ltrr.v1.Action.features": _NAMESPACES,
     # decisions
@@ -118,7 +147,7 @@ BOUNDS: dict[str, Bound] = {
     # feedback
     "ltrr.v1.RewardEvent.event_id": _ID,
     "ltrr.v1.RewardEvent.reward_id": Text(REWARD_ID_CHARS),
-    "ltrr.v1.RewardEvent.value": Number(-_FINITE, _FINITE),
+    "ltrr.v1.RewardEvent.value": Number(-MAX_ABS_REWARD, MAX_ABS_REWARD),
     "ltrr.v1.RewardEvent.engaged_item_ids": Items(ENGAGED_ITEMS, each=Text(NAME_CHARS)),
     "ltrr.v1.RewardEvent.oracle_best_value": Number(-_FINITE, _FINITE),
     "ltrr.v1.RewardEvent.oracle_chosen_value": Number(-_FINITE, _FINITE),
@@ -127,7 +156,7 @@ BOUNDS: dict[str, Bound] = {
     "ltrr.v1.RetrieveRequest.policy": _ID,
     "ltrr.v1.RetrieveRequest.query": Text("retrieval.max_query_chars"),
     "ltrr.v1.RetrieveRequest.context": _NAMESPACES,
-    "ltrr.v1.RetrieveRequest.query_embedding": Items(EMBEDDING_DIMS, each=Number(-_FINITE, _FINITE)),
+    "ltrr.v1.RetrieveRequest.query_embedding": Items(EMBEDDING_DIMS, each=Number(-F32_MAX, F32_MAX)),
     "ltrr.v1.RetrieveRequest.event_id": _ID,
     "ltrr.v1.RetrieveRequest.request_id": Text(REQUEST_ID_CHARS),
     "ltrr.v1.RetrieveRequest.fixed_plan": Items(PLAN_ENTRIES),
@@ -167,7 +196,7 @@ BOUNDS: dict[str, Bound] = {
     "ltrr.v1.PolicySpec.interactions": Items(INTERACTIONS, each=Text(3)),
     "ltrr.v1.PolicySpec.actions": Items("limits.max_actions"),
     "ltrr.v1.PolicySpec.join_window_seconds": Number(0, 7 * 24 * 3600),
-    "ltrr.v1.PolicySpec.default_reward": Number(-_FINITE, _FINITE),
+    "ltrr.v1.PolicySpec.default_reward": Number(-MAX_ABS_REWARD, MAX_ABS_REWARD),
     "ltrr.v1.PolicySpec.aggregation": Enum(),
     "ltrr.v1.PolicySpec.slots": Number(0, MAX_SLOTS),
     "ltrr.v1.PolicySpec.description": Text(DESCRIPTION_CHARS),

@@ -127,7 +127,8 @@ class PolicySpec:
             raise InvalidArgument(
                 f"{p}.join_window_seconds", f"must be in (0, {_MAX_JOIN_WINDOW_S:.0f}], got {self.join_window_seconds}"
             )
-        _finite(self.default_reward, f"{p}.default_reward")
+        if problem := bounds.magnitude_problem(self.default_reward, bounds.MAX_ABS_REWARD):
+            raise InvalidArgument(f"{p}.default_reward", problem)
         if self.aggregation not in AGGREGATIONS:
             raise InvalidArgument(f"{p}.aggregation", f"must be one of {AGGREGATIONS}, got {self.aggregation!r}")
         if not 1 <= self.slots <= 64:

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from math import isfinite
 
-from ltrr_server.bounds import NAME_CHARS
+from ltrr_server.bounds import MAX_ABS_FEATURE, NAME_CHARS, magnitude_problem
 from ltrr_server.errors import InvalidArgument
 
 FeatureValue = str | float
@@ -101,8 +100,8 @@ def validate_namespaces(
                     raise InvalidArgument(f"{field}[{i}].features[{j}].str", _TOO_LONG)
                 feats.append((fname, sval))
             elif nval is not None:
-                if not isfinite(nval):
-                    raise InvalidArgument(f"{field}[{i}].features[{j}].num", f"must be finite, got {nval}")
+                if not abs(nval) <= MAX_ABS_FEATURE:  # NaN compares false
+                    raise InvalidArgument(f"{field}[{i}].features[{j}].num", magnitude_problem(nval, MAX_ABS_FEATURE))
                 feats.append((fname, float(nval)))
             else:
                 raise InvalidArgument(f"{field}[{i}].features[{j}].value", "feature has neither str nor num")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
 
-from ltrr_server.bounds import ENGAGED_ITEMS, ID_CHARS, NAME_CHARS, REWARD_ID_CHARS
+from ltrr_server.bounds import ENGAGED_ITEMS, ID_CHARS, MAX_ABS_REWARD, NAME_CHARS, REWARD_ID_CHARS, magnitude_problem
 from ltrr_server.config import Limits
 from ltrr_server.core.policies import PolicyBook
 from ltrr_server.errors import InvalidArgument, Overloaded
@@ -75,8 +75,8 @@ def validate_reward(r: RewardInput) -> str:
     if "\x00" in r.event_id or "\x00" in r.reward_id:
         # No database column takes one (PostgreSQL refuses the row): it could never be stored.
         return ("event_id" if "\x00" in r.event_id else "reward_id") + ": contains a NUL character"
-    if not math.isfinite(r.value):
-        return f"value: must be finite, got {r.value}"
+    if problem := magnitude_problem(r.value, MAX_ABS_REWARD):
+        return f"value: {problem}"
     if r.oracle_best is not None and not math.isfinite(r.oracle_best):
         return f"oracle_best_value: must be finite, got {r.oracle_best}"
     if r.oracle_chosen is not None and not math.isfinite(r.oracle_chosen):

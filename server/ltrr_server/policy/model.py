@@ -24,6 +24,7 @@ from typing import Any, cast
 import vowpal_wabbit_next as vw
 from vowpal_wabbit_next import _core
 
+from ltrr_server.bounds import MAX_ABS_REWARD
 from ltrr_server.config import PolicySpec
 from ltrr_server.features import SLOT_NAMESPACE
 
@@ -64,6 +65,9 @@ class PolicyModel:
         self, shared: str, actions: Sequence[str], slots: int, labels: Sequence[SlotLabel]
     ) -> list[vw.Example]:
         parse = self._parser.parse_line
+        # Rewards past bounds.MAX_ABS_REWARD are refused, but a log written before that bound may
+        # hold one, and its cost would overflow the model's weights for good.
+        labels = [(idx, min(max(cost, -MAX_ABS_REWARD), MAX_ABS_REWARD), prob) for idx, cost, prob in labels]
         if self.kind == "cb":
             idx, cost, prob = labels[0]
             lines = [shared, *actions]

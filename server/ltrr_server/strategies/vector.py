@@ -19,6 +19,7 @@ import numpy as np
 import pecos.core  # noqa: F401, I001
 from usearch.index import Index
 
+from ltrr_server.bounds import F32_MAX, magnitude_problem
 from ltrr_server.catalog.catalog import Catalog, Progress
 from ltrr_server.errors import InvalidArgument
 from ltrr_server.strategies.base import Hit, Params, Query, StrategyEnv, register
@@ -58,14 +59,14 @@ class VectorStrategy:
             raise InvalidArgument(field, "the vector index is empty: ingest a catalog first")
         if len(values) != self.dims:
             raise InvalidArgument(field, f"expected {self.dims} dimensions, got {len(values)}")
-        vec = np.asarray(values, dtype=np.float32)
-        bad = np.flatnonzero(~np.isfinite(vec))
+        as_given = np.asarray(values, dtype=np.float64)
+        bad = np.flatnonzero(~(np.abs(as_given) <= F32_MAX))  # NaN compares false
         if bad.size:
-            raise InvalidArgument(f"{field}[{int(bad[0])}]", f"must be finite, got {float(vec[bad[0]])}")
-        norm = float(np.linalg.norm(vec))
+            raise InvalidArgument(f"{field}[{int(bad[0])}]", magnitude_problem(float(as_given[bad[0]]), F32_MAX))
+        norm = float(np.linalg.norm(as_given))
         if norm == 0.0:
             raise InvalidArgument(field, "is all zeros")
-        return vec / norm
+        return (as_given / norm).astype(np.float32)
 
     def index(self, catalog: Catalog, positions: list[int], progress: Progress) -> None:
         dim = catalog.embedding_dim

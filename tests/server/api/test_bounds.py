@@ -127,7 +127,8 @@ def _over(f: FieldDescriptor, bound: Any, settings: Any) -> list[tuple[str, Any]
         if is_float:
             out.append(("NaN", math.nan))
         if math.isfinite(bound.hi):
-            out.append((f"{bound.hi + 1:g}", bound.hi + 1 if is_float else int(bound.hi) + 1))
+            past = math.nextafter(bound.hi, math.inf) if is_float else int(bound.hi) + 1
+            out.append((f"{past!r}", past))
         return out
     return []
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 import vowpal_wabbit_next as vw
 
@@ -42,3 +43,16 @@ def test_direct_prediction_matches_the_public_api(kind: str, slots: int) -> None
             assert ours[0] == pytest.approx(expected)
             assert len(ours) == slots and all(sum(s) == pytest.approx(1.0) for s in ours)
     assert vw.__version__ == "0.7.0", "the direct calls are checked against this version only"
+
+
+@pytest.mark.parametrize("kind", ["cb", "ccb"])
+def test_a_cost_past_the_reward_bound_leaves_the_weights_finite(kind: str) -> None:
+    # The API refuses rewards past bounds.MAX_ABS_REWARD; a log written before that bound may
+    # still hold one. Unclamped, a cost of 1e300 (read by VW as infinite) overflows the weights and
+    # the policy never learns again.
+    model = PolicyModel.create(PolicySpec(name="p", kind=kind, epsilon=0.1, interactions=("uA",)))
+    rng = random.Random(0)
+    for step in range(200):
+        cost = -1e300 if step == 100 else -float(rng.random() < 0.5)
+        model.learn_one(f"shared |user s=u{step % 3} n:{rng.random()!r}", ACTIONS, [(step % 4, cost, 0.25)])
+    assert np.isfinite(np.asarray(model._ws.weights())).all()

@@ -120,7 +120,7 @@ class PolicySpec(_message.Message):
     """squarecb: gamma scale."""
     join_window_seconds: _builtins.float
     default_reward: _builtins.float
-    """Learned when the join window closes with no reward."""
+    """Learned when the join window closes with no reward. Within +-1e6, as rewards."""
     aggregation: Global___Aggregation.ValueType
     slots: _builtins.int
     """CCB: slots per decision unless a request says otherwise."""

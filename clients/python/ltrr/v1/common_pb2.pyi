@@ -21,7 +21,8 @@ DESCRIPTOR: _descriptor.FileDescriptor
 @_typing.final
 class Feature(_message.Message):
     """One named feature. A string value is hashed as a category (VW `name=value`),
-    a number is used as a weight (VW `name:value`). Numbers must be finite.
+    a number is used as a weight (VW `name:value`). Numbers must be finite and
+    within +-1e9: larger ones overflow the policy's 32-bit weights.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

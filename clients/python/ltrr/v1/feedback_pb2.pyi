@@ -68,7 +68,9 @@ class RewardEvent(_message.Message):
     Empty is a valid key (one reward per event).
     """
     value: _builtins.float
-    """The reward (higher is better). Must be finite."""
+    """The reward (higher is better). Must be finite and within +-1e6: larger ones
+    overflow the policy's 32-bit weights.
+    """
     oracle_best_value: _builtins.float
     """Simulation or replay with known outcomes: the expected reward of the best
     action and of the chosen one. They feed the true-regret metrics.
