@@ -359,6 +359,10 @@ class Settings:
     # (adds to ack latency), and while only rows nobody waits for are queued (decisions, joins).
     write_linger_seconds: float = 0.002
     write_idle_linger_seconds: float = 0.05
+    # Where decisions are journaled before they are answered, so that a server killed before their
+    # commit loses none (log/journal.py): "" puts it beside a SQLite file, or in ./ltrr-journal for
+    # another database; "none" turns it off (an in-memory SQLite database never has one).
+    journal_dir: str = ""
     # Commit the event log from a child process, so that handing the driver its rows does not
     # hold this process's interpreter lock (ignored for an in-memory SQLite database).
     writer_process: bool = True
@@ -427,6 +431,7 @@ _ENV = {
     "LTRR_METRICS_PORT": ("metrics_port", int),
     "LTRR_GRPC_HOST": ("grpc_host", str),
     "LTRR_METRICS_HOST": ("metrics_host", str),
+    "LTRR_JOURNAL_DIR": ("journal_dir", str),
 }
 
 

@@ -113,6 +113,10 @@ class Metrics:
             "ltrr_db_rows_refused", "Rows the database refused (their callers were told; nothing else failed).",
             registry=registry,
         )
+        self.journal_replayed_rows = Counter(
+            "ltrr_journal_replayed_rows", "Rows a start found in the journal of a server that died (decisions "
+            "answered before their commit), committed before serving.", registry=registry,
+        )
 
         self.strategy_duration = Histogram(
             "ltrr_strategy_duration_seconds", "Time of one strategy run inside Retrieve.", ["strategy"],

@@ -68,9 +68,9 @@ def _kill_leftover_servers() -> Iterator[None]:
 class ServerProcess:
     """`ltrr serve` in a child process, as an operator runs it."""
 
-    def __init__(self, tmp: Path, db_url: str) -> None:
+    def __init__(self, tmp: Path, db_url: str, config: str = CONFIG) -> None:
         cfg = tmp / "ltrr.toml"
-        cfg.write_text(CONFIG)
+        cfg.write_text(config)
         self.port = free_port()
         self.log = open(tmp / f"server-{self.port}.log", "w")
         self.proc = subprocess.Popen(
@@ -229,3 +229,27 @@ def test_in_process_restart_keeps_pending_joins(make_server: object, sqlite_url:
     assert (joined[0]["reward"], joined[0]["n_rewards"]) == (5.0, 2)
 
 
+
+
+@pytest.mark.parametrize("db", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_sigkill_loses_no_answered_decision(tmp_path: Path, db: str, request: pytest.FixtureRequest) -> None:
+    """Decisions answered in a group commit's linger, before their commit, outlive a SIGKILL."""
+    db_url = f"sqlite:///{tmp_path / 'ltrr.db'}" if db == "sqlite" else request.getfixturevalue("pg_url")
+    # Commits of rows nobody waits for linger a second: a kill right after the answers lands in it.
+    config = CONFIG.replace("[server]\n", "[server]\nwrite_idle_linger_seconds = 1.0\n")
+    first = ServerProcess(tmp_path, db_url, config)
+    dec = decisions_pb2_grpc.DecisionServiceStub(first.channel)
+    answered = [dec.Decide(decide_request("stream")).event_id for _ in range(100)]
+    answered += [d.event_id for d in dec.DecideStream(iter([decide_request("demo", PROBES[0])] * 100))]
+    first.kill()
+    logged = {r["event_id"] for r in rows(db_url, "decisions")}
+    assert len(set(answered) - logged) > 0, "the kill must come before some commits: the test would show nothing"
+
+    second = ServerProcess(tmp_path, db_url, config)
+    logged = {r["event_id"] for r in rows(db_url, "decisions")}
+    assert not set(answered) - logged, f"{len(set(answered) - logged)} answered decisions unlogged"
+    # And they are the server's again: their rewards are accepted and joined.
+    acks = feedback_pb2_grpc.FeedbackServiceStub(second.channel).StreamRewards(
+        iter([feedback_pb2.RewardBatch(events=[reward_event(e, 1.0) for e in answered])]))
+    assert {a.status for batch in acks for a in batch.acks} == {feedback_pb2.REWARD_STATUS_ACCEPTED}
+    assert second.terminate() == 0

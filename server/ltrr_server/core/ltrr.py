@@ -27,6 +27,7 @@ from ltrr_server.errors import FailedPrecondition
 from ltrr_server.heap import release_free_memory
 from ltrr_server.learner.learner import Learner, LearnerPolicy
 from ltrr_server.log import db
+from ltrr_server.log.journal import Journal
 from ltrr_server.log.store import EventLogStore
 from ltrr_server.log.writer import EventLogWriter
 from ltrr_server.metrics import Metrics
@@ -88,7 +89,11 @@ class Ltrr:
         """Migrates the schema, starts the writer, restores every policy, recovers joins, starts the learner."""
         self.writer.launch()  # the writer process imports its driver while the rest of the start-up runs
         db.migrate(self.engine)
-        self.writer.start()
+        journal = db.journal_folder(self.settings.journal_dir, self.engine.url, db.database_id(self.engine))
+        self.writer.start(Journal(journal) if journal is not None else None)
+        if journal is not None:
+            # Before anything reads the log: decisions a killed server answered are in it again.
+            self.writer.replay(journal)
         self.rewards.joiner.next_seq = self.store.max_joined_seq() + 1
         for rt, since in self.policies.restore_all(self.settings.policies):
             recovered = self.rewards.recover(rt, since)

@@ -81,6 +81,32 @@ def head_revision() -> str:
     return heads.pop()
 
 
+def in_memory(url: sa.URL) -> bool:
+    """Whether the database lives in this process's memory (an in-memory SQLite database)."""
+    return url.get_backend_name() == "sqlite" and (url.database in (None, "", ":memory:") or "mode=memory" in str(url))
+
+
+def journal_folder(setting: str, url: sa.URL, db_id: str) -> Path | None:
+    """Where this database's journal lives (``server.journal_dir``), or None without one.
+
+    >>> journal_folder("", sa.make_url("sqlite:////var/lib/ltrr/ltrr.db"), "0123456789abcdef")
+    PosixPath('/var/lib/ltrr/ltrr-journal/db-0123456789ab')
+    >>> journal_folder("", sa.make_url("postgresql://db/ltrr"), "0123456789abcdef")
+    PosixPath('ltrr-journal/db-0123456789ab')
+    >>> journal_folder("none", sa.make_url("postgresql://db/ltrr"), "0123456789abcdef") is None
+    True
+    """
+    if setting == "none" or in_memory(url):
+        return None
+    if setting:
+        base = Path(setting)
+    elif url.get_backend_name() == "sqlite" and url.database:
+        base = Path(url.database).parent / "ltrr-journal"
+    else:
+        base = Path("ltrr-journal")
+    return base / f"db-{db_id[:12]}"
+
+
 def database_id(engine: sa.Engine) -> str:
     """This database's identity: a random id made once, at its first use (the schema must be migrated).
 

@@ -38,6 +38,8 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 
 from ltrr_server.errors import FailedPrecondition, Overloaded
+from ltrr_server.log import db
+from ltrr_server.log.journal import DamagedFrame, Journal, leftovers, read_segment
 from ltrr_server.log.rows import ROW_TYPES, decision_row
 from ltrr_server.metrics import Metrics
 
@@ -57,6 +59,10 @@ _START_TIMEOUT = 120.0
 # Seconds a commit may take before its writer process is taken for hung (a database that stopped
 # answering without closing the connection) and replaced; the batch then goes to the new one.
 COMMIT_TIMEOUT = 60.0
+# A journal segment is replaced after this long or this many bytes: what a start replays after a
+# kill is at most about this much (replaying rows that did land costs an ignored insert).
+JOURNAL_SEGMENT_SECONDS = 1.0
+JOURNAL_SEGMENT_BYTES = 64 * 2**20
 
 
 class _InsertStatement:
@@ -369,11 +375,8 @@ def serve_commits(conn: Connection, url: str) -> None:
 
 def committer_for(engine: sa.Engine, process: bool, commit_timeout: float = COMMIT_TIMEOUT) -> Committer:
     """A ``ProcessCommitter`` when asked and the database can be opened by another process."""
-    url = engine.url
-    in_memory = url.get_backend_name() == "sqlite" and (
-        url.database in (None, "", ":memory:") or "mode=memory" in str(url))
-    if process and not in_memory:
-        return ProcessCommitter(url.render_as_string(hide_password=False), commit_timeout)
+    if process and not db.in_memory(engine.url):
+        return ProcessCommitter(engine.url.render_as_string(hide_password=False), commit_timeout)
     return ThreadCommitter(engine)
 
 
@@ -417,14 +420,57 @@ class EventLogWriter:
         self._committing_since = 0.0
         self._thread: threading.Thread | None = None
         self._committer = committer_for(engine, process, commit_timeout)
+        self._journal: Journal | None = None
+        # Submissions queued and taken so far; a retired journal segment holds submissions up to
+        # its mark, and is deleted once the writer has committed that far.
+        self._enqueued = 0
+        self._taken = 0
+        self._retired: list[tuple[int, Path]] = []
+        # A batch did not land (given up at close, or an unexpected fault): the journal is kept.
+        self._gave_up = False
 
     def launch(self) -> None:
         """Starts what commits (a writer process) early, without waiting for it; ``start`` waits."""
         self._committer.launch()
 
-    def start(self) -> None:
+    def start(self, journal: Journal | None = None) -> None:
+        """Starts committing. With a ``journal``, rows nobody waits for are written to it before
+        ``append`` returns (see ``log/journal.py``); ``replay`` first commits what a dead writer left there."""
         self._committer.start()
+        if journal is not None:
+            journal.open()
+            self._journal = journal
         self._start_thread()
+
+    def replay(self, folder: Path) -> int:
+        """Commits the rows that writers which died left in ``folder``'s journal; returns how many.
+
+        Call it after ``start`` and before anything reads the log: rows committed before their
+        writer died are ignored (insert-or-ignore), and a damaged frame ends its segment's reading.
+        """
+        replayed = 0
+        for path in leftovers(folder):
+            if self._journal is not None and path == self._journal.path:
+                continue
+            futures: list[Future[None]] = []
+            try:
+                for table, rows in read_segment(path):
+                    futures.append(self.submit(table, rows, force=True))
+                    replayed += len(rows)
+            except DamagedFrame as exc:
+                log.error("journal: %s; the rows before it are replayed", exc)
+            except (ValueError, EOFError, TypeError) as exc:  # marshal's errors on bytes it cannot read
+                log.error("journal: %s could not be read (%s); the rows before it are replayed", path.name, exc)
+            for fut in futures:
+                try:
+                    fut.result()
+                except Exception as exc:  # noqa: BLE001 - refused rows are counted by the writer
+                    log.error("journal: rows of %s refused: %s", path.name, exc)
+            path.unlink(missing_ok=True)
+        if replayed:
+            self._metrics.journal_replayed_rows.inc(replayed)
+            log.warning("journal: committed %d rows answered before the last server died", replayed)
+        return replayed
 
     def _start_thread(self) -> None:
         self._thread = threading.Thread(target=self._run, name="ltrr-writer", daemon=True)
@@ -474,7 +520,10 @@ class EventLogWriter:
         return fut
 
     def append(self, table: str, rows: Sequence[Row]) -> None:
-        """Queues rows nobody waits for (decisions, joins), past the bound: they are bounded upstream."""
+        """Queues rows nobody waits for (decisions, joins), past the bound: they are bounded upstream.
+
+        With a journal, the rows are in it when this returns: a caller answered after it keeps its
+        rows even if this process dies before their commit."""
         self._enqueue(table, rows, None, True)
 
     def _enqueue(self, table: str, rows: Sequence[Row], fut: Future[None] | None, force: bool) -> None:
@@ -486,7 +535,10 @@ class EventLogWriter:
                     f"write queue full ({self._queued_rows} rows queued, limits.max_write_queue_rows="
                     f"{self._max_rows}); retry with backoff"
                 )
+            if fut is None and self._journal is not None and self._journal.is_open:
+                self._journal.write(table, rows)
             self._queue.append((table, rows, fut))
+            self._enqueued += 1
             self._queued_rows += len(rows)
             # Wake the writer when it idles, a full batch waits, or the first waiter arrives (which
             # shortens the linger); waking it for every row would make each row its own transaction.
@@ -512,8 +564,15 @@ class EventLogWriter:
         thread = self._thread
         if thread is not None and thread.is_alive():
             thread.join(timeout + 5.0)
-        if self._queue:
-            log.error("the event log closed with %d rows not committed (the database was away)", self._queued_rows)
+        committed_all = not self._queue and not self._gave_up and (thread is None or not thread.is_alive())
+        if not committed_all:
+            log.error("the event log closed with %d rows not committed (the database was away)%s", self._queued_rows,
+                      "; the journal keeps the decisions among them for the next start" if self._journal else "")
+        if self._journal is not None:
+            with self._cond:
+                if committed_all:
+                    self._forget_journal_up_to(self._enqueued)
+                self._journal.close(delete=committed_all)
         self._committer.close()
 
     def _take_batch(self) -> list[_Item] | None:
@@ -545,6 +604,10 @@ class EventLogWriter:
                         fut = None
                 batch.append((table, item_rows, fut))
                 rows += len(item_rows)
+            self._taken += len(batch)
+            journal = self._journal
+            if journal is not None and journal.is_open and journal.due(JOURNAL_SEGMENT_SECONDS, JOURNAL_SEGMENT_BYTES):
+                self._retired.append((self._enqueued, journal.rotate()))
             self._queued_rows -= rows
             self._metrics.write_queue_rows.set(self._queued_rows)
             self._committing_since = time.monotonic()
@@ -555,30 +618,45 @@ class EventLogWriter:
             batch = self._take_batch()
             if batch is None:
                 return
+            taken = self._taken
             try:
-                self._write(batch)
+                if self._write(batch):
+                    self._forget_journal_up_to(taken)
+                else:
+                    self._gave_up = True
             except BaseException as exc:  # a fault here must not stop the write path
                 log.exception("group commit of %d submissions failed unexpectedly", len(batch))
+                self._gave_up = True
                 _resolve(batch, exc)
             finally:
                 self._committing_since = 0.0
 
-    def _write(self, batch: list[_Item]) -> None:
-        """Commits the batch, or the parts of it the database takes, in submission order."""
+    def _forget_journal_up_to(self, committed: int) -> None:
+        """Deletes the retired journal segments whose every submission is now committed.
+
+        After a batch that did not land, none: they all go to the next start, which replays them."""
+        while not self._gave_up and self._retired and self._retired[0][0] <= committed:
+            _, path = self._retired.pop(0)
+            path.unlink(missing_ok=True)
+
+    def _write(self, batch: list[_Item]) -> bool:
+        """Commits the batch, or the parts of it the database takes, in submission order.
+
+        False when a closing writer gave up on the database (the rows stay in the journal)."""
         error = self._commit_retrying(batch)
         if error is None or isinstance(error, RetryableWriteError):  # committed, or given up at close
             _resolve(batch, error)
-            return
+            return error is None
         if len(batch) > 1:
             # Refused: find the submission the database refuses, so the others still land.
             half = len(batch) // 2
-            self._write(batch[:half])
-            self._write(batch[half:])
-            return
+            first = self._write(batch[:half])
+            return self._write(batch[half:]) and first
         table, rows, _ = batch[0]
         self._metrics.db_rows_refused.inc(len(rows))
         log.error("the database refused %d %s rows: %s", len(rows), table, error)
         _resolve(batch, error)
+        return True  # a replay would be refused the same way
 
     def _commit_retrying(self, batch: list[_Item]) -> Exception | None:
         """Commits the batch in one transaction, retrying while the database is away.
