@@ -35,7 +35,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
 
 from ltrr.v1 import admin_pb2, decisions_pb2, feedback_pb2, models_pb2, retrieval_pb2
 from ltrr_server.api.health import Health
@@ -236,7 +236,11 @@ async def build_server(settings: Settings, registry: CollectorRegistry | None = 
     The learner runs in a spawned child process, so a script that calls this must keep its
     top level behind ``if __name__ == "__main__":`` (the usual multiprocessing rule).
     """
-    registry = registry if registry is not None else CollectorRegistry()
+    if registry is None:
+        registry = CollectorRegistry()
+        # process_resident_memory_bytes and friends, for LtrrMemoryRising (an injected registry
+        # may have its own).
+        ProcessCollector(registry=registry)
     metrics = Metrics(registry)
     _check_port_free(settings.grpc_host, settings.grpc_port)
     server = grpc.aio.server(options=[
