@@ -91,7 +91,7 @@ def sqlite_url(tmp_path: Path) -> str:
 
 def demo_policy(**changes: Any) -> PolicySpec:
     base = PolicySpec(
-        name="demo", epsilon=0.1, interactions=("uA",), join_window_seconds=30.0,
+        name="demo", exploration="epsilon", epsilon=0.1, interactions=("uA",), join_window_seconds=30.0,
         actions=tuple(ActionSpec(a) for a in ("news", "sports", "music", "movies")),
     )
     return replace(base, **changes)
@@ -165,7 +165,8 @@ def free_port() -> int:
 
 
 def retrieval_policy(**changes: Any) -> PolicySpec:
-    base = PolicySpec(name="retrieval", epsilon=0.05, interactions=("hP", "qP"), join_window_seconds=30.0)
+    base = PolicySpec(name="retrieval", exploration="epsilon", epsilon=0.05, interactions=("hP", "qP"),
+                      join_window_seconds=30.0)
     return replace(base, **changes)
 
 

@@ -202,6 +202,7 @@ BOUNDS: dict[str, Bound] = {
     "ltrr.v1.PolicySpec.description": Text(DESCRIPTION_CHARS),
     "ltrr.v1.PolicySpec.bits": Number(0, 30),
     "ltrr.v1.PolicySpec.learning_rate": Number(0, _FINITE),
+    "ltrr.v1.PolicySpec.power_t": Number(0, 1),
 }
 
 

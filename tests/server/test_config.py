@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ltrr_server.config import PolicySpec, Settings, load_settings, settings_from_toml
+from ltrr_server.config import Limits, PolicySpec, Settings, load_settings, settings_from_toml
 from ltrr_server.errors import InvalidArgument
 
 
@@ -84,7 +84,7 @@ def test_bad_environment_value_names_the_variable() -> None:
     ("softmax", ["--softmax", "--lambda", "10.0"]),
     ("bag", ["--bag", "4", "--epsilon", "0.05"]),
     ("cover", ["--cover", "4", "--epsilon", "0.05"]),
-    ("squarecb", ["--squarecb", "--gamma_scale", "10.0"]),
+    ("squarecb", ["--squarecb", "--gamma_scale", "20.0"]),
     ("rnd", ["--rnd", "4", "--epsilon", "0.05"]),
 ])
 def test_every_exploration_builds_a_working_vw_model(exploration: str, expected: list[str]) -> None:
@@ -109,3 +109,35 @@ def test_the_documented_xmr_configuration_is_valid() -> None:
     s = load_settings(path, env={})
     xmr = [st for st in s.retrieval.strategies if st.kind == "xmr"]
     assert len(xmr) == 1 and xmr[0].params == {"model": "music"}
+
+
+def test_a_spec_that_says_nothing_gets_the_suites_defaults() -> None:
+    from ltrr.v1 import admin_pb2
+    from ltrr_server.api.convert import spec_from_proto, spec_to_proto
+
+    spec = spec_from_proto(admin_pb2.PolicySpec(name="p"), Limits())
+    assert (spec.exploration, spec.squarecb_gamma_scale, spec.interactions, spec.power_t) == \
+        ("squarecb", 20.0, ("::", "::A"), 0.25)
+    assert spec.vw_args()[-3:] == ["--power_t", "0.25", "--quiet"]
+    # Said explicitly, kept, and given back as it was said.
+    said = spec_from_proto(admin_pb2.PolicySpec(name="p", interactions=["uA"], power_t=0.0), Limits())
+    assert (said.interactions, said.power_t) == (("uA",), 0.0)
+    assert spec_from_proto(spec_to_proto(said), Limits()) == said
+
+
+def test_a_spec_stored_before_power_t_keeps_its_vw_arguments() -> None:
+    # Its model learned with VW's own decay: a changed argument would start a new lineage.
+    from ltrr_server.log.store import _stored_spec
+
+    stored = PolicySpec(name="p", exploration="epsilon", interactions=("uA",)).to_dict()
+    del stored["power_t"]
+    spec = _stored_spec(stored)
+    assert spec.power_t == 0.5 and "--power_t" not in spec.vw_args()
+    assert spec.vw_args()[-5:] == ["-b", "18", "-l", "0.5", "--quiet"]
+
+
+def test_a_configured_policy_that_says_nothing_gets_the_same_defaults() -> None:
+    settings = settings_from_toml('[[policies]]\nname = "p"\n[[policies.actions]]\nid = "a"\n')
+    assert settings.policies[0].vw_args() == PolicySpec(name="p").vw_args()
+    said = settings_from_toml('[[policies]]\nname = "p"\ninteractions = []\n')
+    assert said.policies[0].interactions == ()

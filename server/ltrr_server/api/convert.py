@@ -127,7 +127,7 @@ def spec_from_proto(s: admin_pb2.PolicySpec, limits: Limits) -> PolicySpec:
         softmax_lambda=s.softmax_lambda or defaults.softmax_lambda,
         ensemble_size=s.ensemble_size or defaults.ensemble_size,
         squarecb_gamma_scale=s.squarecb_gamma_scale or defaults.squarecb_gamma_scale,
-        interactions=tuple(s.interactions),
+        interactions=tuple(s.interactions) or defaults.interactions,
         actions=tuple(actions(s.actions, "spec.actions", limits.max_features)),
         join_window_seconds=s.join_window_seconds or defaults.join_window_seconds,
         default_reward=s.default_reward,
@@ -136,6 +136,7 @@ def spec_from_proto(s: admin_pb2.PolicySpec, limits: Limits) -> PolicySpec:
         description=s.description,
         bits=s.bits or defaults.bits,
         learning_rate=s.learning_rate or defaults.learning_rate,
+        power_t=s.power_t if s.HasField("power_t") else defaults.power_t,
     )
 
 
@@ -150,7 +151,7 @@ def spec_to_proto(spec: PolicySpec) -> admin_pb2.PolicySpec:
         actions=[common_pb2.Action(id=a.id, features=namespaces_to_proto(a.features)) for a in spec.actions],
         join_window_seconds=spec.join_window_seconds, default_reward=spec.default_reward,
         aggregation=aggs[spec.aggregation], slots=spec.slots, description=spec.description, bits=spec.bits,
-        learning_rate=spec.learning_rate,
+        learning_rate=spec.learning_rate, power_t=spec.power_t,
     )
 
 

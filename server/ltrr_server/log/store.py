@@ -8,7 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ltrr_server.config import PolicySpec
+from ltrr_server.config import VW_POWER_T, PolicySpec
 from ltrr_server.log import schema as t
 
 
@@ -37,7 +37,7 @@ class EventLogStore:
     def load_policies(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(t.policies).order_by(t.policies.c.name)).mappings().all()
-        return [dict(r) | {"spec": PolicySpec.from_dict(json.loads(r["spec"]))} for r in rows]
+        return [dict(r) | {"spec": _stored_spec(json.loads(r["spec"]))} for r in rows]
 
     def insert_policy(self, spec: PolicySpec, revision: int, lineage: int, lineage_start_seq: int, now: float) -> None:
         with self.engine.begin() as conn:
@@ -122,3 +122,8 @@ class EventLogStore:
                                          .where(t.rewards.c.event_id.in_(part))):
                     stored.add((e, r))
         return decisions, stored
+
+
+def _stored_spec(data: dict[str, Any]) -> PolicySpec:
+    """A stored spec; one stored before ``power_t`` existed learned with VW's own decay."""
+    return PolicySpec.from_dict({"power_t": VW_POWER_T} | data)

@@ -58,10 +58,10 @@ def test_policy_book_creates_and_resets_lineages(core: Ltrr) -> None:
     assert (info.lineage, info.revision) == (1, 1)
     with pytest.raises(AlreadyExists):
         asyncio.run(core.policies.create(spec))
-    # A description is not a learning parameter: same lineage. An epsilon is: a new one.
+    # A description is not a learning parameter: same lineage. A learning rate is: a new one.
     same, reset = asyncio.run(core.policies.update(replace(spec, description="x")))
     assert (same.lineage, reset) == (1, False)
-    new, reset = asyncio.run(core.policies.update(replace(spec, epsilon=0.2)))
+    new, reset = asyncio.run(core.policies.update(replace(spec, learning_rate=0.2)))
     assert (new.lineage, new.revision, reset) == (2, 3, True)
     assert [(r["name"], r["lineage"]) for r in rows(core.settings.db_url, "policies", "name = 'p2'")] == [("p2", 2)]
 

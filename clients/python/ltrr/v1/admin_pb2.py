@@ -25,43 +25,43 @@ _sym_db = _symbol_database.Default()
 from ltrr.v1 import common_pb2 as ltrr_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13ltrr/v1/admin.proto\x12\x07ltrr.v1\x1a\x14ltrr/v1/common.proto\"\xb8\x03\n\nPolicySpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x04kind\x18\x02 \x01(\x0e\x32\x13.ltrr.v1.PolicyKind\x12)\n\x0b\x65xploration\x18\x03 \x01(\x0e\x32\x14.ltrr.v1.Exploration\x12\x14\n\x07\x65psilon\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\x0esoftmax_lambda\x18\x05 \x01(\x01\x12\x15\n\rensemble_size\x18\x06 \x01(\r\x12\x1c\n\x14squarecb_gamma_scale\x18\x07 \x01(\x01\x12\x14\n\x0cinteractions\x18\x08 \x03(\t\x12 \n\x07\x61\x63tions\x18\t \x03(\x0b\x32\x0f.ltrr.v1.Action\x12\x1b\n\x13join_window_seconds\x18\n \x01(\x01\x12\x16\n\x0e\x64\x65\x66\x61ult_reward\x18\x0b \x01(\x01\x12)\n\x0b\x61ggregation\x18\x0c \x01(\x0e\x32\x14.ltrr.v1.Aggregation\x12\r\n\x05slots\x18\r \x01(\r\x12\x13\n\x0b\x64\x65scription\x18\x0e \x01(\t\x12\x0c\n\x04\x62its\x18\x0f \x01(\r\x12\x15\n\rlearning_rate\x18\x10 \x01(\x01\x42\n\n\x08_epsilon\"\x93\x01\n\x06Policy\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.ltrr.v1.PolicySpec\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12\x0f\n\x07lineage\x18\x03 \x01(\x04\x12\x15\n\rmodel_version\x18\x04 \x01(\x04\x12\x15\n\rcreated_at_ms\x18\x05 \x01(\x03\x12\x15\n\rupdated_at_ms\x18\x06 \x01(\x03\"8\n\x13\x43reatePolicyRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.ltrr.v1.PolicySpec\"8\n\x13UpdatePolicyRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.ltrr.v1.PolicySpec\"L\n\x14UpdatePolicyResponse\x12\x1f\n\x06policy\x18\x01 \x01(\x0b\x32\x0f.ltrr.v1.Policy\x12\x13\n\x0bmodel_reset\x18\x02 \x01(\x08\"\x15\n\x13ListPoliciesRequest\"9\n\x14ListPoliciesResponse\x12!\n\x08policies\x18\x01 \x03(\x0b\x32\x0f.ltrr.v1.Policy\" \n\x10GetPolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"%\n\x15SnapshotPolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x8a\x01\n\x08Snapshot\x12\x13\n\x0bsnapshot_id\x18\x01 \x01(\x04\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x04\x12\x17\n\x0flast_joined_seq\x18\x04 \x01(\x04\x12\x15\n\rcreated_at_ms\x18\x05 \x01(\x03\x12\x12\n\nsize_bytes\x18\x06 \x01(\x04\"%\n\x15GetPolicyStatsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xcc\x03\n\x0bPolicyStats\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x11\n\tdecisions\x18\x02 \x01(\x04\x12\x18\n\x10rewards_accepted\x18\x03 \x01(\x04\x12\x19\n\x11rewards_duplicate\x18\x04 \x01(\x04\x12\x14\n\x0crewards_late\x18\x05 \x01(\x04\x12\x17\n\x0frewards_unknown\x18\x06 \x01(\x04\x12\x17\n\x0frewards_invalid\x18\x07 \x01(\x04\x12\x0e\n\x06joined\x18\x08 \x01(\x04\x12\x16\n\x0ejoined_default\x18\t \x01(\x04\x12\x0f\n\x07learned\x18\n \x01(\x04\x12\x15\n\rmodel_version\x18\x0b \x01(\x04\x12\x15\n\rpending_joins\x18\x0c \x01(\x04\x12\x13\n\x0bmean_reward\x18\r \x01(\x01\x12\x18\n\x10\x65stimated_regret\x18\x0e \x01(\x01\x12\x19\n\x11true_regret_total\x18\x0f \x01(\x01\x12\x19\n\x11\x65xploration_share\x18\x10 \x01(\x01\x12\x1b\n\x13learner_lag_seconds\x18\x11 \x01(\x01\x12\x1a\n\x12learner_lag_events\x18\x12 \x01(\x04\x12\x18\n\x10last_snapshot_id\x18\x13 \x01(\x04*R\n\nPolicyKind\x12\x1b\n\x17POLICY_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0ePOLICY_KIND_CB\x10\x01\x12\x13\n\x0fPOLICY_KIND_CCB\x10\x02*\xb7\x01\n\x0b\x45xploration\x12\x1b\n\x17\x45XPLORATION_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45XPLORATION_EPSILON\x10\x01\x12\x17\n\x13\x45XPLORATION_SOFTMAX\x10\x02\x12\x13\n\x0f\x45XPLORATION_BAG\x10\x03\x12\x15\n\x11\x45XPLORATION_COVER\x10\x04\x12\x18\n\x14\x45XPLORATION_SQUARECB\x10\x05\x12\x13\n\x0f\x45XPLORATION_RND\x10\x06*k\n\x0b\x41ggregation\x12\x1b\n\x17\x41GGREGATION_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41GGREGATION_FIRST\x10\x01\x12\x13\n\x0f\x41GGREGATION_SUM\x10\x02\x12\x13\n\x0f\x41GGREGATION_MAX\x10\x03\x32\xad\x03\n\x0c\x41\x64minService\x12=\n\x0c\x43reatePolicy\x12\x1c.ltrr.v1.CreatePolicyRequest\x1a\x0f.ltrr.v1.Policy\x12K\n\x0cUpdatePolicy\x12\x1c.ltrr.v1.UpdatePolicyRequest\x1a\x1d.ltrr.v1.UpdatePolicyResponse\x12K\n\x0cListPolicies\x12\x1c.ltrr.v1.ListPoliciesRequest\x1a\x1d.ltrr.v1.ListPoliciesResponse\x12\x37\n\tGetPolicy\x12\x19.ltrr.v1.GetPolicyRequest\x1a\x0f.ltrr.v1.Policy\x12\x43\n\x0eSnapshotPolicy\x12\x1e.ltrr.v1.SnapshotPolicyRequest\x1a\x11.ltrr.v1.Snapshot\x12\x46\n\x0eGetPolicyStats\x12\x1e.ltrr.v1.GetPolicyStatsRequest\x1a\x14.ltrr.v1.PolicyStatsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13ltrr/v1/admin.proto\x12\x07ltrr.v1\x1a\x14ltrr/v1/common.proto\"\xda\x03\n\nPolicySpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x04kind\x18\x02 \x01(\x0e\x32\x13.ltrr.v1.PolicyKind\x12)\n\x0b\x65xploration\x18\x03 \x01(\x0e\x32\x14.ltrr.v1.Exploration\x12\x14\n\x07\x65psilon\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\x0esoftmax_lambda\x18\x05 \x01(\x01\x12\x15\n\rensemble_size\x18\x06 \x01(\r\x12\x1c\n\x14squarecb_gamma_scale\x18\x07 \x01(\x01\x12\x14\n\x0cinteractions\x18\x08 \x03(\t\x12 \n\x07\x61\x63tions\x18\t \x03(\x0b\x32\x0f.ltrr.v1.Action\x12\x1b\n\x13join_window_seconds\x18\n \x01(\x01\x12\x16\n\x0e\x64\x65\x66\x61ult_reward\x18\x0b \x01(\x01\x12)\n\x0b\x61ggregation\x18\x0c \x01(\x0e\x32\x14.ltrr.v1.Aggregation\x12\r\n\x05slots\x18\r \x01(\r\x12\x13\n\x0b\x64\x65scription\x18\x0e \x01(\t\x12\x0c\n\x04\x62its\x18\x0f \x01(\r\x12\x15\n\rlearning_rate\x18\x10 \x01(\x01\x12\x14\n\x07power_t\x18\x11 \x01(\x01H\x01\x88\x01\x01\x42\n\n\x08_epsilonB\n\n\x08_power_t\"\x93\x01\n\x06Policy\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.ltrr.v1.PolicySpec\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12\x0f\n\x07lineage\x18\x03 \x01(\x04\x12\x15\n\rmodel_version\x18\x04 \x01(\x04\x12\x15\n\rcreated_at_ms\x18\x05 \x01(\x03\x12\x15\n\rupdated_at_ms\x18\x06 \x01(\x03\"8\n\x13\x43reatePolicyRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.ltrr.v1.PolicySpec\"8\n\x13UpdatePolicyRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.ltrr.v1.PolicySpec\"L\n\x14UpdatePolicyResponse\x12\x1f\n\x06policy\x18\x01 \x01(\x0b\x32\x0f.ltrr.v1.Policy\x12\x13\n\x0bmodel_reset\x18\x02 \x01(\x08\"\x15\n\x13ListPoliciesRequest\"9\n\x14ListPoliciesResponse\x12!\n\x08policies\x18\x01 \x03(\x0b\x32\x0f.ltrr.v1.Policy\" \n\x10GetPolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"%\n\x15SnapshotPolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x8a\x01\n\x08Snapshot\x12\x13\n\x0bsnapshot_id\x18\x01 \x01(\x04\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x04\x12\x17\n\x0flast_joined_seq\x18\x04 \x01(\x04\x12\x15\n\rcreated_at_ms\x18\x05 \x01(\x03\x12\x12\n\nsize_bytes\x18\x06 \x01(\x04\"%\n\x15GetPolicyStatsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xcc\x03\n\x0bPolicyStats\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x11\n\tdecisions\x18\x02 \x01(\x04\x12\x18\n\x10rewards_accepted\x18\x03 \x01(\x04\x12\x19\n\x11rewards_duplicate\x18\x04 \x01(\x04\x12\x14\n\x0crewards_late\x18\x05 \x01(\x04\x12\x17\n\x0frewards_unknown\x18\x06 \x01(\x04\x12\x17\n\x0frewards_invalid\x18\x07 \x01(\x04\x12\x0e\n\x06joined\x18\x08 \x01(\x04\x12\x16\n\x0ejoined_default\x18\t \x01(\x04\x12\x0f\n\x07learned\x18\n \x01(\x04\x12\x15\n\rmodel_version\x18\x0b \x01(\x04\x12\x15\n\rpending_joins\x18\x0c \x01(\x04\x12\x13\n\x0bmean_reward\x18\r \x01(\x01\x12\x18\n\x10\x65stimated_regret\x18\x0e \x01(\x01\x12\x19\n\x11true_regret_total\x18\x0f \x01(\x01\x12\x19\n\x11\x65xploration_share\x18\x10 \x01(\x01\x12\x1b\n\x13learner_lag_seconds\x18\x11 \x01(\x01\x12\x1a\n\x12learner_lag_events\x18\x12 \x01(\x04\x12\x18\n\x10last_snapshot_id\x18\x13 \x01(\x04*R\n\nPolicyKind\x12\x1b\n\x17POLICY_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0ePOLICY_KIND_CB\x10\x01\x12\x13\n\x0fPOLICY_KIND_CCB\x10\x02*\xb7\x01\n\x0b\x45xploration\x12\x1b\n\x17\x45XPLORATION_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45XPLORATION_EPSILON\x10\x01\x12\x17\n\x13\x45XPLORATION_SOFTMAX\x10\x02\x12\x13\n\x0f\x45XPLORATION_BAG\x10\x03\x12\x15\n\x11\x45XPLORATION_COVER\x10\x04\x12\x18\n\x14\x45XPLORATION_SQUARECB\x10\x05\x12\x13\n\x0f\x45XPLORATION_RND\x10\x06*k\n\x0b\x41ggregation\x12\x1b\n\x17\x41GGREGATION_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41GGREGATION_FIRST\x10\x01\x12\x13\n\x0f\x41GGREGATION_SUM\x10\x02\x12\x13\n\x0f\x41GGREGATION_MAX\x10\x03\x32\xad\x03\n\x0c\x41\x64minService\x12=\n\x0c\x43reatePolicy\x12\x1c.ltrr.v1.CreatePolicyRequest\x1a\x0f.ltrr.v1.Policy\x12K\n\x0cUpdatePolicy\x12\x1c.ltrr.v1.UpdatePolicyRequest\x1a\x1d.ltrr.v1.UpdatePolicyResponse\x12K\n\x0cListPolicies\x12\x1c.ltrr.v1.ListPoliciesRequest\x1a\x1d.ltrr.v1.ListPoliciesResponse\x12\x37\n\tGetPolicy\x12\x19.ltrr.v1.GetPolicyRequest\x1a\x0f.ltrr.v1.Policy\x12\x43\n\x0eSnapshotPolicy\x12\x1e.ltrr.v1.SnapshotPolicyRequest\x1a\x11.ltrr.v1.Snapshot\x12\x46\n\x0eGetPolicyStats\x12\x1e.ltrr.v1.GetPolicyStatsRequest\x1a\x14.ltrr.v1.PolicyStatsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ltrr.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_POLICYKIND']._serialized_start=1639
-  _globals['_POLICYKIND']._serialized_end=1721
-  _globals['_EXPLORATION']._serialized_start=1724
-  _globals['_EXPLORATION']._serialized_end=1907
-  _globals['_AGGREGATION']._serialized_start=1909
-  _globals['_AGGREGATION']._serialized_end=2016
+  _globals['_POLICYKIND']._serialized_start=1673
+  _globals['_POLICYKIND']._serialized_end=1755
+  _globals['_EXPLORATION']._serialized_start=1758
+  _globals['_EXPLORATION']._serialized_end=1941
+  _globals['_AGGREGATION']._serialized_start=1943
+  _globals['_AGGREGATION']._serialized_end=2050
   _globals['_POLICYSPEC']._serialized_start=55
-  _globals['_POLICYSPEC']._serialized_end=495
-  _globals['_POLICY']._serialized_start=498
-  _globals['_POLICY']._serialized_end=645
-  _globals['_CREATEPOLICYREQUEST']._serialized_start=647
-  _globals['_CREATEPOLICYREQUEST']._serialized_end=703
-  _globals['_UPDATEPOLICYREQUEST']._serialized_start=705
-  _globals['_UPDATEPOLICYREQUEST']._serialized_end=761
-  _globals['_UPDATEPOLICYRESPONSE']._serialized_start=763
-  _globals['_UPDATEPOLICYRESPONSE']._serialized_end=839
-  _globals['_LISTPOLICIESREQUEST']._serialized_start=841
-  _globals['_LISTPOLICIESREQUEST']._serialized_end=862
-  _globals['_LISTPOLICIESRESPONSE']._serialized_start=864
-  _globals['_LISTPOLICIESRESPONSE']._serialized_end=921
-  _globals['_GETPOLICYREQUEST']._serialized_start=923
-  _globals['_GETPOLICYREQUEST']._serialized_end=955
-  _globals['_SNAPSHOTPOLICYREQUEST']._serialized_start=957
-  _globals['_SNAPSHOTPOLICYREQUEST']._serialized_end=994
-  _globals['_SNAPSHOT']._serialized_start=997
-  _globals['_SNAPSHOT']._serialized_end=1135
-  _globals['_GETPOLICYSTATSREQUEST']._serialized_start=1137
-  _globals['_GETPOLICYSTATSREQUEST']._serialized_end=1174
-  _globals['_POLICYSTATS']._serialized_start=1177
-  _globals['_POLICYSTATS']._serialized_end=1637
-  _globals['_ADMINSERVICE']._serialized_start=2019
-  _globals['_ADMINSERVICE']._serialized_end=2448
+  _globals['_POLICYSPEC']._serialized_end=529
+  _globals['_POLICY']._serialized_start=532
+  _globals['_POLICY']._serialized_end=679
+  _globals['_CREATEPOLICYREQUEST']._serialized_start=681
+  _globals['_CREATEPOLICYREQUEST']._serialized_end=737
+  _globals['_UPDATEPOLICYREQUEST']._serialized_start=739
+  _globals['_UPDATEPOLICYREQUEST']._serialized_end=795
+  _globals['_UPDATEPOLICYRESPONSE']._serialized_start=797
+  _globals['_UPDATEPOLICYRESPONSE']._serialized_end=873
+  _globals['_LISTPOLICIESREQUEST']._serialized_start=875
+  _globals['_LISTPOLICIESREQUEST']._serialized_end=896
+  _globals['_LISTPOLICIESRESPONSE']._serialized_start=898
+  _globals['_LISTPOLICIESRESPONSE']._serialized_end=955
+  _globals['_GETPOLICYREQUEST']._serialized_start=957
+  _globals['_GETPOLICYREQUEST']._serialized_end=989
+  _globals['_SNAPSHOTPOLICYREQUEST']._serialized_start=991
+  _globals['_SNAPSHOTPOLICYREQUEST']._serialized_end=1028
+  _globals['_SNAPSHOT']._serialized_start=1031
+  _globals['_SNAPSHOT']._serialized_end=1169
+  _globals['_GETPOLICYSTATSREQUEST']._serialized_start=1171
+  _globals['_GETPOLICYSTATSREQUEST']._serialized_end=1208
+  _globals['_POLICYSTATS']._serialized_start=1211
+  _globals['_POLICYSTATS']._serialized_end=1671
+  _globals['_ADMINSERVICE']._serialized_start=2053
+  _globals['_ADMINSERVICE']._serialized_end=2482
 # @@protoc_insertion_point(module_scope)

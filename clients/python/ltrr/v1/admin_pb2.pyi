@@ -107,6 +107,7 @@ class PolicySpec(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     BITS_FIELD_NUMBER: _builtins.int
     LEARNING_RATE_FIELD_NUMBER: _builtins.int
+    POWER_T_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     kind: Global___PolicyKind.ValueType
     exploration: Global___Exploration.ValueType
@@ -117,7 +118,7 @@ class PolicySpec(_message.Message):
     ensemble_size: _builtins.int
     """bag, cover, rnd: ensemble size."""
     squarecb_gamma_scale: _builtins.float
-    """squarecb: gamma scale."""
+    """squarecb (the default exploration): gamma scale (unset: 20)."""
     join_window_seconds: _builtins.float
     default_reward: _builtins.float
     """Learned when the join window closes with no reward. Within +-1e6, as rewards."""
@@ -128,9 +129,15 @@ class PolicySpec(_message.Message):
     bits: _builtins.int
     """Hash bits of the model (VW -b)."""
     learning_rate: _builtins.float
+    power_t: _builtins.float
+    """Learning-rate decay exponent, VW --power_t (unset: 0.25); 0 keeps rates from decaying, for
+    traffic whose best actions change.
+    """
     @_builtins.property
     def interactions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Namespace-initial pairs or triples, as VW -q / --cubic ("uA")."""
+        """Namespace-initial pairs or triples, as VW -q / --cubic ("uA"; ":" stands for any namespace).
+        Empty: every pair of namespaces and every pair with the action namespace A ("::", "::A").
+        """
 
     @_builtins.property
     def actions(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Action]:
@@ -155,14 +162,20 @@ class PolicySpec(_message.Message):
         description: _builtins.str = ...,
         bits: _builtins.int = ...,
         learning_rate: _builtins.float = ...,
+        power_t: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_epsilon", b"_epsilon", "epsilon", b"epsilon"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_epsilon", b"_epsilon", "_power_t", b"_power_t", "epsilon", b"epsilon", "power_t", b"power_t"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_epsilon", b"_epsilon", "actions", b"actions", "aggregation", b"aggregation", "bits", b"bits", "default_reward", b"default_reward", "description", b"description", "ensemble_size", b"ensemble_size", "epsilon", b"epsilon", "exploration", b"exploration", "interactions", b"interactions", "join_window_seconds", b"join_window_seconds", "kind", b"kind", "learning_rate", b"learning_rate", "name", b"name", "slots", b"slots", "softmax_lambda", b"softmax_lambda", "squarecb_gamma_scale", b"squarecb_gamma_scale"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_epsilon", b"_epsilon", "_power_t", b"_power_t", "actions", b"actions", "aggregation", b"aggregation", "bits", b"bits", "default_reward", b"default_reward", "description", b"description", "ensemble_size", b"ensemble_size", "epsilon", b"epsilon", "exploration", b"exploration", "interactions", b"interactions", "join_window_seconds", b"join_window_seconds", "kind", b"kind", "learning_rate", b"learning_rate", "name", b"name", "power_t", b"power_t", "slots", b"slots", "softmax_lambda", b"softmax_lambda", "squarecb_gamma_scale", b"squarecb_gamma_scale"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__epsilon: _TypeAlias = _typing.Literal["epsilon"]  # noqa: Y015
     _WhichOneofArgType__epsilon: _TypeAlias = _typing.Literal["_epsilon", b"_epsilon"]  # noqa: Y015
+    _WhichOneofReturnType__power_t: _TypeAlias = _typing.Literal["power_t"]  # noqa: Y015
+    _WhichOneofArgType__power_t: _TypeAlias = _typing.Literal["_power_t", b"_power_t"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__epsilon) -> _WhichOneofReturnType__epsilon | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__power_t) -> _WhichOneofReturnType__power_t | None: ...
 
 Global___PolicySpec: _TypeAlias = PolicySpec  # noqa: Y015
 

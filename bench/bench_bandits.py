@@ -1,0 +1,265 @@
+"""The bandit suite: every problem of ``bandit_worlds`` against candidate policy configurations,
+through the real server, several seeds; regret against uniform random, the best fixed action and
+the oracle, per window and over the last quarter of each run; a table and a plot.
+
+    python -m bench.bench_bandits [--problems logistic10,digits] [--seeds 3] [--candidates default,epsilon]
+                                  [--scale 1.0] [--plot bench/out/bandits.png]
+
+All candidates of a problem run in one server, side by side on the same stream of contexts:
+each event is decided by every candidate's policy, and each is rewarded by its own draw. Each
+(problem, seed) gets a fresh server on a fresh SQLite file.
+
+A candidate is a policy spec's learning fields as TOML; ``default`` sets none of them, so it is
+what a policy gets when its spec says nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bench.bandit_worlds import PROBLEMS, Problem, World
+from bench.common import OUT, LtrrProcess, save
+from ltrr.v1 import feedback_pb2
+from ltrr_client.client import AsyncLtrrClient, decide_request, reward_event
+
+CANDIDATES: dict[str, str] = {
+    "default": "",
+    # What a spec that said nothing got before the suite chose the defaults.
+    "before": 'exploration = "epsilon"\nepsilon = 0.05\ninteractions = []\nsquarecb_gamma_scale = 10.0\npower_t = 0.5',
+    "cubic_eps": 'exploration = "epsilon"\nepsilon = 0.05',
+    "epsilon": 'exploration = "epsilon"\nepsilon = 0.05\ninteractions = ["::"]',
+    "squarecb": 'exploration = "squarecb"\ninteractions = ["::"]',
+    "bag": 'exploration = "bag"\nensemble_size = 4\nepsilon = 0.05\ninteractions = ["::"]',
+    "cover": 'exploration = "cover"\nensemble_size = 4\nepsilon = 0.05\ninteractions = ["::"]',
+}
+# Events decided together (each by every candidate) before their rewards are drawn and sent.
+CHUNK = 32
+
+
+def _toml_value(v: Any) -> str:
+    return json.dumps(v)
+
+
+def config_for(world: World, candidates: dict[str, str], join_window: float) -> str:
+    """A server config: one policy per candidate, each with the world's actions."""
+    actions = []
+    for aid, feats in world.actions:
+        line = f'[[policies.actions]]\nid = "{aid}"'
+        if feats:
+            inner = ", ".join(f"{ns} = {{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in fs.items()) + " }"
+                              for ns, fs in feats.items())
+            line += f"\nfeatures = {{ {inner} }}"
+        actions.append(line)
+    parts = ["[server]\npublish_interval_seconds = 0.05\nsnapshot_interval_seconds = 3600\n"]
+    for name, spec in candidates.items():
+        parts.append(f'[[policies]]\nname = "{name}"\njoin_window_seconds = {join_window}\n{spec}\n'
+                     + "\n".join(actions) + "\n")
+    return "\n".join(parts)
+
+
+@dataclass
+class Tally:
+    """Regret sums of one candidate: per window and over the run's last quarter."""
+
+    windows: list[float] = field(default_factory=list)
+    tail: float = 0.0
+
+
+@dataclass
+class RunResult:
+    problem: str
+    seed: int
+    events: int
+    windows: int
+    uniform_windows: list[float]
+    uniform_tail: float
+    best_fixed_tail: float
+    candidates: dict[str, Tally]
+    seconds: float
+
+    def tail_ratio(self, name: str) -> float:
+        return self.candidates[name].tail / self.uniform_tail
+
+    def best_fixed_ratio(self) -> float:
+        return self.best_fixed_tail / self.uniform_tail
+
+
+async def run_problem(problem: Problem, seed: int, candidates: dict[str, str], scale: float = 1.0,
+                      windows: int = 10, progress: bool = True) -> RunResult:
+    world = problem.make(seed)
+    events = max(int(problem.events * scale) // CHUNK * CHUNK, CHUNK * windows)
+    delay = int(problem.delay * scale)
+    join_window = 30.0 if problem.missing or delay else 600.0
+    server = LtrrProcess(config_for(world, candidates, join_window), metrics=False)
+    names = list(candidates)
+    rng = np.random.default_rng(seed + 31)
+    per_window = events // windows
+    tail_from = events - events // 4
+    tallies = {n: Tally(windows=[0.0] * windows) for n in names}
+    uniform_windows = [0.0] * windows
+    uniform_tail = 0.0
+    fixed = np.zeros(len(world.actions))
+    best_tail = 0.0
+    pending: deque[tuple[int, feedback_pb2.RewardEvent]] = deque()
+    index = {aid: i for i, (aid, _) in enumerate(world.actions)}
+    started = time.perf_counter()
+    try:
+        async with AsyncLtrrClient(server.target, timeout=60) as client:
+            for start in range(0, events, CHUNK):
+                drawn = [world.draw(t) for t in range(start, start + CHUNK)]
+                resps = await asyncio.gather(*(client.decisions.Decide(decide_request(n, feats))
+                                               for feats, _ in drawn for n in names))
+                for k, (_, expected) in enumerate(drawn):
+                    t = start + k
+                    w = min(t // per_window, windows - 1)
+                    best = float(expected.max())
+                    u = best - float(expected.mean())
+                    uniform_windows[w] += u
+                    if t >= tail_from:
+                        uniform_tail += u
+                        fixed += expected
+                        best_tail += best
+                    for j, n in enumerate(names):
+                        resp = resps[k * len(names) + j]
+                        a = index[resp.chosen_action_id]
+                        regret = best - float(expected[a])
+                        tallies[n].windows[w] += regret
+                        if t >= tail_from:
+                            tallies[n].tail += regret
+                        if rng.random() >= problem.missing:
+                            value = 1.0 if rng.random() < expected[a] else 0.0
+                            pending.append((t + delay, reward_event(resp.event_id, value, oracle_best=best,
+                                                                    oracle_chosen=float(expected[a]))))
+                due = []
+                while pending and pending[0][0] <= start + CHUNK:
+                    due.append(pending.popleft()[1])
+                if due:
+                    await _send(client, due)
+                if progress and (start // CHUNK) % max(1, events // CHUNK // 20) == 0:
+                    print(f"\r  {problem.name} seed {seed}: {start + CHUNK}/{events} events", end="",
+                          file=sys.stderr, flush=True)
+            if pending:
+                await _send(client, [e for _, e in pending])
+    finally:
+        server.stop()
+    if progress:
+        print(file=sys.stderr)
+    n_window = [per_window] * (windows - 1) + [events - per_window * (windows - 1)]
+    for tally in tallies.values():
+        tally.windows = [s / c for s, c in zip(tally.windows, n_window, strict=True)]
+    return RunResult(problem.name, seed, events, windows, [s / c for s, c in zip(uniform_windows, n_window,
+                                                                                  strict=True)],
+                     uniform_tail, best_tail - float(fixed.max()), tallies, time.perf_counter() - started)
+
+
+async def _send(client: AsyncLtrrClient, events: list[feedback_pb2.RewardEvent]) -> None:
+    async def batches() -> Any:
+        for i in range(0, len(events), 1000):
+            yield feedback_pb2.RewardBatch(events=events[i:i + 1000])
+
+    async for ack_batch in client.feedback.StreamRewards(batches()):
+        bad = [a for a in ack_batch.acks if a.status != feedback_pb2.REWARD_STATUS_ACCEPTED]
+        if bad:
+            raise RuntimeError(f"reward not accepted: {bad[0]}")
+
+
+def summarize(results: list[RunResult], names: list[str]) -> dict[str, Any]:
+    """Per problem: each candidate's tail regret as a share of uniform's (median and worst over seeds)."""
+    table: dict[str, Any] = {}
+    for problem in dict.fromkeys(r.problem for r in results):
+        runs = [r for r in results if r.problem == problem]
+        row: dict[str, Any] = {"best_fixed": [round(r.best_fixed_ratio(), 3) for r in runs]}
+        for n in names:
+            ratios = [r.tail_ratio(n) for r in runs]
+            row[n] = {"median": round(statistics.median(ratios), 3), "worst": round(max(ratios), 3),
+                      "per_seed": [round(x, 3) for x in ratios],
+                      "beats_best_fixed": all(r.tail_ratio(n) < r.best_fixed_ratio() for r in runs)}
+        table[problem] = row
+    return table
+
+
+def print_table(table: dict[str, Any], names: list[str]) -> None:
+    print(f"{'problem':<14} {'best fixed':>10} " + " ".join(f"{n:>10}" for n in names))
+    for problem, row in table.items():
+        bf = statistics.median(row["best_fixed"])
+        cells = " ".join(f"{row[n]['median']:>9.2f}{'*' if not row[n]['beats_best_fixed'] else ' '}" for n in names)
+        print(f"{problem:<14} {bf:>10.2f} {cells}")
+    print("tail regret (last quarter) as a share of uniform random's, median over seeds; "
+          "* = not below the best fixed action in every seed")
+
+
+def plot(results: list[RunResult], names: list[str], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    problems = list(dict.fromkeys(r.problem for r in results))
+    cols = min(4, len(problems))
+    rows = (len(problems) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, problem in zip(axes.flat, problems, strict=False):
+        runs = [r for r in results if r.problem == problem]
+        x = [(i + 1) * runs[0].events / runs[0].windows for i in range(runs[0].windows)]
+        for n in names:
+            y = np.median([[c / u for c, u in zip(r.candidates[n].windows, r.uniform_windows, strict=True)]
+                           for r in runs], axis=0)
+            ax.plot(x, y, label=n, linewidth=2.2 if n == "default" else 1.2)
+        ax.axhline(statistics.median(r.best_fixed_ratio() for r in runs), color="grey", linestyle="--",
+                   label="best fixed (last quarter)")
+        ax.set_title(problem)
+        ax.set_ylim(0, 1.3)
+        ax.set_xlabel("events")
+        ax.set_ylabel("regret / uniform's")
+    for ax in list(axes.flat)[len(problems):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--problems", default=",".join(PROBLEMS))
+    p.add_argument("--candidates", default=",".join(CANDIDATES))
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--scale", type=float, default=1.0, help="share of each problem's events to run")
+    p.add_argument("--plot", default=str(OUT / "bandits.png"))
+    p.add_argument("--check", type=float, default=None, metavar="RATIO",
+                   help="exit 1 unless, in every run, the default's tail regret is at most RATIO of "
+                        "uniform's and below the best fixed action's (the CI's reduced run)")
+    a = p.parse_args()
+    names = a.candidates.split(",")
+    candidates = {n: CANDIDATES[n] for n in names}
+    results = []
+    for problem in a.problems.split(","):
+        for seed in range(1, a.seeds + 1):
+            results.append(asyncio.run(run_problem(PROBLEMS[problem], seed, candidates, a.scale)))
+    table = summarize(results, names)
+    print_table(table, names)
+    OUT.mkdir(parents=True, exist_ok=True)
+    plot(results, names, a.plot)
+    save("bandits", {"scale": a.scale, "seeds": a.seeds, "candidates": candidates, "table": table,
+                     "seconds": round(sum(r.seconds for r in results), 1)})
+    if a.check is not None:
+        failed = [f"{r.problem} seed {r.seed}: {r.tail_ratio('default'):.3f} of uniform's regret (best fixed "
+                  f"{r.best_fixed_ratio():.3f})" for r in results
+                  if not r.tail_ratio("default") <= min(a.check, r.best_fixed_ratio())]
+        if failed:
+            raise SystemExit("the default configuration did not learn well enough:\n  " + "\n  ".join(failed))
+        print(f"the default configuration: at most {a.check} of uniform's regret and below the best fixed action "
+              f"in all {len(results)} runs")
+
+
+if __name__ == "__main__":
+    main()
