@@ -240,6 +240,8 @@ def main() -> None:
                         "uniform's and below the best fixed action's (the CI's reduced run)")
     a = p.parse_args()
     names = a.candidates.split(",")
+    if a.check is not None and "default" not in names:
+        p.error("--check judges the default candidate: include it in --candidates")
     candidates = {n: CANDIDATES[n] for n in names}
     results = []
     for problem in a.problems.split(","):
