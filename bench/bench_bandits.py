@@ -31,6 +31,7 @@ from bench.bandit_worlds import PROBLEMS, Problem, World
 from bench.common import OUT, LtrrProcess, save
 from ltrr.v1 import feedback_pb2
 from ltrr_client.client import AsyncLtrrClient, decide_request, reward_event
+from ltrr_client.simulate import send_rewards
 
 CANDIDATES: dict[str, str] = {
     "default": "",
@@ -144,12 +145,12 @@ async def run_problem(problem: Problem, seed: int, candidates: dict[str, str], s
                 while pending and pending[0][0] <= start + CHUNK:
                     due.append(pending.popleft()[1])
                 if due:
-                    await _send(client, due)
+                    await send_rewards(client, due)
                 if progress and (start // CHUNK) % max(1, events // CHUNK // 20) == 0:
                     print(f"\r  {problem.name} seed {seed}: {start + CHUNK}/{events} events", end="",
                           file=sys.stderr, flush=True)
             if pending:
-                await _send(client, [e for _, e in pending])
+                await send_rewards(client, [e for _, e in pending])
     finally:
         server.stop()
     if progress:
@@ -160,17 +161,6 @@ async def run_problem(problem: Problem, seed: int, candidates: dict[str, str], s
     return RunResult(problem.name, seed, events, windows, [s / c for s, c in zip(uniform_windows, n_window,
                                                                                   strict=True)],
                      uniform_tail, best_tail - float(fixed.max()), tallies, time.perf_counter() - started)
-
-
-async def _send(client: AsyncLtrrClient, events: list[feedback_pb2.RewardEvent]) -> None:
-    async def batches() -> Any:
-        for i in range(0, len(events), 1000):
-            yield feedback_pb2.RewardBatch(events=events[i:i + 1000])
-
-    async for ack_batch in client.feedback.StreamRewards(batches()):
-        bad = [a for a in ack_batch.acks if a.status != feedback_pb2.REWARD_STATUS_ACCEPTED]
-        if bad:
-            raise RuntimeError(f"reward not accepted: {bad[0]}")
 
 
 def summarize(results: list[RunResult], names: list[str]) -> dict[str, Any]:

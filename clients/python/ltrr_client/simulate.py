@@ -133,10 +133,12 @@ async def run_simulation(
     return result
 
 
-async def send_rewards(client: AsyncLtrrClient, events: Sequence[feedback_pb2.RewardEvent]) -> None:
-    """Sends rewards as one batch on a stream; raises unless every one is accepted."""
+async def send_rewards(client: AsyncLtrrClient, events: Sequence[feedback_pb2.RewardEvent],
+                       batch_size: int = 1000) -> None:
+    """Sends rewards on one stream, ``batch_size`` a batch; raises unless every one is accepted."""
     async def batches() -> AsyncIterator[feedback_pb2.RewardBatch]:
-        yield feedback_pb2.RewardBatch(events=list(events))
+        for i in range(0, len(events), batch_size):
+            yield feedback_pb2.RewardBatch(events=list(events[i:i + batch_size]))
 
     async for ack_batch in client.feedback.StreamRewards(batches()):
         bad = [a for a in ack_batch.acks if a.status != feedback_pb2.REWARD_STATUS_ACCEPTED]

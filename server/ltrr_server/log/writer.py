@@ -449,9 +449,7 @@ class EventLogWriter:
         writer died are ignored (insert-or-ignore), and a damaged frame ends its segment's reading.
         """
         replayed = 0
-        for path in leftovers(folder):
-            if self._journal is not None and path == self._journal.path:
-                continue
+        for path in leftovers(folder):  # never this writer's own segment: it holds that one's lock
             futures: list[Future[None]] = []
             try:
                 for table, rows in read_segment(path):
