@@ -57,13 +57,16 @@ def magnitude_problem(value: float, limit: float) -> str:
     'must be within +-1e+06, got 1e+10'
     >>> magnitude_problem(float("nan"), MAX_ABS_REWARD)
     'must be finite, got nan'
+    >>> magnitude_problem(1.0000001e9, MAX_ABS_FEATURE)
+    'must be within +-1e+09, got 1000000100'
     >>> magnitude_problem(-2.5, MAX_ABS_REWARD)
     ''
     """
     if not math.isfinite(value):
         return f"must be finite, got {value}"
     if abs(value) > limit:
-        return f"must be within +-{limit:g}, got {value:g}"
+        # Ten digits: a value just past the bound must not print as the bound itself.
+        return f"must be within +-{limit:g}, got {value:.10g}"
     return ""
 
 # Policy specs.
