@@ -22,6 +22,7 @@ import statistics
 import sys
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,7 +97,9 @@ class RunResult:
 
 
 async def run_problem(problem: Problem, seed: int, candidates: dict[str, str], scale: float = 1.0,
-                      windows: int = 10, progress: bool = True) -> RunResult:
+                      windows: int = 10, progress: bool = True,
+                      before_stop: Callable[[LtrrProcess], Awaitable[None]] | None = None) -> RunResult:
+    """One run; ``before_stop`` is given the server once every reward is sent (to ask it more)."""
     world = problem.make(seed)
     events = max(int(problem.events * scale) // CHUNK * CHUNK, CHUNK * windows)
     delay = int(problem.delay * scale)
@@ -151,6 +154,8 @@ async def run_problem(problem: Problem, seed: int, candidates: dict[str, str], s
                           file=sys.stderr, flush=True)
             if pending:
                 await send_rewards(client, [e for _, e in pending])
+        if before_stop is not None:
+            await before_stop(server)
     finally:
         server.stop()
     if progress:

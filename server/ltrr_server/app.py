@@ -138,7 +138,7 @@ class LtrrServer:
         limits = settings.limits
         self.routes[DECISIONS.full_name].attach(DecisionServicer(core.decisions, self.metrics, limits))
         self.routes[FEEDBACK.full_name].attach(FeedbackServicer(core.rewards, self.metrics, limits))
-        self.routes[ADMIN.full_name].attach(AdminServicer(core.policies, core.rewards, limits))
+        self.routes[ADMIN.full_name].attach(AdminServicer(core.policies, core.rewards, core.jobs, core.imports, limits))
         await core.start_joins()
         health.check(FEEDBACK.full_name, "commits", lambda: _commit_stall(core, settings.commit_stall_seconds))
         for name in (DECISIONS.full_name, FEEDBACK.full_name, ADMIN.full_name):

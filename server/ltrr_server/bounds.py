@@ -77,6 +77,13 @@ MAX_SLOTS = 64
 PLAN_ENTRIES = 64
 MAX_BUDGET = 10_000
 EMBEDDING_DIMS = 4096
+# Evaluation and import: a table target's feature ("namespace.feature"), its per-value tables, a
+# time in milliseconds since 1970 (year 33658), one DSJSON line (Personalizer's carry a few KB;
+# VW's fixtures up to 15 KB).
+FEATURE_PATH_CHARS = 2 * NAME_CHARS + 1
+TABLE_VALUES = 10_000
+MAX_TIME_MS = 10**15
+DSJSON_LINE_CHARS = 1_000_000
 
 # A bound is a number, or the name of the setting that holds it ("limits.max_actions").
 Amount = int | str
@@ -95,7 +102,7 @@ class Items:
     entry's own bound (``each``) or its message's fields."""
 
     max_items: Amount
-    each: Text | Number | None = None
+    each: Text | Number | Enum | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +133,7 @@ class Free:
 Bound = Text | Items | Number | Enum | Nested | Free
 
 _FINITE = float("inf")
+_TIME = Number(0, MAX_TIME_MS)
 _UINT32 = 2**32 - 1
 
 _NAMESPACES = Items("limits.max_features")
@@ -206,6 +214,39 @@ BOUNDS: dict[str, Bound] = {
     "ltrr.v1.PolicySpec.bits": Number(0, 30),
     "ltrr.v1.PolicySpec.learning_rate": Number(0, _FINITE),
     "ltrr.v1.PolicySpec.power_t": Number(0, 1),
+    # counterfactual evaluation, tuning, import and export
+    "ltrr.v1.EvaluatePolicyRequest.name": _ID,
+    "ltrr.v1.EvaluatePolicyRequest.targets": Items("limits.max_evaluation_targets"),
+    "ltrr.v1.EvaluatePolicyRequest.since_ms": _TIME,
+    "ltrr.v1.EvaluatePolicyRequest.until_ms": _TIME,
+    "ltrr.v1.EvaluatePolicyRequest.estimators": Items(3, each=Enum()),  # at most one of each
+    "ltrr.v1.EvaluationTarget.name": Text(NAME_CHARS),
+    "ltrr.v1.EvaluationTarget.live": Free("a bool"),
+    "ltrr.v1.EvaluationTarget.snapshot_id": Free("a snapshot that does not exist is NOT_FOUND"),
+    "ltrr.v1.EvaluationTarget.action": Text(NAME_CHARS),
+    "ltrr.v1.EvaluationTarget.uniform": Free("a bool"),
+    "ltrr.v1.EvaluationTarget.table": Nested(),
+    "ltrr.v1.EvaluationTarget.candidate": Nested(),
+    "ltrr.v1.EvaluationTarget.each_action": Free("a bool"),
+    "ltrr.v1.TableTarget.default_weights": Items("limits.max_actions"),
+    "ltrr.v1.TableTarget.feature": Text(FEATURE_PATH_CHARS),
+    "ltrr.v1.TableTarget.by_value": Items(TABLE_VALUES),
+    "ltrr.v1.FeatureTable.value": Text(NAME_CHARS),
+    "ltrr.v1.FeatureTable.weights": Items("limits.max_actions"),
+    "ltrr.v1.ActionWeight.action": Text(NAME_CHARS),
+    "ltrr.v1.ActionWeight.weight": Number(0, _FINITE),
+    "ltrr.v1.TunePolicyRequest.name": _ID,
+    "ltrr.v1.TunePolicyRequest.candidates": Items("limits.max_evaluation_targets"),
+    "ltrr.v1.TunePolicyRequest.since_ms": _TIME,
+    "ltrr.v1.TunePolicyRequest.until_ms": _TIME,
+    "ltrr.v1.TunePolicyRequest.apply": Free("a bool"),
+    "ltrr.v1.ImportBatch.policy": _ID,
+    "ltrr.v1.ImportBatch.lines": Items("limits.max_reward_batch", each=Text(DSJSON_LINE_CHARS)),
+    "ltrr.v1.ImportBatch.first_line": Free("a line number, only repeated in the errors"),
+    "ltrr.v1.ImportBatch.validate_only": Free("a bool"),
+    "ltrr.v1.ExportEventsRequest.name": _ID,
+    "ltrr.v1.ExportEventsRequest.since_ms": _TIME,
+    "ltrr.v1.ExportEventsRequest.until_ms": _TIME,
 }
 
 

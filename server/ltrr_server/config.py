@@ -248,6 +248,10 @@ class Limits:
     max_previous_queries: int = 32
     # XmrPredict: queries in one request (each is vectorized and searched on the server).
     max_predict_queries: int = 1024
+    # EvaluatePolicy: evaluations running at once, each in a process of its own (a core while it runs).
+    max_evaluations: int = 1
+    # EvaluatePolicy: targets in one request (each keeps two numbers per event and slot).
+    max_evaluation_targets: int = 64
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ServerThread
 from tests.helpers import rows
 
@@ -57,3 +59,76 @@ def test_policies_stats(server: ServerThread) -> None:
     out = ltrr("policies", "stats", "demo", "--target", server.target)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["policy"] == "demo"
+
+
+def test_eval_policy_and_tune(server: ServerThread, tmp_path: Path) -> None:
+    from ltrr_client.client import LtrrClient, reward_event
+    from tests.helpers import wait_for
+
+    with LtrrClient(server.target) as client:
+        events = []
+        for i in range(200):
+            d = client.decide("demo", {"user": {"segment": f"s{i % 3}"}})
+            events.append(reward_event(d.event_id, float(d.chosen_action_id == "news")))
+        list(client.stream_rewards([events]))
+    wait_for(lambda: len(rows(server.settings.db_url, "joined")) >= 200, timeout=30, what="joins")
+    table = tmp_path / "table.json"
+    table.write_text(json.dumps({"feature": "user.segment", "by_value": {"s1": {"news": 1}}, "default": {"music": 1}}))
+
+    out = ltrr("eval", "policy", "demo", "--server", server.target, "--target", "action:news", "--target",
+               f"table:{table}", "--target", "candidate:learning_rate=0.1", "--estimators", "ips,snips")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("200 joined events of demo")
+    news = next(line for line in lines if line.startswith("action:news") and " snips " in line)
+    assert float(news.split()[3]) == pytest.approx(1.0)  # news is rewarded 1, always, and nothing else is
+    assert any(line.startswith("table:table.json") for line in lines)
+    assert any(line.startswith("candidate:learning_rate=0.1") for line in lines)
+    assert "evaluated 200/200 events (100%" in out.stderr
+
+    out = ltrr("eval", "policy", "demo", "--json", "--server", server.target)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert [t["name"] for t in result["targets"]] == ["live", "uniform"]
+    assert set(result["targets"][1]["slots"][0]) >= {"ips", "snips", "dr"}
+
+    out = ltrr("tune", "demo", "--server", server.target, "--candidate", "exploration=epsilon,epsilon=0.2",
+               "--candidate", "learning_rate=1.0")
+    assert out.returncode == 0, out.stderr
+    assert "exploration=epsilon,epsilon=0.2" in out.stdout and "not applied:" in out.stdout
+
+    out = ltrr("eval", "policy", "demo", "--server", server.target, "--target", "bogus")
+    assert out.returncode == 2 and "unknown target 'bogus'" in out.stderr
+    out = ltrr("eval", "policy", "demo", "--server", server.target, "--since", "yesterday")
+    assert out.returncode == 2 and "ISO 8601" in out.stderr
+    out = ltrr("eval", "policy", "ghost", "--server", server.target)
+    assert out.returncode == 1 and "NOT_FOUND" in out.stderr
+
+
+def test_import_and_export_dsjson(server: ServerThread, tmp_path: Path) -> None:
+    from ltrr.v1 import admin_pb2
+    from ltrr_client.client import LtrrClient
+
+    fixture = Path(__file__).parents[1] / "fixtures" / "dsjson" / "dsjson_cb.json"
+    with LtrrClient(server.target) as c:
+        for name in ("coffee", "copy"):
+            c.create_policy(admin_pb2.PolicySpec(name=name, exploration=admin_pb2.EXPLORATION_EPSILON))
+    bad = tmp_path / "bad.json"
+    lines = fixture.read_text().splitlines()
+    bad.write_text("\n".join(lines[:4] + ["{oops"] + lines[4:8]) + "\n")
+
+    out = ltrr("import", "dsjson", str(bad), "--policy", "coffee", "--strict", "--target", server.target)
+    assert out.returncode == 1 and "line 5: line: not JSON" in out.stderr and "nothing imported" in out.stderr
+    assert rows(server.settings.db_url, "decisions", "policy = 'coffee'") == []
+
+    out = ltrr("import", "dsjson", str(bad), "--policy", "coffee", "--batch", "3", "--target", server.target)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"imported": 8, "duplicates": 0, "skipped": 1}
+    assert "line 5: line: not JSON" in out.stderr
+
+    exported = tmp_path / "out.dsjson"
+    out = ltrr("export", "dsjson", "coffee", "--output", str(exported), "--target", server.target)
+    assert out.returncode == 0, out.stderr
+    assert len(exported.read_text().splitlines()) == 8
+    out = ltrr("import", "dsjson", str(exported), "--policy", "copy", "--target", server.target)
+    assert json.loads(out.stdout) == {"imported": 0, "duplicates": 8, "skipped": 0}  # event ids are global

@@ -48,6 +48,7 @@ def test_dashboard_and_alerts_use_only_exported_metrics(sqlite_url: str, make_se
 @pytest.mark.parametrize("args", [
     ["check", "config", str(DEPLOY / "prometheus/prometheus.yml")],
     ["check", "rules", str(DEPLOY / "prometheus/alerts.yml")],
+    ["test", "rules", str(DEPLOY / "prometheus/tests/regret_rising.yml")],
 ])
 def test_promtool_accepts_config_and_rules(args: list[str]) -> None:
     promtool = shutil.which("promtool")

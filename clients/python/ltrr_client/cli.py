@@ -17,6 +17,7 @@ from google.protobuf.json_format import MessageToDict
 
 from ltrr.v1 import feedback_pb2
 from ltrr_client.client import LtrrClient, reward_event
+from ltrr_client.evaluation import TARGET_HELP
 
 DEFAULT_TARGET = "localhost:50051"
 
@@ -443,6 +444,186 @@ def cmd_policies(args: argparse.Namespace) -> int:
     return 0
 
 
+class _ProgressLine:
+    """A progress line on stderr (when it is a terminal, rewritten in place; else one line a 10%)."""
+
+    def __init__(self, verb: str) -> None:
+        self.verb = verb
+        self.tty = sys.stderr.isatty()
+        self.last_tenth = -1
+        self.started = time.monotonic()
+
+    def show(self, done: int, total: int) -> None:
+        """``total`` 0: not known (the line then says how many so far, every tenth call off a terminal)."""
+        seconds = time.monotonic() - self.started
+        if total:
+            share = done / total
+            text = f"{self.verb} {done:,}/{total:,} events ({share:.0%}, {seconds:.0f}s)"
+            tenth = int(share * 10)
+        else:
+            text = f"{self.verb} {done:,} events ({seconds:.0f}s)"
+            self.calls = getattr(self, "calls", 0) + 1
+            tenth = self.calls // 10
+        if self.tty:
+            print("\r" + text, end="", file=sys.stderr, flush=True)
+        elif tenth > self.last_tenth:
+            self.last_tenth = tenth
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.tty:
+            print(file=sys.stderr)
+
+
+def _time_range(args: argparse.Namespace) -> dict[str, int]:
+    from ltrr_client.evaluation import parse_time
+
+    return {"since_ms": parse_time(args.since) if args.since else 0,
+            "until_ms": parse_time(args.until) if args.until else 0}
+
+
+def _streamed(updates: Iterator[Any], verb: str, quiet: bool) -> Any:
+    """Shows a streamed job's progress; returns its result."""
+    line = None if quiet else _ProgressLine(verb)
+    try:
+        for update in updates:
+            if line is not None:
+                line.show(update.events_done, update.events_total)
+            if update.HasField("result"):
+                return update.result
+    finally:
+        if line is not None:
+            line.close()
+    raise RuntimeError("the server ended the stream without a result")
+
+
+def cmd_eval_policy(args: argparse.Namespace) -> int:
+    """Counterfactual estimates of targets from a policy's logged decisions (EvaluatePolicy)."""
+    from ltrr.v1 import admin_pb2
+    from ltrr_client.evaluation import evaluation_table, parse_target
+
+    if not args.policy_name:
+        print("ltrr eval policy: name the policy: ltrr eval policy NAME", file=sys.stderr)
+        return 2
+    with LtrrClient(args.server) as c:
+        try:
+            base = c.get_policy(args.policy_name).spec if any(t.startswith("candidate:") for t in args.target) \
+                else None
+            request = admin_pb2.EvaluatePolicyRequest(
+                name=args.policy_name, targets=[parse_target(t, base) for t in args.target], **_time_range(args),
+                estimators=[admin_pb2.Estimator.Value(f"ESTIMATOR_{e.strip().upper()}")
+                            for e in filter(None, (args.estimators or "").split(","))])
+        except ValueError as exc:
+            print(f"ltrr eval policy: {exc}", file=sys.stderr)
+            return 2
+        result = _streamed(c.admin.EvaluatePolicy(request, timeout=args.timeout), "evaluated", args.json)
+    if args.json:
+        _print(result)
+    else:
+        print(evaluation_table(result))
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    """Candidate configurations replayed over the log (TunePolicy); ``--every`` repeats it."""
+    from ltrr.v1 import admin_pb2
+    from ltrr_client.evaluation import parse_candidate, parse_duration, tune_table
+
+    with LtrrClient(args.server) as c:
+        while True:
+            try:
+                base = c.get_policy(args.name).spec
+                candidates = [parse_candidate(text, base) for text in args.candidate]
+                request = admin_pb2.TunePolicyRequest(name=args.name, candidates=candidates, apply=args.apply,
+                                                      **_time_range(args))
+                every = parse_duration(args.every) if args.every else 0.0
+                if every is None:
+                    raise ValueError(f"--every needs a duration such as 24h, got {args.every!r}")
+            except ValueError as exc:
+                print(f"ltrr tune: {exc}", file=sys.stderr)
+                return 2
+            result = _streamed(c.admin.TunePolicy(request, timeout=args.timeout), "replayed", args.json)
+            if args.json:
+                _print(result)
+            else:
+                print(tune_table(result), flush=True)
+            if not every:
+                return 0
+            time.sleep(every)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """A policy's joined decisions as DSJSON lines (ExportEvents), to a file or stdout."""
+    from ltrr.v1 import admin_pb2
+
+    try:
+        request = admin_pb2.ExportEventsRequest(name=args.name, **_time_range(args))
+    except ValueError as exc:
+        print(f"ltrr export: {exc}", file=sys.stderr)
+        return 2
+    out = open(args.output, "w", encoding="utf-8") if args.output and args.output != "-" else sys.stdout
+    line = _ProgressLine("exported")
+    try:
+        with LtrrClient(args.target) as c:
+            for chunk in c.admin.ExportEvents(request, timeout=args.timeout):
+                for text in chunk.lines:
+                    out.write(text + "\n")
+                line.show(chunk.events_done, chunk.events_total)
+    finally:
+        line.close()
+        if out is not sys.stdout:
+            out.close()
+    return 0
+
+
+def _import_batches(path: str, size: int) -> Iterator[tuple[int, list[str]]]:
+    """(first line number, lines) of a DSJSON file, skipping blank lines."""
+    batch: list[str] = []
+    first = 1
+    with open(path, encoding="utf-8") if path != "-" else sys.stdin as f:
+        for number, text in enumerate(f, 1):
+            if not batch:
+                first = number
+            batch.append(text.rstrip("\n"))
+            if len(batch) >= size:
+                yield first, batch
+                batch = []
+    if batch:
+        yield first, batch
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """DSJSON lines into a policy's log (ImportEvents); bad lines reported by number and skipped,
+    or with --strict, checked first and nothing imported if any is bad."""
+    from ltrr.v1 import admin_pb2
+
+    def send(validate_only: bool) -> tuple[int, int, int]:
+        imported = duplicates = bad = 0
+        batches = (admin_pb2.ImportBatch(policy=args.policy, lines=lines, first_line=first, validate_only=validate_only)
+                   for first, lines in _import_batches(args.file, args.batch))
+        line = _ProgressLine("checked" if validate_only else "imported")
+        try:
+            for result in c.admin.ImportEvents(batches, timeout=args.timeout):
+                imported, duplicates, bad = imported + result.imported, duplicates + result.duplicates, \
+                    bad + len(result.errors)
+                for error in result.errors:
+                    print(f"ltrr import: line {error.line}: {error.message}", file=sys.stderr)
+                line.show(imported + duplicates + bad, 0)
+        finally:
+            line.close()
+        return imported, duplicates, bad
+
+    with LtrrClient(args.target) as c:
+        if args.strict:
+            _, _, bad = send(True)
+            if bad:
+                print(f"ltrr import: {bad} bad lines: nothing imported (--strict)", file=sys.stderr)
+                return 1
+        imported, duplicates, bad = send(False)
+    print(json.dumps({"imported": imported, "duplicates": duplicates, "skipped": bad}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ltrr", description="ltrr: learning-to-rank-and-retrieve server and client")
     sub = p.add_subparsers(dest="command", required=True)
@@ -560,22 +741,47 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--k", type=int, default=10)
     co.set_defaults(fn=cmd_complete)
 
-    ev = sub.add_parser("eval", help="xmr: a version against lexical and vector on its held-out pairs; "
+    ev = sub.add_parser("eval", help="policy: counterfactual estimates from a running server's log (IPS, SNIPS, DR); "
+                                     "xmr: a version against lexical and vector on its held-out pairs; "
                                      "autocomplete: every label index and most-popular on held-out sessions")
-    ev.add_argument("what", choices=["xmr", "autocomplete"])
+    ev.add_argument("what", choices=["policy", "xmr", "autocomplete"])
+    ev.add_argument("policy_name", nargs="?", help="policy: the policy whose log is evaluated")
+    ev.add_argument("--target", action="append", default=[], help="policy, repeatable (default: live and "
+                                                                   "uniform): " + TARGET_HELP)
+    ev.add_argument("--since", help="policy: decisions made since (ISO 8601, or a duration ago: 24h, 7d)")
+    ev.add_argument("--until", help="policy: decisions made before (ISO 8601, or a duration ago)")
+    ev.add_argument("--estimators", help="policy: comma-separated among ips,snips,dr (default: all)")
+    ev.add_argument("--server", default=DEFAULT_TARGET, help="policy: server address (default %(default)s)")
+    ev.add_argument("--timeout", type=float, default=3600.0, help="policy: seconds (default %(default)s)")
     ev.add_argument("--sessions", help='autocomplete: JSONL of {"queries": [...]} (the last tenth is held out)')
     ev.add_argument("--demo-sessions", type=int, default=30_000)
     ev.add_argument("--items", type=int, default=100_000)
     ev.add_argument("--world-seed", type=int, default=42)
     ev.add_argument("--seed", type=int, default=1)
-    ev.add_argument("--json", help="autocomplete: also write the table as JSON")
+    ev.add_argument("--json", nargs="?", const="-", help="autocomplete: also write the table as JSON to this file; "
+                                                       "policy: print the result as JSON instead of a table")
     ev.add_argument("--name", default="xmr")
     ev.add_argument("--version", type=int, default=0, help="0: the live version")
     ev.add_argument("--config")
     ev.add_argument("--db")
     ev.add_argument("--data-dir", help="the catalog's index directory (for lexical and vector)")
     ev.add_argument("--limit", type=int, default=5000, help="at most this many held-out pairs (or sessions)")
-    ev.set_defaults(fn=lambda a: (cmd_eval_xmr if a.what == "xmr" else cmd_eval_autocomplete)(a))
+    ev.set_defaults(fn=lambda a: {"policy": cmd_eval_policy, "xmr": cmd_eval_xmr,
+                                  "autocomplete": cmd_eval_autocomplete}[a.what](a))
+
+    tu = sub.add_parser("tune", help="replay candidate learning configurations over a policy's log, estimate each; "
+                                     "--apply switches to the best when its lower bound beats the live policy")
+    tu.add_argument("name")
+    tu.add_argument("--candidate", action="append", default=[],
+                    help="FIELD=VALUE,... changes to the policy's spec, repeatable (default: a grid around it)")
+    tu.add_argument("--apply", action="store_true")
+    tu.add_argument("--since", help="decisions made since (ISO 8601, or a duration ago: 24h, 7d)")
+    tu.add_argument("--until", help="decisions made before")
+    tu.add_argument("--every", help="run again after this long (24h), until stopped")
+    tu.add_argument("--json", action="store_true", help="print the result as JSON")
+    tu.add_argument("--server", default=DEFAULT_TARGET, help="server address (default %(default)s)")
+    tu.add_argument("--timeout", type=float, default=3600.0, help="seconds (default %(default)s)")
+    tu.set_defaults(fn=cmd_tune)
 
     md = client_cmd("models", "list models, or promote a version (checked against the live one)")
     md.add_argument("action", choices=["list", "promote"])
@@ -589,6 +795,25 @@ def build_parser() -> argparse.ArgumentParser:
     xq.add_argument("--model", default="xmr")
     xq.add_argument("--k", type=int, default=10)
     xq.set_defaults(fn=cmd_xmr)
+
+    exp = client_cmd("export", "a policy's joined decisions as VW decision-service JSON (DSJSON) lines")
+    exp.add_argument("what", choices=["dsjson"])
+    exp.add_argument("name")
+    exp.add_argument("--since", help="decisions made since (ISO 8601, or a duration ago: 24h, 7d)")
+    exp.add_argument("--until", help="decisions made before")
+    exp.add_argument("--output", "-o", help="file to write (default: stdout)")
+    exp.add_argument("--timeout", type=float, default=3600.0)
+    exp.set_defaults(fn=cmd_export)
+
+    imp = client_cmd("import", "DSJSON lines (VW, rlclientlib, Personalizer, ltrr export) into a policy's log: "
+                               "joined, learned, and there to evaluate or tune")
+    imp.add_argument("what", choices=["dsjson"])
+    imp.add_argument("file", help="one decision per line, or - for stdin")
+    imp.add_argument("--policy", required=True)
+    imp.add_argument("--strict", action="store_true", help="check every line first; import nothing if one is bad")
+    imp.add_argument("--batch", type=int, default=1000, help="lines per batch (each committed before the next)")
+    imp.add_argument("--timeout", type=float, default=3600.0)
+    imp.set_defaults(fn=cmd_import)
 
     pol = client_cmd("policies", "list, describe, snapshot or show statistics of policies")
     pol.add_argument("action", choices=["list", "get", "stats", "snapshot"])

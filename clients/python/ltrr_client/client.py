@@ -11,6 +11,7 @@ Features are ``{namespace: {feature: value}}``; a string value is a category, a 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import grpc
 
@@ -163,6 +164,31 @@ class LtrrClient:
 
     def stats(self, name: str) -> admin_pb2.PolicyStats:
         return self.admin.GetPolicyStats(admin_pb2.GetPolicyStatsRequest(name=name), timeout=self.timeout)
+
+    def evaluate(self, request: admin_pb2.EvaluatePolicyRequest, timeout: float = 3600.0
+                 ) -> admin_pb2.PolicyEvaluation:
+        """Counterfactual estimates (EvaluatePolicy), once done; its progress is skipped."""
+        result: admin_pb2.PolicyEvaluation = _last_result(self.admin.EvaluatePolicy(request, timeout=timeout))
+        return result
+
+    def tune(self, request: admin_pb2.TunePolicyRequest, timeout: float = 3600.0) -> admin_pb2.TuneResult:
+        """Candidate configurations replayed and ranked (TunePolicy), once done."""
+        result: admin_pb2.TuneResult = _last_result(self.admin.TunePolicy(request, timeout=timeout))
+        return result
+
+    def export_dsjson(self, name: str, since_ms: int = 0, until_ms: int = 0, timeout: float = 3600.0
+                      ) -> Iterator[str]:
+        """The policy's joined decisions as DSJSON lines (ExportEvents)."""
+        request = admin_pb2.ExportEventsRequest(name=name, since_ms=since_ms, until_ms=until_ms)
+        for chunk in self.admin.ExportEvents(request, timeout=timeout):
+            yield from chunk.lines
+
+
+def _last_result(updates: Iterable[Any]) -> Any:
+    for update in updates:
+        if update.HasField("result"):
+            return update.result
+    raise RuntimeError("the server ended the stream without a result")
 
 
 class AsyncLtrrClient:

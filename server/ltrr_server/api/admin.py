@@ -1,19 +1,38 @@
-"""AdminService: policies, snapshots, statistics."""
+"""AdminService: policies, snapshots, statistics; evaluation, tuning, import and export of the log."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from ltrr.v1 import admin_pb2
 from ltrr_server.api import convert
+from ltrr_server.api.evaluation import (
+    candidate_from_proto,
+    plan_from_proto,
+    result_to_proto,
+    time_range,
+    tune_to_proto,
+)
+from ltrr_server.api.routes import Undecodable
 from ltrr_server.api.status import Ctx
+from ltrr_server.bounds import DSJSON_LINE_CHARS
 from ltrr_server.config import Limits
+from ltrr_server.core.imports import Imports
 from ltrr_server.core.policies import PolicyBook
 from ltrr_server.core.rewards import Rewards
+from ltrr_server.core.tuning import tune
+from ltrr_server.errors import InvalidArgument
+from ltrr_server.jobs import Jobs, Progress
+from ltrr_server.log.export import ExportJob
+from ltrr_server.ope.evaluate import EvaluateJob
 
 
 class AdminServicer:
-    def __init__(self, policies: PolicyBook, rewards: Rewards, limits: Limits) -> None:
+    def __init__(self, policies: PolicyBook, rewards: Rewards, jobs: Jobs, imports: Imports, limits: Limits) -> None:
         self._policies = policies
         self._rewards = rewards
+        self._jobs = jobs
+        self._imports = imports
         self._limits = limits
 
     async def CreatePolicy(  # noqa: N802
@@ -55,3 +74,60 @@ class AdminServicer:
     ) -> admin_pb2.PolicyStats:
         stats = await self._policies.stats(request.name) | self._rewards.stats()
         return admin_pb2.PolicyStats(policy=request.name, **stats)  # type: ignore[arg-type]
+
+    async def EvaluatePolicy(  # noqa: N802
+        self, request: admin_pb2.EvaluatePolicyRequest, context: Ctx
+    ) -> AsyncIterator[admin_pb2.EvaluatePolicyUpdate]:
+        plan = plan_from_proto(request, self._policies.get(request.name, "name"), self._limits)
+        async for item in self._jobs.run(EvaluateJob(plan)):
+            if isinstance(item, Progress):
+                yield admin_pb2.EvaluatePolicyUpdate(events_done=item.done, events_total=item.total)
+            else:
+                yield admin_pb2.EvaluatePolicyUpdate(events_done=item.events, events_total=item.events,
+                                                     result=result_to_proto(item))
+
+    async def TunePolicy(  # noqa: N802
+        self, request: admin_pb2.TunePolicyRequest, context: Ctx
+    ) -> AsyncIterator[admin_pb2.TunePolicyUpdate]:
+        rt = self._policies.get(request.name, "name")
+        since, until = time_range(request.since_ms, request.until_ms)
+        candidates = [candidate_from_proto(c, rt.spec, self._limits, f"candidates[{i}]")
+                      for i, c in enumerate(request.candidates)]
+        if len(candidates) > self._limits.max_evaluation_targets:
+            raise InvalidArgument("candidates", f"{len(candidates)} candidates, more than "
+                                                f"limits.max_evaluation_targets={self._limits.max_evaluation_targets}")
+        async for item in tune(self._policies, self._jobs, request.name, candidates, since, until,
+                               request.apply):
+            if isinstance(item, Progress):
+                yield admin_pb2.TunePolicyUpdate(events_done=item.done, events_total=item.total)
+            else:
+                yield admin_pb2.TunePolicyUpdate(events_done=item.events, events_total=item.events,
+                                                 result=tune_to_proto(item))
+
+    async def ImportEvents(  # noqa: N802
+        self, requests: AsyncIterator[admin_pb2.ImportBatch | Undecodable], context: Ctx
+    ) -> AsyncIterator[admin_pb2.ImportBatchResult]:
+        # One batch at a time: its rows are committed before the next is read, so a stream that
+        # ends early leaves whole batches, each answered.
+        async for batch in requests:
+            if isinstance(batch, Undecodable):
+                raise batch.error
+            for i, line in enumerate(batch.lines):
+                if len(line) > DSJSON_LINE_CHARS:
+                    raise InvalidArgument(f"lines[{i}]", f"longer than {DSJSON_LINE_CHARS} characters")
+            result = await self._imports.import_lines(batch.policy, list(batch.lines), batch.first_line,
+                                                      batch.validate_only)
+            yield admin_pb2.ImportBatchResult(
+                imported=result.imported, duplicates=result.duplicates,
+                errors=[admin_pb2.LineError(line=n, message=m) for n, m in result.errors])
+
+    async def ExportEvents(  # noqa: N802
+        self, request: admin_pb2.ExportEventsRequest, context: Ctx
+    ) -> AsyncIterator[admin_pb2.ExportChunk]:
+        rt = self._policies.get(request.name, "name")
+        since, until = time_range(request.since_ms, request.until_ms)
+        async for item in self._jobs.run(ExportJob(rt.spec.name, since, until)):
+            if isinstance(item, Progress):
+                yield admin_pb2.ExportChunk(events_done=item.done, events_total=item.total)
+            else:
+                yield admin_pb2.ExportChunk(lines=item.lines, events_done=item.done, events_total=item.total)

@@ -93,8 +93,10 @@ class ServiceRoutes:
         decode, encode = decoder(request), response.SerializeToString
         if method.client_streaming and method.server_streaming:
             return grpc.stream_stream_rpc_method_handler(self._stream(method.name), decode, encode)
-        if method.client_streaming or method.server_streaming:
-            raise NotImplementedError(f"{method.full_name}: only unary and bidirectional methods are routed")
+        if method.server_streaming and not method.client_streaming:
+            return grpc.unary_stream_rpc_method_handler(self._unary_stream(method.name), decode, encode)
+        if method.client_streaming:
+            raise NotImplementedError(f"{method.full_name}: client-streaming methods are not routed")
         return grpc.unary_unary_rpc_method_handler(self._unary(method.name), decode, encode)
 
     def _unary(self, name: str) -> Callable[[Any, Ctx], Any]:
@@ -117,6 +119,39 @@ class ServiceRoutes:
                 code = grpc.StatusCode.CANCELLED
                 raise
             except grpc.aio.AbortError:  # servicers raise domain errors; an abort of their own is not counted by code
+                code = grpc.StatusCode.UNKNOWN
+                raise
+            except Exception:
+                code = grpc.StatusCode.INTERNAL
+                log.exception("%s failed", name)
+                await context.abort(code, "internal error")
+            finally:
+                metrics.observe_rpc(name, code.name, time.perf_counter() - start)
+
+        return call
+
+    def _unary_stream(self, name: str) -> Callable[[Any, Ctx], AsyncIterator[Any]]:
+        """A request answered by a stream (EvaluatePolicy: progress, then the result)."""
+        metrics = self._metrics
+
+        async def call(request: Any, context: Ctx) -> AsyncIterator[Any]:
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                method = self._methods.get(name)
+                if method is None:
+                    raise errors.Unavailable(f"{self.name} is not serving yet: {self._waiting_for}")
+                if request.__class__ is Undecodable:
+                    raise request.error
+                async for answer in method(request, context):
+                    yield answer
+            except errors.LtrrError as exc:
+                code = code_for(exc)
+                await context.abort(code, message_for(exc))
+            except (asyncio.CancelledError, GeneratorExit):
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except grpc.aio.AbortError:
                 code = grpc.StatusCode.UNKNOWN
                 raise
             except Exception:

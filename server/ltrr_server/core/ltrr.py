@@ -19,12 +19,14 @@ from pathlib import Path
 from ltrr_server import first_start
 from ltrr_server.config import Settings
 from ltrr_server.core.decisions import Decisions
+from ltrr_server.core.imports import Imports
 from ltrr_server.core.models import Models
 from ltrr_server.core.policies import PolicyBook
 from ltrr_server.core.rewards import Rewards
 from ltrr_server.core.sessions import Sessions
 from ltrr_server.errors import FailedPrecondition
 from ltrr_server.heap import release_free_memory
+from ltrr_server.jobs import Jobs
 from ltrr_server.learner.learner import Learner, LearnerPolicy
 from ltrr_server.log import db
 from ltrr_server.log.journal import Journal
@@ -65,6 +67,8 @@ class Ltrr:
                                retrieval_policies)
         self.decisions = Decisions(self.policies, self.rewards.joiner, self.writer, self.learner, self.store,
                                    metrics, settings.limits, retrieval_policies)
+        self.jobs = Jobs(self.engine, settings.db_url, settings.limits.max_evaluations)
+        self.imports = Imports(self.policies, self.rewards, self.writer, self.store, settings.limits)
         self.registry = ModelRegistry(self.engine, settings.model_dir)
         self.live_models = LiveModels(self.registry)
         self.sessions = Sessions(settings.limits)
@@ -191,6 +195,7 @@ class Ltrr:
     def close(self) -> None:
         """Learns what is queued, snapshots every changed policy, commits everything."""
         self.supervisor.stop()
+        self.jobs.stop()
         self.learner.stop()
         if self.retriever is not None:
             self.retriever.close()

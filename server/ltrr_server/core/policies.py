@@ -136,17 +136,19 @@ class PolicyBook:
         self._install(spec, revision=1, lineage=1, start_seq=start, created_at=now, now=now)
         return self.get_info(spec.name)
 
-    async def update(self, spec: PolicySpec) -> tuple[PolicyInfo, bool]:
-        """A changed spec; a change to its learning parameters starts a new lineage (a fresh model)."""
+    async def update(self, spec: PolicySpec, warm_start: bytes | None = None) -> tuple[PolicyInfo, bool]:
+        """A changed spec; a change to its learning parameters starts a new lineage: a fresh model,
+        or ``warm_start`` (a model of the new parameters, such as a tuning replay's)."""
         rt = self.get(spec.name)
         reset = spec.learning_params() != rt.spec.learning_params()
         now = time.time()
         lineage = rt.lineage + 1 if reset else rt.lineage
         start = self._next_seq() if reset else rt.lineage_start_seq
-        await asyncio.to_thread(self._store.update_policy, spec, rt.revision + 1, lineage, start, now)
+        warm_start = warm_start if reset else None
+        await asyncio.to_thread(self._store.update_policy, spec, rt.revision + 1, lineage, start, now, warm_start)
         if reset:
             self._install(spec, revision=rt.revision + 1, lineage=lineage, start_seq=start,
-                          created_at=rt.created_at, now=now)
+                          created_at=rt.created_at, now=now, model_data=warm_start)
         else:
             rt.spec = spec
             rt.revision += 1
@@ -155,8 +157,8 @@ class PolicyBook:
         return self.get_info(spec.name), reset
 
     def _install(self, spec: PolicySpec, revision: int, lineage: int, start_seq: int, created_at: float,
-                 now: float) -> None:
-        model = PolicyModel.create(spec)
+                 now: float, model_data: bytes | None = None) -> None:
+        model = PolicyModel.create(spec) if model_data is None else PolicyModel.from_bytes(model_data, spec.kind)
         old = self.policies.get(spec.name)
         rt = PolicyRuntime(
             spec=spec, revision=revision, lineage=lineage, lineage_start_seq=start_seq, created_at=created_at,

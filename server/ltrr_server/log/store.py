@@ -19,7 +19,7 @@ class EventLogStore:
         self.engine = engine
         self._action_sets: dict[str, str] = {}
 
-    def _resolve_actions(self, conn: sa.Connection, row: dict[str, Any]) -> dict[str, Any]:
+    def resolve_actions(self, conn: sa.Connection, row: dict[str, Any]) -> dict[str, Any]:
         """A decision row with its shared action set ("#key") replaced by the list itself."""
         text = row["actions"]
         if isinstance(text, str) and text.startswith("#"):
@@ -46,12 +46,19 @@ class EventLogStore:
                 lineage_start_seq=lineage_start_seq, created_at=now, updated_at=now,
             ))
 
-    def update_policy(self, spec: PolicySpec, revision: int, lineage: int, lineage_start_seq: int, now: float) -> None:
+    def update_policy(self, spec: PolicySpec, revision: int, lineage: int, lineage_start_seq: int, now: float,
+                      warm_start: bytes | None = None) -> None:
+        """A new spec; ``warm_start`` is the new lineage's first model, stored in the same
+        transaction as its first snapshot (so a restart starts from it too)."""
         with self.engine.begin() as conn:
             conn.execute(t.policies.update().where(t.policies.c.name == spec.name).values(
                 spec=json.dumps(spec.to_dict()), revision=revision, lineage=lineage,
                 lineage_start_seq=lineage_start_seq, updated_at=now,
             ))
+            if warm_start is not None:
+                conn.execute(t.snapshots.insert().values(
+                    policy=spec.name, lineage=lineage, model_version=0, last_joined_seq=lineage_start_seq - 1,
+                    trigger="warm_start", created_at=now, size_bytes=len(warm_start), model=warm_start))
 
     # --- snapshots and replay ---------------------------------------------------------------
     def latest_snapshot(self, policy: str, lineage: int) -> dict[str, Any] | None:
@@ -60,6 +67,13 @@ class EventLogStore:
         with self.engine.connect() as conn:
             row = conn.execute(q).mappings().first()
         return dict(row) if row else None
+
+    def snapshot_model(self, snapshot_id: int) -> tuple[str, bytes] | None:
+        """The policy and model bytes of one snapshot, or None when there is no such snapshot."""
+        q = sa.select(t.snapshots.c.policy, t.snapshots.c.model).where(t.snapshots.c.id == snapshot_id)
+        with self.engine.connect() as conn:
+            row = conn.execute(q).first()
+        return (str(row[0]), bytes(row[1])) if row else None
 
     def latest_snapshot_id(self, policy: str) -> int:
         q = sa.select(sa.func.max(t.snapshots.c.id)).where(t.snapshots.c.policy == policy)
@@ -81,7 +95,7 @@ class EventLogStore:
         with self.engine.connect() as conn, self.engine.connect() as lookup:
             result = conn.execution_options(yield_per=chunk).execute(q).mappings()
             for row in result:
-                yield self._resolve_actions(lookup, dict(row))
+                yield self.resolve_actions(lookup, dict(row))
 
     def unjoined_decisions(self, policy: str, since: float) -> list[dict[str, Any]]:
         """Decisions made since ``since`` whose join has not been written, oldest first."""
@@ -90,7 +104,7 @@ class EventLogStore:
              .where(d.c.policy == policy, d.c.created_at >= since, j.c.event_id.is_(None))
              .order_by(d.c.created_at))
         with self.engine.connect() as conn:
-            return [self._resolve_actions(conn, dict(r)) for r in conn.execute(q).mappings()]
+            return [self.resolve_actions(conn, dict(r)) for r in conn.execute(q).mappings()]
 
     def rewards_for(self, event_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
         out: dict[str, list[dict[str, Any]]] = {}

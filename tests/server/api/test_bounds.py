@@ -105,12 +105,22 @@ def _sample(d: Descriptor, i: int) -> Message:
         return cls(id=f"a{i}")
     if d.full_name == "ltrr.v1.RewardEvent":
         return cls(event_id=f"e{i}", value=1.0)
+    if d.full_name == "ltrr.v1.EvaluationTarget":
+        return cls(uniform=True)
+    if d.full_name == "ltrr.v1.ActionWeight":
+        return cls(action=f"a{i}", weight=1.0)
+    if d.full_name == "ltrr.v1.FeatureTable":
+        return cls(value=f"v{i}")
+    if d.full_name == "ltrr.v1.PolicySpec":
+        return cls()
     raise AssertionError(f"no sample for {d.full_name}")
 
 
 def _scalar_sample(f: FieldDescriptor, i: int) -> Any:
     if f.type == FieldDescriptor.TYPE_STRING:
         return f"q{i}"
+    if f.type == FieldDescriptor.TYPE_ENUM:
+        return 1
     return 0.5
 
 
@@ -231,6 +241,10 @@ def _bad_requests(settings: Any, event_id: str) -> list[Case]:
         ("SnapshotPolicy", admin_pb2.SnapshotPolicyRequest(name="demo"), "", ()),
         ("GetPolicyStats", admin_pb2.GetPolicyStatsRequest(name="demo"), "", ()),
         ("ListPolicies", admin_pb2.ListPoliciesRequest(), "", ()),
+        ("EvaluatePolicy", admin_pb2.EvaluatePolicyRequest(name="demo"), "", ()),
+        ("TunePolicy", admin_pb2.TunePolicyRequest(name="demo"), "", ()),
+        ("ImportEvents", admin_pb2.ImportBatch(policy="demo"), "", ()),
+        ("ExportEvents", admin_pb2.ExportEventsRequest(name="demo"), "", ()),
     ]
     cases: list[Case] = []
     for rpc, base, prefix, skip in bases:
@@ -295,6 +309,7 @@ def _invalid_values(event_id: str) -> list[Case]:
 
 
 _SERVICE_OF = {m.name: s.full_name for s in _services() for m in s.methods}
+_SERVER_STREAMING = {m.name for s in _services() for m in s.methods if m.server_streaming and not m.client_streaming}
 
 
 @pytest.fixture(scope="module")
@@ -321,6 +336,18 @@ def _call(server: ServerThread, rpc: str, request: Any) -> tuple[grpc.StatusCode
             bad = [a for a in acks if a.status == feedback_pb2.REWARD_STATUS_INVALID]
             return (grpc.StatusCode.INVALID_ARGUMENT if bad and len(bad) == len(acks) else grpc.StatusCode.OK,
                     bad[0].message if bad else "")
+        if rpc in _SERVER_STREAMING:
+            answers = channel.unary_stream(method, request_serializer=lambda m: m.SerializeToString(),
+                                           response_deserializer=lambda b: b)
+            list(answers(request, timeout=30))
+            return grpc.StatusCode.OK, ""
+        if rpc == "ImportEvents":
+            results = channel.stream_stream(method, request_serializer=lambda m: m.SerializeToString(),
+                                            response_deserializer=admin_pb2.ImportBatchResult.FromString)
+            [result] = list(results(iter([request]), timeout=30))
+            # A bad line is answered in the batch's result; the stream goes on.
+            return (grpc.StatusCode.INVALID_ARGUMENT if result.errors else grpc.StatusCode.OK,
+                    result.errors[0].message if result.errors else "")
         raw = channel.unary_unary(method, request_serializer=lambda m: m.SerializeToString(),
                                   response_deserializer=lambda b: b)
         raw(request, timeout=30)
@@ -394,8 +421,10 @@ def test_requests_that_do_not_decode_get_invalid_argument_on_every_rpc(table_ser
                                  answer.error.message)
             else:
                 try:
-                    if rpc == "StreamRewards":
+                    if rpc in ("StreamRewards", "ImportEvents"):
                         list(ch.stream_stream(f"/{service}/{rpc}")(iter([data_here]), timeout=30))
+                    elif rpc in _SERVER_STREAMING:
+                        list(ch.unary_stream(f"/{service}/{rpc}")(data_here, timeout=30))
                     else:
                         ch.unary_unary(f"/{service}/{rpc}")(data_here, timeout=30)
                     code, details = grpc.StatusCode.OK, ""

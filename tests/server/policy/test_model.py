@@ -45,6 +45,31 @@ def test_direct_prediction_matches_the_public_api(kind: str, slots: int) -> None
     assert vw.__version__ == "0.7.0", "the direct calls are checked against this version only"
 
 
+@pytest.mark.parametrize("kind,slots", [("cb", 1), ("ccb", 3)])
+def test_direct_learning_gives_the_public_apis_model(kind: str, slots: int) -> None:
+    spec = PolicySpec(name="p", kind=kind, slots=slots, exploration="squarecb")
+    ours, theirs = PolicyModel.create(spec), PolicyModel.create(spec)
+    rng = random.Random(1)
+    for step in range(300):
+        shared = f"shared |user s=u{step % 5} n:{rng.random()!r}"
+        labels = [(rng.randrange(4), -float(rng.random() < 0.5), 0.25) for _ in range(slots)]
+        ours.learn_one(shared, ACTIONS, labels, slots)
+        parse = theirs._parser.parse_line
+        lines = [ex_line for ex_line in _labelled_lines(theirs, shared, labels, slots)]
+        theirs._ws.learn_one([parse(line) for line in lines])
+    assert ours.to_bytes() == theirs.to_bytes()
+
+
+def _labelled_lines(model: PolicyModel, shared: str, labels: list[tuple[int, float, float]], slots: int) -> list[str]:
+    if model.kind == "cb":
+        idx, cost, prob = labels[0]
+        lines = [shared, *ACTIONS]
+        lines[idx + 1] = f"0:{cost!r}:{prob!r} {ACTIONS[idx]}"
+        return lines
+    return ([f"ccb {shared}"] + [f"ccb action {a}" for a in ACTIONS]
+            + [f"ccb slot {i}:{c!r}:{p!r} |{SLOT_NAMESPACE} slot={s}" for s, (i, c, p) in enumerate(labels)])
+
+
 @pytest.mark.parametrize("kind", ["cb", "ccb"])
 def test_a_cost_past_the_reward_bound_leaves_the_weights_finite(kind: str) -> None:
     # The API refuses rewards past bounds.MAX_ABS_REWARD; a log written before that bound may

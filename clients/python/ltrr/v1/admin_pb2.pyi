@@ -87,6 +87,27 @@ AGGREGATION_SUM: Aggregation.ValueType  # 2
 AGGREGATION_MAX: Aggregation.ValueType  # 3
 Global___Aggregation: _TypeAlias = Aggregation  # noqa: Y015
 
+class _Estimator:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EstimatorEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Estimator.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ESTIMATOR_UNSPECIFIED: _Estimator.ValueType  # 0
+    ESTIMATOR_IPS: _Estimator.ValueType  # 1
+    ESTIMATOR_SNIPS: _Estimator.ValueType  # 2
+    ESTIMATOR_DR: _Estimator.ValueType  # 3
+    """Doubly robust, with a reward model learned online over the same events."""
+
+class Estimator(_Estimator, metaclass=_EstimatorEnumTypeWrapper): ...
+
+ESTIMATOR_UNSPECIFIED: Estimator.ValueType  # 0
+ESTIMATOR_IPS: Estimator.ValueType  # 1
+ESTIMATOR_SNIPS: Estimator.ValueType  # 2
+ESTIMATOR_DR: Estimator.ValueType  # 3
+"""Doubly robust, with a reward model learned online over the same events."""
+Global___Estimator: _TypeAlias = Estimator  # noqa: Y015
+
 @_typing.final
 class PolicySpec(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -483,3 +504,624 @@ class PolicyStats(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PolicyStats: _TypeAlias = PolicyStats  # noqa: Y015
+
+@_typing.final
+class ActionWeight(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    action: _builtins.str
+    weight: _builtins.float
+    """>= 0; a table's weights are normalized over the actions a decision offered."""
+    def __init__(
+        self,
+        *,
+        action: _builtins.str = ...,
+        weight: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActionWeight: _TypeAlias = ActionWeight  # noqa: Y015
+
+@_typing.final
+class FeatureTable(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUE_FIELD_NUMBER: _builtins.int
+    WEIGHTS_FIELD_NUMBER: _builtins.int
+    value: _builtins.str
+    """The context feature's value (numbers as Python prints them: "3.0")."""
+    @_builtins.property
+    def weights(self) -> _containers.RepeatedCompositeFieldContainer[Global___ActionWeight]: ...
+    def __init__(
+        self,
+        *,
+        value: _builtins.str = ...,
+        weights: _abc.Iterable[Global___ActionWeight] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["value", b"value", "weights", b"weights"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeatureTable: _TypeAlias = FeatureTable  # noqa: Y015
+
+@_typing.final
+class TableTarget(_message.Message):
+    """A stochastic policy given as a table, optionally one per value of one context feature."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEFAULT_WEIGHTS_FIELD_NUMBER: _builtins.int
+    FEATURE_FIELD_NUMBER: _builtins.int
+    BY_VALUE_FIELD_NUMBER: _builtins.int
+    feature: _builtins.str
+    """"namespace.feature": decisions whose context has this feature take the by_value table of its
+    value; others take default_weights.
+    """
+    @_builtins.property
+    def default_weights(self) -> _containers.RepeatedCompositeFieldContainer[Global___ActionWeight]: ...
+    @_builtins.property
+    def by_value(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureTable]: ...
+    def __init__(
+        self,
+        *,
+        default_weights: _abc.Iterable[Global___ActionWeight] | None = ...,
+        feature: _builtins.str = ...,
+        by_value: _abc.Iterable[Global___FeatureTable] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_value", b"by_value", "default_weights", b"default_weights", "feature", b"feature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TableTarget: _TypeAlias = TableTarget  # noqa: Y015
+
+@_typing.final
+class EvaluationTarget(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    LIVE_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    UNIFORM_FIELD_NUMBER: _builtins.int
+    TABLE_FIELD_NUMBER: _builtins.int
+    CANDIDATE_FIELD_NUMBER: _builtins.int
+    EACH_ACTION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Labels the target's result; unset: a description of the target ("live", "action:x", ...)."""
+    live: _builtins.bool
+    """The model the policy serves now, with its exploration."""
+    snapshot_id: _builtins.int
+    """A stored snapshot of the policy (SnapshotPolicy, or the learner's own)."""
+    action: _builtins.str
+    """Always this action."""
+    uniform: _builtins.bool
+    """Uniform over each decision's actions."""
+    each_action: _builtins.bool
+    """One constant-action target per action of the policy's spec (a retrieval policy's plans)."""
+    @_builtins.property
+    def table(self) -> Global___TableTarget: ...
+    @_builtins.property
+    def candidate(self) -> Global___PolicySpec:
+        """A learning configuration replayed over the log in order from a fresh model: it predicts
+        each event before learning it. The spec's name is ignored; its kind must be the policy's.
+        """
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        live: _builtins.bool = ...,
+        snapshot_id: _builtins.int = ...,
+        action: _builtins.str = ...,
+        uniform: _builtins.bool = ...,
+        table: Global___TableTarget | None = ...,
+        candidate: Global___PolicySpec | None = ...,
+        each_action: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "candidate", b"candidate", "each_action", b"each_action", "live", b"live", "snapshot_id", b"snapshot_id", "table", b"table", "target", b"target", "uniform", b"uniform"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "candidate", b"candidate", "each_action", b"each_action", "live", b"live", "name", b"name", "snapshot_id", b"snapshot_id", "table", b"table", "target", b"target", "uniform", b"uniform"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["live", "snapshot_id", "action", "uniform", "table", "candidate", "each_action"]  # noqa: Y015
+    _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_target) -> _WhichOneofReturnType_target | None: ...
+
+Global___EvaluationTarget: _TypeAlias = EvaluationTarget  # noqa: Y015
+
+@_typing.final
+class EvaluatePolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TARGETS_FIELD_NUMBER: _builtins.int
+    SINCE_MS_FIELD_NUMBER: _builtins.int
+    UNTIL_MS_FIELD_NUMBER: _builtins.int
+    ESTIMATORS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    since_ms: _builtins.int
+    """Decisions made at or after this time (0: from the first)."""
+    until_ms: _builtins.int
+    """Decisions made before this time (0: up to now)."""
+    @_builtins.property
+    def targets(self) -> _containers.RepeatedCompositeFieldContainer[Global___EvaluationTarget]:
+        """Empty: the live model and uniform."""
+
+    @_builtins.property
+    def estimators(self) -> _containers.RepeatedScalarFieldContainer[Global___Estimator.ValueType]:
+        """Empty: all three."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        targets: _abc.Iterable[Global___EvaluationTarget] | None = ...,
+        since_ms: _builtins.int = ...,
+        until_ms: _builtins.int = ...,
+        estimators: _abc.Iterable[Global___Estimator.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimators", b"estimators", "name", b"name", "since_ms", b"since_ms", "targets", b"targets", "until_ms", b"until_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluatePolicyRequest: _TypeAlias = EvaluatePolicyRequest  # noqa: Y015
+
+@_typing.final
+class Estimate(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUE_FIELD_NUMBER: _builtins.int
+    STD_ERROR_FIELD_NUMBER: _builtins.int
+    LOWER_FIELD_NUMBER: _builtins.int
+    UPPER_FIELD_NUMBER: _builtins.int
+    value: _builtins.float
+    std_error: _builtins.float
+    lower: _builtins.float
+    """The 95% interval."""
+    upper: _builtins.float
+    def __init__(
+        self,
+        *,
+        value: _builtins.float = ...,
+        std_error: _builtins.float = ...,
+        lower: _builtins.float = ...,
+        upper: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lower", b"lower", "std_error", b"std_error", "upper", b"upper", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Estimate: _TypeAlias = Estimate  # noqa: Y015
+
+@_typing.final
+class SlotEvaluation(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SLOT_FIELD_NUMBER: _builtins.int
+    IPS_FIELD_NUMBER: _builtins.int
+    SNIPS_FIELD_NUMBER: _builtins.int
+    DR_FIELD_NUMBER: _builtins.int
+    MEAN_WEIGHT_FIELD_NUMBER: _builtins.int
+    MAX_WEIGHT_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_SAMPLE_SIZE_FIELD_NUMBER: _builtins.int
+    SUPPORT_FIELD_NUMBER: _builtins.int
+    slot: _builtins.int
+    mean_weight: _builtins.float
+    """Of the importance weights (target probability / logged probability of the logged action):
+    a mean far from 1 means the two policies do not describe the same actions; a small
+    effective sample size, a noisy estimate.
+    """
+    max_weight: _builtins.float
+    effective_sample_size: _builtins.float
+    support: _builtins.float
+    """Share of events in which the target could take the logged action at all."""
+    @_builtins.property
+    def ips(self) -> Global___Estimate:
+        """Each set when asked for."""
+
+    @_builtins.property
+    def snips(self) -> Global___Estimate: ...
+    @_builtins.property
+    def dr(self) -> Global___Estimate: ...
+    def __init__(
+        self,
+        *,
+        slot: _builtins.int = ...,
+        ips: Global___Estimate | None = ...,
+        snips: Global___Estimate | None = ...,
+        dr: Global___Estimate | None = ...,
+        mean_weight: _builtins.float = ...,
+        max_weight: _builtins.float = ...,
+        effective_sample_size: _builtins.float = ...,
+        support: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dr", b"dr", "ips", b"ips", "snips", b"snips"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dr", b"dr", "effective_sample_size", b"effective_sample_size", "ips", b"ips", "max_weight", b"max_weight", "mean_weight", b"mean_weight", "slot", b"slot", "snips", b"snips", "support", b"support"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SlotEvaluation: _TypeAlias = SlotEvaluation  # noqa: Y015
+
+@_typing.final
+class TargetEvaluation(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SLOTS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def slots(self) -> _containers.RepeatedCompositeFieldContainer[Global___SlotEvaluation]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        slots: _abc.Iterable[Global___SlotEvaluation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "slots", b"slots"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TargetEvaluation: _TypeAlias = TargetEvaluation  # noqa: Y015
+
+@_typing.final
+class PolicyEvaluation(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    FIRST_MS_FIELD_NUMBER: _builtins.int
+    LAST_MS_FIELD_NUMBER: _builtins.int
+    LOGGED_FIELD_NUMBER: _builtins.int
+    TARGETS_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    policy: _builtins.str
+    events: _builtins.int
+    """Joined events evaluated."""
+    first_ms: _builtins.int
+    last_ms: _builtins.int
+    seconds: _builtins.float
+    @_builtins.property
+    def logged(self) -> Global___Estimate:
+        """The logged policy's own mean reward over the same events."""
+
+    @_builtins.property
+    def targets(self) -> _containers.RepeatedCompositeFieldContainer[Global___TargetEvaluation]: ...
+    def __init__(
+        self,
+        *,
+        policy: _builtins.str = ...,
+        events: _builtins.int = ...,
+        first_ms: _builtins.int = ...,
+        last_ms: _builtins.int = ...,
+        logged: Global___Estimate | None = ...,
+        targets: _abc.Iterable[Global___TargetEvaluation] | None = ...,
+        seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["logged", b"logged"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "first_ms", b"first_ms", "last_ms", b"last_ms", "logged", b"logged", "policy", b"policy", "seconds", b"seconds", "targets", b"targets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PolicyEvaluation: _TypeAlias = PolicyEvaluation  # noqa: Y015
+
+@_typing.final
+class EvaluatePolicyUpdate(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_DONE_FIELD_NUMBER: _builtins.int
+    EVENTS_TOTAL_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    events_done: _builtins.int
+    events_total: _builtins.int
+    @_builtins.property
+    def result(self) -> Global___PolicyEvaluation:
+        """Set on the last message only."""
+
+    def __init__(
+        self,
+        *,
+        events_done: _builtins.int = ...,
+        events_total: _builtins.int = ...,
+        result: Global___PolicyEvaluation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events_done", b"events_done", "events_total", b"events_total", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluatePolicyUpdate: _TypeAlias = EvaluatePolicyUpdate  # noqa: Y015
+
+@_typing.final
+class TunePolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CANDIDATES_FIELD_NUMBER: _builtins.int
+    SINCE_MS_FIELD_NUMBER: _builtins.int
+    UNTIL_MS_FIELD_NUMBER: _builtins.int
+    APPLY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    since_ms: _builtins.int
+    until_ms: _builtins.int
+    apply: _builtins.bool
+    @_builtins.property
+    def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___PolicySpec]:
+        """Learning configurations to compare (their names are ignored; the policy's actions, join
+        rules and description are kept). Empty: the policy's own configuration and one change at a
+        time around it (learning rate, power_t, exploration, interactions).
+        """
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        candidates: _abc.Iterable[Global___PolicySpec] | None = ...,
+        since_ms: _builtins.int = ...,
+        until_ms: _builtins.int = ...,
+        apply: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["apply", b"apply", "candidates", b"candidates", "name", b"name", "since_ms", b"since_ms", "until_ms", b"until_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TunePolicyRequest: _TypeAlias = TunePolicyRequest  # noqa: Y015
+
+@_typing.final
+class CandidateEstimate(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPEC_FIELD_NUMBER: _builtins.int
+    ESTIMATE_FIELD_NUMBER: _builtins.int
+    SUPPORT_FIELD_NUMBER: _builtins.int
+    support: _builtins.float
+    @_builtins.property
+    def spec(self) -> Global___PolicySpec: ...
+    @_builtins.property
+    def estimate(self) -> Global___Estimate:
+        """SNIPS estimate of its progressive replay."""
+
+    def __init__(
+        self,
+        *,
+        spec: Global___PolicySpec | None = ...,
+        estimate: Global___Estimate | None = ...,
+        support: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate", "spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate", "spec", b"spec", "support", b"support"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CandidateEstimate: _TypeAlias = CandidateEstimate  # noqa: Y015
+
+@_typing.final
+class TuneResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    LOGGED_FIELD_NUMBER: _builtins.int
+    CANDIDATES_FIELD_NUMBER: _builtins.int
+    APPLIED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    POLICY_AFTER_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    policy: _builtins.str
+    events: _builtins.int
+    applied: _builtins.bool
+    reason: _builtins.str
+    """Why the policy was switched, or not."""
+    seconds: _builtins.float
+    @_builtins.property
+    def logged(self) -> Global___Estimate:
+        """The live policy's mean reward over the same events."""
+
+    @_builtins.property
+    def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___CandidateEstimate]:
+        """Best estimate first."""
+
+    @_builtins.property
+    def policy_after(self) -> Global___Policy:
+        """The policy after the switch, when applied."""
+
+    def __init__(
+        self,
+        *,
+        policy: _builtins.str = ...,
+        events: _builtins.int = ...,
+        logged: Global___Estimate | None = ...,
+        candidates: _abc.Iterable[Global___CandidateEstimate] | None = ...,
+        applied: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+        policy_after: Global___Policy | None = ...,
+        seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["logged", b"logged", "policy_after", b"policy_after"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "candidates", b"candidates", "events", b"events", "logged", b"logged", "policy", b"policy", "policy_after", b"policy_after", "reason", b"reason", "seconds", b"seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TuneResult: _TypeAlias = TuneResult  # noqa: Y015
+
+@_typing.final
+class TunePolicyUpdate(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_DONE_FIELD_NUMBER: _builtins.int
+    EVENTS_TOTAL_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    events_done: _builtins.int
+    events_total: _builtins.int
+    @_builtins.property
+    def result(self) -> Global___TuneResult:
+        """Set on the last message only."""
+
+    def __init__(
+        self,
+        *,
+        events_done: _builtins.int = ...,
+        events_total: _builtins.int = ...,
+        result: Global___TuneResult | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events_done", b"events_done", "events_total", b"events_total", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TunePolicyUpdate: _TypeAlias = TunePolicyUpdate  # noqa: Y015
+
+@_typing.final
+class ImportBatch(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    FIRST_LINE_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    policy: _builtins.str
+    first_line: _builtins.int
+    """The file's line number of lines[0], for the errors (1-based; 0 counts from 1)."""
+    validate_only: _builtins.bool
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """DSJSON lines, one decision each."""
+
+    def __init__(
+        self,
+        *,
+        policy: _builtins.str = ...,
+        lines: _abc.Iterable[_builtins.str] | None = ...,
+        first_line: _builtins.int = ...,
+        validate_only: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_line", b"first_line", "lines", b"lines", "policy", b"policy", "validate_only", b"validate_only"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportBatch: _TypeAlias = ImportBatch  # noqa: Y015
+
+@_typing.final
+class LineError(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    line: _builtins.int
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        line: _builtins.int = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["line", b"line", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LineError: _TypeAlias = LineError  # noqa: Y015
+
+@_typing.final
+class ImportBatchResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMPORTED_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    imported: _builtins.int
+    """Imported (or, with validate_only, importable)."""
+    duplicates: _builtins.int
+    """Already in the log (an event id seen before): skipped, so an import can be run again."""
+    @_builtins.property
+    def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___LineError]: ...
+    def __init__(
+        self,
+        *,
+        imported: _builtins.int = ...,
+        duplicates: _builtins.int = ...,
+        errors: _abc.Iterable[Global___LineError] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicates", b"duplicates", "errors", b"errors", "imported", b"imported"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportBatchResult: _TypeAlias = ImportBatchResult  # noqa: Y015
+
+@_typing.final
+class ExportEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SINCE_MS_FIELD_NUMBER: _builtins.int
+    UNTIL_MS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    since_ms: _builtins.int
+    until_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        since_ms: _builtins.int = ...,
+        until_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "since_ms", b"since_ms", "until_ms", b"until_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportEventsRequest: _TypeAlias = ExportEventsRequest  # noqa: Y015
+
+@_typing.final
+class ExportChunk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINES_FIELD_NUMBER: _builtins.int
+    EVENTS_DONE_FIELD_NUMBER: _builtins.int
+    EVENTS_TOTAL_FIELD_NUMBER: _builtins.int
+    events_done: _builtins.int
+    events_total: _builtins.int
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        lines: _abc.Iterable[_builtins.str] | None = ...,
+        events_done: _builtins.int = ...,
+        events_total: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events_done", b"events_done", "events_total", b"events_total", "lines", b"lines"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportChunk: _TypeAlias = ExportChunk  # noqa: Y015

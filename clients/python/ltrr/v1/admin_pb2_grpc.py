@@ -65,6 +65,26 @@ class AdminServiceStub:
                 request_serializer=ltrr_dot_v1_dot_admin__pb2.GetPolicyStatsRequest.SerializeToString,
                 response_deserializer=ltrr_dot_v1_dot_admin__pb2.PolicyStats.FromString,
                 _registered_method=True)
+        self.EvaluatePolicy = channel.unary_stream(
+                '/ltrr.v1.AdminService/EvaluatePolicy',
+                request_serializer=ltrr_dot_v1_dot_admin__pb2.EvaluatePolicyRequest.SerializeToString,
+                response_deserializer=ltrr_dot_v1_dot_admin__pb2.EvaluatePolicyUpdate.FromString,
+                _registered_method=True)
+        self.TunePolicy = channel.unary_stream(
+                '/ltrr.v1.AdminService/TunePolicy',
+                request_serializer=ltrr_dot_v1_dot_admin__pb2.TunePolicyRequest.SerializeToString,
+                response_deserializer=ltrr_dot_v1_dot_admin__pb2.TunePolicyUpdate.FromString,
+                _registered_method=True)
+        self.ImportEvents = channel.stream_stream(
+                '/ltrr.v1.AdminService/ImportEvents',
+                request_serializer=ltrr_dot_v1_dot_admin__pb2.ImportBatch.SerializeToString,
+                response_deserializer=ltrr_dot_v1_dot_admin__pb2.ImportBatchResult.FromString,
+                _registered_method=True)
+        self.ExportEvents = channel.unary_stream(
+                '/ltrr.v1.AdminService/ExportEvents',
+                request_serializer=ltrr_dot_v1_dot_admin__pb2.ExportEventsRequest.SerializeToString,
+                response_deserializer=ltrr_dot_v1_dot_admin__pb2.ExportChunk.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -108,6 +128,45 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EvaluatePolicy(self, request, context):
+        """Counterfactual evaluation: estimates, from the policy's logged decisions and their rewards,
+        the mean reward other policies would have had on the same traffic (IPS, SNIPS, doubly robust,
+        with 95% intervals). Streams progress, then the result in the last message. Runs in a process
+        of its own; at most limits.max_evaluations at a time (RESOURCE_EXHAUSTED past it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TunePolicy(self, request, context):
+        """Replays candidate learning configurations over the policy's log, each learning it in order
+        and scored on every event before learning it, and estimates each one (SNIPS). With apply, the
+        policy switches to the best one (a new lineage that starts from the candidate's replayed
+        model) only when its 95% lower bound is above the live policy's mean reward over the same
+        events. Streams progress, then the result. Shares limits.max_evaluations with EvaluatePolicy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportEvents(self, request_iterator, context):
+        """Loads decisions logged elsewhere (VW's decision-service JSON: rlclientlib, Personalizer and
+        VW exports, ltrr's own) into a policy's log, each joined with its logged reward and learned
+        like the policy's own: then evaluate, tune or warm-start on them. One answer per batch, once
+        its rows are committed, naming each line that was skipped and why; validate_only checks a
+        batch without importing it. A batch the server cannot take at all ends the stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportEvents(self, request, context):
+        """The policy's joined decisions as DSJSON lines (VW's --dsjson reads them), oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -140,6 +199,26 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetPolicyStats,
                     request_deserializer=ltrr_dot_v1_dot_admin__pb2.GetPolicyStatsRequest.FromString,
                     response_serializer=ltrr_dot_v1_dot_admin__pb2.PolicyStats.SerializeToString,
+            ),
+            'EvaluatePolicy': grpc.unary_stream_rpc_method_handler(
+                    servicer.EvaluatePolicy,
+                    request_deserializer=ltrr_dot_v1_dot_admin__pb2.EvaluatePolicyRequest.FromString,
+                    response_serializer=ltrr_dot_v1_dot_admin__pb2.EvaluatePolicyUpdate.SerializeToString,
+            ),
+            'TunePolicy': grpc.unary_stream_rpc_method_handler(
+                    servicer.TunePolicy,
+                    request_deserializer=ltrr_dot_v1_dot_admin__pb2.TunePolicyRequest.FromString,
+                    response_serializer=ltrr_dot_v1_dot_admin__pb2.TunePolicyUpdate.SerializeToString,
+            ),
+            'ImportEvents': grpc.stream_stream_rpc_method_handler(
+                    servicer.ImportEvents,
+                    request_deserializer=ltrr_dot_v1_dot_admin__pb2.ImportBatch.FromString,
+                    response_serializer=ltrr_dot_v1_dot_admin__pb2.ImportBatchResult.SerializeToString,
+            ),
+            'ExportEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportEvents,
+                    request_deserializer=ltrr_dot_v1_dot_admin__pb2.ExportEventsRequest.FromString,
+                    response_serializer=ltrr_dot_v1_dot_admin__pb2.ExportChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -305,6 +384,114 @@ class AdminService:
             '/ltrr.v1.AdminService/GetPolicyStats',
             ltrr_dot_v1_dot_admin__pb2.GetPolicyStatsRequest.SerializeToString,
             ltrr_dot_v1_dot_admin__pb2.PolicyStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvaluatePolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ltrr.v1.AdminService/EvaluatePolicy',
+            ltrr_dot_v1_dot_admin__pb2.EvaluatePolicyRequest.SerializeToString,
+            ltrr_dot_v1_dot_admin__pb2.EvaluatePolicyUpdate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TunePolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ltrr.v1.AdminService/TunePolicy',
+            ltrr_dot_v1_dot_admin__pb2.TunePolicyRequest.SerializeToString,
+            ltrr_dot_v1_dot_admin__pb2.TunePolicyUpdate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportEvents(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/ltrr.v1.AdminService/ImportEvents',
+            ltrr_dot_v1_dot_admin__pb2.ImportBatch.SerializeToString,
+            ltrr_dot_v1_dot_admin__pb2.ImportBatchResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ltrr.v1.AdminService/ExportEvents',
+            ltrr_dot_v1_dot_admin__pb2.ExportEventsRequest.SerializeToString,
+            ltrr_dot_v1_dot_admin__pb2.ExportChunk.FromString,
             options,
             channel_credentials,
             insecure,

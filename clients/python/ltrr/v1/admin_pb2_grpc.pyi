@@ -40,6 +40,28 @@ class AdminServiceStub:
     SnapshotPolicy: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SnapshotPolicyRequest, _admin_pb2.Snapshot]
     """Writes the policy's current learned model to the database now."""
     GetPolicyStats: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetPolicyStatsRequest, _admin_pb2.PolicyStats]
+    EvaluatePolicy: _grpc.UnaryStreamMultiCallable[_admin_pb2.EvaluatePolicyRequest, _admin_pb2.EvaluatePolicyUpdate]
+    """Counterfactual evaluation: estimates, from the policy's logged decisions and their rewards,
+    the mean reward other policies would have had on the same traffic (IPS, SNIPS, doubly robust,
+    with 95% intervals). Streams progress, then the result in the last message. Runs in a process
+    of its own; at most limits.max_evaluations at a time (RESOURCE_EXHAUSTED past it).
+    """
+    TunePolicy: _grpc.UnaryStreamMultiCallable[_admin_pb2.TunePolicyRequest, _admin_pb2.TunePolicyUpdate]
+    """Replays candidate learning configurations over the policy's log, each learning it in order
+    and scored on every event before learning it, and estimates each one (SNIPS). With apply, the
+    policy switches to the best one (a new lineage that starts from the candidate's replayed
+    model) only when its 95% lower bound is above the live policy's mean reward over the same
+    events. Streams progress, then the result. Shares limits.max_evaluations with EvaluatePolicy.
+    """
+    ImportEvents: _grpc.StreamStreamMultiCallable[_admin_pb2.ImportBatch, _admin_pb2.ImportBatchResult]
+    """Loads decisions logged elsewhere (VW's decision-service JSON: rlclientlib, Personalizer and
+    VW exports, ltrr's own) into a policy's log, each joined with its logged reward and learned
+    like the policy's own: then evaluate, tune or warm-start on them. One answer per batch, once
+    its rows are committed, naming each line that was skipped and why; validate_only checks a
+    batch without importing it. A batch the server cannot take at all ends the stream.
+    """
+    ExportEvents: _grpc.UnaryStreamMultiCallable[_admin_pb2.ExportEventsRequest, _admin_pb2.ExportChunk]
+    """The policy's joined decisions as DSJSON lines (VW's --dsjson reads them), oldest first."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -53,6 +75,28 @@ class AdminServiceAsyncStub(AdminServiceStub):
     SnapshotPolicy: _aio.UnaryUnaryMultiCallable[_admin_pb2.SnapshotPolicyRequest, _admin_pb2.Snapshot]  # type: ignore[assignment]
     """Writes the policy's current learned model to the database now."""
     GetPolicyStats: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetPolicyStatsRequest, _admin_pb2.PolicyStats]  # type: ignore[assignment]
+    EvaluatePolicy: _aio.UnaryStreamMultiCallable[_admin_pb2.EvaluatePolicyRequest, _admin_pb2.EvaluatePolicyUpdate]  # type: ignore[assignment]
+    """Counterfactual evaluation: estimates, from the policy's logged decisions and their rewards,
+    the mean reward other policies would have had on the same traffic (IPS, SNIPS, doubly robust,
+    with 95% intervals). Streams progress, then the result in the last message. Runs in a process
+    of its own; at most limits.max_evaluations at a time (RESOURCE_EXHAUSTED past it).
+    """
+    TunePolicy: _aio.UnaryStreamMultiCallable[_admin_pb2.TunePolicyRequest, _admin_pb2.TunePolicyUpdate]  # type: ignore[assignment]
+    """Replays candidate learning configurations over the policy's log, each learning it in order
+    and scored on every event before learning it, and estimates each one (SNIPS). With apply, the
+    policy switches to the best one (a new lineage that starts from the candidate's replayed
+    model) only when its 95% lower bound is above the live policy's mean reward over the same
+    events. Streams progress, then the result. Shares limits.max_evaluations with EvaluatePolicy.
+    """
+    ImportEvents: _aio.StreamStreamMultiCallable[_admin_pb2.ImportBatch, _admin_pb2.ImportBatchResult]  # type: ignore[assignment]
+    """Loads decisions logged elsewhere (VW's decision-service JSON: rlclientlib, Personalizer and
+    VW exports, ltrr's own) into a policy's log, each joined with its logged reward and learned
+    like the policy's own: then evaluate, tune or warm-start on them. One answer per batch, once
+    its rows are committed, naming each line that was skipped and why; validate_only checks a
+    batch without importing it. A batch the server cannot take at all ends the stream.
+    """
+    ExportEvents: _aio.UnaryStreamMultiCallable[_admin_pb2.ExportEventsRequest, _admin_pb2.ExportChunk]  # type: ignore[assignment]
+    """The policy's joined decisions as DSJSON lines (VW's --dsjson reads them), oldest first."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Manages policies. Everything here persists in the event log database."""
@@ -99,5 +143,51 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.GetPolicyStatsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.PolicyStats, _abc.Awaitable[_admin_pb2.PolicyStats]]: ...
+
+    @_abc_1.abstractmethod
+    def EvaluatePolicy(
+        self,
+        request: _admin_pb2.EvaluatePolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_admin_pb2.EvaluatePolicyUpdate], _abc.AsyncIterator[_admin_pb2.EvaluatePolicyUpdate]]:
+        """Counterfactual evaluation: estimates, from the policy's logged decisions and their rewards,
+        the mean reward other policies would have had on the same traffic (IPS, SNIPS, doubly robust,
+        with 95% intervals). Streams progress, then the result in the last message. Runs in a process
+        of its own; at most limits.max_evaluations at a time (RESOURCE_EXHAUSTED past it).
+        """
+
+    @_abc_1.abstractmethod
+    def TunePolicy(
+        self,
+        request: _admin_pb2.TunePolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_admin_pb2.TunePolicyUpdate], _abc.AsyncIterator[_admin_pb2.TunePolicyUpdate]]:
+        """Replays candidate learning configurations over the policy's log, each learning it in order
+        and scored on every event before learning it, and estimates each one (SNIPS). With apply, the
+        policy switches to the best one (a new lineage that starts from the candidate's replayed
+        model) only when its 95% lower bound is above the live policy's mean reward over the same
+        events. Streams progress, then the result. Shares limits.max_evaluations with EvaluatePolicy.
+        """
+
+    @_abc_1.abstractmethod
+    def ImportEvents(
+        self,
+        request_iterator: _MaybeAsyncIterator[_admin_pb2.ImportBatch],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_admin_pb2.ImportBatchResult], _abc.AsyncIterator[_admin_pb2.ImportBatchResult]]:
+        """Loads decisions logged elsewhere (VW's decision-service JSON: rlclientlib, Personalizer and
+        VW exports, ltrr's own) into a policy's log, each joined with its logged reward and learned
+        like the policy's own: then evaluate, tune or warm-start on them. One answer per batch, once
+        its rows are committed, naming each line that was skipped and why; validate_only checks a
+        batch without importing it. A batch the server cannot take at all ends the stream.
+        """
+
+    @_abc_1.abstractmethod
+    def ExportEvents(
+        self,
+        request: _admin_pb2.ExportEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_admin_pb2.ExportChunk], _abc.AsyncIterator[_admin_pb2.ExportChunk]]:
+        """The policy's joined decisions as DSJSON lines (VW's --dsjson reads them), oldest first."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,180 @@
+"""The command line's words for counterfactual evaluation and tuning, as request messages.
+
+>>> parse_target("action:song-1").action
+'song-1'
+>>> parse_target("snapshot:12").snapshot_id
+12
+>>> parse_target("live").live, parse_target("uniform").uniform, parse_target("actions").each_action
+(True, True, True)
+>>> from ltrr.v1 import admin_pb2
+>>> c = parse_candidate("exploration=epsilon,epsilon=0.1,learning_rate=0.2,interactions=::A+uA",
+...                     admin_pb2.PolicySpec(name="p", learning_rate=0.5))
+>>> c.exploration == admin_pb2.EXPLORATION_EPSILON, c.epsilon, c.learning_rate, list(c.interactions)
+(True, 0.1, 0.2, ['::A', 'uA'])
+>>> parse_time("2026-11-28T12:00:00Z", now=0.0)
+1795867200000
+>>> parse_time("90m", now=10_000.0)
+4600000
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ltrr.v1 import admin_pb2
+
+_SIMPLE = {"live": "live", "uniform": "uniform", "actions": "each_action"}
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_ENUMS = {"kind": ("POLICY_KIND_", admin_pb2.PolicyKind), "exploration": ("EXPLORATION_", admin_pb2.Exploration),
+          "aggregation": ("AGGREGATION_", admin_pb2.Aggregation)}
+TARGET_HELP = ("live | uniform | actions (each of the policy's actions) | action:ID | snapshot:ID | table:FILE "
+               "(JSON {action: weight}, or {\"feature\": \"ns.name\", \"by_value\": {value: {action: weight}}, "
+               "\"default\": {...}}) | candidate:FIELD=VALUE,... (the policy's spec with these changes)")
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds in "90s", "15m", "24h", "7d"; None when ``text`` is not such a duration."""
+    m = _DURATION.match(text.strip())
+    return float(m.group(1)) * _UNITS[m.group(2)] if m else None
+
+
+def parse_time(text: str, now: float | None = None) -> int:
+    """Milliseconds since 1970 from an ISO 8601 time (UTC unless it says otherwise) or a duration
+    ago ("90m", "24h", "7d")."""
+    now = time.time() if now is None else now
+    ago = parse_duration(text)
+    if ago is not None:
+        return int((now - ago) * 1000)
+    try:
+        dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"not an ISO 8601 time or a duration such as 24h: {text!r}") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+def table_target(data: Any, source: str) -> admin_pb2.TableTarget:
+    """A table target from its JSON form (see TARGET_HELP)."""
+    def weights(obj: Any, where: str) -> list[admin_pb2.ActionWeight]:
+        if not isinstance(obj, dict) or not all(isinstance(v, int | float) for v in obj.values()):
+            raise ValueError(f"{source}: {where} must map action ids to numbers")
+        return [admin_pb2.ActionWeight(action=str(k), weight=float(v)) for k, v in obj.items()]
+
+    if isinstance(data, dict) and "feature" in data:
+        by_value = data.get("by_value", {})
+        if not isinstance(by_value, dict):
+            raise ValueError(f"{source}: by_value must map feature values to tables")
+        return admin_pb2.TableTarget(
+            feature=str(data["feature"]), default_weights=weights(data.get("default", {}), "default"),
+            by_value=[admin_pb2.FeatureTable(value=str(k), weights=weights(v, f"by_value[{k!r}]"))
+                      for k, v in by_value.items()])
+    return admin_pb2.TableTarget(default_weights=weights(data, "the table"))
+
+
+def parse_candidate(text: str, base: admin_pb2.PolicySpec) -> admin_pb2.PolicySpec:
+    """``base`` with FIELD=VALUE changes (enums by name, interactions joined by '+')."""
+    spec = admin_pb2.PolicySpec()
+    spec.CopyFrom(base)
+    for part in filter(None, text.split(",")):
+        name, eq, value = part.partition("=")
+        name = name.strip()
+        if not eq or name not in admin_pb2.PolicySpec.DESCRIPTOR.fields_by_name:
+            raise ValueError(f"candidate: {part!r} is not FIELD=VALUE with a PolicySpec field")
+        if name in _ENUMS:
+            prefix, enum = _ENUMS[name]
+            try:
+                setattr(spec, name, enum.Value(prefix + value.strip().upper()))
+            except ValueError:
+                raise ValueError(f"candidate: unknown {name} {value!r}") from None
+        elif name == "interactions":
+            del spec.interactions[:]
+            spec.interactions.extend(filter(None, value.split("+")))
+        elif name in ("actions", "name"):
+            raise ValueError(f"candidate: {name} is the policy's, not a learning setting")
+        else:
+            field = admin_pb2.PolicySpec.DESCRIPTOR.fields_by_name[name]
+            try:
+                number = float(value) if field.cpp_type == field.CPPTYPE_DOUBLE else int(value)
+            except ValueError:
+                raise ValueError(f"candidate: {name} must be a number, got {value!r}") from None
+            setattr(spec, name, number)
+    return spec
+
+
+def parse_target(text: str, base: admin_pb2.PolicySpec | None = None) -> admin_pb2.EvaluationTarget:
+    """One ``--target`` (see TARGET_HELP). ``base`` is the policy's spec, for candidates."""
+    if text in _SIMPLE:
+        target = admin_pb2.EvaluationTarget()
+        setattr(target, _SIMPLE[text], True)
+        return target
+    kind, colon, rest = text.partition(":")
+    if not colon:
+        raise ValueError(f"unknown target {text!r}: {TARGET_HELP}")
+    if kind == "action":
+        return admin_pb2.EvaluationTarget(action=rest)
+    if kind == "snapshot":
+        if not rest.isdigit():
+            raise ValueError(f"snapshot:ID needs a number, got {rest!r}")
+        return admin_pb2.EvaluationTarget(snapshot_id=int(rest))
+    if kind == "table":
+        try:
+            data = json.loads(Path(rest).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"table {rest}: {exc}") from None
+        return admin_pb2.EvaluationTarget(name=f"table:{Path(rest).name}", table=table_target(data, rest))
+    if kind == "candidate":
+        return admin_pb2.EvaluationTarget(name=text, candidate=parse_candidate(rest, base or admin_pb2.PolicySpec()))
+    raise ValueError(f"unknown target {text!r}: {TARGET_HELP}")
+
+
+def _interval(e: admin_pb2.Estimate) -> str:
+    return f"{e.value:9.4f} [{e.lower:.4f}, {e.upper:.4f}]"
+
+
+def evaluation_table(result: admin_pb2.PolicyEvaluation) -> str:
+    """The result as a text table: one row per target and slot."""
+    head = (f"{result.events} joined events of {result.policy}, "
+            f"{_when(result.first_ms)} .. {_when(result.last_ms)}; logged policy's mean reward "
+            f"{_interval(result.logged)}")
+    rows = [head, f"{'target':<28} {'slot':>4} {'estimator':<6} {'value [95% interval]':>34} {'ess':>9} "
+                  f"{'support':>8}"]
+    for t in result.targets:
+        for s in t.slots:
+            for name in ("ips", "snips", "dr"):
+                if s.HasField(name):
+                    rows.append(f"{t.name[:28]:<28} {s.slot:>4} {name:<6} {_interval(getattr(s, name)):>34} "
+                                f"{s.effective_sample_size:>9.0f} {s.support:>8.3f}")
+    return "\n".join(rows)
+
+
+def tune_table(result: admin_pb2.TuneResult) -> str:
+    rows = [f"{result.events} joined events of {result.policy}; live policy's mean reward {_interval(result.logged)}",
+            f"{'#':>2} {'SNIPS [95% interval]':>34}  configuration"]
+    for i, c in enumerate(result.candidates):
+        rows.append(f"{i + 1:>2} {_interval(c.estimate):>34}  {describe(c.spec)}")
+    rows.append(("applied: " if result.applied else "not applied: ") + result.reason)
+    return "\n".join(rows)
+
+
+def describe(spec: admin_pb2.PolicySpec) -> str:
+    """The learning settings of a spec, as FIELD=VALUE (the form ``candidate:`` takes)."""
+    e = admin_pb2.Exploration.Name(spec.exploration).removeprefix("EXPLORATION_").lower()
+    parts = [f"exploration={e}"]
+    if e == "squarecb":
+        parts.append(f"squarecb_gamma_scale={spec.squarecb_gamma_scale:g}")
+    elif e in ("epsilon", "bag", "cover", "rnd"):
+        parts.append(f"epsilon={spec.epsilon:g}")
+    parts += [f"learning_rate={spec.learning_rate:g}", f"power_t={spec.power_t:g}",
+              "interactions=" + "+".join(spec.interactions)]
+    return ",".join(parts)
+
+
+def _when(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")

@@ -1,0 +1,131 @@
+"""Decisions logged elsewhere, imported into a policy's log as if it had made them.
+
+Each DSJSON line (``log/dsjson.py``) becomes a decision row (at its logged time), a reward row
+("import", its logged reward) and a join, through the same joiner as the policy's own: the joined
+event gets the next position in the log and goes to the learner, so the policy learns it (a warm
+start) and evaluations and tunings read it like any other. A line whose event id is in the log
+already is skipped as a duplicate: an import can be run again after a failure.
+
+Parsing takes about 30 us a line: it runs on a worker thread, so the event loop keeps answering
+decisions between the interpreter's switches; the rows are queued and joined on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from ltrr_server.bounds import ID_CHARS
+from ltrr_server.config import Limits
+from ltrr_server.core.policies import PolicyBook
+from ltrr_server.core.rewards import Rewards
+from ltrr_server.errors import InvalidArgument, LtrrError, Overloaded
+from ltrr_server.features import Namespaces, action_line, dumps, namespaces_to_json, shared_line, validate_namespaces
+from ltrr_server.log.dsjson import ImportedEvent, parse_line
+from ltrr_server.log.joiner import PendingDecision
+from ltrr_server.log.rows import DecisionRecord, RewardRow
+from ltrr_server.log.store import EventLogStore
+from ltrr_server.log.writer import EventLogWriter
+
+IMPORT_REWARD_ID = "import"
+
+
+@dataclass
+class ImportResult:
+    imported: int = 0
+    duplicates: int = 0
+    # (line number, what is wrong with it)
+    errors: list[tuple[int, str]] = field(default_factory=list)
+
+
+def _checked(ns: Namespaces, where: str, max_features: int) -> Namespaces:
+    """The same bounds as a Decide request's namespaces."""
+    return validate_namespaces(
+        ((name, ((f, v if isinstance(v, str) else None, v if not isinstance(v, str) else None) for f, v in feats))
+         for name, feats in ns), where, max_features)
+
+
+def parse_batch(lines: list[str], first_line: int, kind: str, limits: Limits
+                ) -> tuple[list[tuple[int, ImportedEvent]], list[tuple[int, str]]]:
+    """The batch's lines as events, and the errors of the lines that are not (by line number)."""
+    events: list[tuple[int, ImportedEvent]] = []
+    errors: list[tuple[int, str]] = []
+    seen: set[str] = set()
+    for i, text in enumerate(lines):
+        number = first_line + i
+        try:
+            ev = parse_line(text, limits.max_actions)
+            if len(ev.event_id) > ID_CHARS or "\x00" in ev.event_id:
+                raise InvalidArgument("EventId", f"longer than {ID_CHARS} characters, or holds a NUL")
+            if kind == "cb" and len(ev.chosen) > 1:
+                raise InvalidArgument("_outcomes", "a multi-slot decision, and the policy is a cb policy")
+            if ev.event_id in seen:
+                raise InvalidArgument("EventId", f"{ev.event_id!r} comes twice in this batch")
+            ev.context = _checked(ev.context, "c", limits.max_features)
+            ev.action_features = [_checked(f, f"c._multi[{k}]", limits.max_features)
+                                  for k, f in enumerate(ev.action_features)]
+        except LtrrError as exc:
+            errors.append((number, exc.message))
+            continue
+        seen.add(ev.event_id)
+        events.append((number, ev))
+    return events, errors
+
+
+class Imports:
+    def __init__(self, policies: PolicyBook, rewards: Rewards, writer: EventLogWriter, store: EventLogStore,
+                 limits: Limits) -> None:
+        self._policies = policies
+        self._rewards = rewards
+        self._writer = writer
+        self._store = store
+        self._limits = limits
+
+    async def import_lines(self, policy: str, lines: list[str], first_line: int, validate_only: bool
+                           ) -> ImportResult:
+        """Imports one batch; returns once its rows are committed."""
+        rt = self._policies.get(policy, "policy")
+        if len(lines) > self._limits.max_reward_batch:
+            raise InvalidArgument("lines", f"{len(lines)} lines in one batch, more than limits.max_reward_batch="
+                                           f"{self._limits.max_reward_batch}")
+        first_line = first_line or 1
+        events, errors = await asyncio.to_thread(parse_batch, lines, first_line, rt.spec.kind, self._limits)
+        known, _ = await asyncio.to_thread(self._store.lookup_events, [(ev.event_id, "") for _, ev in events])
+        joiner = self._rewards.joiner
+        fresh = [(n, ev) for n, ev in events if ev.event_id not in known and ev.event_id not in joiner]
+        result = ImportResult(len(fresh), len(events) - len(fresh), errors)
+        if validate_only or not fresh:
+            return result
+        if self._writer.room() < 2 * len(fresh) or joiner.room() < len(fresh):
+            raise Overloaded("the write queue or the pending joins are full; retry the batch with backoff")
+        rt = self._policies.get(policy, "policy")  # it may have changed lineage meanwhile
+        now = time.time()
+        decisions, rewards, ids = [], [], []
+        for _, ev in fresh:
+            actions_json = dumps([[a, namespaces_to_json(f)] for a, f in
+                                  zip(ev.action_ids, ev.action_features, strict=True)])
+            first = ev.probabilities[0]
+            greedy = max(range(len(first)), key=first.__getitem__)
+            chosen = [(idx, ev.probabilities[s][idx]) for s, idx in enumerate(ev.chosen)]
+            pd = PendingDecision(
+                event_id=ev.event_id, policy=policy, lineage=rt.lineage, created_at=ev.created_at,
+                deadline=ev.created_at, shared=shared_line(ev.context),
+                actions=[action_line(a, f) for a, f in zip(ev.action_ids, ev.action_features, strict=True)],
+                action_ids=ev.action_ids, chosen=chosen, explored=ev.chosen[0] != greedy,
+                aggregation="first", default_reward=rt.spec.default_reward, learn=ev.learn)
+            if ev.reward is not None:
+                pd.add_reward(IMPORT_REWARD_ID, ev.reward)
+                rewards.append(RewardRow(ev.event_id, IMPORT_REWARD_ID, ev.reward, None, None, None, "accepted", now))
+            joiner.add(pd)
+            ids.append(ev.event_id)
+            decisions.append(DecisionRecord(ev.event_id, policy, rt.lineage, ev.created_at, ev.created_at, ev.context,
+                                            actions_json, ev.probabilities, ev.chosen, pd.explored, 0, ev.learn))
+        # Decisions, then their rewards, then the joins: the order a live decision's rows take.
+        self._writer.append("decisions", decisions)
+        committed = self._writer.submit("rewards", rewards, force=True) if rewards else self._writer.barrier()
+        joiner.close_now(ids, now)
+        self._rewards.flush_joined()
+        await asyncio.wrap_future(committed)
+        await asyncio.wrap_future(self._writer.barrier())  # the joins too
+        return result

@@ -1,0 +1,273 @@
+"""VW's decision-service JSON (DSJSON): ltrr's logged decisions out, other systems' logs in.
+
+One line per decision, as VW's ``--dsjson`` reader, rlclientlib and Personalizer's exports write
+it. A single-slot decision::
+
+    {"EventId": "e1", "Timestamp": "2026-11-29T10:00:00.000000Z", "Version": "1",
+     "_label_cost": -1.0, "_label_probability": 0.85, "_label_Action": 2, "_labelIndex": 1,
+     "a": [2, 1], "p": [0.85, 0.15],
+     "c": {"user": {"segment=s1": 1, "age": 31.0},
+           "_multi": [{"_tag": "news", "A": {"id=news": 1}}, {"_tag": "sports", "A": {"id=sports": 1}}]}}
+
+``a`` ranks the actions (1-based, the chosen one first) and ``p`` gives each one's probability;
+``_label_cost`` is the cost VW learns, the reward negated. A multi-slot decision has
+``_outcomes`` (per slot ``_a``, 0-based, ``_p`` and ``_label_cost``) and ``_slots`` instead.
+
+Export writes each of ltrr's string features ``name=value`` as the feature ``"name=value": 1``
+and each action's id as ltrr's own ``A`` namespace does, so that VW's DSJSON parser reads a
+line back into the very examples ltrr learned (``tests/server/log/test_dsjson.py`` trains one
+model each way and compares them). Import reads any DSJSON: keys starting with ``_`` are not
+features (as in VW), strings become string features, numbers number features and ``true`` a
+feature of value 1; an action's id is its ``_tag`` (else its 1-based position; a repeated tag
+gets "#position").
+
+>>> line = to_line(ExportedEvent("e1", 0.0, [("user", [("seg", "s1")])],
+...                              [("x", []), ("y", [])], [[0.25, 0.75]], [1], 1.0))
+>>> ev = parse_line(line)
+>>> ev.event_id, ev.context, ev.action_ids, ev.action_features, ev.chosen, ev.probabilities, ev.reward
+('e1', [('user', [('seg', 's1')])], ['x', 'y'], [[], []], [1], [[0.25, 0.75]], 1.0)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ltrr_server.bounds import MAX_ABS_FEATURE, MAX_ABS_REWARD, magnitude_problem
+from ltrr_server.config import check_action_ids
+from ltrr_server.errors import InvalidArgument
+from ltrr_server.features import ACTION_NAMESPACE, SLOT_NAMESPACE, Namespaces, _escape_name, _escape_value, dumps
+
+DEFAULT_NAMESPACE = "default"
+_FRACTION = re.compile(r"(\.\d{6})\d+")
+
+
+@dataclass
+class ExportedEvent:
+    """A joined decision as export writes it."""
+
+    event_id: str
+    created_at: float
+    context: Namespaces
+    actions: list[tuple[str, Namespaces]]
+    # Per slot, the probability of every action.
+    probabilities: list[list[float]]
+    chosen: list[int]
+    reward: float
+
+
+@dataclass
+class ImportedEvent:
+    """A decision read from a DSJSON line."""
+
+    event_id: str
+    created_at: float
+    context: Namespaces
+    action_ids: list[str]
+    action_features: list[Namespaces]
+    probabilities: list[list[float]]
+    chosen: list[int]
+    # None: the line logged no outcome (joined with the policy's default reward).
+    reward: float | None
+    learn: bool = True
+
+
+# ---------------------------------------------------------------------------- export
+def _features(namespaces: Namespaces) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for ns, feats in namespaces:
+        target = out.setdefault(_escape_name(ns), {})
+        for name, value in feats:
+            if isinstance(value, str):
+                target[f"{_escape_name(name)}={_escape_value(value)}"] = 1
+            else:
+                target[_escape_name(name)] = value
+    return out
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def to_line(ev: ExportedEvent) -> str:
+    """One DSJSON line (no newline)."""
+    multi = []
+    for action_id, feats in ev.actions:
+        obj: dict[str, Any] = {"_tag": action_id}
+        obj.update(_features([(ACTION_NAMESPACE, [("id", action_id)]), *feats]))
+        multi.append(obj)
+    context: dict[str, Any] = _features(ev.context)
+    context["_multi"] = multi
+    line: dict[str, Any] = {"EventId": ev.event_id, "Timestamp": _iso(ev.created_at), "Version": "1"}
+    cost = -ev.reward
+    if len(ev.chosen) == 1:
+        idx, probs = ev.chosen[0], ev.probabilities[0]
+        ranked = [idx] + sorted((i for i in range(len(probs)) if i != idx), key=lambda i: -probs[i])
+        line.update({"_label_cost": cost, "_label_probability": probs[idx], "_label_Action": idx + 1,
+                     "_labelIndex": idx, "a": [i + 1 for i in ranked], "c": context,
+                     "p": [probs[i] for i in ranked]})
+        return dumps(line)
+    outcomes = []
+    taken: set[int] = set()
+    for s, (idx, probs) in enumerate(zip(ev.chosen, ev.probabilities, strict=True)):
+        rest = sorted((i for i in range(len(probs)) if i != idx and i not in taken), key=lambda i: -probs[i])
+        outcomes.append({"_id": f"slot_{s}", "_label_cost": cost, "_a": [idx, *rest],
+                         "_p": [probs[idx]] + [probs[i] for i in rest]})
+        taken.add(idx)
+    context["_slots"] = [{"_id": f"slot_{s}", SLOT_NAMESPACE: {f"slot={s}": 1}} for s in range(len(ev.chosen))]
+    line.update({"c": context, "_outcomes": outcomes})
+    return dumps(line)
+
+
+# ---------------------------------------------------------------------------- import
+def _flatten(obj: dict[str, Any], ns: str, out: dict[str, list[tuple[str, str | float]]], where: str) -> None:
+    """VW's JSON features: nested objects are namespaces of their own, keys starting with _ are not
+    features, strings are string features, numbers number features, true a feature of value 1."""
+    for key, value in obj.items():
+        if key.startswith("_"):
+            continue
+        if isinstance(value, dict):
+            _flatten(value, key, out, f"{where}.{key}")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, dict):
+                    _flatten(item, key, out, f"{where}.{key}[{i}]")
+                elif isinstance(item, int | float) and not isinstance(item, bool):
+                    _add(out, key, str(i), float(item), f"{where}.{key}[{i}]")
+        elif isinstance(value, bool):
+            if value:
+                _add(out, ns, key, 1.0, f"{where}.{key}")
+        elif isinstance(value, int | float):
+            _add(out, ns, key, float(value), f"{where}.{key}")
+        elif isinstance(value, str):
+            _add(out, ns, key, value, f"{where}.{key}")
+
+
+def _add(out: dict[str, list[tuple[str, str | float]]], ns: str, name: str, value: str | float, where: str) -> None:
+    if isinstance(value, float):
+        if problem := magnitude_problem(value, MAX_ABS_FEATURE):
+            raise InvalidArgument(where, problem)
+        base, eq, text = name.partition("=")
+        if eq and base and value == 1.0:  # "name=value": 1, as ltrr exports a string feature
+            name, value = base, text
+    out.setdefault(ns, []).append((name, value))
+
+
+def _namespaces(obj: dict[str, Any], where: str, skip: tuple[str, str] | None = None) -> Namespaces:
+    out: dict[str, list[tuple[str, str | float]]] = {}
+    _flatten(obj, DEFAULT_NAMESPACE, out, where)
+    if skip is not None and out.get(skip[0]) == [("id", skip[1])]:
+        del out[skip[0]]  # ltrr's own id feature: ltrr adds it again
+    return list(out.items())
+
+
+def _timestamp(line: dict[str, Any]) -> float:
+    text = line.get("Timestamp")
+    if not isinstance(text, str):
+        return time.time()
+    try:
+        dt = datetime.fromisoformat(_FRACTION.sub(r"\1", text.replace("Z", "+00:00")))
+    except ValueError:
+        raise InvalidArgument("Timestamp", f"not an ISO 8601 time: {text!r}") from None
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidArgument(where, f"must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _distribution(ranked: Any, probs: Any, n: int, base: int, where: str) -> list[float]:
+    """Per action, its probability from a ranking (indices from ``base``) and its probabilities."""
+    if not isinstance(ranked, list) or not isinstance(probs, list) or len(ranked) != len(probs) or not ranked:
+        raise InvalidArgument(where, "needs the ranked actions and their probabilities, of one length")
+    out = [0.0] * n
+    for i, (a, p) in enumerate(zip(ranked, probs, strict=True)):
+        if isinstance(a, bool) or not isinstance(a, int) or not base <= a < n + base:
+            raise InvalidArgument(f"{where}[{i}]", f"action {a!r} is not one of the {n} actions")
+        out[a - base] = _number(p, f"{where} probability {i}")
+    total = sum(out)
+    if not 0.98 <= total <= 1.02 or min(out) < 0:
+        raise InvalidArgument(where, f"probabilities must be >= 0 and sum to 1, got a sum of {total:.4g}")
+    return out
+
+
+def _action_ids(multi: list[dict[str, Any]]) -> list[str]:
+    """Each action's ``_tag`` (else its 1-based position); a tag that repeats an earlier one (the
+    decision service logged the same article twice, with other features) gets "#position"."""
+    ids: list[str] = []
+    seen: set[str] = set()
+    for i, a in enumerate(multi):
+        tag = str(a.get("_tag", i + 1))
+        if tag in seen:
+            tag = f"{tag}#{i + 1}"
+        seen.add(tag)
+        ids.append(tag)
+    return ids
+
+
+def parse_line(text: str, max_actions: int = 256) -> ImportedEvent:
+    """One DSJSON line as a decision; InvalidArgument names what is wrong with it."""
+    try:
+        line = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidArgument("line", f"not JSON: {exc.msg} at column {exc.colno}") from None
+    if not isinstance(line, dict):
+        raise InvalidArgument("line", "not a JSON object")
+    event_id = line.get("EventId")
+    if not isinstance(event_id, str) or not event_id:
+        raise InvalidArgument("EventId", "missing or not a string")
+    if line.get("pdrop"):
+        raise InvalidArgument("pdrop", "events dropped at logging (pdrop > 0) would bias every estimate")
+    c = line.get("c")
+    if not isinstance(c, dict):
+        raise InvalidArgument("c", "missing: the context and its _multi actions")
+    multi = c.get("_multi")
+    if not isinstance(multi, list) or not multi or not all(isinstance(a, dict) for a in multi):
+        raise InvalidArgument("c._multi", "missing or empty: the actions")
+    if len(multi) > max_actions:
+        raise InvalidArgument("c._multi", f"{len(multi)} actions, more than limits.max_actions={max_actions}")
+    ids = _action_ids(multi)
+    check_action_ids(ids, "c._multi")
+    n = len(multi)
+    if "_outcomes" in line:
+        outcomes = line["_outcomes"]
+        if not isinstance(outcomes, list) or not outcomes or not all(isinstance(o, dict) for o in outcomes):
+            raise InvalidArgument("_outcomes", "must be a list of slot outcomes")
+        probabilities = [_distribution(o.get("_a"), o.get("_p"), n, 0, f"_outcomes[{s}]._a")
+                         for s, o in enumerate(outcomes)]
+        chosen = [int(o["_a"][0]) for o in outcomes]
+        if len(set(chosen)) != len(chosen):
+            raise InvalidArgument("_outcomes", "two slots chose the same action")
+        costs = [_number(o["_label_cost"], f"_outcomes[{s}]._label_cost")
+                 for s, o in enumerate(outcomes) if "_label_cost" in o]
+        reward = -sum(costs) if costs else None
+    else:
+        ranked: Any = line.get("a")
+        probs = line.get("p")
+        if probs is None and isinstance(ranked, list) and "_label_probability" in line:
+            # Only the chosen action's probability: the rest spread evenly (no estimator reads them).
+            p = _number(line["_label_probability"], "_label_probability")
+            probs = [p] + [(1 - p) / max(1, len(ranked) - 1)] * (len(ranked) - 1)
+        probabilities = [_distribution(ranked, probs, n, 1, "a")]
+        index = line.get("_labelIndex", ranked[0] - 1)  # _distribution checked the ranking
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n:
+            raise InvalidArgument("_labelIndex", f"must be an action index below {n}, got {index!r}")
+        chosen = [index]
+        reward = -_number(line["_label_cost"], "_label_cost") if "_label_cost" in line else None
+    for s, (idx, probs_s) in enumerate(zip(chosen, probabilities, strict=True)):
+        if not probs_s[idx] > 0:
+            raise InvalidArgument(f"slot {s}", "the chosen action has probability 0")
+    if reward is not None and (problem := magnitude_problem(reward, MAX_ABS_REWARD)):
+        raise InvalidArgument("_label_cost", problem)
+    return ImportedEvent(
+        event_id=event_id, created_at=_timestamp(line), context=_namespaces(c, "c"), action_ids=ids,
+        action_features=[_namespaces(a, f"c._multi[{i}]", (ACTION_NAMESPACE, _escape_value(ids[i])))
+                         for i, a in enumerate(multi)],
+        probabilities=probabilities, chosen=chosen, reward=reward, learn=not line.get("_skipLearn", False))

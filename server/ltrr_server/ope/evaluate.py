@@ -1,0 +1,228 @@
+"""One pass over a policy's joined events that estimates the value of several targets at once.
+
+For every event the reward model (for DR) predicts every action before it learns the event, and
+each target gives its probabilities before a learning target learns it: every figure is computed
+from what was known before the event, so the estimates stay unbiased (progressive validation).
+
+Per slot: for a multi-slot policy each slot is evaluated as its own decision with the decision's
+reward, the logged probability of that slot's action and the target's distribution for the slot.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from array import array
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ltrr_server.config import PolicySpec
+from ltrr_server.errors import InvalidArgument, NotFound
+from ltrr_server.log.events import LoggedEvent, count_events, read_events
+from ltrr_server.log.store import EventLogStore
+from ltrr_server.ope import estimators
+from ltrr_server.ope.estimators import Estimate
+from ltrr_server.ope.targets import (
+    ConstantTarget,
+    ModelTarget,
+    ReplayTarget,
+    TableTarget,
+    Target,
+    UniformTarget,
+)
+from ltrr_server.policy.model import PolicyModel
+
+# Progress is reported at most this often.
+PROGRESS_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class TargetPlan:
+    """A target as a request names it; picklable, built into a ``Target`` where the pass runs."""
+
+    name: str
+    uniform: bool = False
+    action: str | None = None
+    table: TableTarget | None = None
+    model: bytes | None = None
+    snapshot_id: int | None = None
+    candidate: PolicySpec | None = None
+    # A candidate's model after its replay is returned with its result (to warm-start a policy).
+    keep_model: bool = False
+
+
+@dataclass(frozen=True)
+class EvaluationPlan:
+    policy: str
+    kind: str
+    since: float
+    until: float
+    targets: tuple[TargetPlan, ...]
+    estimators: tuple[str, ...] = estimators.NAMES
+    # The reward model's interactions (DR), the policy's own by default.
+    interactions: tuple[str, ...] = ("::", "::A")
+
+
+@dataclass
+class SlotResult:
+    slot: int
+    estimates: dict[str, Estimate]
+    # Diagnostics of the importance weights: a mean far from 1 means the logged probabilities or
+    # the target's do not describe the same actions; a small effective sample size, a noisy estimate.
+    mean_weight: float
+    max_weight: float
+    effective_sample_size: float
+    # Share of events in which the target could take the logged action at all.
+    support: float
+
+
+@dataclass
+class TargetResult:
+    name: str
+    slots: list[SlotResult]
+    # A replayed candidate's model at the end of the log, when its plan asked to keep it.
+    model: bytes | None = None
+
+
+@dataclass
+class EvaluationResult:
+    policy: str
+    events: int
+    first_at: float
+    last_at: float
+    logged: Estimate
+    targets: list[TargetResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+Progress = Callable[[int, int], None]
+
+
+class RewardModel:
+    """The direct method's reward estimate for DR: VW's cb_adf regression on the logged actions
+    (``--cb_type dm``: no importance weights), learned online over the same log. Its scores come
+    through ``PolicyModel``'s prediction path, whose parsed actions are reused event to event."""
+
+    def __init__(self, interactions: Sequence[str]) -> None:
+        self._model = PolicyModel.reward_regression(interactions)
+
+    def predict(self, event: LoggedEvent) -> list[float]:
+        """The estimated reward of every action (a cb_adf "prediction" is each action's cost)."""
+        return [-cost for cost in self._model.predict_one(event.shared, event.action_lines)[0]]
+
+    def learn(self, event: LoggedEvent) -> None:
+        for idx, prob in zip(event.chosen, event.logged, strict=True):
+            self._model.learn_one(event.shared, event.action_lines, [(idx, -event.reward, prob)])
+
+
+def build_target(plan: TargetPlan, store: EventLogStore, policy: str, kind: str) -> Target:
+    if plan.uniform:
+        return UniformTarget()
+    if plan.action is not None:
+        return ConstantTarget(plan.action)
+    if plan.table is not None:
+        return plan.table
+    if plan.candidate is not None:
+        return ReplayTarget(plan.candidate, plan.name)
+    if plan.model is not None:
+        return ModelTarget(PolicyModel.from_bytes(plan.model, kind), plan.name)
+    if plan.snapshot_id is not None:
+        data = store.snapshot_model(plan.snapshot_id)
+        if data is None or data[0] != policy:
+            raise NotFound(f"snapshot {plan.snapshot_id} of this policy not found", field="targets")
+        return ModelTarget(PolicyModel.from_bytes(data[1], kind), plan.name)
+    raise InvalidArgument("targets", f"target {plan.name!r} names nothing to evaluate")
+
+
+class _Column:
+    """One target's figures for one slot, event by event."""
+
+    def __init__(self) -> None:
+        self.weights = array("d")
+        self.q_target = array("d")
+
+
+def evaluate(store: EventLogStore, plan: EvaluationPlan, progress: Progress | None = None) -> EvaluationResult:
+    """Estimates every target of ``plan`` over the policy's joined events in [since, until)."""
+    started = time.perf_counter()
+    targets = [build_target(tp, store, plan.policy, plan.kind) for tp in plan.targets]
+    use_dr = "dr" in plan.estimators
+    reward_model = RewardModel(plan.interactions) if use_dr else None
+    total = count_events(store, plan.policy, plan.since, plan.until)
+    if progress is not None:
+        progress(0, total)
+    rewards = array("d")
+    slot_rewards: list[array[float]] = []
+    q_logged: list[array[float]] = []
+    columns: list[list[_Column]] = [[] for _ in targets]
+    first_at, last_at, n = math.inf, -math.inf, 0
+    last_report = time.monotonic()
+    for ev in read_events(store, plan.policy, plan.since, plan.until):
+        if any(p <= 0 for p in ev.logged):
+            continue  # not drawn by the logged policy: no importance weight exists
+        n += 1
+        first_at, last_at = min(first_at, ev.created_at), max(last_at, ev.created_at)
+        rewards.append(ev.reward)
+        while len(slot_rewards) < ev.slots:  # a slot first seen now: earlier events had no such slot
+            slot_rewards.append(array("d"))
+            q_logged.append(array("d"))
+        q = reward_model.predict(ev) if reward_model is not None else None
+        for s, (idx, _) in enumerate(zip(ev.chosen, ev.logged, strict=True)):
+            slot_rewards[s].append(ev.reward)
+            q_logged[s].append(q[idx] if q is not None else 0.0)
+        for target, cols in zip(targets, columns, strict=True):
+            probs = target.probabilities(ev)
+            while len(cols) < ev.slots:
+                cols.append(_Column())
+            for s, (idx, logged) in enumerate(zip(ev.chosen, ev.logged, strict=True)):
+                dist = probs[s] if s < len(probs) else [0.0] * len(ev.action_ids)
+                cols[s].weights.append(dist[idx] / logged)
+                cols[s].q_target.append(sum(p * qa for p, qa in zip(dist, q, strict=True)) if q is not None else 0.0)
+            target.learn(ev)
+        if reward_model is not None:
+            reward_model.learn(ev)
+        if progress is not None and time.monotonic() - last_report >= PROGRESS_SECONDS:
+            last_report = time.monotonic()
+            progress(n, max(total, n))
+    if n == 0:
+        raise NotFound(f"policy {plan.policy!r} has no joined decisions made in the range since_ms="
+                       f"{plan.since * 1000:.0f}, until_ms={plan.until * 1000:.0f}", field="since_ms")
+    result = EvaluationResult(plan.policy, n, first_at, last_at, estimators.mean(_np(rewards)))
+    for tp, target, cols in zip(plan.targets, targets, columns, strict=True):
+        slots = []
+        for s, col in enumerate(cols):
+            r, w = _np(slot_rewards[s]), _np(col.weights)
+            estimates: dict[str, Estimate] = {}
+            if "ips" in plan.estimators:
+                estimates["ips"] = estimators.ips(r, w)
+            if "snips" in plan.estimators:
+                estimates["snips"] = estimators.snips(r, w)
+            if use_dr:
+                estimates["dr"] = estimators.dr(r, w, _np(q_logged[s]), _np(col.q_target))
+            slots.append(SlotResult(s, estimates, float(np.mean(w)), float(np.max(w)),
+                                    estimators.effective_sample_size(w), float(np.mean(w > 0))))
+        model = target.model.to_bytes() if tp.keep_model and isinstance(target, ReplayTarget) else None
+        result.targets.append(TargetResult(target.name, slots, model))
+    if progress is not None:
+        progress(n, n)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+@dataclass(frozen=True)
+class EvaluateJob:
+    """An evaluation as a ``jobs.Job``: progress, then the ``EvaluationResult``."""
+
+    plan: EvaluationPlan
+
+    def run(self, store: EventLogStore, send: Callable[[object], None]) -> None:
+        from ltrr_server.jobs import Progress
+
+        send(evaluate(store, self.plan, lambda done, total: send(Progress(done, total))))
+
+
+def _np(values: array[float]) -> Any:
+    return np.frombuffer(values, dtype=np.float64) if len(values) else np.zeros(0)
