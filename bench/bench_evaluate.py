@@ -216,6 +216,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--db", help="database URL (default: SQLite in a temporary folder)")
+    ap.add_argument("--only", choices=["evaluate", "dsjson"],
+                    help="time only the evaluations, or only export and import")
     args = ap.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="ltrr-bench-evaluate-"))
     db_url = args.db or f"sqlite:///{folder / 'ltrr.db'}"
@@ -223,47 +225,46 @@ def main() -> None:
     bare = bare_pass(db_url)
     server = LtrrProcess(POLICY, db_url=db_url, directory=folder)
     try:
-        table = admin_pb2.TableTarget(feature="user.seg", default_weights=admin_pb2.ActionWeights(weights={"a0": 1}),
-                                      by_value={f"s{s}": admin_pb2.ActionWeights(weights={f"a{s % N_ACTIONS}": 1})
-                                                for s in range(20)})
+        table = admin_pb2.TableTarget(
+            feature="user.seg", default_weights=[admin_pb2.ActionWeight(action="a0", weight=1)],
+            by_value=[admin_pb2.FeatureTable(value=f"s{s}", weights=[admin_pb2.ActionWeight(action=f"a{s % N_ACTIONS}",
+                                                                                             weight=1)])
+                      for s in range(20)])
         fast_targets = [admin_pb2.EvaluationTarget(uniform=True), admin_pb2.EvaluationTarget(action="a3"),
                         admin_pb2.EvaluationTarget(table=table, name="by segment")]
-        fast_s, fast_mb, fast = timed_evaluation(server, admin_pb2.EvaluatePolicyRequest(
-            name="offline", targets=fast_targets, estimators=[admin_pb2.ESTIMATOR_IPS, admin_pb2.ESTIMATOR_SNIPS]))
-        candidate = admin_pb2.EvaluationTarget(name="candidate", candidate=admin_pb2.PolicySpec(
-            exploration=admin_pb2.EXPLORATION_SQUARECB))
-        replay_s, replay_mb, replay = timed_evaluation(server, admin_pb2.EvaluatePolicyRequest(
-            name="offline", targets=[*fast_targets, candidate]))
-        dsjson = folder / "offline.dsjson"
-        export_s, export_mb, exported = timed_export(server, dsjson)
-        import_s, import_mb, imported = timed_import(server, dsjson)
-        dsjson_mb = dsjson.stat().st_size / 1e6
+        figures: dict[str, Any] = {"events": args.events, "write_seconds": round(write_seconds, 1),
+                                   "bare_pass_seconds": round(bare, 1)}
+        if args.only != "dsjson":
+            fast_s, fast_mb, fast = timed_evaluation(server, admin_pb2.EvaluatePolicyRequest(
+                name="offline", targets=fast_targets,
+                estimators=[admin_pb2.ESTIMATOR_IPS, admin_pb2.ESTIMATOR_SNIPS]))
+            candidate = admin_pb2.EvaluationTarget(name="candidate", candidate=admin_pb2.PolicySpec(
+                exploration=admin_pb2.EXPLORATION_SQUARECB))
+            replay_s, replay_mb, replay = timed_evaluation(server, admin_pb2.EvaluatePolicyRequest(
+                name="offline", targets=[*fast_targets, candidate]))
+            figures |= {
+                "fast_seconds": round(fast_s, 1), "fast_bare_over_evaluation": round(bare / fast_s, 2),
+                "fast_peak_rss_mb": round(fast_mb), "fast_events": fast.events,
+                "replay_seconds": round(replay_s, 1), "replay_peak_rss_mb": round(replay_mb),
+                "estimates": {t.name: {k: round(getattr(t.slots[0], k).value, 4) for k in ("ips", "snips", "dr")
+                                       if t.slots[0].HasField(k)} for t in replay.targets},
+            }
+        if args.only != "evaluate":
+            dsjson = folder / "offline.dsjson"
+            export_s, export_mb, exported = timed_export(server, dsjson)
+            import_s, import_mb, imported = timed_import(server, dsjson)
+            figures |= {
+                "export_seconds": round(export_s, 1), "export_bare_over_export": round(bare / export_s, 2),
+                "export_peak_rss_mb": round(export_mb), "exported": exported,
+                "dsjson_mb": round(dsjson.stat().st_size / 1e6),
+                "import_seconds": round(import_s, 1),
+                "import_bulk_insert_over_import": round(write_seconds / import_s, 2),
+                "import_server_peak_rss_mb": round(import_mb), "imported": imported,
+            }
     finally:
         server.stop()
         shutil.rmtree(folder, ignore_errors=True)  # a million events are 0.8 GB of SQLite
-    figures = {
-        "events": args.events,
-        "write_seconds": round(write_seconds, 1),
-        "bare_pass_seconds": round(bare, 1),
-        "fast_seconds": round(fast_s, 1),
-        "fast_bare_over_evaluation": round(bare / fast_s, 2),
-        "fast_peak_rss_mb": round(fast_mb),
-        "replay_seconds": round(replay_s, 1),
-        "replay_peak_rss_mb": round(replay_mb),
-        "export_seconds": round(export_s, 1),
-        "export_bare_over_export": round(bare / export_s, 2),
-        "export_peak_rss_mb": round(export_mb),
-        "exported": exported,
-        "dsjson_mb": round(dsjson_mb),
-        "import_seconds": round(import_s, 1),
-        "import_bulk_insert_over_import": round(write_seconds / import_s, 2),
-        "import_server_peak_rss_mb": round(import_mb),
-        "imported": imported,
-        "estimates": {t.name: {k: round(getattr(t.slots[0], k).value, 4) for k in ("ips", "snips", "dr")
-                               if t.slots[0].HasField(k)} for t in replay.targets},
-        "fast_events": fast.events,
-    }
-    save("evaluate", figures)
+    save("evaluate" if not args.only else f"evaluate-{args.only}", figures)
 
 
 if __name__ == "__main__":

@@ -155,6 +155,7 @@ BOUNDS: dict[str, Bound] = {
     "ltrr.v1.DecideRequest.event_id": _ID,
     "ltrr.v1.DecideRequest.slots": Number(0, MAX_SLOTS),
     "ltrr.v1.DecideRequest.request_id": Text(REQUEST_ID_CHARS),
+    "ltrr.v1.DecideRequest.baseline_action_id": Text(NAME_CHARS),
     # feedback
     "ltrr.v1.RewardEvent.event_id": _ID,
     "ltrr.v1.RewardEvent.reward_id": Text(REWARD_ID_CHARS),
@@ -214,6 +215,7 @@ BOUNDS: dict[str, Bound] = {
     "ltrr.v1.PolicySpec.bits": Number(0, 30),
     "ltrr.v1.PolicySpec.learning_rate": Number(0, _FINITE),
     "ltrr.v1.PolicySpec.power_t": Number(0, 1),
+    "ltrr.v1.PolicySpec.mode": Enum(),
     # counterfactual evaluation, tuning, import and export
     "ltrr.v1.EvaluatePolicyRequest.name": _ID,
     "ltrr.v1.EvaluatePolicyRequest.targets": Items("limits.max_evaluation_targets"),

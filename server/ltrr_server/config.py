@@ -32,6 +32,7 @@ from ltrr_server.features import Namespaces, namespaces_from_json, namespaces_to
 KINDS = ("cb", "ccb")
 EXPLORATIONS = ("epsilon", "softmax", "bag", "cover", "squarecb", "rnd")
 AGGREGATIONS = ("first", "sum", "max")
+MODES = ("online", "apprentice")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _MAX_JOIN_WINDOW_S = 7 * 24 * 3600.0
 MAX_ACTION_ID_CHARS = bounds.NAME_CHARS
@@ -114,6 +115,9 @@ class PolicySpec:
     # How fast the learning rate decays (VW --power_t: the rate at step t is proportional to
     # t^-power_t). 0 keeps it from decaying: for traffic whose best actions change.
     power_t: float = 0.25
+    # online: Decide draws from the policy. apprentice: Decide answers the caller's baseline action
+    # and the policy learns from its rewards (cb only). Not a learning parameter: a switch keeps the model.
+    mode: str = "online"
 
     def __post_init__(self) -> None:
         p = "spec"
@@ -163,6 +167,10 @@ class PolicySpec:
             raise InvalidArgument(f"{p}.learning_rate", "must be positive")
         if not (math.isfinite(self.power_t) and 0 <= self.power_t <= 1):
             raise InvalidArgument(f"{p}.power_t", f"must be in [0, 1], got {self.power_t}")
+        if self.mode not in MODES:
+            raise InvalidArgument(f"{p}.mode", f"must be one of {MODES}, got {self.mode!r}")
+        if self.mode == "apprentice" and self.kind != "cb":
+            raise InvalidArgument(f"{p}.mode", "apprentice mode is for cb policies")
 
     def vw_args(self) -> list[str]:
         """The Vowpal Wabbit command line of this policy's model."""

@@ -10,8 +10,8 @@ truth and may be negative (the contextual policy beats every fixed action).
 ...     w.add("a", 0.5, 1.0, explored=False, true_regret=None)
 ...     w.add("b", 0.5, 0.0, explored=True, true_regret=None)
 >>> s = w.stats()
->>> s["mean_reward"], s["estimated_regret"], s["exploration_share"]
-(0.5, 0.5, 0.5)
+>>> s["mean_reward"], s["estimated_regret"], s["exploration_share"], s["greedy_mean_reward"]
+(0.5, 0.5, 0.5, 1.0)
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ class RewardWindow:
         self._events: deque[tuple[str, float, float, bool, float | None]] = deque()
         self._reward_sum = 0.0
         self._explored = 0
+        # Reward of the events whose action was the policy's greedy choice (not explored).
+        self._greedy_reward_sum = 0.0
         self._regret_sum = 0.0
         self._regret_n = 0
         # action -> [sum r/p, sum 1/p, count]
@@ -43,7 +45,7 @@ class RewardWindow:
         # One pass on local variables: this runs for every joined reward.
         with self._lock:
             ips, window, size = self._ips, self._events, self._size
-            reward_sum, explored_n = self._reward_sum, self._explored
+            reward_sum, explored_n, greedy_sum = self._reward_sum, self._explored, self._greedy_reward_sum
             regret_sum, regret_n = self._regret_sum, self._regret_n
             for ev in events:
                 window.append(ev)
@@ -59,10 +61,12 @@ class RewardWindow:
                     reward_sum += sign * reward
                     if explored:
                         explored_n += sign
+                    else:
+                        greedy_sum += sign * reward
                     if regret is not None:
                         regret_sum += sign * regret
                         regret_n += sign
-            self._reward_sum, self._explored = reward_sum, explored_n
+            self._reward_sum, self._explored, self._greedy_reward_sum = reward_sum, explored_n, greedy_sum
             self._regret_sum, self._regret_n = regret_sum, regret_n
 
     def stats(self) -> dict[str, float]:
@@ -70,7 +74,7 @@ class RewardWindow:
             n = len(self._events)
             if n == 0:
                 return {"mean_reward": 0.0, "estimated_regret": 0.0, "true_regret_mean": 0.0,
-                        "exploration_share": 0.0, "events": 0.0}
+                        "exploration_share": 0.0, "greedy_mean_reward": 0.0, "events": 0.0}
             mean = self._reward_sum / n
             values = [a[0] / a[1] for a in self._ips.values() if a[2] >= self._min_support and a[1] > 0]
             best = max(values) if values else mean
@@ -79,5 +83,6 @@ class RewardWindow:
                 "estimated_regret": best - mean,
                 "true_regret_mean": self._regret_sum / self._regret_n if self._regret_n else 0.0,
                 "exploration_share": self._explored / n,
+                "greedy_mean_reward": self._greedy_reward_sum / (n - self._explored) if n > self._explored else 0.0,
                 "events": float(n),
             }

@@ -49,7 +49,8 @@ def cmd_decide(args: argparse.Namespace) -> int:
     context = json.loads(args.context) if args.context else None
     actions = args.actions.split(",") if args.actions else ()
     with LtrrClient(args.target) as c:
-        _print(c.decide(args.policy, context, actions, event_id=args.event_id or "", slots=args.slots))
+        _print(c.decide(args.policy, context, actions, event_id=args.event_id or "", slots=args.slots,
+                        baseline=args.baseline))
     return 0
 
 
@@ -648,6 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--actions", help="comma-separated action ids (default: the policy's)")
     d.add_argument("--event-id")
     d.add_argument("--slots", type=int, default=0)
+    d.add_argument("--baseline", default="", help="your own choice: an apprentice policy serves it and learns")
     d.set_defaults(fn=cmd_decide)
 
     r = client_cmd("reward", "report one reward")

@@ -58,11 +58,11 @@ def actions(items: Iterable[str | tuple[str, FeatureDict]]) -> list[common_pb2.A
 
 def decide_request(
     policy: str, context: FeatureDict | None = None, action_list: Sequence[str | tuple[str, FeatureDict]] = (),
-    event_id: str = "", slots: int = 0, request_id: str = "",
+    event_id: str = "", slots: int = 0, request_id: str = "", baseline: str = "",
 ) -> decisions_pb2.DecideRequest:
     return decisions_pb2.DecideRequest(
         policy=policy, context=namespaces(context), actions=actions(action_list), event_id=event_id,
-        slots=slots, request_id=request_id,
+        slots=slots, request_id=request_id, baseline_action_id=baseline,
     )
 
 
@@ -122,8 +122,9 @@ class LtrrClient:
 
     def decide(self, policy: str, context: FeatureDict | None = None,
                actions: Sequence[str | tuple[str, FeatureDict]] = (), event_id: str = "",
-               slots: int = 0) -> decisions_pb2.DecideResponse:
-        req = decide_request(policy, context, actions, event_id, slots)
+               slots: int = 0, baseline: str = "") -> decisions_pb2.DecideResponse:
+        """``baseline``: your own choice, which a policy in apprentice mode serves and learns from."""
+        req = decide_request(policy, context, actions, event_id, slots, baseline=baseline)
         return self.decisions.Decide(req, timeout=self.timeout)
 
     def retrieve(self, policy: str, query: str, context: FeatureDict | None = None, embedding: Sequence[float] = (),

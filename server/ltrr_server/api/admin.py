@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 from ltrr.v1 import admin_pb2
 from ltrr_server.api import convert
@@ -15,9 +15,10 @@ from ltrr_server.api.evaluation import (
 )
 from ltrr_server.api.routes import Undecodable
 from ltrr_server.api.status import Ctx
+from ltrr_server.api.streams import answered_in_order
 from ltrr_server.bounds import DSJSON_LINE_CHARS
 from ltrr_server.config import Limits
-from ltrr_server.core.imports import Imports
+from ltrr_server.core.imports import ImportResult, Imports
 from ltrr_server.core.policies import PolicyBook
 from ltrr_server.core.rewards import Rewards
 from ltrr_server.core.tuning import tune
@@ -25,6 +26,9 @@ from ltrr_server.errors import InvalidArgument
 from ltrr_server.jobs import Jobs, Progress
 from ltrr_server.log.export import ExportJob
 from ltrr_server.ope.evaluate import EvaluateJob
+
+# ImportEvents: batches parsed and queued ahead of the one whose commit is awaited.
+_IMPORT_AHEAD = 4
 
 
 class AdminServicer:
@@ -107,19 +111,21 @@ class AdminServicer:
     async def ImportEvents(  # noqa: N802
         self, requests: AsyncIterator[admin_pb2.ImportBatch | Undecodable], context: Ctx
     ) -> AsyncIterator[admin_pb2.ImportBatchResult]:
-        # One batch at a time: its rows are committed before the next is read, so a stream that
-        # ends early leaves whole batches, each answered.
-        async for batch in requests:
-            if isinstance(batch, Undecodable):
-                raise batch.error
-            for i, line in enumerate(batch.lines):
-                if len(line) > DSJSON_LINE_CHARS:
-                    raise InvalidArgument(f"lines[{i}]", f"longer than {DSJSON_LINE_CHARS} characters")
-            result = await self._imports.import_lines(batch.policy, list(batch.lines), batch.first_line,
-                                                      batch.validate_only)
+        # Each batch is queued whole and answered once committed, in order; the next is parsed while
+        # the last commits (at most _IMPORT_AHEAD ahead), so a stream that ends early leaves whole batches.
+        async for committed in answered_in_order(requests, self._submit_import, _IMPORT_AHEAD):
+            result = await committed
             yield admin_pb2.ImportBatchResult(
                 imported=result.imported, duplicates=result.duplicates,
                 errors=[admin_pb2.LineError(line=n, message=m) for n, m in result.errors])
+
+    async def _submit_import(self, batch: admin_pb2.ImportBatch | Undecodable) -> Awaitable[ImportResult]:
+        if isinstance(batch, Undecodable):
+            raise batch.error
+        for i, line in enumerate(batch.lines):
+            if len(line) > DSJSON_LINE_CHARS:
+                raise InvalidArgument(f"lines[{i}]", f"longer than {DSJSON_LINE_CHARS} characters")
+        return await self._imports.submit(batch.policy, list(batch.lines), batch.first_line, batch.validate_only)
 
     async def ExportEvents(  # noqa: N802
         self, request: admin_pb2.ExportEventsRequest, context: Ctx

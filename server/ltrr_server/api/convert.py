@@ -22,6 +22,7 @@ _EXPLORATIONS = {
 }
 _AGGREGATIONS = {admin_pb2.AGGREGATION_FIRST: "first", admin_pb2.AGGREGATION_SUM: "sum",
                  admin_pb2.AGGREGATION_MAX: "max"}
+_MODES = {admin_pb2.POLICY_MODE_ONLINE: "online", admin_pb2.POLICY_MODE_APPRENTICE: "apprentice"}
 _STATUS = {
     Outcome.ACCEPTED: feedback_pb2.REWARD_STATUS_ACCEPTED,
     Outcome.DUPLICATE: feedback_pb2.REWARD_STATUS_DUPLICATE,
@@ -120,6 +121,8 @@ def spec_from_proto(s: admin_pb2.PolicySpec, limits: Limits) -> PolicySpec:
         raise InvalidArgument("spec.exploration", f"unknown exploration {s.exploration}")
     if s.aggregation and s.aggregation not in _AGGREGATIONS:
         raise InvalidArgument("spec.aggregation", f"unknown aggregation {s.aggregation}")
+    if s.mode and s.mode not in _MODES:
+        raise InvalidArgument("spec.mode", f"unknown mode {s.mode}")
     return PolicySpec(
         name=s.name, kind=kind,
         exploration=_EXPLORATIONS.get(s.exploration, defaults.exploration),
@@ -137,6 +140,7 @@ def spec_from_proto(s: admin_pb2.PolicySpec, limits: Limits) -> PolicySpec:
         bits=s.bits or defaults.bits,
         learning_rate=s.learning_rate or defaults.learning_rate,
         power_t=s.power_t if s.HasField("power_t") else defaults.power_t,
+        mode=_MODES.get(s.mode, defaults.mode),
     )
 
 
@@ -144,6 +148,7 @@ def spec_to_proto(spec: PolicySpec) -> admin_pb2.PolicySpec:
     kinds = {v: k for k, v in _KINDS.items()}
     expl = {v: k for k, v in _EXPLORATIONS.items()}
     aggs = {v: k for k, v in _AGGREGATIONS.items()}
+    modes = {v: k for k, v in _MODES.items()}
     return admin_pb2.PolicySpec(
         name=spec.name, kind=kinds[spec.kind], exploration=expl[spec.exploration], epsilon=spec.epsilon,
         softmax_lambda=spec.softmax_lambda, ensemble_size=spec.ensemble_size,
@@ -151,7 +156,7 @@ def spec_to_proto(spec: PolicySpec) -> admin_pb2.PolicySpec:
         actions=[common_pb2.Action(id=a.id, features=namespaces_to_proto(a.features)) for a in spec.actions],
         join_window_seconds=spec.join_window_seconds, default_reward=spec.default_reward,
         aggregation=aggs[spec.aggregation], slots=spec.slots, description=spec.description, bits=spec.bits,
-        learning_rate=spec.learning_rate, power_t=spec.power_t,
+        learning_rate=spec.learning_rate, power_t=spec.power_t, mode=modes[spec.mode],
     )
 
 

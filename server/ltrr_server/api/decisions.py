@@ -30,7 +30,7 @@ class DecisionServicer:
         convert.check_request_id(req.request_id)
         context = convert.namespaces(req.context, "context", self._max_features)
         acts = convert.actions(req.actions, "actions", self._max_features) if req.actions else None
-        d = self._decisions.decide(req.policy, context, acts, req.event_id, req.slots)
+        d = self._decisions.decide(req.policy, context, acts, req.event_id, req.slots, req.baseline_action_id)
         if len(d.slots) == 1:
             return self._wire.response(d, req.request_id)
         return convert.decision_to_proto(d, req.request_id)

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ltrr_server.bounds import ID_CHARS, MAX_SLOTS, PLAN_ENTRIES
+from ltrr_server.bounds import ID_CHARS, MAX_SLOTS, NAME_CHARS, PLAN_ENTRIES
 from ltrr_server.config import ActionSpec, Limits, check_action_ids
 from ltrr_server.core.policies import PolicyBook
 from ltrr_server.errors import FailedPrecondition, InvalidArgument, Overloaded, Unavailable
@@ -91,10 +91,13 @@ class Decisions:
 
     def decide(
         self, policy: str, context: Namespaces, actions: Sequence[ActionSpec] | None = None,
-        event_id: str = "", slots: int = 0,
+        event_id: str = "", slots: int = 0, baseline: str = "",
     ) -> Decision:
-        """Chooses for one context; logs the decision with its probabilities."""
+        """Chooses for one context; logs the decision with its probabilities. ``baseline`` is the
+        caller's own choice: a policy in apprentice mode answers it (empty: the first action)."""
         rt = self._policies.get(policy)
+        if len(baseline) > NAME_CHARS:
+            raise InvalidArgument("baseline_action_id", f"longer than {NAME_CHARS} characters")
         if actions:
             if len(actions) > self._limits.max_actions:
                 raise InvalidArgument("actions", f"{len(actions)} actions, more than limits.max_actions="
@@ -114,14 +117,22 @@ class Decisions:
             raise InvalidArgument("slots", f"policy {policy!r} is a cb policy: one slot, got {n_slots}")
         if n_slots > len(action_ids):
             raise InvalidArgument("slots", f"{n_slots} slots but only {len(action_ids)} actions")
-        decision, _ = self._decide(rt, context, action_ids, lines, actions_json, event_id, n_slots)
+        if baseline and baseline not in action_ids:
+            raise InvalidArgument("baseline_action_id", f"{baseline!r} is not one of the decision's actions")
+        apprentice = (action_ids.index(baseline) if baseline else 0) if rt.spec.mode == "apprentice" else None
+        decision, _ = self._decide(rt, context, action_ids, lines, actions_json, event_id, n_slots,
+                                   apprentice=apprentice)
         return decision
 
     def _decide(
         self, rt: PolicyRuntime, context: Namespaces, action_ids: list[str], lines: list[str], actions_json: str,
         event_id: str, n_slots: int, fixed: int | None = None, extra_context: Namespaces | None = None,
+        apprentice: int | None = None,
     ) -> tuple[Decision, PendingDecision]:
-        """Draws (or, with ``fixed``, takes) an action, logs the decision and waits for its rewards."""
+        """Draws (or, with ``fixed``, takes) an action, logs the decision and waits for its rewards.
+
+        ``apprentice``: the caller's baseline action, served with probability 1 and learned; the
+        decision counts as explored when the policy's own greedy choice differs (its disagreement)."""
         policy = rt.spec.name
         if event_id:
             if len(event_id) > ID_CHARS:
@@ -141,7 +152,13 @@ class Decisions:
 
         full_context = extra_context + context if extra_context else context
         shared = shared_line(full_context)
-        if fixed is None:
+        if apprentice is not None:
+            per_slot = rt.serving.predict_one(shared, lines, n_slots)
+            greedy = max(range(len(per_slot[0])), key=per_slot[0].__getitem__)
+            one_hot = [0.0] * len(lines)
+            one_hot[apprentice] = 1.0
+            drawn, explored = [(apprentice, 1.0, one_hot)], apprentice != greedy
+        elif fixed is None:
             per_slot = rt.serving.predict_one(shared, lines, n_slots)
             drawn = draw_slots(per_slot, self._rng)
             greedy = max(range(len(per_slot[0])), key=per_slot[0].__getitem__)

@@ -41,7 +41,15 @@ from typing import Any
 from ltrr_server.bounds import MAX_ABS_FEATURE, MAX_ABS_REWARD, magnitude_problem
 from ltrr_server.config import check_action_ids
 from ltrr_server.errors import InvalidArgument
-from ltrr_server.features import ACTION_NAMESPACE, SLOT_NAMESPACE, Namespaces, _escape_name, _escape_value, dumps
+from ltrr_server.features import (
+    ACTION_NAMESPACE,
+    SLOT_NAMESPACE,
+    Namespaces,
+    _escape_name,
+    _escape_value,
+    dumps,
+    validate_namespaces,
+)
 
 DEFAULT_NAMESPACE = "default"
 _FRACTION = re.compile(r"(\.\d{6})\d+")
@@ -75,6 +83,8 @@ class ImportedEvent:
     # None: the line logged no outcome (joined with the policy's default reward).
     reward: float | None
     learn: bool = True
+    # The actions' JSON text: the same for decisions offered the same actions (a cache key).
+    actions_key: str = ""
 
 
 # ---------------------------------------------------------------------------- export
@@ -90,28 +100,49 @@ def _features(namespaces: Namespaces) -> dict[str, dict[str, float]]:
     return out
 
 
+_SECOND: list[Any] = [None, ""]
+
+
 def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """UTC, to the microsecond; the formatted second is reused while it lasts (a log's decisions
+    come many to a second, and formatting a date took a tenth of an export)."""
+    second = int(t // 1)
+    if _SECOND[0] != second:
+        _SECOND[0], _SECOND[1] = second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{_SECOND[1]}.{min(int((t - second) * 1e6 + 0.5), 999_999):06d}Z"
 
 
-def to_line(ev: ExportedEvent) -> str:
-    """One DSJSON line (no newline)."""
+def multi_json(actions: list[tuple[str, Namespaces]]) -> str:
+    """The ``_multi`` list of a decision's actions, as JSON: most decisions of a policy share it,
+    and an export writes it once per distinct action list (a third of the export's time)."""
     multi = []
-    for action_id, feats in ev.actions:
+    for action_id, feats in actions:
         obj: dict[str, Any] = {"_tag": action_id}
         obj.update(_features([(ACTION_NAMESPACE, [("id", action_id)]), *feats]))
         multi.append(obj)
+    return dumps(multi)
+
+
+def to_line(ev: ExportedEvent, multi: str | None = None) -> str:
+    """One DSJSON line (no newline); ``multi`` is ``multi_json(ev.actions)`` when the caller has it."""
     context: dict[str, Any] = _features(ev.context)
-    context["_multi"] = multi
-    line: dict[str, Any] = {"EventId": ev.event_id, "Timestamp": _iso(ev.created_at), "Version": "1"}
+    if multi is None:
+        multi = multi_json(ev.actions)
     cost = -ev.reward
     if len(ev.chosen) == 1:
+        # Written out, not through json.dumps: an export writes a million of these, and the encoder's
+        # setup was a third of each. Numbers are floats and ints (finite: bounded at their source),
+        # whose repr is JSON; the strings go through dumps.
         idx, probs = ev.chosen[0], ev.probabilities[0]
         ranked = [idx] + sorted((i for i in range(len(probs)) if i != idx), key=lambda i: -probs[i])
-        line.update({"_label_cost": cost, "_label_probability": probs[idx], "_label_Action": idx + 1,
-                     "_labelIndex": idx, "a": [i + 1 for i in ranked], "c": context,
-                     "p": [probs[i] for i in ranked]})
-        return dumps(line)
+        return "".join((
+            '{"EventId":', dumps(ev.event_id), ',"Timestamp":"', _iso(ev.created_at), '","Version":"1"',
+            ',"_label_cost":', repr(float(cost)), ',"_label_probability":', repr(float(probs[idx])),
+            ',"_label_Action":', str(idx + 1), ',"_labelIndex":', str(idx),
+            ',"a":[', ",".join(str(i + 1) for i in ranked), "]",
+            ',"c":', _context_text(context, multi, ""),
+            ',"p":[', ",".join(repr(float(probs[i])) for i in ranked), "]}"))
+    line: dict[str, Any] = {"EventId": ev.event_id, "Timestamp": _iso(ev.created_at), "Version": "1"}
     outcomes = []
     taken: set[int] = set()
     for s, (idx, probs) in enumerate(zip(ev.chosen, ev.probabilities, strict=True)):
@@ -119,9 +150,16 @@ def to_line(ev: ExportedEvent) -> str:
         outcomes.append({"_id": f"slot_{s}", "_label_cost": cost, "_a": [idx, *rest],
                          "_p": [probs[idx]] + [probs[i] for i in rest]})
         taken.add(idx)
-    context["_slots"] = [{"_id": f"slot_{s}", SLOT_NAMESPACE: {f"slot={s}": 1}} for s in range(len(ev.chosen))]
-    line.update({"c": context, "_outcomes": outcomes})
-    return dumps(line)
+    slots = dumps([{"_id": f"slot_{s}", SLOT_NAMESPACE: {f"slot={s}": 1}} for s in range(len(ev.chosen))])
+    # The order is VW's: its DSJSON parser reads the slots against the actions before them and the
+    # outcomes against both (out of order, it crashes).
+    return dumps(line)[:-1] + ',"c":' + _context_text(context, multi, slots) + ',"_outcomes":' + dumps(outcomes) + "}"
+
+
+def _context_text(context: dict[str, Any], multi: str, slots: str) -> str:
+    """``"c"``'s value: the context's features, then ``"_multi"`` and ``"_slots"`` spliced in as text."""
+    c = dumps(context)
+    return c[:-1] + ("," if len(c) > 2 else "") + '"_multi":' + multi + (',"_slots":' + slots if slots else "") + "}"
 
 
 # ---------------------------------------------------------------------------- import
@@ -212,8 +250,53 @@ def _action_ids(multi: list[dict[str, Any]]) -> list[str]:
     return ids
 
 
-def parse_line(text: str, max_actions: int = 256) -> ImportedEvent:
-    """One DSJSON line as a decision; InvalidArgument names what is wrong with it."""
+_MULTI = re.compile(r'"_multi"\s*:\s*')
+_DECODER = json.JSONDecoder()
+# (actions' text, max_actions, max_features) -> their ids and checked features. Most lines of a log
+# offer the same actions: reading and checking them once per distinct list took a line's import
+# from about 200 to 60 us.
+_ACTIONS: dict[tuple[str, int, int], tuple[list[str], list[Namespaces]]] = {}
+_ACTIONS_KEPT = 256
+
+
+def _checked(ns: Namespaces, where: str, max_features: int) -> Namespaces:
+    """The same bounds as a Decide request's namespaces."""
+    return validate_namespaces(
+        [(name, [(f, v if isinstance(v, str) else None, v if not isinstance(v, str) else None) for f, v in feats])
+         for name, feats in ns], where, max_features)
+
+
+def _actions(text: str, multi: list[dict[str, Any]], max_actions: int, max_features: int
+             ) -> tuple[str, list[str], list[Namespaces]]:
+    """The actions' text (a key, "" when not found), ids and features (checked)."""
+    key = ""
+    m = _MULTI.search(text)
+    if m is not None:
+        try:
+            obj, end = _DECODER.raw_decode(text, m.end())
+        except json.JSONDecodeError:
+            obj, end = None, 0
+        if obj == multi:  # the top-level list itself, not a "_multi" nested somewhere else
+            key = text[m.end():end]
+            hit = _ACTIONS.get((key, max_actions, max_features))
+            if hit is not None:
+                return key, hit[0], hit[1]
+    if len(multi) > max_actions:
+        raise InvalidArgument("c._multi", f"{len(multi)} actions, more than limits.max_actions={max_actions}")
+    ids = _action_ids(multi)
+    check_action_ids(ids, "c._multi")
+    features = [_checked(_namespaces(a, f"c._multi[{i}]", (ACTION_NAMESPACE, _escape_value(ids[i]))),
+                         f"c._multi[{i}]", max_features) for i, a in enumerate(multi)]
+    if key:
+        if len(_ACTIONS) >= _ACTIONS_KEPT:
+            _ACTIONS.clear()
+        _ACTIONS[(key, max_actions, max_features)] = (ids, features)
+    return key, ids, features
+
+
+def parse_line(text: str, max_actions: int = 256, max_features: int = 1024) -> ImportedEvent:
+    """One DSJSON line as a decision, its features within a Decide request's bounds; InvalidArgument
+    names what is wrong with it."""
     try:
         line = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -231,10 +314,7 @@ def parse_line(text: str, max_actions: int = 256) -> ImportedEvent:
     multi = c.get("_multi")
     if not isinstance(multi, list) or not multi or not all(isinstance(a, dict) for a in multi):
         raise InvalidArgument("c._multi", "missing or empty: the actions")
-    if len(multi) > max_actions:
-        raise InvalidArgument("c._multi", f"{len(multi)} actions, more than limits.max_actions={max_actions}")
-    ids = _action_ids(multi)
-    check_action_ids(ids, "c._multi")
+    key, ids, features = _actions(text, multi, max_actions, max_features)
     n = len(multi)
     if "_outcomes" in line:
         outcomes = line["_outcomes"]
@@ -267,7 +347,6 @@ def parse_line(text: str, max_actions: int = 256) -> ImportedEvent:
     if reward is not None and (problem := magnitude_problem(reward, MAX_ABS_REWARD)):
         raise InvalidArgument("_label_cost", problem)
     return ImportedEvent(
-        event_id=event_id, created_at=_timestamp(line), context=_namespaces(c, "c"), action_ids=ids,
-        action_features=[_namespaces(a, f"c._multi[{i}]", (ACTION_NAMESPACE, _escape_value(ids[i])))
-                         for i, a in enumerate(multi)],
-        probabilities=probabilities, chosen=chosen, reward=reward, learn=not line.get("_skipLearn", False))
+        event_id=event_id, created_at=_timestamp(line), context=_checked(_namespaces(c, "c"), "c", max_features),
+        action_ids=ids, action_features=features, probabilities=probabilities, chosen=chosen, reward=reward,
+        learn=not line.get("_skipLearn", False), actions_key=key)

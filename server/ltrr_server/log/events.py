@@ -53,6 +53,11 @@ class LoggedEvent:
     def action_lines(self) -> list[str]:
         return _action_lines(self._actions_text)
 
+    @property
+    def actions_text(self) -> str:
+        """The actions as logged (JSON): the same text for decisions offered the same actions."""
+        return self._actions_text
+
     @cached_property
     def actions(self) -> list[tuple[str, Namespaces]]:
         """Each action's id and features."""

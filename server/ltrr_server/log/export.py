@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ltrr_server.log.dsjson import ExportedEvent, to_line
+from ltrr_server.log.dsjson import ExportedEvent, multi_json, to_line
 from ltrr_server.log.events import count_events, read_events
 from ltrr_server.log.store import EventLogStore
 
@@ -31,10 +31,16 @@ class ExportJob:
     def run(self, store: EventLogStore, send: Callable[[object], None]) -> None:
         total = count_events(store, self.policy, self.since, self.until)
         lines: list[str] = []
+        multis: dict[str, str] = {}
         done = 0
         for ev in read_events(store, self.policy, self.since, self.until):
-            lines.append(to_line(ExportedEvent(ev.event_id, ev.created_at, ev.context, ev.actions, ev.probabilities,
-                                               ev.chosen, ev.reward)))
+            multi = multis.get(ev.actions_text)
+            if multi is None:
+                if len(multis) >= 1024:
+                    multis.clear()
+                multi = multis[ev.actions_text] = multi_json(ev.actions)
+            lines.append(to_line(ExportedEvent(ev.event_id, ev.created_at, ev.context, [], ev.probabilities,
+                                               ev.chosen, ev.reward), multi))
             done += 1
             if len(lines) >= CHUNK_LINES:
                 send(Lines(lines, done, max(total, done)))

@@ -66,6 +66,35 @@ EXPLORATION_SQUARECB: Exploration.ValueType  # 5
 EXPLORATION_RND: Exploration.ValueType  # 6
 Global___Exploration: _TypeAlias = Exploration  # noqa: Y015
 
+class _PolicyMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PolicyModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PolicyMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    POLICY_MODE_UNSPECIFIED: _PolicyMode.ValueType  # 0
+    """Online (the default): Decide draws from the policy's distribution and the policy learns."""
+    POLICY_MODE_ONLINE: _PolicyMode.ValueType  # 1
+    POLICY_MODE_APPRENTICE: _PolicyMode.ValueType  # 2
+    """Apprentice: Decide answers the caller's own baseline action (DecideRequest.baseline_action_id,
+    else the first action) with probability 1, and the policy learns from the rewards of what
+    was shown. Its agreement with the baseline and its reward where it agrees are in the stats.
+    Switching modes is one UpdatePolicy: the model is kept.
+    """
+
+class PolicyMode(_PolicyMode, metaclass=_PolicyModeEnumTypeWrapper): ...
+
+POLICY_MODE_UNSPECIFIED: PolicyMode.ValueType  # 0
+"""Online (the default): Decide draws from the policy's distribution and the policy learns."""
+POLICY_MODE_ONLINE: PolicyMode.ValueType  # 1
+POLICY_MODE_APPRENTICE: PolicyMode.ValueType  # 2
+"""Apprentice: Decide answers the caller's own baseline action (DecideRequest.baseline_action_id,
+else the first action) with probability 1, and the policy learns from the rewards of what
+was shown. Its agreement with the baseline and its reward where it agrees are in the stats.
+Switching modes is one UpdatePolicy: the model is kept.
+"""
+Global___PolicyMode: _TypeAlias = PolicyMode  # noqa: Y015
+
 class _Aggregation:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -129,6 +158,7 @@ class PolicySpec(_message.Message):
     BITS_FIELD_NUMBER: _builtins.int
     LEARNING_RATE_FIELD_NUMBER: _builtins.int
     POWER_T_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     kind: Global___PolicyKind.ValueType
     exploration: Global___Exploration.ValueType
@@ -154,6 +184,8 @@ class PolicySpec(_message.Message):
     """Learning-rate decay exponent, VW --power_t (unset: 0.25); 0 keeps rates from decaying, for
     traffic whose best actions change.
     """
+    mode: Global___PolicyMode.ValueType
+    """Online (the default) or apprentice; a change applies live, the model is kept. cb policies only."""
     @_builtins.property
     def interactions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Namespace-initial pairs or triples, as VW -q / --cubic ("uA"; ":" stands for any namespace).
@@ -184,10 +216,11 @@ class PolicySpec(_message.Message):
         bits: _builtins.int = ...,
         learning_rate: _builtins.float = ...,
         power_t: _builtins.float | None = ...,
+        mode: Global___PolicyMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_epsilon", b"_epsilon", "_power_t", b"_power_t", "epsilon", b"epsilon", "power_t", b"power_t"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_epsilon", b"_epsilon", "_power_t", b"_power_t", "actions", b"actions", "aggregation", b"aggregation", "bits", b"bits", "default_reward", b"default_reward", "description", b"description", "ensemble_size", b"ensemble_size", "epsilon", b"epsilon", "exploration", b"exploration", "interactions", b"interactions", "join_window_seconds", b"join_window_seconds", "kind", b"kind", "learning_rate", b"learning_rate", "name", b"name", "power_t", b"power_t", "slots", b"slots", "softmax_lambda", b"softmax_lambda", "squarecb_gamma_scale", b"squarecb_gamma_scale"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_epsilon", b"_epsilon", "_power_t", b"_power_t", "actions", b"actions", "aggregation", b"aggregation", "bits", b"bits", "default_reward", b"default_reward", "description", b"description", "ensemble_size", b"ensemble_size", "epsilon", b"epsilon", "exploration", b"exploration", "interactions", b"interactions", "join_window_seconds", b"join_window_seconds", "kind", b"kind", "learning_rate", b"learning_rate", "mode", b"mode", "name", b"name", "power_t", b"power_t", "slots", b"slots", "softmax_lambda", b"softmax_lambda", "squarecb_gamma_scale", b"squarecb_gamma_scale"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__epsilon: _TypeAlias = _typing.Literal["epsilon"]  # noqa: Y015
     _WhichOneofArgType__epsilon: _TypeAlias = _typing.Literal["_epsilon", b"_epsilon"]  # noqa: Y015
@@ -455,6 +488,8 @@ class PolicyStats(_message.Message):
     LEARNER_LAG_SECONDS_FIELD_NUMBER: _builtins.int
     LEARNER_LAG_EVENTS_FIELD_NUMBER: _builtins.int
     LAST_SNAPSHOT_ID_FIELD_NUMBER: _builtins.int
+    GREEDY_SHARE_FIELD_NUMBER: _builtins.int
+    GREEDY_MEAN_REWARD_FIELD_NUMBER: _builtins.int
     policy: _builtins.str
     decisions: _builtins.int
     rewards_accepted: _builtins.int
@@ -474,6 +509,11 @@ class PolicyStats(_message.Message):
     learner_lag_seconds: _builtins.float
     learner_lag_events: _builtins.int
     last_snapshot_id: _builtins.int
+    greedy_share: _builtins.float
+    """Over the stats window: the share of decisions in which the policy's own greedy choice was the
+    action served (apprentice: its agreement with the baseline), and the mean reward of those.
+    """
+    greedy_mean_reward: _builtins.float
     def __init__(
         self,
         *,
@@ -496,10 +536,12 @@ class PolicyStats(_message.Message):
         learner_lag_seconds: _builtins.float = ...,
         learner_lag_events: _builtins.int = ...,
         last_snapshot_id: _builtins.int = ...,
+        greedy_share: _builtins.float = ...,
+        greedy_mean_reward: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decisions", b"decisions", "estimated_regret", b"estimated_regret", "exploration_share", b"exploration_share", "joined", b"joined", "joined_default", b"joined_default", "last_snapshot_id", b"last_snapshot_id", "learned", b"learned", "learner_lag_events", b"learner_lag_events", "learner_lag_seconds", b"learner_lag_seconds", "mean_reward", b"mean_reward", "model_version", b"model_version", "pending_joins", b"pending_joins", "policy", b"policy", "rewards_accepted", b"rewards_accepted", "rewards_duplicate", b"rewards_duplicate", "rewards_invalid", b"rewards_invalid", "rewards_late", b"rewards_late", "rewards_unknown", b"rewards_unknown", "true_regret_total", b"true_regret_total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decisions", b"decisions", "estimated_regret", b"estimated_regret", "exploration_share", b"exploration_share", "greedy_mean_reward", b"greedy_mean_reward", "greedy_share", b"greedy_share", "joined", b"joined", "joined_default", b"joined_default", "last_snapshot_id", b"last_snapshot_id", "learned", b"learned", "learner_lag_events", b"learner_lag_events", "learner_lag_seconds", b"learner_lag_seconds", "mean_reward", b"mean_reward", "model_version", b"model_version", "pending_joins", b"pending_joins", "policy", b"policy", "rewards_accepted", b"rewards_accepted", "rewards_duplicate", b"rewards_duplicate", "rewards_invalid", b"rewards_invalid", "rewards_late", b"rewards_late", "rewards_unknown", b"rewards_unknown", "true_regret_total", b"true_regret_total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

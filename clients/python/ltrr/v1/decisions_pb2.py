@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from ltrr.v1 import common_pb2 as ltrr_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17ltrr/v1/decisions.proto\x12\x07ltrr.v1\x1a\x14ltrr/v1/common.proto\"\x9b\x01\n\rDecideRequest\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12#\n\x07\x63ontext\x18\x02 \x03(\x0b\x32\x12.ltrr.v1.Namespace\x12 \n\x07\x61\x63tions\x18\x03 \x03(\x0b\x32\x0f.ltrr.v1.Action\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\x12\r\n\x05slots\x18\x05 \x01(\r\x12\x12\n\nrequest_id\x18\x06 \x01(\t\";\n\x11\x41\x63tionProbability\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x01\"p\n\x0cSlotDecision\x12\x18\n\x10\x63hosen_action_id\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x01\x12\x31\n\rprobabilities\x18\x03 \x03(\x0b\x32\x1a.ltrr.v1.ActionProbability\"\xf4\x01\n\x0e\x44\x65\x63ideResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x18\n\x10\x63hosen_action_id\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x01\x12\x31\n\rprobabilities\x18\x04 \x03(\x0b\x32\x1a.ltrr.v1.ActionProbability\x12$\n\x05slots\x18\x05 \x03(\x0b\x32\x15.ltrr.v1.SlotDecision\x12\x15\n\rmodel_version\x18\x06 \x01(\x04\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x1d\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x0e.ltrr.v1.Error2\x91\x01\n\x0f\x44\x65\x63isionService\x12\x39\n\x06\x44\x65\x63ide\x12\x16.ltrr.v1.DecideRequest\x1a\x17.ltrr.v1.DecideResponse\x12\x43\n\x0c\x44\x65\x63ideStream\x12\x16.ltrr.v1.DecideRequest\x1a\x17.ltrr.v1.DecideResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17ltrr/v1/decisions.proto\x12\x07ltrr.v1\x1a\x14ltrr/v1/common.proto\"\xb7\x01\n\rDecideRequest\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12#\n\x07\x63ontext\x18\x02 \x03(\x0b\x32\x12.ltrr.v1.Namespace\x12 \n\x07\x61\x63tions\x18\x03 \x03(\x0b\x32\x0f.ltrr.v1.Action\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\x12\r\n\x05slots\x18\x05 \x01(\r\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x1a\n\x12\x62\x61seline_action_id\x18\x07 \x01(\t\";\n\x11\x41\x63tionProbability\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x01\"p\n\x0cSlotDecision\x12\x18\n\x10\x63hosen_action_id\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x01\x12\x31\n\rprobabilities\x18\x03 \x03(\x0b\x32\x1a.ltrr.v1.ActionProbability\"\xf4\x01\n\x0e\x44\x65\x63ideResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x18\n\x10\x63hosen_action_id\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x01\x12\x31\n\rprobabilities\x18\x04 \x03(\x0b\x32\x1a.ltrr.v1.ActionProbability\x12$\n\x05slots\x18\x05 \x03(\x0b\x32\x15.ltrr.v1.SlotDecision\x12\x15\n\rmodel_version\x18\x06 \x01(\x04\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x1d\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x0e.ltrr.v1.Error2\x91\x01\n\x0f\x44\x65\x63isionService\x12\x39\n\x06\x44\x65\x63ide\x12\x16.ltrr.v1.DecideRequest\x1a\x17.ltrr.v1.DecideResponse\x12\x43\n\x0c\x44\x65\x63ideStream\x12\x16.ltrr.v1.DecideRequest\x1a\x17.ltrr.v1.DecideResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,13 +33,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ltrr.v1.decisions_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DECIDEREQUEST']._serialized_start=59
-  _globals['_DECIDEREQUEST']._serialized_end=214
-  _globals['_ACTIONPROBABILITY']._serialized_start=216
-  _globals['_ACTIONPROBABILITY']._serialized_end=275
-  _globals['_SLOTDECISION']._serialized_start=277
-  _globals['_SLOTDECISION']._serialized_end=389
-  _globals['_DECIDERESPONSE']._serialized_start=392
-  _globals['_DECIDERESPONSE']._serialized_end=636
-  _globals['_DECISIONSERVICE']._serialized_start=639
-  _globals['_DECISIONSERVICE']._serialized_end=784
+  _globals['_DECIDEREQUEST']._serialized_end=242
+  _globals['_ACTIONPROBABILITY']._serialized_start=244
+  _globals['_ACTIONPROBABILITY']._serialized_end=303
+  _globals['_SLOTDECISION']._serialized_start=305
+  _globals['_SLOTDECISION']._serialized_end=417
+  _globals['_DECIDERESPONSE']._serialized_start=420
+  _globals['_DECIDERESPONSE']._serialized_end=664
+  _globals['_DECISIONSERVICE']._serialized_start=667
+  _globals['_DECISIONSERVICE']._serialized_end=812
 # @@protoc_insertion_point(module_scope)

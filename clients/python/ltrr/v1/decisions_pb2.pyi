@@ -29,6 +29,7 @@ class DecideRequest(_message.Message):
     EVENT_ID_FIELD_NUMBER: _builtins.int
     SLOTS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    BASELINE_ACTION_ID_FIELD_NUMBER: _builtins.int
     policy: _builtins.str
     event_id: _builtins.str
     """Optional caller-chosen event id (unique). Empty: the server makes one."""
@@ -36,6 +37,10 @@ class DecideRequest(_message.Message):
     """Multi-slot policies: how many slots to fill. 0: the policy's default."""
     request_id: _builtins.str
     """Echoed back in the response, to match responses on a stream."""
+    baseline_action_id: _builtins.str
+    """The caller's own choice (its current logic). A policy in apprentice mode answers it (empty:
+    the first action) and learns from its rewards; an online policy ignores it.
+    """
     @_builtins.property
     def context(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Namespace]:
         """Shared (context) features."""
@@ -53,10 +58,11 @@ class DecideRequest(_message.Message):
         event_id: _builtins.str = ...,
         slots: _builtins.int = ...,
         request_id: _builtins.str = ...,
+        baseline_action_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "context", b"context", "event_id", b"event_id", "policy", b"policy", "request_id", b"request_id", "slots", b"slots"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "baseline_action_id", b"baseline_action_id", "context", b"context", "event_id", b"event_id", "policy", b"policy", "request_id", b"request_id", "slots", b"slots"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
