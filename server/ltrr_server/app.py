@@ -42,6 +42,7 @@ from ltrr_server.api.health import Health
 from ltrr_server.api.routes import ServiceRoutes
 from ltrr_server.config import Settings
 from ltrr_server.metrics import Metrics
+from ltrr_server.tls import TlsFiles, server_credentials
 
 if TYPE_CHECKING:
     from ltrr_server.core.ltrr import Ltrr
@@ -261,8 +262,13 @@ async def build_server(settings: Settings, registry: CollectorRegistry | None = 
     for name in SERVICES:
         health.down(name, "start", "the server is starting")
     await health.publish()  # NOT_SERVING, overall too, before the first call can come in
+    address = f"{settings.grpc_host}:{settings.grpc_port}"
     try:
-        port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+        if settings.tls_cert:
+            port = server.add_secure_port(address, server_credentials(
+                TlsFiles(settings.tls_cert, settings.tls_key, settings.tls_client_ca)))
+        else:
+            port = server.add_insecure_port(address)
     except RuntimeError as exc:
         raise OSError(f"cannot bind gRPC port {settings.grpc_host}:{settings.grpc_port}: {exc}") from exc
     if port == 0:
@@ -273,12 +279,17 @@ async def build_server(settings: Settings, registry: CollectorRegistry | None = 
     if settings.metrics_port >= 0:
         metrics_host = (settings.metrics_host or settings.grpc_host).strip("[]")
         try:
-            http, _ = start_http_server(settings.metrics_port, addr=metrics_host, registry=registry)
+            http, _ = start_http_server(
+                settings.metrics_port, addr=metrics_host, registry=registry,
+                certfile=settings.tls_cert if settings.metrics_tls else None,
+                keyfile=settings.tls_key if settings.metrics_tls else None)
         except OSError:
             await server.stop(0)
             raise
         metrics_port = http.server_port
-    log.info("ltrr listening: gRPC on %s:%d, metrics on %s:%d, database %s", settings.grpc_host, port,
+    log.info("ltrr listening: gRPC%s on %s:%d, metrics%s on %s:%d, database %s",
+             " (mutual TLS)" if settings.tls_client_ca else " (TLS)" if settings.tls_cert else "",
+             settings.grpc_host, port, " (HTTPS)" if settings.metrics_tls else "",
              settings.metrics_host or settings.grpc_host, metrics_port, _redact(settings.db_url))
     ltrr = LtrrServer(server, settings, metrics, health, routes, http, metrics_port)
     ltrr._health_task = asyncio.create_task(health.run())

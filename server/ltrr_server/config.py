@@ -373,6 +373,13 @@ class Settings:
     # unless metrics_host says otherwise.
     metrics_port: int = 9464
     metrics_host: str = ""
+    # TLS on the gRPC port (PEM files, read again when they change): the certificate chain and key,
+    # and the CA whose certificates clients must present (mutual TLS). "" = plaintext.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    # Serve the metrics endpoint over HTTPS too, with the same certificate (read at the start).
+    metrics_tls: bool = False
     snapshot_interval_seconds: float = 60.0
     # How often the learner hands the decision path a fresh model copy (a copy costs ~10 ms of CPU).
     publish_interval_seconds: float = 0.25
@@ -424,6 +431,13 @@ class Settings:
             raise InvalidArgument("server.grpc_port", f"must be in [0, 65535], got {self.grpc_port}")
         if not -1 <= self.metrics_port <= 65535:
             raise InvalidArgument("server.metrics_port", f"must be in [-1, 65535], got {self.metrics_port}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise InvalidArgument("server.tls_key" if self.tls_cert else "server.tls_cert",
+                                  "TLS needs both tls_cert and tls_key")
+        if self.tls_client_ca and not self.tls_cert:
+            raise InvalidArgument("server.tls_client_ca", "client certificates need TLS: set tls_cert and tls_key")
+        if self.metrics_tls and not self.tls_cert:
+            raise InvalidArgument("server.metrics_tls", "needs tls_cert and tls_key")
         for name in ("write_linger_seconds", "write_idle_linger_seconds"):
             value = getattr(self, name)
             if not (math.isfinite(value) and 0 <= value <= 1):
@@ -470,6 +484,9 @@ _ENV = {
     "LTRR_GRPC_HOST": ("grpc_host", str),
     "LTRR_METRICS_HOST": ("metrics_host", str),
     "LTRR_JOURNAL_DIR": ("journal_dir", str),
+    "LTRR_TLS_CERT": ("tls_cert", str),
+    "LTRR_TLS_KEY": ("tls_key", str),
+    "LTRR_TLS_CLIENT_CA": ("tls_client_ca", str),
 }
 
 

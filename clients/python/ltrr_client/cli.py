@@ -16,10 +16,23 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 
 from ltrr.v1 import feedback_pb2
-from ltrr_client.client import LtrrClient, reward_event
+from ltrr_client.client import ChannelTls, LtrrClient, reward_event
 from ltrr_client.evaluation import TARGET_HELP
 
 DEFAULT_TARGET = "localhost:50051"
+
+
+def _client(args: argparse.Namespace) -> LtrrClient:
+    """The client a command's --target (or --server) and --tls-* flags describe."""
+    tls = ChannelTls(args.tls_ca or "", args.tls_cert or "", args.tls_key or "") \
+        if args.tls_ca or args.tls_cert or args.tls_key else None
+    return LtrrClient(getattr(args, "server", None) or args.target, tls=tls)
+
+
+def _tls_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tls-ca", help="TLS: the CA that signed the server's certificate (PEM)")
+    p.add_argument("--tls-cert", help="mutual TLS: this client's certificate chain (PEM)")
+    p.add_argument("--tls-key", help="mutual TLS: this client's key (PEM)")
 
 
 def _print(msg: object) -> None:
@@ -33,7 +46,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         settings = load_settings(args.config, db_url=args.db, grpc_port=args.grpc_port,
-                                 metrics_port=args.metrics_port, grpc_host=args.host, metrics_host=args.metrics_host)
+                                 metrics_port=args.metrics_port, grpc_host=args.host, metrics_host=args.metrics_host,
+                                 tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca)
     except (InvalidArgument, OSError) as exc:
         print(f"ltrr serve: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -48,14 +62,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_decide(args: argparse.Namespace) -> int:
     context = json.loads(args.context) if args.context else None
     actions = args.actions.split(",") if args.actions else ()
-    with LtrrClient(args.target) as c:
+    with _client(args) as c:
         _print(c.decide(args.policy, context, actions, event_id=args.event_id or "", slots=args.slots,
                         baseline=args.baseline))
     return 0
 
 
 def cmd_reward(args: argparse.Namespace) -> int:
-    with LtrrClient(args.target) as c:
+    with _client(args) as c:
         _print(c.report_reward(args.event_id, args.value, args.reward_id, args.engaged.split(",") if args.engaged
                                else ()))
     return 0
@@ -92,7 +106,7 @@ def _batched(it: Iterator[feedback_pb2.RewardEvent], n: int) -> Iterator[list[fe
 def cmd_stream_rewards(args: argparse.Namespace) -> int:
     bad: list[str] = []
     counts: Counter[str] = Counter()
-    with LtrrClient(args.target) as c:
+    with _client(args) as c:
         for ack_batch in c.stream_rewards(_batched(_read_rewards(args.file, bad), args.batch)):
             for ack in ack_batch.acks:
                 counts[feedback_pb2.RewardStatus.Name(ack.status)] += 1
@@ -130,7 +144,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_retrieve(args: argparse.Namespace) -> int:
-    with LtrrClient(args.target) as c:
+    with _client(args) as c:
         plan = {k: int(v) for k, v in (p.split("=") for p in args.plan.split(","))} if args.plan else None
         _print(c.retrieve(args.policy, args.query, json.loads(args.context) if args.context else None,
                           fixed_plan=plan, limit=args.limit))
@@ -401,7 +415,7 @@ def cmd_eval_autocomplete(args: argparse.Namespace) -> int:
 def cmd_complete(args: argparse.Namespace) -> int:
     from ltrr.v1 import models_pb2
 
-    with LtrrClient(args.target) as c:
+    with _client(args) as c:
         _print(c.models.Autocomplete(models_pb2.AutocompleteRequest(
             model=args.model, prefix=args.prefix, previous_queries=args.previous or [], session_id=args.session or "",
             k=args.k)))
@@ -411,7 +425,7 @@ def cmd_complete(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from ltrr.v1 import models_pb2
 
-    with LtrrClient(args.target) as c:
+    with _client(args) as c:
         if args.action == "list":
             _print(c.models.ListModels(models_pb2.ListModelsRequest(name=args.name or "")))
         elif args.action == "promote":
@@ -426,13 +440,13 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_xmr(args: argparse.Namespace) -> int:
     from ltrr.v1 import models_pb2
 
-    with LtrrClient(args.target) as c:
+    with _client(args) as c:
         _print(c.models.XmrPredict(models_pb2.XmrPredictRequest(model=args.model, queries=args.queries, k=args.k)))
     return 0
 
 
 def cmd_policies(args: argparse.Namespace) -> int:
-    with LtrrClient(args.target) as c:
+    with _client(args) as c:
         if args.action == "list":
             for p in c.list_policies():
                 _print(p)
@@ -506,7 +520,7 @@ def cmd_eval_policy(args: argparse.Namespace) -> int:
     if not args.policy_name:
         print("ltrr eval policy: name the policy: ltrr eval policy NAME", file=sys.stderr)
         return 2
-    with LtrrClient(args.server) as c:
+    with _client(args) as c:
         try:
             base = c.get_policy(args.policy_name).spec if any(t.startswith("candidate:") for t in args.target) \
                 else None
@@ -530,7 +544,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from ltrr.v1 import admin_pb2
     from ltrr_client.evaluation import parse_candidate, parse_duration, tune_table
 
-    with LtrrClient(args.server) as c:
+    with _client(args) as c:
         while True:
             try:
                 base = c.get_policy(args.name).spec
@@ -565,7 +579,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = open(args.output, "w", encoding="utf-8") if args.output and args.output != "-" else sys.stdout
     line = _ProgressLine("exported")
     try:
-        with LtrrClient(args.target) as c:
+        with _client(args) as c:
             for chunk in c.admin.ExportEvents(request, timeout=args.timeout):
                 for text in chunk.lines:
                     out.write(text + "\n")
@@ -614,7 +628,7 @@ def cmd_import(args: argparse.Namespace) -> int:
             line.close()
         return imported, duplicates, bad
 
-    with LtrrClient(args.target) as c:
+    with _client(args) as c:
         if args.strict:
             _, _, bad = send(True)
             if bad:
@@ -636,11 +650,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics-port", type=int, help="Prometheus port; -1 disables")
     s.add_argument("--host", help="listen address of gRPC (and of the metrics endpoint, unless --metrics-host)")
     s.add_argument("--metrics-host", help="listen address of the metrics endpoint (default: --host's)")
+    s.add_argument("--tls-cert", help="serve gRPC over TLS with this certificate chain (PEM; re-read when it changes)")
+    s.add_argument("--tls-key", help="the certificate's key (PEM)")
+    s.add_argument("--tls-client-ca", help="require client certificates signed by this CA (mutual TLS)")
     s.set_defaults(fn=cmd_serve)
 
     def client_cmd(name: str, help_text: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_text)
         c.add_argument("--target", default=DEFAULT_TARGET, help="server address (default %(default)s)")
+        _tls_flags(c)
         return c
 
     d = client_cmd("decide", "ask a policy for a decision")
@@ -754,6 +772,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--until", help="policy: decisions made before (ISO 8601, or a duration ago)")
     ev.add_argument("--estimators", help="policy: comma-separated among ips,snips,dr (default: all)")
     ev.add_argument("--server", default=DEFAULT_TARGET, help="policy: server address (default %(default)s)")
+    _tls_flags(ev)
     ev.add_argument("--timeout", type=float, default=3600.0, help="policy: seconds (default %(default)s)")
     ev.add_argument("--sessions", help='autocomplete: JSONL of {"queries": [...]} (the last tenth is held out)')
     ev.add_argument("--demo-sessions", type=int, default=30_000)
@@ -782,6 +801,7 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--every", help="run again after this long (24h), until stopped")
     tu.add_argument("--json", action="store_true", help="print the result as JSON")
     tu.add_argument("--server", default=DEFAULT_TARGET, help="server address (default %(default)s)")
+    _tls_flags(tu)
     tu.add_argument("--timeout", type=float, default=3600.0, help="seconds (default %(default)s)")
     tu.set_defaults(fn=cmd_tune)
 

@@ -11,6 +11,7 @@ Features are ``{namespace: {feature: value}}``; a string value is a category, a 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -94,6 +95,31 @@ def reward_event(
     return ev
 
 
+@dataclass(frozen=True)
+class ChannelTls:
+    """TLS for a channel: the CA that signed the server's certificate (empty: the system's roots),
+    and for mutual TLS the client's own certificate chain and key (PEM files)."""
+
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path: str) -> bytes | None:
+            if not path:
+                return None
+            with open(path, "rb") as f:
+                return f.read()
+
+        return grpc.ssl_channel_credentials(root_certificates=read(self.ca), private_key=read(self.key),
+                                            certificate_chain=read(self.cert))
+
+
+def channel(target: str, tls: ChannelTls | None = None) -> grpc.Channel:
+    """A blocking channel: plaintext, or TLS with ``tls``."""
+    return grpc.secure_channel(target, tls.credentials()) if tls is not None else grpc.insecure_channel(target)
+
+
 class LtrrClient:
     """Blocking client. With a server running (tests/clients exercise it)::
 
@@ -102,8 +128,8 @@ class LtrrClient:
             c.report_reward(d.event_id, 1.0).status   # REWARD_STATUS_ACCEPTED, once committed
     """
 
-    def __init__(self, target: str, timeout: float = 10.0) -> None:
-        self.channel = grpc.insecure_channel(target)
+    def __init__(self, target: str, timeout: float = 10.0, tls: ChannelTls | None = None) -> None:
+        self.channel = channel(target, tls)
         self.timeout = timeout
         self.decisions = decisions_pb2_grpc.DecisionServiceStub(self.channel)
         self.feedback = feedback_pb2_grpc.FeedbackServiceStub(self.channel)
@@ -195,8 +221,9 @@ def _last_result(updates: Iterable[Any]) -> Any:
 class AsyncLtrrClient:
     """asyncio client; same verbs as ``LtrrClient``, awaited."""
 
-    def __init__(self, target: str, timeout: float = 10.0) -> None:
-        self.channel = grpc.aio.insecure_channel(target)
+    def __init__(self, target: str, timeout: float = 10.0, tls: ChannelTls | None = None) -> None:
+        self.channel = (grpc.aio.secure_channel(target, tls.credentials()) if tls is not None
+                        else grpc.aio.insecure_channel(target))
         self.timeout = timeout
         self.decisions = decisions_pb2_grpc.DecisionServiceStub(self.channel)
         self.feedback = feedback_pb2_grpc.FeedbackServiceStub(self.channel)
