@@ -50,9 +50,14 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="ltrr-bench-tls-"))
     ca = Authority(folder)
     pair = ca.issue("server", "ltrr", server=True)
-    plain = LtrrProcess(CONFIG.format(tls=""), metrics=False)
-    secure = LtrrProcess(CONFIG.format(tls=f'tls_cert = "{pair.cert}"\ntls_key = "{pair.key}"'), metrics=False)
     credentials = grpc.ssl_channel_credentials(root_certificates=ca.pem.read_bytes())
+    plain = LtrrProcess(CONFIG.format(tls=""), metrics=False)
+    try:
+        secure = LtrrProcess(CONFIG.format(tls=f'tls_cert = "{pair.cert}"\ntls_key = "{pair.key}"'), metrics=False,
+                             credentials=credentials)
+    except BaseException:
+        plain.stop()
+        raise
     rounds = []
     try:
         for _ in range(args.rounds):

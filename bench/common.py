@@ -28,8 +28,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_healthy(target: str, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
-    health = health_pb2_grpc.HealthStub(grpc.insecure_channel(target))
+def wait_healthy(target: str, proc: subprocess.Popen[bytes], timeout: float = 300,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
+    channel = grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
+    health = health_pb2_grpc.HealthStub(channel)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -50,7 +52,7 @@ class LtrrProcess:
     """
 
     def __init__(self, config: str | None = None, db_url: str | None = None, metrics: bool = True,
-                 directory: Path | None = None) -> None:
+                 directory: Path | None = None, credentials: grpc.ChannelCredentials | None = None) -> None:
         # A directory made here is removed by ``stop``: a demo server leaves ~150 MB of indexes in it.
         self._owns_dir = directory is None
         self.dir = directory or Path(tempfile.mkdtemp(prefix="ltrr-bench-"))
@@ -65,7 +67,11 @@ class LtrrProcess:
         self.log = open(self.dir / "server.log", "a")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.dir)
         self.target = f"127.0.0.1:{self.port}"
-        wait_healthy(self.target, self.proc)
+        try:
+            wait_healthy(self.target, self.proc, credentials=credentials)
+        except BaseException:
+            self.stop()
+            raise
 
     def rss_mb(self) -> float:
         return rss_mb(self.proc.pid)

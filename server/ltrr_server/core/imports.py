@@ -108,7 +108,7 @@ class Imports:
         result = ImportResult(len(fresh), len(events) - len(fresh), errors)
         if validate_only or not fresh:
             return _done(result)
-        if self._writer.room() < 2 * len(fresh) or joiner.room() < len(fresh):
+        if self._writer.room() < 3 * len(fresh) or joiner.room() < len(fresh):  # decision, reward, join
             raise Overloaded("the write queue or the pending joins are full; retry the batch with backoff")
         rt = self._policies.get(policy, "policy")  # it may have changed lineage meanwhile
         now = time.time()
