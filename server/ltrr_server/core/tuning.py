@@ -123,4 +123,5 @@ async def tune(policies: PolicyBook, jobs: Jobs, name: str, candidates: list[Pol
 
 
 # Fields a tuning never changes: they are the policy's, not its learning configuration's.
-_LIVE_FIELDS = ("name", "actions", "join_window_seconds", "default_reward", "aggregation", "slots", "description")
+_LIVE_FIELDS = ("name", "actions", "join_window_seconds", "default_reward", "aggregation", "slots", "description",
+                "mode")
