@@ -33,25 +33,25 @@ MAX_NAME_LENGTH = NAME_CHARS
 _TOO_LONG = f"longer than {MAX_NAME_LENGTH} characters"
 
 
-def _escape_name(name: str) -> str:
+def escape_name(name: str) -> str:
     # Most names and values are plain words: ``isalnum`` is true of no special character, and it
     # costs a twentieth of ``translate``, which looks up every distinct character in the table.
     return name if name.isalnum() else name.translate(_SPECIAL_NAME)
 
 
-def _escape_value(value: str) -> str:
+def escape_value(value: str) -> str:
     return value if value.isalnum() else value.translate(_SPECIAL)
 
 
 def _namespace_text(namespaces: Namespaces) -> str:
     parts: list[str] = []
     for ns_name, features in namespaces:
-        items = [f"|{_escape_name(ns_name)}"]
+        items = [f"|{escape_name(ns_name)}"]
         for fname, value in features:
             if isinstance(value, str):
-                items.append(f"{_escape_name(fname)}={_escape_value(value)}")
+                items.append(f"{escape_name(fname)}={escape_value(value)}")
             else:
-                items.append(f"{_escape_name(fname)}:{value!r}")
+                items.append(f"{escape_name(fname)}:{value!r}")
         parts.append(" ".join(items))
     return " ".join(parts)
 
@@ -65,7 +65,7 @@ def shared_line(namespaces: Namespaces, prefix: str = "shared") -> str:
 def action_line(action_id: str, namespaces: Namespaces, prefix: str = "") -> str:
     """The VW line for one action: its id as feature ``id`` in namespace ``A``, then its features."""
     text = _namespace_text(namespaces)
-    head = f"{prefix} |{ACTION_NAMESPACE} id={_escape_value(action_id)}".lstrip()
+    head = f"{prefix} |{ACTION_NAMESPACE} id={escape_value(action_id)}".lstrip()
     return f"{head} {text}" if text else head
 
 
@@ -114,6 +114,12 @@ def validate_namespaces(
 
 def namespaces_to_json(namespaces: Namespaces) -> list[list[object]]:
     return [[name, [[f, v] for f, v in feats]] for name, feats in namespaces]
+
+
+def actions_to_json(actions: Iterable[tuple[str, Namespaces]]) -> str:
+    """A decision's actions as the log keeps them: ``[[id, namespaces], ...]`` (``actions_of`` in
+    ``log/events.py`` reads them back)."""
+    return dumps([[action_id, namespaces_to_json(feats)] for action_id, feats in actions])
 
 
 def namespaces_from_json(data: Sequence[Sequence[object]]) -> Namespaces:

@@ -35,6 +35,16 @@ def _tls_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-key", help="mutual TLS: this client's key (PEM)")
 
 
+def _log_range_flags(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """--since and --until: which logged decisions a command reads (``_time_range``)."""
+    p.add_argument("--since", help=f"{prefix}decisions made since (ISO 8601, or a duration ago: 24h, 7d)")
+    p.add_argument("--until", help=f"{prefix}decisions made before (ISO 8601, or a duration ago)")
+
+
+def _timeout_flag(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    p.add_argument("--timeout", type=float, default=3600.0, help=f"{prefix}seconds (default %(default)s)")
+
+
 def _print(msg: object) -> None:
     print(json.dumps(MessageToDict(msg, preserving_proto_field_name=True), indent=2))  # type: ignore[arg-type]
 
@@ -466,6 +476,7 @@ class _ProgressLine:
         self.verb = verb
         self.tty = sys.stderr.isatty()
         self.last_tenth = -1
+        self.calls = 0
         self.started = time.monotonic()
 
     def show(self, done: int, total: int) -> None:
@@ -477,7 +488,7 @@ class _ProgressLine:
             tenth = int(share * 10)
         else:
             text = f"{self.verb} {done:,} events ({seconds:.0f}s)"
-            self.calls = getattr(self, "calls", 0) + 1
+            self.calls += 1
             tenth = self.calls // 10
         if self.tty:
             print("\r" + text, end="", file=sys.stderr, flush=True)
@@ -768,12 +779,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("policy_name", nargs="?", help="policy: the policy whose log is evaluated")
     ev.add_argument("--target", action="append", default=[], help="policy, repeatable (default: live and "
                                                                    "uniform): " + TARGET_HELP)
-    ev.add_argument("--since", help="policy: decisions made since (ISO 8601, or a duration ago: 24h, 7d)")
-    ev.add_argument("--until", help="policy: decisions made before (ISO 8601, or a duration ago)")
+    _log_range_flags(ev, "policy: ")
     ev.add_argument("--estimators", help="policy: comma-separated among ips,snips,dr (default: all)")
     ev.add_argument("--server", default=DEFAULT_TARGET, help="policy: server address (default %(default)s)")
     _tls_flags(ev)
-    ev.add_argument("--timeout", type=float, default=3600.0, help="policy: seconds (default %(default)s)")
+    _timeout_flag(ev, "policy: ")
     ev.add_argument("--sessions", help='autocomplete: JSONL of {"queries": [...]} (the last tenth is held out)')
     ev.add_argument("--demo-sessions", type=int, default=30_000)
     ev.add_argument("--items", type=int, default=100_000)
@@ -796,13 +806,12 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--candidate", action="append", default=[],
                     help="FIELD=VALUE,... changes to the policy's spec, repeatable (default: a grid around it)")
     tu.add_argument("--apply", action="store_true")
-    tu.add_argument("--since", help="decisions made since (ISO 8601, or a duration ago: 24h, 7d)")
-    tu.add_argument("--until", help="decisions made before")
+    _log_range_flags(tu)
     tu.add_argument("--every", help="run again after this long (24h), until stopped")
     tu.add_argument("--json", action="store_true", help="print the result as JSON")
     tu.add_argument("--server", default=DEFAULT_TARGET, help="server address (default %(default)s)")
     _tls_flags(tu)
-    tu.add_argument("--timeout", type=float, default=3600.0, help="seconds (default %(default)s)")
+    _timeout_flag(tu)
     tu.set_defaults(fn=cmd_tune)
 
     md = client_cmd("models", "list models, or promote a version (checked against the live one)")
@@ -821,10 +830,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp = client_cmd("export", "a policy's joined decisions as VW decision-service JSON (DSJSON) lines")
     exp.add_argument("what", choices=["dsjson"])
     exp.add_argument("name")
-    exp.add_argument("--since", help="decisions made since (ISO 8601, or a duration ago: 24h, 7d)")
-    exp.add_argument("--until", help="decisions made before")
+    _log_range_flags(exp)
     exp.add_argument("--output", "-o", help="file to write (default: stdout)")
-    exp.add_argument("--timeout", type=float, default=3600.0)
+    _timeout_flag(exp)
     exp.set_defaults(fn=cmd_export)
 
     imp = client_cmd("import", "DSJSON lines (VW, rlclientlib, Personalizer, ltrr export) into a policy's log: "
@@ -834,7 +842,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--policy", required=True)
     imp.add_argument("--strict", action="store_true", help="check every line first; import nothing if one is bad")
     imp.add_argument("--batch", type=int, default=1000, help="lines per batch (each committed before the next)")
-    imp.add_argument("--timeout", type=float, default=3600.0)
+    _timeout_flag(imp)
     imp.set_defaults(fn=cmd_import)
 
     pol = client_cmd("policies", "list, describe, snapshot or show statistics of policies")

@@ -95,11 +95,11 @@ class AdminServicer:
     ) -> AsyncIterator[admin_pb2.TunePolicyUpdate]:
         rt = self._policies.get(request.name, "name")
         since, until = time_range(request.since_ms, request.until_ms)
+        if len(request.candidates) > self._limits.max_evaluation_targets:
+            raise InvalidArgument("candidates", f"{len(request.candidates)} candidates, more than "
+                                                f"limits.max_evaluation_targets={self._limits.max_evaluation_targets}")
         candidates = [candidate_from_proto(c, rt.spec, self._limits, f"candidates[{i}]")
                       for i, c in enumerate(request.candidates)]
-        if len(candidates) > self._limits.max_evaluation_targets:
-            raise InvalidArgument("candidates", f"{len(candidates)} candidates, more than "
-                                                f"limits.max_evaluation_targets={self._limits.max_evaluation_targets}")
         async for item in tune(self._policies, self._jobs, request.name, candidates, since, until,
                                request.apply):
             if isinstance(item, Progress):

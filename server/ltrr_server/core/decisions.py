@@ -14,7 +14,7 @@ from ltrr_server.bounds import ID_CHARS, MAX_SLOTS, NAME_CHARS, PLAN_ENTRIES
 from ltrr_server.config import ActionSpec, Limits, check_action_ids
 from ltrr_server.core.policies import PolicyBook
 from ltrr_server.errors import FailedPrecondition, InvalidArgument, Overloaded, Unavailable
-from ltrr_server.features import Namespaces, action_line, dumps, namespaces_to_json, shared_line
+from ltrr_server.features import Namespaces, action_line, actions_to_json, shared_line
 from ltrr_server.learner.learner import Learner
 from ltrr_server.log.joiner import Joiner, PendingDecision
 from ltrr_server.log.rows import ActionSetRow, DecisionRecord
@@ -105,7 +105,7 @@ class Decisions:
             action_ids = [a.id for a in actions]
             check_action_ids(action_ids, "actions")
             lines = [action_line(a.id, a.features) for a in actions]
-            actions_json = dumps([[a.id, namespaces_to_json(a.features)] for a in actions])
+            actions_json = actions_to_json((a.id, a.features) for a in actions)
         else:
             if not rt.action_ids:
                 raise InvalidArgument("actions", f"empty, and policy {policy!r} has no configured actions")

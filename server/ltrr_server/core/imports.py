@@ -24,7 +24,7 @@ from ltrr_server.config import Limits
 from ltrr_server.core.policies import PolicyBook
 from ltrr_server.core.rewards import Rewards
 from ltrr_server.errors import InvalidArgument, LtrrError, Overloaded
-from ltrr_server.features import action_line, dumps, namespaces_to_json, shared_line
+from ltrr_server.features import action_line, actions_to_json, shared_line
 from ltrr_server.log.dsjson import ImportedEvent, parse_line
 from ltrr_server.log.joiner import PendingDecision
 from ltrr_server.log.rows import DecisionRecord, RewardRow
@@ -83,7 +83,7 @@ class Imports:
         made = self._made.get(ev.actions_key) if ev.actions_key else None
         if made is None:
             made = ([action_line(a, f) for a, f in zip(ev.action_ids, ev.action_features, strict=True)],
-                    dumps([[a, namespaces_to_json(f)] for a, f in zip(ev.action_ids, ev.action_features, strict=True)]))
+                    actions_to_json(zip(ev.action_ids, ev.action_features, strict=True)))
             if ev.actions_key:
                 if len(self._made) >= 256:
                     self._made.clear()

@@ -80,21 +80,20 @@ class TuneOutcome:
 
 def _choose(result: EvaluationResult, specs: list[PolicySpec], current: PolicySpec,
             apply: bool) -> tuple[list[CandidateResult], int, bool, str]:
+    """The candidates best first, the best one's index in ``specs``, whether to switch, and why."""
     scored = [CandidateResult(spec, t.slots[0].estimates["snips"], t.slots[0].support)
               for spec, t in zip(specs, result.targets, strict=True)]
     order = sorted(range(len(scored)), key=lambda i: -scored[i].estimate.value)
-    best = scored[order[0]]
+    ranked, best = [scored[i] for i in order], scored[order[0]]
     live = result.logged.value
     if best.spec.learning_params() == current.learning_params():
-        return [scored[i] for i in order], order[0], False, "the best candidate is the policy's own configuration"
+        return ranked, order[0], False, "the best candidate is the policy's own configuration"
     if not best.estimate.lower > live:
-        return ([scored[i] for i in order], order[0], False,
-                f"the best candidate's lower bound {best.estimate.lower:.6g} is not above the live policy's mean "
-                f"reward {live:.6g}")
+        return (ranked, order[0], False, f"the best candidate's lower bound {best.estimate.lower:.6g} is not above "
+                                         f"the live policy's mean reward {live:.6g}")
     verb = "switched to" if apply else "would switch to (apply to do it)"
-    return ([scored[i] for i in order], order[0], apply,
-            f"{verb} the best candidate: lower bound {best.estimate.lower:.6g} above the live policy's mean reward "
-            f"{live:.6g}")
+    return (ranked, order[0], apply, f"{verb} the best candidate: lower bound {best.estimate.lower:.6g} above the "
+                                     f"live policy's mean reward {live:.6g}")
 
 
 async def tune(policies: PolicyBook, jobs: Jobs, name: str, candidates: list[PolicySpec],

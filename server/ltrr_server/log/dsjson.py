@@ -36,6 +36,7 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from ltrr_server.bounds import MAX_ABS_FEATURE, MAX_ABS_REWARD, magnitude_problem
@@ -45,9 +46,9 @@ from ltrr_server.features import (
     ACTION_NAMESPACE,
     SLOT_NAMESPACE,
     Namespaces,
-    _escape_name,
-    _escape_value,
     dumps,
+    escape_name,
+    escape_value,
     validate_namespaces,
 )
 
@@ -91,25 +92,25 @@ class ImportedEvent:
 def _features(namespaces: Namespaces) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for ns, feats in namespaces:
-        target = out.setdefault(_escape_name(ns), {})
+        target = out.setdefault(escape_name(ns), {})
         for name, value in feats:
             if isinstance(value, str):
-                target[f"{_escape_name(name)}={_escape_value(value)}"] = 1
+                target[f"{escape_name(name)}={escape_value(value)}"] = 1
             else:
-                target[_escape_name(name)] = value
+                target[escape_name(name)] = value
     return out
 
 
-_SECOND: list[Any] = [None, ""]
+@lru_cache(maxsize=16)
+def _second(second: int) -> str:
+    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _iso(t: float) -> str:
-    """UTC, to the microsecond; the formatted second is reused while it lasts (a log's decisions
-    come many to a second, and formatting a date took a tenth of an export)."""
+    """UTC, to the microsecond; each second is formatted once (a log's decisions come many to a
+    second, and formatting a date took a tenth of an export)."""
     second = int(t // 1)
-    if _SECOND[0] != second:
-        _SECOND[0], _SECOND[1] = second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{_SECOND[1]}.{min(int((t - second) * 1e6 + 0.5), 999_999):06d}Z"
+    return f"{_second(second)}.{min(int((t - second) * 1e6 + 0.5), 999_999):06d}Z"
 
 
 def multi_json(actions: list[tuple[str, Namespaces]]) -> str:
@@ -285,7 +286,7 @@ def _actions(text: str, multi: list[dict[str, Any]], max_actions: int, max_featu
         raise InvalidArgument("c._multi", f"{len(multi)} actions, more than limits.max_actions={max_actions}")
     ids = _action_ids(multi)
     check_action_ids(ids, "c._multi")
-    features = [_checked(_namespaces(a, f"c._multi[{i}]", (ACTION_NAMESPACE, _escape_value(ids[i]))),
+    features = [_checked(_namespaces(a, f"c._multi[{i}]", (ACTION_NAMESPACE, escape_value(ids[i]))),
                          f"c._multi[{i}]", max_features) for i, a in enumerate(multi)]
     if key:
         if len(_ACTIONS) >= _ACTIONS_KEPT:

@@ -58,10 +58,10 @@ class LoggedEvent:
         """The actions as logged (JSON): the same text for decisions offered the same actions."""
         return self._actions_text
 
-    @cached_property
+    @property
     def actions(self) -> list[tuple[str, Namespaces]]:
         """Each action's id and features."""
-        return [(a, namespaces_from_json(f)) for a, f in json.loads(self._actions_text)]
+        return actions_of(self._actions_text)
 
     def feature(self, namespace: str, name: str) -> str | None:
         """The value of one context feature (numbers as text), or None when the context lacks it."""
@@ -81,8 +81,14 @@ def _action_ids(actions_text: str) -> list[str]:
 
 
 @lru_cache(maxsize=1024)
+def actions_of(actions_text: str) -> list[tuple[str, Namespaces]]:
+    """The actions logged as ``actions_text``: each one's id and features."""
+    return [(a, namespaces_from_json(f)) for a, f in json.loads(actions_text)]
+
+
+@lru_cache(maxsize=1024)
 def _action_lines(actions_text: str) -> list[str]:
-    return [action_line(a, namespaces_from_json(f)) for a, f in json.loads(actions_text)]
+    return [action_line(a, f) for a, f in actions_of(actions_text)]
 
 
 def count_events(store: EventLogStore, policy: str, since: float, until: float) -> int:

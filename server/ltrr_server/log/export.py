@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from ltrr_server.log.dsjson import ExportedEvent, multi_json, to_line
-from ltrr_server.log.events import count_events, read_events
+from ltrr_server.log.events import actions_of, count_events, read_events
 from ltrr_server.log.store import EventLogStore
 
 # Lines per message: about 0.5 MB of a typical context, well under gRPC's 4 MB.
 CHUNK_LINES = 500
+
+
+@lru_cache(maxsize=1024)
+def _multi(actions_text: str) -> str:
+    """The ``_multi`` JSON of the actions logged as ``actions_text``: written once per distinct list."""
+    return multi_json(actions_of(actions_text))
 
 
 @dataclass(frozen=True)
@@ -31,16 +38,10 @@ class ExportJob:
     def run(self, store: EventLogStore, send: Callable[[object], None]) -> None:
         total = count_events(store, self.policy, self.since, self.until)
         lines: list[str] = []
-        multis: dict[str, str] = {}
         done = 0
         for ev in read_events(store, self.policy, self.since, self.until):
-            multi = multis.get(ev.actions_text)
-            if multi is None:
-                if len(multis) >= 1024:
-                    multis.clear()
-                multi = multis[ev.actions_text] = multi_json(ev.actions)
             lines.append(to_line(ExportedEvent(ev.event_id, ev.created_at, ev.context, [], ev.probabilities,
-                                               ev.chosen, ev.reward), multi))
+                                               ev.chosen, ev.reward), _multi(ev.actions_text)))
             done += 1
             if len(lines) >= CHUNK_LINES:
                 send(Lines(lines, done, max(total, done)))

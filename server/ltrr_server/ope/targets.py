@@ -60,8 +60,7 @@ class UniformTarget(Target):
     name = "uniform"
 
     def probabilities(self, event: LoggedEvent) -> list[list[float]]:
-        n = len(event.action_ids)
-        return [_uniform_over(n, set(event.chosen[:s])) for s in range(event.slots)]
+        return _slotted(event, _uniform_over(len(event.action_ids), set()))
 
 
 class ConstantTarget(Target):

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ltrr_server.config import ActionSpec, PolicySpec
-from ltrr_server.features import action_line, dumps, namespaces_to_json
+from ltrr_server.features import action_line, actions_to_json
 from ltrr_server.policy.model import PolicyModel
 from ltrr_server.regret import RewardWindow
 
@@ -83,7 +83,7 @@ class PolicyRuntime:
         """Precomputes the configured actions' VW lines and log form once, not per decision."""
         self.action_ids = [a.id for a in actions]
         self.action_lines = [action_line(a.id, a.features) for a in actions]
-        self.actions_json = dumps([[a.id, namespaces_to_json(a.features)] for a in actions])
+        self.actions_json = actions_to_json((a.id, a.features) for a in actions)
 
     def count(self, key: str, n: int = 1) -> None:
         self.counts[key] = self.counts.get(key, 0) + n

@@ -25,7 +25,7 @@ from ltrr_server.catalog.catalog import Catalog, IngestChanges, Progress, no_pro
 from ltrr_server.catalog.items import Item
 from ltrr_server.config import RetrievalSettings
 from ltrr_server.errors import InvalidArgument
-from ltrr_server.features import Namespaces, action_line, dumps, namespaces_to_json
+from ltrr_server.features import Namespaces, action_line, actions_to_json
 from ltrr_server.metrics import Metrics
 from ltrr_server.retrieval.plans import Plan, make_plans, plan_features, plan_from_budgets
 from ltrr_server.retrieval.query import query_features
@@ -207,7 +207,7 @@ class Retriever:
         stats = {name: (round(r.hit_rate, 2), round(r.latency_ms, 1)) for name, r in self._recent.items()}
         feats = [plan_features(p, self._max_total, stats) for p in self.plans]
         ids = [p.id for p in self.plans]
-        text = dumps([[pid, namespaces_to_json(f)] for pid, f in zip(ids, feats, strict=True)])
+        text = actions_to_json(zip(ids, feats, strict=True))
         key = hashlib.sha1(text.encode()).hexdigest()[:32]
         if current is not None and current.key == key:
             self._action_set_at = now
