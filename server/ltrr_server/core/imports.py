@@ -15,6 +15,7 @@ batch is parsed while the last one commits.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from ltrr_server.log.joiner import PendingDecision
 from ltrr_server.log.rows import DecisionRecord, RewardRow
 from ltrr_server.log.store import EventLogStore
 from ltrr_server.log.writer import EventLogWriter
+
+log = logging.getLogger(__name__)
 
 IMPORT_REWARD_ID = "import"
 
@@ -60,6 +63,10 @@ def parse_batch(lines: list[str], first_line: int, kind: str, limits: Limits
                 raise InvalidArgument("EventId", f"{ev.event_id!r} comes twice in this batch")
         except LtrrError as exc:
             errors.append((number, exc.message))
+            continue
+        except Exception:  # a line the reader did not foresee: that line is skipped, not the stream
+            log.exception("import: line %d could not be read", number)
+            errors.append((number, "line: could not be read (the server log says why)"))
             continue
         seen.add(ev.event_id)
         events.append((number, ev))

@@ -53,6 +53,8 @@ from ltrr_server.features import (
 )
 
 DEFAULT_NAMESPACE = "default"
+# How deep objects may nest inside the context or an action (VW's own logs nest three or four).
+MAX_DEPTH = 16
 _FRACTION = re.compile(r"(\.\d{6})\d+")
 
 
@@ -164,18 +166,21 @@ def _context_text(context: dict[str, Any], multi: str, slots: str) -> str:
 
 
 # ---------------------------------------------------------------------------- import
-def _flatten(obj: dict[str, Any], ns: str, out: dict[str, list[tuple[str, str | float]]], where: str) -> None:
+def _flatten(obj: dict[str, Any], ns: str, out: dict[str, list[tuple[str, str | float]]], where: str,
+             depth: int = 0) -> None:
     """VW's JSON features: nested objects are namespaces of their own, keys starting with _ are not
     features, strings are string features, numbers number features, true a feature of value 1."""
+    if depth > MAX_DEPTH:
+        raise InvalidArgument(where, f"features nested more than {MAX_DEPTH} objects deep")
     for key, value in obj.items():
         if key.startswith("_"):
             continue
         if isinstance(value, dict):
-            _flatten(value, key, out, f"{where}.{key}")
+            _flatten(value, key, out, f"{where}.{key}", depth + 1)
         elif isinstance(value, list):
             for i, item in enumerate(value):
                 if isinstance(item, dict):
-                    _flatten(item, key, out, f"{where}.{key}[{i}]")
+                    _flatten(item, key, out, f"{where}.{key}[{i}]", depth + 1)
                 elif isinstance(item, int | float) and not isinstance(item, bool):
                     _add(out, key, str(i), float(item), f"{where}.{key}[{i}]")
         elif isinstance(value, bool):
@@ -302,6 +307,8 @@ def parse_line(text: str, max_actions: int = 256, max_features: int = 1024) -> I
         line = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidArgument("line", f"not JSON: {exc.msg} at column {exc.colno}") from None
+    except RecursionError:  # arrays or objects nested past the interpreter's stack
+        raise InvalidArgument("line", "nested too deeply to read") from None
     if not isinstance(line, dict):
         raise InvalidArgument("line", "not a JSON object")
     event_id = line.get("EventId")

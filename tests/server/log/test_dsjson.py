@@ -115,6 +115,13 @@ def test_vws_fixture_files_import() -> None:
 GOOD = json.loads((FIXTURES / "dsjson_cb.json").read_text().splitlines()[1])
 
 
+def _nested(depth: int) -> dict[str, object]:
+    obj: dict[str, object] = {"f": 1}
+    for _ in range(depth):
+        obj = {"n": obj}
+    return obj
+
+
 def changed(**fields: object) -> str:
     line = json.loads(json.dumps(GOOD))
     for key, value in fields.items():
@@ -143,9 +150,12 @@ def changed(**fields: object) -> str:
     (changed(c={"_multi": [{"_tag": "a"}, {"_tag": ""}]}, a=[1, 2], p=[0.5, 0.5]),
      "c._multi[1].id: action id is empty"),
     (changed(p=[0.0, 0.5, 0.25, 0.25]), "slot 0: the chosen action has probability 0"),
+    ("[" * 100_000, "line: nested too deeply to read"),
+    (changed(c={"u": _nested(17), "_multi": GOOD["c"]["_multi"]}), "features nested more than 16 objects deep"),
 ], ids=["not json", "not an object", "no event id", "no context", "no actions", "short ranking", "unknown action",
         "probabilities", "label index", "cost not a number", "cost too large", "timestamp", "pdrop",
-        "feature too large", "empty action id", "chosen with probability 0"])
+        "feature too large", "empty action id", "chosen with probability 0", "JSON nested too deeply",
+        "features nested too deeply"])
 def test_bad_lines_say_what_is_wrong(text: str, field: str) -> None:
     with pytest.raises(InvalidArgument) as err:
         parse_line(text)
