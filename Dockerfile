@@ -20,4 +20,7 @@ EXPOSE 50051 9464
 # answers NOT_SERVING meanwhile, which the start period does not count against the container.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=600s CMD python -c "import grpc,sys; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; sys.exit(g.HealthStub(grpc.insecure_channel('localhost:50051')).Check(h.HealthCheckRequest(), timeout=2).status != 1)"
 ENTRYPOINT ["ltrr"]
-CMD ["serve"]
+# A container is reached through its published port, so the demo binds every interface with no
+# authentication (--insecure): publish it on loopback only, as deploy/docker-compose.yml does. In
+# production set LTRR_AUTH=keys (and TLS) instead, and make keys with `ltrr keys create`.
+CMD ["serve", "--host", "0.0.0.0", "--insecure"]

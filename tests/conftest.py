@@ -98,10 +98,11 @@ def demo_policy(**changes: Any) -> PolicySpec:
 
 
 def server_settings(db_url: str, *policies: PolicySpec, **changes: Any) -> Settings:
-    return Settings(
-        db_url=db_url, grpc_host="127.0.0.1", grpc_port=0, metrics_port=0, publish_interval_seconds=0.02,
-        snapshot_interval_seconds=3600.0, policies=policies or (demo_policy(),), **changes,
-    )
+    return Settings(**{
+        "db_url": db_url, "grpc_host": "127.0.0.1", "grpc_port": 0, "metrics_port": 0,
+        "publish_interval_seconds": 0.02, "snapshot_interval_seconds": 3600.0,
+        "policies": policies or (demo_policy(),), **changes,
+    })
 
 
 class ServerThread:

@@ -38,9 +38,11 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
 
 from ltrr.v1 import admin_pb2, decisions_pb2, feedback_pb2, models_pb2, retrieval_pb2
+from ltrr_server.api.auth import AuthInterceptor, method_roles
 from ltrr_server.api.health import Health
 from ltrr_server.api.routes import ServiceRoutes
-from ltrr_server.config import Settings
+from ltrr_server.config import Settings, is_loopback
+from ltrr_server.keys import KeyRing
 from ltrr_server.metrics import Metrics
 from ltrr_server.tls import TlsFiles, server_credentials
 
@@ -81,6 +83,10 @@ class LtrrServer:
     routes: dict[str, ServiceRoutes]
     metrics_http: Any
     metrics_port: int
+    keys: KeyRing
+    admin_server: grpc.aio.Server | None = None
+    # The admin service's own port (server.admin_port), or -1 when it shares the gRPC port.
+    admin_port: int = -1
     core: Ltrr | None = None
     _start_up: asyncio.Task[None] | None = None
     # Set once every service serves or says why it cannot (work that failed is retried after).
@@ -108,7 +114,10 @@ class LtrrServer:
                 await self._start_up
             except BaseException:  # noqa: BLE001 - stopping: what start-up would have raised no longer matters
                 pass
-        await self.grpc_server.stop(grace)
+        if self.admin_server is not None:
+            await asyncio.gather(self.grpc_server.stop(grace), self.admin_server.stop(grace))
+        else:
+            await self.grpc_server.stop(grace)
         if self._health_task is not None:
             self._health_task.cancel()
         if self.core is not None:
@@ -132,6 +141,7 @@ class LtrrServer:
             core = await asyncio.to_thread(_make_core, settings, self.metrics, self._on_component_change)
             self.core = core
             await asyncio.to_thread(core.open_policies)
+        from ltrr_server.api.access import AccessServicer
         from ltrr_server.api.admin import AdminServicer
         from ltrr_server.api.decisions import DecisionServicer
         from ltrr_server.api.feedback import FeedbackServicer
@@ -139,8 +149,12 @@ class LtrrServer:
         limits = settings.limits
         self.routes[DECISIONS.full_name].attach(DecisionServicer(core.decisions, self.metrics, limits))
         self.routes[FEEDBACK.full_name].attach(FeedbackServicer(core.rewards, self.metrics, limits))
-        self.routes[ADMIN.full_name].attach(AdminServicer(core.policies, core.rewards, core.jobs, core.imports, limits))
+        self.routes[ADMIN.full_name].attach(
+            AdminServicer(core.policies, core.rewards, core.jobs, core.imports, limits, core.audit),
+            AccessServicer(core.keys, self.keys, core.audit))
         await core.start_joins()
+        if settings.auth == "keys":
+            await core.start_key_refresh(self.keys)
         health.check(FEEDBACK.full_name, "commits", lambda: _commit_stall(core, settings.commit_stall_seconds))
         for name in (DECISIONS.full_name, FEEDBACK.full_name, ADMIN.full_name):
             health.up(name, "start")
@@ -176,7 +190,7 @@ class LtrrServer:
         from ltrr_server.api.models import ModelServicer
         from ltrr_server.api.retrieval import RetrievalServicer
 
-        self.routes[MODELS.full_name].attach(ModelServicer(core.models, core.sessions))
+        self.routes[MODELS.full_name].attach(ModelServicer(core.models, core.sessions, core.audit))
         health.up(MODELS.full_name, "start")
         health.check(MODELS.full_name, "models", lambda: "; ".join(core.live_models.failed.values()))
         # Without strategies it answers FAILED_PRECONDITION, saying so (its health: NOT_SERVING).
@@ -243,41 +257,55 @@ async def build_server(settings: Settings, registry: CollectorRegistry | None = 
         # may have its own).
         ProcessCollector(registry=registry)
     metrics = Metrics(registry)
-    _check_port_free(settings.grpc_host, settings.grpc_port)
-    server = grpc.aio.server(options=[
+    host = settings.bind_host
+    _check_port_free(host, settings.grpc_port)
+    if settings.admin_port >= 0:
+        _check_port_free(settings.admin_host, settings.admin_port)
+    ring = KeyRing(settings.limits)
+    interceptors = [AuthInterceptor(ring, method_roles([DECISIONS, FEEDBACK, ADMIN, RETRIEVAL, MODELS]), metrics)] \
+        if settings.auth == "keys" else []
+    options = [
         ("grpc.max_receive_message_length", settings.limits.max_request_bytes),
         ("grpc.max_send_message_length", 64 * 1024 * 1024),
         ("grpc.so_reuseport", 0),
-    ])
+    ]
+    server = grpc.aio.server(options=options, interceptors=interceptors)
+    # With admin_port, the admin service is served there only (health and reflection on both).
+    admin_server = grpc.aio.server(options=options, interceptors=interceptors) if settings.admin_port >= 0 else None
     routes = {s.full_name: ServiceRoutes(s, metrics) for s in (DECISIONS, FEEDBACK, ADMIN, RETRIEVAL, MODELS)}
-    for name, service_routes in routes.items():
-        server.add_registered_method_handlers(name, service_routes.handlers)
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, service_routes.handlers),))
     servicer = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    reflection.enable_server_reflection(
-        (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
-    )
+    for grpc_server, names in ((server, [n for n in SERVICES if admin_server is None or n != ADMIN.full_name]),
+                               (admin_server, [ADMIN.full_name])):
+        if grpc_server is None:
+            continue
+        for name in names:
+            handlers = routes[name].handlers
+            grpc_server.add_registered_method_handlers(name, handlers)
+            grpc_server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+        health_pb2_grpc.add_HealthServicer_to_server(servicer, grpc_server)
+        if settings.reflection:
+            reflection.enable_server_reflection(
+                (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+                grpc_server)
     health = Health(servicer, metrics, SERVICES)
     for name in SERVICES:
         health.down(name, "start", "the server is starting")
     await health.publish()  # NOT_SERVING, overall too, before the first call can come in
-    address = f"{settings.grpc_host}:{settings.grpc_port}"
-    try:
-        if settings.tls_cert:
-            port = server.add_secure_port(address, server_credentials(
-                TlsFiles(settings.tls_cert, settings.tls_key, settings.tls_client_ca)))
-        else:
-            port = server.add_insecure_port(address)
-    except RuntimeError as exc:
-        raise OSError(f"cannot bind gRPC port {settings.grpc_host}:{settings.grpc_port}: {exc}") from exc
-    if port == 0:
-        raise OSError(f"cannot bind gRPC port {settings.grpc_host}:{settings.grpc_port}")
+    tls = TlsFiles(settings.tls_cert, settings.tls_key, settings.tls_client_ca) if settings.tls_cert else None
+    port = _bind(server, tls, host, settings.grpc_port)
+    admin_port = -1
+    if admin_server is not None:
+        try:
+            admin_port = _bind(admin_server, tls, settings.admin_host, settings.admin_port)
+        except OSError:
+            await server.stop(0)
+            raise
+        await admin_server.start()
     await server.start()
 
     http, metrics_port = None, -1
     if settings.metrics_port >= 0:
-        metrics_host = (settings.metrics_host or settings.grpc_host).strip("[]")
+        metrics_host = (settings.metrics_host or host).strip("[]")
         try:
             http, _ = start_http_server(
                 settings.metrics_port, addr=metrics_host, registry=registry,
@@ -285,13 +313,17 @@ async def build_server(settings: Settings, registry: CollectorRegistry | None = 
                 keyfile=settings.tls_key if settings.metrics_tls else None)
         except OSError:
             await server.stop(0)
+            if admin_server is not None:
+                await admin_server.stop(0)
             raise
         metrics_port = http.server_port
-    log.info("ltrr listening: gRPC%s on %s:%d, metrics%s on %s:%d, database %s",
+    log.info("ltrr listening: gRPC%s on %s:%d%s, metrics%s on %s:%d, database %s",
              " (mutual TLS)" if settings.tls_client_ca else " (TLS)" if settings.tls_cert else "",
-             settings.grpc_host, port, " (HTTPS)" if settings.metrics_tls else "",
-             settings.metrics_host or settings.grpc_host, metrics_port, _redact(settings.db_url))
-    ltrr = LtrrServer(server, settings, metrics, health, routes, http, metrics_port)
+             host, port, f", admin service on {settings.admin_host}:{admin_port}" if admin_server else "",
+             " (HTTPS)" if settings.metrics_tls else "", settings.metrics_host or host, metrics_port,
+             _redact(settings.db_url))
+    _say_who_may_call(settings, metrics)
+    ltrr = LtrrServer(server, settings, metrics, health, routes, http, metrics_port, ring, admin_server, admin_port)
     ltrr._health_task = asyncio.create_task(health.run())
     ltrr._start_up = asyncio.create_task(ltrr._start())
     if wait:
@@ -301,6 +333,33 @@ async def build_server(settings: Settings, registry: CollectorRegistry | None = 
             await ltrr.stop(grace=0)
             raise
     return ltrr, port
+
+
+def _bind(server: grpc.aio.Server, tls: TlsFiles | None, host: str, port: int) -> int:
+    address = f"{host}:{port}"
+    try:
+        bound = server.add_secure_port(address, server_credentials(tls)) if tls else server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise OSError(f"cannot bind gRPC port {address}: {exc}") from exc
+    if bound == 0:
+        raise OSError(f"cannot bind gRPC port {address}")
+    return int(bound)
+
+
+def _say_who_may_call(settings: Settings, metrics: Metrics) -> None:
+    """Says at the start who can call this server; counts an insecure binding in a metric."""
+    exposed = not is_loopback(settings.bind_host) or (settings.admin_port >= 0 and not is_loopback(settings.admin_host))
+    if settings.auth == "keys":
+        log.info("authentication: every call needs an API key with the method's role (ltrr keys create)")
+        if exposed and not settings.tls_cert:
+            log.warning("API keys travel in clear: gRPC is bound beyond loopback without TLS (--tls-cert)")
+    elif exposed:
+        metrics.insecure.set(1)
+        log.warning("INSECURE: bound beyond loopback with no authentication (--insecure): anyone who reaches "
+                    "the port can create, change and reset policies; set server.auth = \"keys\"")
+    else:
+        log.info("no authentication (server.auth = \"none\"): bound to loopback only; other machines need "
+                 "server.auth = \"keys\" (or --insecure)")
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -46,6 +46,14 @@ MAX_COMPLETIONS = 100
 # 100k events; learning rates and softmax lambdas up to 1e30 did not overflow.
 MAX_ABS_FEATURE = 1e9
 MAX_ABS_REWARD = 1e6
+# API keys: a key's id, name and mapped certificate subject; its roles; each of its quotas; the
+# entries one ListAudit answers.
+KEY_ID_CHARS = 32
+KEY_NAME_CHARS = 128
+SUBJECT_CHARS = 256
+KEY_ROLES = 3
+MAX_QUOTA = 10_000_000
+MAX_AUDIT_ENTRIES = 10_000
 # A query embedding is kept as 32-bit floats: a larger number would be infinite.
 F32_MAX = 3.4028234663852886e38
 
@@ -249,6 +257,16 @@ BOUNDS: dict[str, Bound] = {
     "ltrr.v1.ExportEventsRequest.name": _ID,
     "ltrr.v1.ExportEventsRequest.since_ms": _TIME,
     "ltrr.v1.ExportEventsRequest.until_ms": _TIME,
+    "ltrr.v1.CreateKeyRequest.tenant": _ID,
+    "ltrr.v1.CreateKeyRequest.roles": Items(KEY_ROLES, each=Text(8)),
+    "ltrr.v1.CreateKeyRequest.name": Text(KEY_NAME_CHARS),
+    "ltrr.v1.CreateKeyRequest.subject": Text(SUBJECT_CHARS),
+    "ltrr.v1.CreateKeyRequest.decisions_per_second": Number(0, MAX_QUOTA),
+    "ltrr.v1.CreateKeyRequest.rewards_per_second": Number(0, MAX_QUOTA),
+    "ltrr.v1.CreateKeyRequest.max_streams": Number(0, MAX_QUOTA),
+    "ltrr.v1.RevokeKeyRequest.id": Text(KEY_ID_CHARS),
+    "ltrr.v1.ListAuditRequest.since_ms": _TIME,
+    "ltrr.v1.ListAuditRequest.limit": Number(0, MAX_AUDIT_ENTRIES),
 }
 
 

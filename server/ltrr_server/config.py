@@ -19,7 +19,7 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -58,6 +58,18 @@ def check_action_ids(ids: Sequence[str], field: str) -> None:
         if action_id in seen:
             raise InvalidArgument(f"{field}[{i}].id", f"duplicate action id {action_id!r}")
         seen.add(action_id)
+
+
+def check_name(value: str, field_name: str) -> None:
+    """A name of a policy, strategy or tenant: letters, digits, ``_.-``, at most 64 characters.
+
+    >>> check_name("team a", "tenant")
+    Traceback (most recent call last):
+    ...
+    ltrr_server.errors.InvalidArgument: tenant: must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$, got 'team a'
+    """
+    if not _NAME_RE.match(value):
+        raise InvalidArgument(field_name, f"must match {_NAME_RE.pattern}, got {value!r}")
 
 
 def _finite(value: float, field_name: str) -> None:
@@ -260,6 +272,15 @@ class Limits:
     max_evaluations: int = 1
     # EvaluatePolicy: targets in one request (each keeps two numbers per event and slot).
     max_evaluation_targets: int = 64
+    # Policies the server holds (configured and created): each is a VW model in memory (a few MB at
+    # 18 bits) and a set of metric labels. CreatePolicy past it: RESOURCE_EXHAUSTED.
+    max_policies: int = 100
+    # Quotas of an API key that sets none of its own (server.auth = "keys"): decisions (Decide and
+    # each DecideStream message, Retrieve, the model service's calls) and reward events per second,
+    # each a token bucket holding one second's worth; streams open at once.
+    key_decisions_per_second: int = 100_000
+    key_rewards_per_second: int = 100_000
+    key_max_streams: int = 64
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -367,8 +388,20 @@ class Settings:
     """Everything the server needs to start."""
 
     db_url: str = "sqlite:///ltrr.db"
-    grpc_host: str = "0.0.0.0"
+    # "" binds loopback (127.0.0.1) without authentication and every interface (0.0.0.0) with it.
+    grpc_host: str = ""
     grpc_port: int = 50051
+    # "keys": every call but health's needs an API key with the method's role (ltrr keys create;
+    # api/auth.py). "none": anyone who reaches the port may do anything, so the server binds only
+    # loopback unless told `insecure`.
+    auth: str = "none"
+    # Bind beyond loopback with auth = "none" (a warning in the log and ltrr_insecure = 1).
+    insecure: bool = False
+    # The admin service on a port of its own (-1: on the gRPC port), at admin_host.
+    admin_port: int = -1
+    admin_host: str = "127.0.0.1"
+    # gRPC server reflection (grpcurl lists and calls the services); with auth, it needs a key.
+    reflection: bool = True
     # -1 disables the metrics HTTP endpoint; 0 picks a free port. Its address is grpc_host's
     # unless metrics_host says otherwise.
     metrics_port: int = 9464
@@ -431,6 +464,21 @@ class Settings:
             raise InvalidArgument("server.grpc_port", f"must be in [0, 65535], got {self.grpc_port}")
         if not -1 <= self.metrics_port <= 65535:
             raise InvalidArgument("server.metrics_port", f"must be in [-1, 65535], got {self.metrics_port}")
+        if self.auth not in AUTH_MODES:
+            raise InvalidArgument("server.auth", f"must be one of {AUTH_MODES}, got {self.auth!r}")
+        for name in ("insecure", "reflection"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidArgument(f"server.{name}", f"must be true or false, got {getattr(self, name)!r}")
+        if not -1 <= self.admin_port <= 65535:
+            raise InvalidArgument("server.admin_port", f"must be in [-1, 65535], got {self.admin_port}")
+        if self.auth == "none" and not self.insecure:
+            for name, host in (("server.grpc_host", self.bind_host), ("server.admin_host", self.admin_host)):
+                if name == "server.admin_host" and self.admin_port < 0:
+                    continue
+                if not is_loopback(host):
+                    raise InvalidArgument(name, f"binding {host} without authentication would let anyone who "
+                                                "reaches it change policies: set server.auth = \"keys\" (and make "
+                                                "keys with `ltrr keys create`), or --insecure to do it anyway")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise InvalidArgument("server.tls_key" if self.tls_cert else "server.tls_cert",
                                   "TLS needs both tls_cert and tls_key")
@@ -465,6 +513,9 @@ class Settings:
             if len(policy.actions) > self.limits.max_actions:
                 raise InvalidArgument(f"policies[{i}].actions", f"{len(policy.actions)} actions, more than "
                                                                 f"limits.max_actions={self.limits.max_actions}")
+        if len(self.policies) > self.limits.max_policies:
+            raise InvalidArgument("policies", f"{len(self.policies)} policies, more than "
+                                              f"limits.max_policies={self.limits.max_policies}")
         names = [p.name for p in self.policies]
         for i, name in enumerate(names):
             if name in names[:i]:
@@ -476,8 +527,41 @@ class Settings:
             if spec.kind != "cb":
                 raise InvalidArgument(f"retrieval.policies[{i}]", f"policy {name!r} must be of kind cb (plans)")
 
+    @property
+    def bind_host(self) -> str:
+        """The gRPC listen address: grpc_host, or by default loopback unless keys are required."""
+        return self.grpc_host or ("0.0.0.0" if self.auth == "keys" else "127.0.0.1")
 
-_ENV = {
+
+AUTH_MODES = ("none", "keys")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen address reaches this machine only.
+
+    >>> [is_loopback(h) for h in ("127.0.0.1", "localhost", "[::1]", "0.0.0.0", "10.1.2.3", "")]
+    [True, True, True, False, False, False]
+    """
+    import ipaddress
+
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _flag(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(text)
+
+
+_ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "LTRR_DB_URL": ("db_url", str),
     "LTRR_GRPC_PORT": ("grpc_port", int),
     "LTRR_METRICS_PORT": ("metrics_port", int),
@@ -487,6 +571,11 @@ _ENV = {
     "LTRR_TLS_CERT": ("tls_cert", str),
     "LTRR_TLS_KEY": ("tls_key", str),
     "LTRR_TLS_CLIENT_CA": ("tls_client_ca", str),
+    "LTRR_AUTH": ("auth", str),
+    "LTRR_INSECURE": ("insecure", _flag),
+    "LTRR_ADMIN_PORT": ("admin_port", int),
+    "LTRR_ADMIN_HOST": ("admin_host", str),
+    "LTRR_REFLECTION": ("reflection", _flag),
 }
 
 

@@ -27,6 +27,10 @@ class AlreadyExists(LtrrError):
     """A create request names something that exists already."""
 
 
+class PermissionDenied(LtrrError):
+    """The caller's key may not do this (another tenant's keys, a role it lacks)."""
+
+
 class Overloaded(LtrrError):
     """A configured bound (pending joins, write queue) is full: retry later."""
 

@@ -150,6 +150,19 @@ class Metrics:
             "ltrr_retrieval_joins", "Joined retrievals: an engaged item was among the candidates, or not.",
             ["policy", "result"], registry=registry,
         )
+        # Security (api/auth.py). Tenants are made only by admins (with keys): a bounded label.
+        self.auth_refusals = Counter(
+            "ltrr_auth_refusals", "Calls refused by authentication: no key, a wrong or revoked key, a missing role.",
+            ["reason"], registry=registry,
+        )
+        self.quota_exceeded = Counter(
+            "ltrr_quota_exceeded", "Calls refused (or stream messages delayed) past a key's quota.",
+            ["tenant", "quota"], registry=registry,
+        )
+        self.insecure = Gauge(
+            "ltrr_insecure", "1 while gRPC is bound beyond loopback with no authentication (--insecure).",
+            registry=registry,
+        )
 
     def child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, looked up once: on the hot paths the look-up costs more than the update."""

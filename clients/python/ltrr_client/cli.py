@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import sys
 import time
 from collections import Counter
@@ -26,13 +27,17 @@ def _client(args: argparse.Namespace) -> LtrrClient:
     """The client a command's --target (or --server) and --tls-* flags describe."""
     tls = ChannelTls(args.tls_ca or "", args.tls_cert or "", args.tls_key or "") \
         if args.tls_ca or args.tls_cert or args.tls_key else None
-    return LtrrClient(getattr(args, "server", None) or args.target, tls=tls)
+    return LtrrClient(getattr(args, "server", None) or args.target, tls=tls,
+                      api_key=args.api_key or os.environ.get("LTRR_API_KEY", ""))
 
 
 def _tls_flags(p: argparse.ArgumentParser) -> None:
+    """How a command reaches a server securely: TLS and an API key."""
     p.add_argument("--tls-ca", help="TLS: the CA that signed the server's certificate (PEM)")
     p.add_argument("--tls-cert", help="mutual TLS: this client's certificate chain (PEM)")
     p.add_argument("--tls-key", help="mutual TLS: this client's key (PEM)")
+    p.add_argument("--api-key", help="the API key to send (default: $LTRR_API_KEY); the server's auth = keys "
+                                     "needs one")
 
 
 def _log_range_flags(p: argparse.ArgumentParser, prefix: str = "") -> None:
@@ -57,7 +62,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config, db_url=args.db, grpc_port=args.grpc_port,
                                  metrics_port=args.metrics_port, grpc_host=args.host, metrics_host=args.metrics_host,
-                                 tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca)
+                                 tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+                                 auth=args.auth, insecure=args.insecure or None, admin_port=args.admin_port,
+                                 admin_host=args.admin_host, reflection=False if args.no_reflection else None)
     except (InvalidArgument, OSError) as exc:
         print(f"ltrr serve: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -650,6 +657,101 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _local_or_remote_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", help="through this server's admin service (an admin key); without it, directly on "
+                                    "the database")
+    _tls_flags(p)
+    p.add_argument("--config", help="TOML configuration file whose database to use (default: the embedded demo)")
+    p.add_argument("--db", help="database URL")
+
+
+def _local_actor() -> Any:
+    """Who ``ltrr keys``/``ltrr audit`` acts as on the database itself: the machine's user."""
+    import getpass
+
+    from ltrr_server.keys import DEFAULT_TENANT, ROLES, Identity
+
+    return Identity("", DEFAULT_TENANT, frozenset(ROLES), name=f"local:{getpass.getuser()}")
+
+
+def _engine(args: argparse.Namespace) -> Any:
+    from ltrr_server.config import load_settings
+    from ltrr_server.log import db
+
+    engine = db.create_engine(load_settings(args.config, db_url=args.db).db_url)
+    db.migrate(engine)
+    return engine
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """API keys, on the database itself (any tenant) or through a server (the caller's tenant)."""
+    from ltrr_server.errors import LtrrError
+
+    if args.action == "revoke" and not args.id:
+        print("ltrr keys revoke: name the key: ltrr keys revoke ID", file=sys.stderr)
+        return 2
+    if args.action == "create" and not args.role:
+        print("ltrr keys create: give the key a role: --role decide|feedback|admin (repeatable)", file=sys.stderr)
+        return 2
+    if args.target:
+        with _client(args) as c:
+            if args.action == "create":
+                r = c.create_key(args.role, args.tenant or "", args.name, args.subject, args.decisions_per_second,
+                                 args.rewards_per_second, args.max_streams)
+                out: Any = MessageToDict(r.key, preserving_proto_field_name=True) | {"key": r.secret}
+            elif args.action == "list":
+                out = [MessageToDict(k, preserving_proto_field_name=True) for k in c.list_keys()]
+            else:
+                out = MessageToDict(c.revoke_key(args.id), preserving_proto_field_name=True)
+    else:
+        from ltrr_server.audit import AuditLog
+        from ltrr_server.keys import KeyStore, NewKey
+
+        try:
+            engine = _engine(args)
+            store, audit, who = KeyStore(engine), AuditLog(engine), _local_actor()
+            if args.action == "create":
+                info, text = store.create(NewKey(
+                    args.tenant or "default", tuple(args.role), args.name, args.subject,
+                    args.decisions_per_second or None, args.rewards_per_second or None, args.max_streams or None))
+                audit.record(who, "key.create", info.id, None, info.to_dict())
+                out = info.to_dict() | {"key": text}
+            elif args.action == "list":
+                out = [k.to_dict() for k in store.list_keys(args.tenant)]
+            else:
+                before, after = store.revoke(args.id)
+                if before.revoked_at is None:
+                    audit.record(who, "key.revoke", args.id, before.to_dict(), after.to_dict())
+                out = after.to_dict()
+        except (LtrrError, OSError) as exc:
+            print(f"ltrr keys {args.action}: {exc}", file=sys.stderr)
+            return 2
+    print(json.dumps(out, indent=2))
+    if args.action == "create":
+        print("ltrr keys create: the key is shown this once; the server keeps only a hash of it", file=sys.stderr)
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """The audit trail, on the database itself or through a server (the caller's tenant)."""
+    from ltrr_client.evaluation import parse_time
+
+    try:
+        since_ms = parse_time(args.since) if args.since else 0
+    except ValueError as exc:
+        print(f"ltrr audit: --since: {exc}", file=sys.stderr)
+        return 2
+    if args.target:
+        with _client(args) as c:
+            out = [MessageToDict(e, preserving_proto_field_name=True) for e in c.audit(since_ms, args.limit)]
+    else:
+        from ltrr_server.audit import AuditLog
+
+        out = [e.to_dict() for e in AuditLog(_engine(args)).list(args.tenant, since_ms / 1000, args.limit)]
+    print(json.dumps(out, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ltrr", description="ltrr: learning-to-rank-and-retrieve server and client")
     sub = p.add_subparsers(dest="command", required=True)
@@ -664,6 +766,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tls-cert", help="serve gRPC over TLS with this certificate chain (PEM; re-read when it changes)")
     s.add_argument("--tls-key", help="the certificate's key (PEM)")
     s.add_argument("--tls-client-ca", help="require client certificates signed by this CA (mutual TLS)")
+    s.add_argument("--auth", choices=["none", "keys"],
+                   help="keys: every call needs an API key with its role (ltrr keys create); default none, "
+                        "which binds loopback only")
+    s.add_argument("--insecure", action="store_true",
+                   help="bind beyond loopback with no authentication (anyone who reaches the port can change "
+                        "policies)")
+    s.add_argument("--admin-port", type=int, help="serve the admin service on this port only (default: the gRPC "
+                                                  "port)")
+    s.add_argument("--admin-host", help="listen address of --admin-port (default 127.0.0.1)")
+    s.add_argument("--no-reflection", action="store_true", help="turn gRPC server reflection off")
     s.set_defaults(fn=cmd_serve)
 
     def client_cmd(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -844,6 +956,30 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--batch", type=int, default=1000, help="lines per batch (each committed before the next)")
     _timeout_flag(imp)
     imp.set_defaults(fn=cmd_import)
+
+    ks = sub.add_parser("keys", help="API keys: create (printed once), list, revoke; on the database of --config/--db, "
+                                     "or through a server with --target")
+    ks.add_argument("action", choices=["create", "list", "revoke"])
+    ks.add_argument("id", nargs="?", help="revoke: the key's id")
+    ks.add_argument("--tenant", help="create: the key's tenant (default: default, or through a server the "
+                                     "caller's)")
+    ks.add_argument("--role", action="append", default=[], choices=["decide", "feedback", "admin"],
+                    help="create: a role the key holds, repeatable")
+    ks.add_argument("--name", default="", help="create: what the key is for (shown in lists and the audit trail)")
+    ks.add_argument("--subject", default="", help="create: a client certificate subject or common name that acts "
+                                                  "as this key (mutual TLS)")
+    ks.add_argument("--decisions-per-second", type=int, default=0, help="create: quota (0: limits.key_* default)")
+    ks.add_argument("--rewards-per-second", type=int, default=0, help="create: quota (0: limits.key_* default)")
+    ks.add_argument("--max-streams", type=int, default=0, help="create: quota (0: limits.key_* default)")
+    _local_or_remote_flags(ks)
+    ks.set_defaults(fn=cmd_keys)
+
+    au = sub.add_parser("audit", help="admin changes (policies, promotions, keys): who, when, before and after")
+    au.add_argument("--since", help="changes since (ISO 8601, or a duration ago: 24h, 7d)")
+    au.add_argument("--limit", type=int, default=1000, help="the newest this many (default %(default)s)")
+    au.add_argument("--tenant", help="on the database: only this tenant's (through a server: the caller's)")
+    _local_or_remote_flags(au)
+    au.set_defaults(fn=cmd_audit)
 
     pol = client_cmd("policies", "list, describe, snapshot or show statistics of policies")
     pol.add_argument("action", choices=["list", "get", "stats", "snapshot"])

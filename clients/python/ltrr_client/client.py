@@ -115,9 +115,66 @@ class ChannelTls:
                                             certificate_chain=read(self.cert))
 
 
-def channel(target: str, tls: ChannelTls | None = None) -> grpc.Channel:
-    """A blocking channel: plaintext, or TLS with ``tls``."""
-    return grpc.secure_channel(target, tls.credentials()) if tls is not None else grpc.insecure_channel(target)
+class _BearerKey(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                 grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds ``authorization: Bearer <key>`` to every call of a blocking channel."""
+
+    def __init__(self, key: str) -> None:
+        self._metadata = ("authorization", f"Bearer {key}")
+
+    def _details(self, details: Any) -> Any:
+        return details._replace(metadata=[*(details.metadata or ()), self._metadata])
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+
+class _AsyncBearerKey(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor,
+                      grpc.aio.StreamUnaryClientInterceptor, grpc.aio.StreamStreamClientInterceptor):
+    """Adds ``authorization: Bearer <key>`` to every call of an asyncio channel."""
+
+    def __init__(self, key: str) -> None:
+        self._metadata = ("authorization", f"Bearer {key}")
+
+    def _details(self, details: Any) -> Any:
+        metadata = grpc.aio.Metadata(*(details.metadata or ()))
+        metadata.add(*self._metadata)
+        return details._replace(metadata=metadata)
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+    async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(self._details(details), requests)
+
+    async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(self._details(details), requests)
+
+
+def channel(target: str, tls: ChannelTls | None = None, api_key: str = "") -> grpc.Channel:
+    """A blocking channel: plaintext, or TLS with ``tls``; with ``api_key``, every call carries it."""
+    ch = grpc.secure_channel(target, tls.credentials()) if tls is not None else grpc.insecure_channel(target)
+    return grpc.intercept_channel(ch, _BearerKey(api_key)) if api_key else ch
+
+
+def aio_channel(target: str, tls: ChannelTls | None = None, api_key: str = "") -> grpc.aio.Channel:
+    """An asyncio channel: plaintext, or TLS with ``tls``; with ``api_key``, every call carries it."""
+    interceptors = [_AsyncBearerKey(api_key)] if api_key else None
+    if tls is not None:
+        return grpc.aio.secure_channel(target, tls.credentials(), interceptors=interceptors)
+    return grpc.aio.insecure_channel(target, interceptors=interceptors)
 
 
 class LtrrClient:
@@ -128,8 +185,9 @@ class LtrrClient:
             c.report_reward(d.event_id, 1.0).status   # REWARD_STATUS_ACCEPTED, once committed
     """
 
-    def __init__(self, target: str, timeout: float = 10.0, tls: ChannelTls | None = None) -> None:
-        self.channel = channel(target, tls)
+    def __init__(self, target: str, timeout: float = 10.0, tls: ChannelTls | None = None, api_key: str = "") -> None:
+        """``api_key``: sent with every call as ``authorization: Bearer <key>`` (server.auth = "keys")."""
+        self.channel = channel(target, tls, api_key)
         self.timeout = timeout
         self.decisions = decisions_pb2_grpc.DecisionServiceStub(self.channel)
         self.feedback = feedback_pb2_grpc.FeedbackServiceStub(self.channel)
@@ -210,6 +268,25 @@ class LtrrClient:
         for chunk in self.admin.ExportEvents(request, timeout=timeout):
             yield from chunk.lines
 
+    def create_key(self, roles: Sequence[str], tenant: str = "", name: str = "", subject: str = "",
+                   decisions_per_second: int = 0, rewards_per_second: int = 0, max_streams: int = 0
+                   ) -> admin_pb2.CreateKeyResponse:
+        """A new API key (its text in ``.secret``, shown this once) for the caller's tenant."""
+        return self.admin.CreateKey(admin_pb2.CreateKeyRequest(
+            tenant=tenant, roles=list(roles), name=name, subject=subject, decisions_per_second=decisions_per_second,
+            rewards_per_second=rewards_per_second, max_streams=max_streams), timeout=self.timeout)
+
+    def list_keys(self) -> list[admin_pb2.ApiKey]:
+        return list(self.admin.ListKeys(admin_pb2.ListKeysRequest(), timeout=self.timeout).keys)
+
+    def revoke_key(self, key_id: str) -> admin_pb2.ApiKey:
+        return self.admin.RevokeKey(admin_pb2.RevokeKeyRequest(id=key_id), timeout=self.timeout)
+
+    def audit(self, since_ms: int = 0, limit: int = 0) -> list[admin_pb2.AuditEntry]:
+        """Admin changes of the caller's tenant, oldest first."""
+        return list(self.admin.ListAudit(admin_pb2.ListAuditRequest(since_ms=since_ms, limit=limit),
+                                         timeout=self.timeout).entries)
+
 
 def _last_result(updates: Iterable[Any]) -> Any:
     for update in updates:
@@ -221,9 +298,8 @@ def _last_result(updates: Iterable[Any]) -> Any:
 class AsyncLtrrClient:
     """asyncio client; same verbs as ``LtrrClient``, awaited."""
 
-    def __init__(self, target: str, timeout: float = 10.0, tls: ChannelTls | None = None) -> None:
-        self.channel = (grpc.aio.secure_channel(target, tls.credentials()) if tls is not None
-                        else grpc.aio.insecure_channel(target))
+    def __init__(self, target: str, timeout: float = 10.0, tls: ChannelTls | None = None, api_key: str = "") -> None:
+        self.channel = aio_channel(target, tls, api_key)
         self.timeout = timeout
         self.decisions = decisions_pb2_grpc.DecisionServiceStub(self.channel)
         self.feedback = feedback_pb2_grpc.FeedbackServiceStub(self.channel)

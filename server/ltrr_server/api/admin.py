@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable
 
 from ltrr.v1 import admin_pb2
 from ltrr_server.api import convert
+from ltrr_server.api.auth import caller
 from ltrr_server.api.evaluation import (
     candidate_from_proto,
     plan_from_proto,
@@ -16,6 +18,7 @@ from ltrr_server.api.evaluation import (
 from ltrr_server.api.routes import Undecodable
 from ltrr_server.api.status import Ctx
 from ltrr_server.api.streams import answered_in_order
+from ltrr_server.audit import AuditLog
 from ltrr_server.bounds import DSJSON_LINE_CHARS
 from ltrr_server.config import Limits
 from ltrr_server.core.imports import ImportResult, Imports
@@ -32,8 +35,10 @@ _IMPORT_AHEAD = 4
 
 
 class AdminServicer:
-    def __init__(self, policies: PolicyBook, rewards: Rewards, jobs: Jobs, imports: Imports, limits: Limits) -> None:
+    def __init__(self, policies: PolicyBook, rewards: Rewards, jobs: Jobs, imports: Imports, limits: Limits,
+                 audit: AuditLog) -> None:
         self._policies = policies
+        self._audit = audit
         self._rewards = rewards
         self._jobs = jobs
         self._imports = imports
@@ -43,13 +48,18 @@ class AdminServicer:
         self, request: admin_pb2.CreatePolicyRequest, context: Ctx
     ) -> admin_pb2.Policy:
         spec = convert.spec_from_proto(request.spec, self._limits)
-        return convert.policy_to_proto(await self._policies.create(spec))
+        info = await self._policies.create(spec)
+        await asyncio.to_thread(self._audit.record, caller(), "policy.create", spec.name, None, spec.to_dict())
+        return convert.policy_to_proto(info)
 
     async def UpdatePolicy(  # noqa: N802
         self, request: admin_pb2.UpdatePolicyRequest, context: Ctx
     ) -> admin_pb2.UpdatePolicyResponse:
         spec = convert.spec_from_proto(request.spec, self._limits)
+        before = self._policies.get(spec.name, "spec.name").spec
         info, reset = await self._policies.update(spec)
+        await asyncio.to_thread(self._audit.record, caller(), "policy.reset" if reset else "policy.update",
+                                spec.name, before.to_dict(), info.spec.to_dict())
         return admin_pb2.UpdatePolicyResponse(policy=convert.policy_to_proto(info), model_reset=reset)
 
     async def ListPolicies(  # noqa: N802
@@ -105,6 +115,9 @@ class AdminServicer:
             if isinstance(item, Progress):
                 yield admin_pb2.TunePolicyUpdate(events_done=item.done, events_total=item.total)
             else:
+                if item.applied and item.info is not None:
+                    await asyncio.to_thread(self._audit.record, caller(), "policy.tune", request.name,
+                                            rt.spec.to_dict(), item.info.spec.to_dict())
                 yield admin_pb2.TunePolicyUpdate(events_done=item.events, events_total=item.events,
                                                  result=tune_to_proto(item))
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 from ltrr.v1 import models_pb2
+from ltrr_server.api.auth import caller
 from ltrr_server.api.status import Ctx
 from ltrr_server.api.xmr_wire import XmrResponseWire
+from ltrr_server.audit import AuditLog
 from ltrr_server.core.models import Models
 from ltrr_server.core.sessions import Sessions
 
@@ -20,8 +23,9 @@ def version_to_proto(row: dict[str, Any]) -> models_pb2.ModelVersion:
 
 
 class ModelServicer:
-    def __init__(self, models: Models, sessions: Sessions) -> None:
+    def __init__(self, models: Models, sessions: Sessions, audit: AuditLog) -> None:
         self._models = models
+        self._audit = audit
         self._sessions = sessions
         self._xmr_wire = XmrResponseWire()
 
@@ -56,6 +60,10 @@ class ModelServicer:
         self, request: models_pb2.PromoteModelRequest, context: Ctx
     ) -> models_pb2.PromoteModelResponse:
         r = await self._models.promote(request.name, request.version, request.force)
+        await asyncio.to_thread(
+            self._audit.record, caller(), "model.force_promote" if request.force else "model.promote", request.name,
+            {"version": r["previous_version"]},
+            {k: v for k, v in r.items() if k not in ("row", "previous_version")} | {"version": request.version})
         return models_pb2.PromoteModelResponse(
             model=version_to_proto(r["row"]), previous_version=r["previous_version"],
             recall_previous=r.get("recall_live", 0.0), recall_new=r.get("recall_new", 0.0),

@@ -84,8 +84,16 @@ class ServiceRoutes:
         """What calls are told (UNAVAILABLE) until the service is attached."""
         self._waiting_for = reason
 
-    def attach(self, servicer: object) -> None:
-        self._methods = {name: getattr(servicer, name) for name in self._handlers}
+    def attach(self, *servicers: object) -> None:
+        """Binds every method to the first of ``servicers`` that has it (a service's jobs may be
+        split over several servicers: AdminService's policies and its keys)."""
+        methods = {}
+        for name in self._handlers:
+            found = [getattr(s, name) for s in servicers if hasattr(s, name)]
+            if not found:
+                raise TypeError(f"{self.name}/{name}: no servicer has it")
+            methods[name] = found[0]
+        self._methods = methods
 
     def _handler(self, method: MethodDescriptor) -> grpc.RpcMethodHandler[Any, Any]:
         request = message_factory.GetMessageClass(method.input_type)

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from ltrr_server import first_start
+from ltrr_server.audit import AuditLog
 from ltrr_server.config import Settings
 from ltrr_server.core.decisions import Decisions
 from ltrr_server.core.imports import Imports
@@ -27,6 +28,7 @@ from ltrr_server.core.sessions import Sessions
 from ltrr_server.errors import FailedPrecondition
 from ltrr_server.heap import release_free_memory
 from ltrr_server.jobs import Jobs
+from ltrr_server.keys import REFRESH_SECONDS, KeyRing, KeyStore
 from ltrr_server.learner.learner import Learner, LearnerPolicy
 from ltrr_server.log import db
 from ltrr_server.log.journal import Journal
@@ -62,11 +64,14 @@ class Ltrr:
             policies=self._learner_policies,
         )
         retrieval_policies = settings.retrieval.policies
-        self.policies = PolicyBook(self.store, metrics, self.learner, self._next_seq, settings.metrics_window)
+        self.policies = PolicyBook(self.store, metrics, self.learner, self._next_seq, settings.metrics_window,
+                                   settings.limits.max_policies)
         self.rewards = Rewards(self.policies, self.writer, self.store, self.learner, metrics, settings.limits,
                                retrieval_policies)
         self.decisions = Decisions(self.policies, self.rewards.joiner, self.writer, self.learner, self.store,
                                    metrics, settings.limits, retrieval_policies)
+        self.keys = KeyStore(self.engine)
+        self.audit = AuditLog(self.engine)
         self.jobs = Jobs(self.engine, settings.db_url, settings.limits.max_evaluations)
         self.imports = Imports(self.policies, self.rewards, self.writer, self.store, settings.limits)
         self.registry = ModelRegistry(self.engine, settings.model_dir)
@@ -160,6 +165,25 @@ class Ltrr:
         if self.retriever is not None:
             retriever = self.retriever
             await self._start_loop("retrieval_flush", lambda: self._flush_loop(retriever))
+
+    async def start_key_refresh(self, ring: KeyRing) -> None:
+        """Reads the keys that work into ``ring`` now, then every ``REFRESH_SECONDS`` (supervised):
+        a key revoked through another server or on the database stops working here within that."""
+        rows = await asyncio.to_thread(self.keys.active_rows)
+        ring.replace(rows)
+        if not rows:
+            log.warning("server.auth = \"keys\" and no key works yet: every call but health's is refused until "
+                        "one is made (ltrr keys create --db ... --role admin)")
+        await self._start_loop("keys", lambda: self._keys_loop(ring))
+
+    async def _keys_loop(self, ring: KeyRing) -> None:
+        while True:
+            await asyncio.sleep(REFRESH_SECONDS)
+            try:
+                ring.replace(await asyncio.to_thread(self.keys.active_rows))
+            except Exception:  # the keys read last stay in use; a revocation waits for the database
+                log.exception("reading the API keys failed; retried in a second")
+                await asyncio.sleep(1.0)
 
     async def _start_loop(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
         part = _LoopPart(name, asyncio.get_running_loop(), body)

@@ -103,6 +103,13 @@ class Models:
         if isinstance(candidate, XmrModel):
             figures = await asyncio.to_thread(compare, live, candidate, Path(row["path"]))
         nfr = figures.get("negative_flip_rate", 0.0)
+        if live is not None and "negative_flip_rate" not in figures and not force:
+            # A version the gate cannot measure is not waved through with a flip rate of 0.
+            why = ("it has no held-out pairs (a folder registered with `ltrr register`, or trained without any)"
+                   if isinstance(candidate, XmrModel) else f"{row['kind']} versions have no held-out check yet")
+            raise FailedPrecondition(
+                f"model {name!r} v{version} cannot be measured against live v{previous}: {why}; promote it with "
+                "force to accept it unmeasured", field="version")
         if live is not None and nfr > self._max_nfr and not force:
             raise FailedPrecondition(
                 f"model {name!r} v{version}: negative flip rate {nfr:.4f} against live v{previous} is above "

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ltrr_server.bounds import ID_CHARS
 from ltrr_server.config import PolicySpec
-from ltrr_server.errors import AlreadyExists, InvalidArgument, NotFound
+from ltrr_server.errors import AlreadyExists, InvalidArgument, NotFound, Overloaded
 from ltrr_server.learner.learner import Learner, LearnerState, SnapshotInfo
 from ltrr_server.learner.restore import LearnerPolicy, restore_state
 from ltrr_server.log.store import EventLogStore
@@ -40,9 +40,10 @@ class PolicyBook:
 
     def __init__(
         self, store: EventLogStore, metrics: Metrics, learner: Learner, next_seq: Callable[[], int],
-        metrics_window: int,
+        metrics_window: int, max_policies: int = 100,
     ) -> None:
         self._store = store
+        self._max_policies = max_policies
         self._metrics = metrics
         self._learner = learner
         # The position of the next joined event: a new lineage learns from there on.
@@ -130,6 +131,9 @@ class PolicyBook:
     async def create(self, spec: PolicySpec) -> PolicyInfo:
         if spec.name in self.policies:
             raise AlreadyExists(f"spec.name: policy {spec.name!r} exists already", field="spec.name")
+        if len(self.policies) >= self._max_policies:
+            raise Overloaded(f"{len(self.policies)} policies, limits.max_policies: no more can be created",
+                             field="spec.name")
         now = time.time()
         start = self._next_seq()
         await asyncio.to_thread(self._store.insert_policy, spec, 1, 1, start, now)

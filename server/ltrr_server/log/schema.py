@@ -135,3 +135,38 @@ meta = sa.Table(
     sa.Column("key", sa.String(64), primary_key=True),
     sa.Column("value", sa.Text, nullable=False),
 )
+
+# API keys (keys.py): what a bearer key may do and for which tenant. The key itself is never
+# stored: only a salted SHA-256 of its secret part; ``id`` is the part a key shows in clear.
+api_keys = sa.Table(
+    "api_keys", metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    # Comma-separated: decide, feedback, admin.
+    sa.Column("roles", sa.String(64), nullable=False),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("salt", sa.String(32), nullable=False),
+    sa.Column("secret_hash", sa.String(64), nullable=False),
+    # A client certificate with this subject (mutual TLS) acts as this key without a bearer token.
+    sa.Column("subject", sa.String(256), nullable=True),
+    # Quotas; NULL: the server's limits.key_* defaults.
+    sa.Column("decisions_per_second", sa.Integer, nullable=True),
+    sa.Column("rewards_per_second", sa.Integer, nullable=True),
+    sa.Column("max_streams", sa.Integer, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("revoked_at", sa.Float, nullable=True),
+)
+
+# Every admin change (audit.py): who, when, what, and the thing before and after (JSON).
+audit = sa.Table(
+    "audit", metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("actor", sa.String(128), nullable=False),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("target", sa.String(256), nullable=False),
+    sa.Column("before_json", sa.Text, nullable=True),
+    sa.Column("after_json", sa.Text, nullable=True),
+    sa.Index("ix_audit_at", "at"),
+)

@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from ltrr.v1 import models_pb2, models_pb2_grpc
-from ltrr_client.client import retrieve_request
+from ltrr_client.client import LtrrClient, retrieve_request
 from ltrr_server.config import StrategySpec
 from ltrr_server.core import models as core
 from ltrr_server.demo.music import MusicWorld
@@ -131,6 +131,29 @@ def test_a_high_nfr_promotion_is_refused_and_the_congruent_retrain_passes(
     assert ok.negative_flip_rate == pytest.approx(nfr[3])
     forced = ms.PromoteModel(models_pb2.PromoteModelRequest(name="music", version=2, force=True))
     assert forced.model.live and forced.previous_version == 3  # measured against v3, the live one then
+    # Each promotion is in the audit trail, the forced one as such; the refused one is not.
+    with LtrrClient(s.target) as c:
+        entries = [e for e in c.audit() if e.target == "music"]
+    assert [(e.action, e.before["version"], e.after["version"]) for e in entries] == \
+        [("model.promote", 0, 1), ("model.promote", 1, 3), ("model.force_promote", 3, 2)]
+    assert entries[1].after["negative_flip_rate"] == pytest.approx(nfr[3])
+
+
+def test_a_version_the_gate_cannot_measure_is_promoted_only_when_forced(
+    make_server: Any, sqlite_url: str, tmp_path: Path, world: MusicWorld,
+) -> None:
+    reg = _registry(sqlite_url, tmp_path)
+    xt.train(reg, "music", _pairs(world, 4000, 1), XmrTrainParams())
+    xt.train(reg, "music", _pairs(world, 4000, 2), XmrTrainParams())
+    (Path(reg.get("music", 2)["path"]) / xt.HELDOUT_FILE).unlink()  # as a folder made by PECOS's own tools
+    s = _server(make_server, sqlite_url, tmp_path, max_nfr=1.0)
+    ms = models_pb2_grpc.ModelServiceStub(s.channel())
+    ms.PromoteModel(models_pb2.PromoteModelRequest(name="music", version=1))  # nothing live: nothing to compare
+    with pytest.raises(grpc.RpcError) as err:
+        ms.PromoteModel(models_pb2.PromoteModelRequest(name="music", version=2))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "cannot be measured" in (err.value.details() or "") and "held-out" in (err.value.details() or "")
+    assert ms.PromoteModel(models_pb2.PromoteModelRequest(name="music", version=2, force=True)).model.live
 
 
 def test_promotion_swaps_models_without_failing_a_request(make_server: Any, sqlite_url: str, tmp_path: Path,

@@ -85,6 +85,26 @@ class AdminServiceStub:
                 request_serializer=ltrr_dot_v1_dot_admin__pb2.ExportEventsRequest.SerializeToString,
                 response_deserializer=ltrr_dot_v1_dot_admin__pb2.ExportChunk.FromString,
                 _registered_method=True)
+        self.CreateKey = channel.unary_unary(
+                '/ltrr.v1.AdminService/CreateKey',
+                request_serializer=ltrr_dot_v1_dot_admin__pb2.CreateKeyRequest.SerializeToString,
+                response_deserializer=ltrr_dot_v1_dot_admin__pb2.CreateKeyResponse.FromString,
+                _registered_method=True)
+        self.ListKeys = channel.unary_unary(
+                '/ltrr.v1.AdminService/ListKeys',
+                request_serializer=ltrr_dot_v1_dot_admin__pb2.ListKeysRequest.SerializeToString,
+                response_deserializer=ltrr_dot_v1_dot_admin__pb2.ListKeysResponse.FromString,
+                _registered_method=True)
+        self.RevokeKey = channel.unary_unary(
+                '/ltrr.v1.AdminService/RevokeKey',
+                request_serializer=ltrr_dot_v1_dot_admin__pb2.RevokeKeyRequest.SerializeToString,
+                response_deserializer=ltrr_dot_v1_dot_admin__pb2.ApiKey.FromString,
+                _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/ltrr.v1.AdminService/ListAudit',
+                request_serializer=ltrr_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=ltrr_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -167,6 +187,34 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateKey(self, request, context):
+        """API keys (server.auth = "keys"). An admin key manages the keys of its own tenant; the key's
+        text is in CreateKeyResponse only: the server keeps a salted hash of it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeKey(self, request, context):
+        """Takes effect at once on this server, within half a second on others sharing the database.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudit(self, request, context):
+        """Admin changes (policies, promotions, keys) of the caller's tenant: who, when, before, after.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -219,6 +267,26 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ExportEvents,
                     request_deserializer=ltrr_dot_v1_dot_admin__pb2.ExportEventsRequest.FromString,
                     response_serializer=ltrr_dot_v1_dot_admin__pb2.ExportChunk.SerializeToString,
+            ),
+            'CreateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateKey,
+                    request_deserializer=ltrr_dot_v1_dot_admin__pb2.CreateKeyRequest.FromString,
+                    response_serializer=ltrr_dot_v1_dot_admin__pb2.CreateKeyResponse.SerializeToString,
+            ),
+            'ListKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListKeys,
+                    request_deserializer=ltrr_dot_v1_dot_admin__pb2.ListKeysRequest.FromString,
+                    response_serializer=ltrr_dot_v1_dot_admin__pb2.ListKeysResponse.SerializeToString,
+            ),
+            'RevokeKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeKey,
+                    request_deserializer=ltrr_dot_v1_dot_admin__pb2.RevokeKeyRequest.FromString,
+                    response_serializer=ltrr_dot_v1_dot_admin__pb2.ApiKey.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=ltrr_dot_v1_dot_admin__pb2.ListAuditRequest.FromString,
+                    response_serializer=ltrr_dot_v1_dot_admin__pb2.ListAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -492,6 +560,114 @@ class AdminService:
             '/ltrr.v1.AdminService/ExportEvents',
             ltrr_dot_v1_dot_admin__pb2.ExportEventsRequest.SerializeToString,
             ltrr_dot_v1_dot_admin__pb2.ExportChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ltrr.v1.AdminService/CreateKey',
+            ltrr_dot_v1_dot_admin__pb2.CreateKeyRequest.SerializeToString,
+            ltrr_dot_v1_dot_admin__pb2.CreateKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ltrr.v1.AdminService/ListKeys',
+            ltrr_dot_v1_dot_admin__pb2.ListKeysRequest.SerializeToString,
+            ltrr_dot_v1_dot_admin__pb2.ListKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ltrr.v1.AdminService/RevokeKey',
+            ltrr_dot_v1_dot_admin__pb2.RevokeKeyRequest.SerializeToString,
+            ltrr_dot_v1_dot_admin__pb2.ApiKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ltrr.v1.AdminService/ListAudit',
+            ltrr_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
+            ltrr_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

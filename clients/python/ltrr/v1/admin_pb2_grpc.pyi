@@ -62,6 +62,15 @@ class AdminServiceStub:
     """
     ExportEvents: _grpc.UnaryStreamMultiCallable[_admin_pb2.ExportEventsRequest, _admin_pb2.ExportChunk]
     """The policy's joined decisions as DSJSON lines (VW's --dsjson reads them), oldest first."""
+    CreateKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateKeyRequest, _admin_pb2.CreateKeyResponse]
+    """API keys (server.auth = "keys"). An admin key manages the keys of its own tenant; the key's
+    text is in CreateKeyResponse only: the server keeps a salted hash of it.
+    """
+    ListKeys: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListKeysRequest, _admin_pb2.ListKeysResponse]
+    RevokeKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeKeyRequest, _admin_pb2.ApiKey]
+    """Takes effect at once on this server, within half a second on others sharing the database."""
+    ListAudit: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAuditRequest, _admin_pb2.ListAuditResponse]
+    """Admin changes (policies, promotions, keys) of the caller's tenant: who, when, before, after."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -97,6 +106,15 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """
     ExportEvents: _aio.UnaryStreamMultiCallable[_admin_pb2.ExportEventsRequest, _admin_pb2.ExportChunk]  # type: ignore[assignment]
     """The policy's joined decisions as DSJSON lines (VW's --dsjson reads them), oldest first."""
+    CreateKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateKeyRequest, _admin_pb2.CreateKeyResponse]  # type: ignore[assignment]
+    """API keys (server.auth = "keys"). An admin key manages the keys of its own tenant; the key's
+    text is in CreateKeyResponse only: the server keeps a salted hash of it.
+    """
+    ListKeys: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListKeysRequest, _admin_pb2.ListKeysResponse]  # type: ignore[assignment]
+    RevokeKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeKeyRequest, _admin_pb2.ApiKey]  # type: ignore[assignment]
+    """Takes effect at once on this server, within half a second on others sharing the database."""
+    ListAudit: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAuditRequest, _admin_pb2.ListAuditResponse]  # type: ignore[assignment]
+    """Admin changes (policies, promotions, keys) of the caller's tenant: who, when, before, after."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Manages policies. Everything here persists in the event log database."""
@@ -189,5 +207,38 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_admin_pb2.ExportChunk], _abc.AsyncIterator[_admin_pb2.ExportChunk]]:
         """The policy's joined decisions as DSJSON lines (VW's --dsjson reads them), oldest first."""
+
+    @_abc_1.abstractmethod
+    def CreateKey(
+        self,
+        request: _admin_pb2.CreateKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CreateKeyResponse, _abc.Awaitable[_admin_pb2.CreateKeyResponse]]:
+        """API keys (server.auth = "keys"). An admin key manages the keys of its own tenant; the key's
+        text is in CreateKeyResponse only: the server keeps a salted hash of it.
+        """
+
+    @_abc_1.abstractmethod
+    def ListKeys(
+        self,
+        request: _admin_pb2.ListKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListKeysResponse, _abc.Awaitable[_admin_pb2.ListKeysResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeKey(
+        self,
+        request: _admin_pb2.RevokeKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ApiKey, _abc.Awaitable[_admin_pb2.ApiKey]]:
+        """Takes effect at once on this server, within half a second on others sharing the database."""
+
+    @_abc_1.abstractmethod
+    def ListAudit(
+        self,
+        request: _admin_pb2.ListAuditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListAuditResponse, _abc.Awaitable[_admin_pb2.ListAuditResponse]]:
+        """Admin changes (policies, promotions, keys) of the caller's tenant: who, when, before, after."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
