@@ -34,6 +34,9 @@ EXPLORATIONS = ("epsilon", "softmax", "bag", "cover", "squarecb", "rnd")
 AGGREGATIONS = ("first", "sum", "max")
 MODES = ("online", "apprentice")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# A policy's name on the server: a tenant's policies are "<tenant>/<name>" (tenancy.py); clients
+# send and see the name alone, which may not hold "/".
+_POLICY_NAME_RE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,63}/)?[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _MAX_JOIN_WINDOW_S = 7 * 24 * 3600.0
 MAX_ACTION_ID_CHARS = bounds.NAME_CHARS
 MAX_DESCRIPTION_CHARS = bounds.DESCRIPTION_CHARS
@@ -133,7 +136,7 @@ class PolicySpec:
 
     def __post_init__(self) -> None:
         p = "spec"
-        if not _NAME_RE.match(self.name):
+        if not _POLICY_NAME_RE.match(self.name):
             raise InvalidArgument(f"{p}.name", f"must match {_NAME_RE.pattern}, got {self.name!r}")
         if self.kind not in KINDS:
             raise InvalidArgument(f"{p}.kind", f"must be one of {KINDS}, got {self.kind!r}")
@@ -272,7 +275,7 @@ class Limits:
     max_evaluations: int = 1
     # EvaluatePolicy: targets in one request (each keeps two numbers per event and slot).
     max_evaluation_targets: int = 64
-    # Policies the server holds (configured and created): each is a VW model in memory (a few MB at
+    # Policies one tenant holds (configured and created): each is a VW model in memory (a few MB at
     # 18 bits) and a set of metric labels. CreatePolicy past it: RESOURCE_EXHAUSTED.
     max_policies: int = 100
     # Quotas of an API key that sets none of its own (server.auth = "keys"): decisions (Decide and

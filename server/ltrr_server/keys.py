@@ -33,10 +33,9 @@ from ltrr_server.bounds import KEY_NAME_CHARS, KEY_ROLES, MAX_QUOTA, SUBJECT_CHA
 from ltrr_server.config import Limits, check_name
 from ltrr_server.errors import InvalidArgument, NotFound
 from ltrr_server.log import schema
+from ltrr_server.tenancy import DEFAULT_TENANT
 
 ROLES = ("decide", "feedback", "admin")
-# With authentication off every caller is this one: every role, the default tenant.
-DEFAULT_TENANT = "default"
 REFRESH_SECONDS = 0.5
 _PREFIX = "ltrr_"
 _ID_CHARS = 12
@@ -70,6 +69,7 @@ class Identity:
         return f"key:{self.key_id}" + (f" ({self.name})" if self.name else "")
 
 
+# With authentication off every caller is this one: every role, the default tenant.
 ANONYMOUS = Identity("", DEFAULT_TENANT, frozenset(ROLES))
 
 

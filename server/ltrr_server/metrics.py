@@ -155,10 +155,14 @@ class Metrics:
             "ltrr_auth_refusals", "Calls refused by authentication: no key, a wrong or revoked key, a missing role.",
             ["reason"], registry=registry,
         )
+        for reason in ("missing", "wrong", "scheme", "role"):  # exported at 0 before the first refusal
+            self.auth_refusals.labels(reason)
         self.quota_exceeded = Counter(
             "ltrr_quota_exceeded", "Calls refused (or stream messages delayed) past a key's quota.",
             ["tenant", "quota"], registry=registry,
         )
+        for quota in ("decisions", "rewards", "streams"):  # the default tenant's, exported at 0 from the start
+            self.quota_exceeded.labels("default", quota)
         self.insecure = Gauge(
             "ltrr_insecure", "1 while gRPC is bound beyond loopback with no authentication (--insecure).",
             registry=registry,

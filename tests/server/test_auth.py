@@ -346,3 +346,123 @@ def test_policies_are_bounded_so_their_metric_labels_are(make_server: Any, sqlit
     with pytest.raises(InvalidArgument) as bad:
         server_settings(sqlite_url, demo_policy(), demo_policy(name="b"), limits=Limits(max_policies=1))
     assert bad.value.field == "policies"
+
+
+# ---------------------------------------------------------------------- tenants
+def test_a_tenant_reaches_none_of_another_tenants_policies_models_or_events(secured: ServerThread,
+                                                                             sqlite_url: str) -> None:
+    a = keyed(sqlite_url, "admin", "decide", "feedback", tenant="team-a", wait=False)
+    b = keyed(sqlite_url, "admin", "decide", "feedback", tenant="team-b", wait=False)
+    default = keyed(sqlite_url, "admin", "decide", "feedback")
+    spec = admin_pb2.PolicySpec(name="search", actions=[{"id": "x"}, {"id": "y"}], join_window_seconds=30)
+    with LtrrClient(secured.target, api_key=a) as ca:
+        ca.create_policy(spec)
+        joined = ca.decide("search").event_id
+        ca.report_reward(joined, 0.5)  # the first reward joins it (aggregation "first")
+        pending = ca.decide("search").event_id
+        assert [p.spec.name for p in ca.list_policies()] == ["search"]
+    wait_for(lambda: rows(sqlite_url, "joined", "event_id = :e", e=joined), what="the first event joined")
+    nf, ok = grpc.StatusCode.NOT_FOUND, grpc.StatusCode.OK
+    for key in (b, default):
+        ch = grpc.insecure_channel(secured.target)
+        md = [("authorization", f"Bearer {key}")]
+        cases = cross_tenant_calls(ch, md, spec, pending, joined)
+        got = {}
+        for what, do in cases.items():
+            try:
+                do()
+                got[what] = ok
+            except grpc.RpcError as err:
+                got[what] = err.code()
+        assert got == {what: nf for what in cases}, got
+        [acks] = feedback_stub(ch).StreamRewards(iter([feedback_pb2.RewardBatch(events=[
+            feedback_pb2.RewardEvent(event_id=e, value=1.0) for e in (pending, joined)])]), metadata=md)
+        assert [x.status for x in acks.acks] == [feedback_pb2.REWARD_STATUS_UNKNOWN_EVENT] * 2
+        [answer] = decisions_stub(ch).DecideStream(iter([decide_request("search")]), metadata=md)
+        assert answer.error.code == nf.value[0]
+        names = [p.spec.name for p in admin_stub(ch).ListPolicies(admin_pb2.ListPoliciesRequest(),
+                                                                   metadata=md).policies]
+        assert "search" not in names
+        ch.close()
+    # Sessions kept for autocompletion are a tenant's own too.
+    counts = []
+    for key in (a, a, b, default):
+        with LtrrClient(secured.target, api_key=key) as c:
+            counts.append(c.models.RecordQuery(models_pb2.RecordQueryRequest(session_id="s1", query="jazz"),
+                                               metadata=[]).session_queries)
+    assert counts == [1, 2, 1, 1]
+    # Team b's own "search" is another policy; what it does leaves team a's untouched.
+    with LtrrClient(secured.target, api_key=b) as cb:
+        cb.create_policy(spec)
+        cb.report_reward(cb.decide("search").event_id, 1.0)
+        assert [p.spec.name for p in cb.list_policies()] == ["search"]
+    with LtrrClient(secured.target, api_key=a) as ca:
+        assert ca.report_reward(pending, 1.0).status == feedback_pb2.REWARD_STATUS_ACCEPTED
+        assert ca.stats("search").decisions == 2
+    with LtrrClient(secured.target, api_key=default) as cd:
+        assert [p.spec.name for p in cd.list_policies()] == ["demo"]
+    assert {r["name"] for r in rows(sqlite_url, "policies")} == {"demo", "team-a/search", "team-b/search"}
+
+
+def cross_tenant_calls(ch: grpc.Channel, md: list[tuple[str, str]], spec: admin_pb2.PolicySpec, pending: str,
+                       joined: str) -> dict[str, Any]:
+    """Every RPC that names a policy, a model or an event, naming another tenant's."""
+    return {
+        "Decide": lambda: decisions_stub(ch).Decide(decide_request("search"), metadata=md),
+        "Retrieve": lambda: retrieval_stub(ch).Retrieve(
+            retrieval_pb2.RetrieveRequest(policy="search", query="q"), metadata=md),
+        "GetPolicy": lambda: admin_stub(ch).GetPolicy(admin_pb2.GetPolicyRequest(name="search"), metadata=md),
+        "GetPolicy with the tenant's prefix": lambda: admin_stub(ch).GetPolicy(
+            admin_pb2.GetPolicyRequest(name="team-a/search"), metadata=md),
+        "UpdatePolicy": lambda: admin_stub(ch).UpdatePolicy(admin_pb2.UpdatePolicyRequest(spec=spec), metadata=md),
+        "SnapshotPolicy": lambda: admin_stub(ch).SnapshotPolicy(
+            admin_pb2.SnapshotPolicyRequest(name="search"), metadata=md),
+        "GetPolicyStats": lambda: admin_stub(ch).GetPolicyStats(
+            admin_pb2.GetPolicyStatsRequest(name="search"), metadata=md),
+        "EvaluatePolicy": lambda: list(admin_stub(ch).EvaluatePolicy(
+            admin_pb2.EvaluatePolicyRequest(name="search"), metadata=md)),
+        "TunePolicy": lambda: list(admin_stub(ch).TunePolicy(admin_pb2.TunePolicyRequest(name="search"),
+                                                             metadata=md)),
+        "ExportEvents": lambda: list(admin_stub(ch).ExportEvents(admin_pb2.ExportEventsRequest(name="search"),
+                                                                 metadata=md)),
+        "ImportEvents": lambda: list(admin_stub(ch).ImportEvents(iter([admin_pb2.ImportBatch(
+            policy="search", lines=["{}"])]), metadata=md)),
+        "ReportReward (pending event)": lambda: feedback_stub(ch).ReportReward(
+            feedback_pb2.RewardEvent(event_id=pending, value=1.0), metadata=md),
+        "ReportReward (joined event)": lambda: feedback_stub(ch).ReportReward(
+            feedback_pb2.RewardEvent(event_id=joined, value=1.0), metadata=md),
+        "PromoteModel with the tenant's prefix": lambda: models_stub(ch).PromoteModel(
+            models_pb2.PromoteModelRequest(name="team-a/m", version=1), metadata=md),
+        "XmrPredict with the tenant's prefix": lambda: models_stub(ch).XmrPredict(
+            models_pb2.XmrPredictRequest(model="team-a/m", queries=["q"]), metadata=md),
+    }
+
+
+def decisions_stub(ch: grpc.Channel) -> Any:
+    from ltrr.v1 import decisions_pb2_grpc
+
+    return decisions_pb2_grpc.DecisionServiceStub(ch)
+
+
+def retrieval_stub(ch: grpc.Channel) -> Any:
+    from ltrr.v1 import retrieval_pb2_grpc
+
+    return retrieval_pb2_grpc.RetrievalServiceStub(ch)
+
+
+def admin_stub(ch: grpc.Channel) -> Any:
+    from ltrr.v1 import admin_pb2_grpc
+
+    return admin_pb2_grpc.AdminServiceStub(ch)
+
+
+def feedback_stub(ch: grpc.Channel) -> Any:
+    from ltrr.v1 import feedback_pb2_grpc
+
+    return feedback_pb2_grpc.FeedbackServiceStub(ch)
+
+
+def models_stub(ch: grpc.Channel) -> Any:
+    from ltrr.v1 import models_pb2_grpc
+
+    return models_pb2_grpc.ModelServiceStub(ch)

@@ -669,7 +669,8 @@ def _local_actor() -> Any:
     """Who ``ltrr keys``/``ltrr audit`` acts as on the database itself: the machine's user."""
     import getpass
 
-    from ltrr_server.keys import DEFAULT_TENANT, ROLES, Identity
+    from ltrr_server.keys import ROLES, Identity
+    from ltrr_server.tenancy import DEFAULT_TENANT
 
     return Identity("", DEFAULT_TENANT, frozenset(ROLES), name=f"local:{getpass.getuser()}")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable
 
 from ltrr.v1 import admin_pb2
@@ -20,7 +21,7 @@ from ltrr_server.api.status import Ctx
 from ltrr_server.api.streams import answered_in_order
 from ltrr_server.audit import AuditLog
 from ltrr_server.bounds import DSJSON_LINE_CHARS
-from ltrr_server.config import Limits
+from ltrr_server.config import Limits, PolicySpec, check_name
 from ltrr_server.core.imports import ImportResult, Imports
 from ltrr_server.core.policies import PolicyBook
 from ltrr_server.core.rewards import Rewards
@@ -29,6 +30,8 @@ from ltrr_server.errors import InvalidArgument
 from ltrr_server.jobs import Jobs, Progress
 from ltrr_server.log.export import ExportJob
 from ltrr_server.ope.evaluate import EvaluateJob
+from ltrr_server.policy.runtime import PolicyRuntime
+from ltrr_server.tenancy import SEP, inside, outside, owned
 
 # ImportEvents: batches parsed and queued ahead of the one whose commit is awaited.
 _IMPORT_AHEAD = 4
@@ -44,10 +47,21 @@ class AdminServicer:
         self._imports = imports
         self._limits = limits
 
+    def _spec(self, proto: admin_pb2.PolicySpec) -> PolicySpec:
+        """A spec from a request, named in the caller's tenant."""
+        spec = convert.spec_from_proto(proto, self._limits)
+        if SEP in spec.name:
+            check_name(spec.name, "spec.name")
+        return dataclasses.replace(spec, name=inside(caller().tenant, spec.name, "spec.name"))
+
+    def _policy(self, name: str, field: str = "name") -> PolicyRuntime:
+        """The caller's tenant's policy ``name`` (another tenant's is not found)."""
+        return self._policies.get(inside(caller().tenant, name, field), field)
+
     async def CreatePolicy(  # noqa: N802
         self, request: admin_pb2.CreatePolicyRequest, context: Ctx
     ) -> admin_pb2.Policy:
-        spec = convert.spec_from_proto(request.spec, self._limits)
+        spec = self._spec(request.spec)
         info = await self._policies.create(spec)
         await asyncio.to_thread(self._audit.record, caller(), "policy.create", spec.name, None, spec.to_dict())
         return convert.policy_to_proto(info)
@@ -55,7 +69,7 @@ class AdminServicer:
     async def UpdatePolicy(  # noqa: N802
         self, request: admin_pb2.UpdatePolicyRequest, context: Ctx
     ) -> admin_pb2.UpdatePolicyResponse:
-        spec = convert.spec_from_proto(request.spec, self._limits)
+        spec = self._spec(request.spec)
         before = self._policies.get(spec.name, "spec.name").spec
         info, reset = await self._policies.update(spec)
         await asyncio.to_thread(self._audit.record, caller(), "policy.reset" if reset else "policy.update",
@@ -66,33 +80,34 @@ class AdminServicer:
         self, request: admin_pb2.ListPoliciesRequest, context: Ctx
     ) -> admin_pb2.ListPoliciesResponse:
         return admin_pb2.ListPoliciesResponse(
-            policies=[convert.policy_to_proto(p) for p in self._policies.list_infos()]
+            policies=[convert.policy_to_proto(p) for p in self._policies.list_infos()
+                      if owned(caller().tenant, p.spec.name)]
         )
 
     async def GetPolicy(  # noqa: N802
         self, request: admin_pb2.GetPolicyRequest, context: Ctx
     ) -> admin_pb2.Policy:
-        return convert.policy_to_proto(self._policies.get_info(request.name))
+        return convert.policy_to_proto(self._policies.get_info(self._policy(request.name).spec.name))
 
     async def SnapshotPolicy(  # noqa: N802
         self, request: admin_pb2.SnapshotPolicyRequest, context: Ctx
     ) -> admin_pb2.Snapshot:
-        s = await self._policies.snapshot(request.name)
+        s = await self._policies.snapshot(self._policy(request.name).spec.name)
         return admin_pb2.Snapshot(
-            snapshot_id=s.snapshot_id, policy=s.policy, model_version=s.model_version,
+            snapshot_id=s.snapshot_id, policy=outside(s.policy), model_version=s.model_version,
             last_joined_seq=s.last_joined_seq, created_at_ms=int(s.created_at * 1000), size_bytes=s.size_bytes,
         )
 
     async def GetPolicyStats(  # noqa: N802
         self, request: admin_pb2.GetPolicyStatsRequest, context: Ctx
     ) -> admin_pb2.PolicyStats:
-        stats = await self._policies.stats(request.name) | self._rewards.stats()
+        stats = await self._policies.stats(self._policy(request.name).spec.name) | self._rewards.stats()
         return admin_pb2.PolicyStats(policy=request.name, **stats)  # type: ignore[arg-type]
 
     async def EvaluatePolicy(  # noqa: N802
         self, request: admin_pb2.EvaluatePolicyRequest, context: Ctx
     ) -> AsyncIterator[admin_pb2.EvaluatePolicyUpdate]:
-        plan = plan_from_proto(request, self._policies.get(request.name, "name"), self._limits)
+        plan = plan_from_proto(request, self._policy(request.name), self._limits)
         async for item in self._jobs.run(EvaluateJob(plan)):
             if isinstance(item, Progress):
                 yield admin_pb2.EvaluatePolicyUpdate(events_done=item.done, events_total=item.total)
@@ -103,20 +118,20 @@ class AdminServicer:
     async def TunePolicy(  # noqa: N802
         self, request: admin_pb2.TunePolicyRequest, context: Ctx
     ) -> AsyncIterator[admin_pb2.TunePolicyUpdate]:
-        rt = self._policies.get(request.name, "name")
+        rt = self._policy(request.name)
         since, until = time_range(request.since_ms, request.until_ms)
         if len(request.candidates) > self._limits.max_evaluation_targets:
             raise InvalidArgument("candidates", f"{len(request.candidates)} candidates, more than "
                                                 f"limits.max_evaluation_targets={self._limits.max_evaluation_targets}")
         candidates = [candidate_from_proto(c, rt.spec, self._limits, f"candidates[{i}]")
                       for i, c in enumerate(request.candidates)]
-        async for item in tune(self._policies, self._jobs, request.name, candidates, since, until,
+        async for item in tune(self._policies, self._jobs, rt.spec.name, candidates, since, until,
                                request.apply):
             if isinstance(item, Progress):
                 yield admin_pb2.TunePolicyUpdate(events_done=item.done, events_total=item.total)
             else:
                 if item.applied and item.info is not None:
-                    await asyncio.to_thread(self._audit.record, caller(), "policy.tune", request.name,
+                    await asyncio.to_thread(self._audit.record, caller(), "policy.tune", rt.spec.name,
                                             rt.spec.to_dict(), item.info.spec.to_dict())
                 yield admin_pb2.TunePolicyUpdate(events_done=item.events, events_total=item.events,
                                                  result=tune_to_proto(item))
@@ -138,12 +153,13 @@ class AdminServicer:
         for i, line in enumerate(batch.lines):
             if len(line) > DSJSON_LINE_CHARS:
                 raise InvalidArgument(f"lines[{i}]", f"longer than {DSJSON_LINE_CHARS} characters")
-        return await self._imports.submit(batch.policy, list(batch.lines), batch.first_line, batch.validate_only)
+        return await self._imports.submit(inside(caller().tenant, batch.policy, "policy"), list(batch.lines),
+                                          batch.first_line, batch.validate_only)
 
     async def ExportEvents(  # noqa: N802
         self, request: admin_pb2.ExportEventsRequest, context: Ctx
     ) -> AsyncIterator[admin_pb2.ExportChunk]:
-        rt = self._policies.get(request.name, "name")
+        rt = self._policy(request.name)
         since, until = time_range(request.since_ms, request.until_ms)
         async for item in self._jobs.run(ExportJob(rt.spec.name, since, until)):
             if isinstance(item, Progress):

@@ -13,6 +13,7 @@ from ltrr_server.core.rewards import RewardInput, RewardResult
 from ltrr_server.errors import InvalidArgument
 from ltrr_server.features import Namespaces, validate_namespaces
 from ltrr_server.log.joiner import Outcome
+from ltrr_server.tenancy import outside
 
 _KINDS = {admin_pb2.POLICY_KIND_CB: "cb", admin_pb2.POLICY_KIND_CCB: "ccb"}
 _EXPLORATIONS = {
@@ -150,7 +151,7 @@ def spec_to_proto(spec: PolicySpec) -> admin_pb2.PolicySpec:
     aggs = {v: k for k, v in _AGGREGATIONS.items()}
     modes = {v: k for k, v in _MODES.items()}
     return admin_pb2.PolicySpec(
-        name=spec.name, kind=kinds[spec.kind], exploration=expl[spec.exploration], epsilon=spec.epsilon,
+        name=outside(spec.name), kind=kinds[spec.kind], exploration=expl[spec.exploration], epsilon=spec.epsilon,
         softmax_lambda=spec.softmax_lambda, ensemble_size=spec.ensemble_size,
         squarecb_gamma_scale=spec.squarecb_gamma_scale, interactions=list(spec.interactions),
         actions=[common_pb2.Action(id=a.id, features=namespaces_to_proto(a.features)) for a in spec.actions],

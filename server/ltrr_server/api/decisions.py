@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from ltrr.v1 import common_pb2, decisions_pb2
 from ltrr_server import errors
 from ltrr_server.api import convert
+from ltrr_server.api.auth import caller
 from ltrr_server.api.decision_wire import DecisionWire
 from ltrr_server.api.routes import Undecodable
 from ltrr_server.api.status import Ctx, code_for, message_for
@@ -16,6 +17,7 @@ from ltrr_server.bounds import REQUEST_ID_CHARS
 from ltrr_server.config import Limits
 from ltrr_server.core.decisions import Decisions
 from ltrr_server.metrics import Metrics
+from ltrr_server.tenancy import inside
 
 
 class DecisionServicer:
@@ -30,7 +32,8 @@ class DecisionServicer:
         convert.check_request_id(req.request_id)
         context = convert.namespaces(req.context, "context", self._max_features)
         acts = convert.actions(req.actions, "actions", self._max_features) if req.actions else None
-        d = self._decisions.decide(req.policy, context, acts, req.event_id, req.slots, req.baseline_action_id)
+        policy = inside(caller().tenant, req.policy, "policy")
+        d = self._decisions.decide(policy, context, acts, req.event_id, req.slots, req.baseline_action_id)
         if len(d.slots) == 1:
             return self._wire.response(d, req.request_id)
         return convert.decision_to_proto(d, req.request_id)

@@ -16,6 +16,7 @@ from ltrr_server.ope.estimators import Estimate
 from ltrr_server.ope.evaluate import EvaluationPlan, EvaluationResult, TargetPlan
 from ltrr_server.ope.targets import TableTarget
 from ltrr_server.policy.runtime import PolicyRuntime
+from ltrr_server.tenancy import outside
 
 _ESTIMATORS = {admin_pb2.ESTIMATOR_IPS: "ips", admin_pb2.ESTIMATOR_SNIPS: "snips", admin_pb2.ESTIMATOR_DR: "dr"}
 
@@ -155,7 +156,7 @@ def _estimate(e: Estimate) -> admin_pb2.Estimate:
 
 def result_to_proto(r: EvaluationResult) -> admin_pb2.PolicyEvaluation:
     out = admin_pb2.PolicyEvaluation(
-        policy=r.policy, events=r.events, first_ms=int(r.first_at * 1000), last_ms=int(r.last_at * 1000),
+        policy=outside(r.policy), events=r.events, first_ms=int(r.first_at * 1000), last_ms=int(r.last_at * 1000),
         logged=_estimate(r.logged), seconds=r.seconds)
     for t in r.targets:
         te = out.targets.add(name=t.name)
@@ -168,7 +169,7 @@ def result_to_proto(r: EvaluationResult) -> admin_pb2.PolicyEvaluation:
 
 
 def tune_to_proto(t: TuneOutcome) -> admin_pb2.TuneResult:
-    out = admin_pb2.TuneResult(policy=t.policy, events=t.events, logged=_estimate(t.logged), applied=t.applied,
+    out = admin_pb2.TuneResult(policy=outside(t.policy), events=t.events, logged=_estimate(t.logged), applied=t.applied,
                                reason=t.reason, seconds=t.seconds)
     for c in t.candidates:
         out.candidates.add(spec=spec_to_proto(c.spec), estimate=_estimate(c.estimate), support=c.support)

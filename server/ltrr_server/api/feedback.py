@@ -11,6 +11,7 @@ import grpc
 from ltrr.v1 import feedback_pb2
 from ltrr_server import errors
 from ltrr_server.api import convert
+from ltrr_server.api.auth import caller
 from ltrr_server.api.routes import Undecodable
 from ltrr_server.api.status import Ctx, code_for, message_for
 from ltrr_server.api.streams import answered_in_order
@@ -30,7 +31,7 @@ class FeedbackServicer:
         self, request: feedback_pb2.RewardEvent, context: Ctx
     ) -> feedback_pb2.RewardAck:
         reward = convert.reward_input(request)
-        [result] = await self._rewards.report([reward])
+        [result] = await self._rewards.report([reward], caller().tenant)
         if result.outcome == Outcome.INVALID:
             raise errors.InvalidArgument("", result.message)
         if result.outcome == Outcome.UNKNOWN:
@@ -41,7 +42,7 @@ class FeedbackServicer:
         start = time.perf_counter()
         rewards = [convert.reward_input(ev) for ev in batch.events]
         try:
-            results = await self._rewards.report(rewards)
+            results = await self._rewards.report(rewards, caller().tenant)
             code = grpc.StatusCode.OK
             out = convert.reward_acks(rewards, results)
         except errors.LtrrError as exc:

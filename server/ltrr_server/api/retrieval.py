@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from ltrr.v1 import retrieval_pb2
 from ltrr_server.api import convert
+from ltrr_server.api.auth import caller
 from ltrr_server.api.status import Ctx
 from ltrr_server.config import Limits
 from ltrr_server.core.decisions import Decisions, Retrieval
+from ltrr_server.tenancy import inside
 
 
 def retrieval_to_proto(r: Retrieval, limit: int, request_id: str) -> retrieval_pb2.RetrieveResponse:
@@ -41,7 +43,7 @@ class RetrievalServicer:
         if request.event_id:
             await self._decisions.check_new_event_id(request.event_id)
         r = await self._decisions.retrieve(
-            request.policy, request.query, ctx, list(request.query_embedding), request.event_id,
-            dict(request.fixed_plan) or None,
+            inside(caller().tenant, request.policy, "policy"), request.query, ctx, list(request.query_embedding),
+            request.event_id, dict(request.fixed_plan) or None,
         )
         return retrieval_to_proto(r, request.limit, request.request_id)

@@ -13,6 +13,7 @@ from ltrr_server.catalog.catalog import normalize
 from ltrr_server.config import Limits
 from ltrr_server.core.sessions import Sessions
 from ltrr_server.errors import FailedPrecondition, InvalidArgument
+from ltrr_server.tenancy import INSIDE_CHARS
 from ltrr_server.xmr.live import LiveModels
 from ltrr_server.xmr.model import Ranked, XmrModel
 from ltrr_server.xmr.registry import ModelRegistry, load_model
@@ -84,7 +85,7 @@ class Models:
         return version, m.complete(history[-1] if history else "", prefix, k or 10)
 
     async def versions(self, name: str) -> list[dict[str, Any]]:
-        if len(name) > ID_CHARS:
+        if len(name) > INSIDE_CHARS:
             raise InvalidArgument("name", f"longer than {ID_CHARS} characters")
         return await asyncio.to_thread(self.registry.versions, name)
 
@@ -122,8 +123,9 @@ class Models:
         return figures | {"previous_version": previous, "row": row}
 
 
-def check_model_name(name: str, field: str) -> None:
+def check_model_name(name: str, field: str, limit: int = INSIDE_CHARS) -> None:
+    """A model's name: a client's at most ID_CHARS, the server's with its tenant (tenancy.py) twice that."""
     if not name:
         raise InvalidArgument(field, "is empty")
-    if len(name) > ID_CHARS:
+    if len(name) > limit:
         raise InvalidArgument(field, f"longer than {ID_CHARS} characters")

@@ -21,6 +21,7 @@ from ltrr_server.metrics import Metrics
 from ltrr_server.policy.model import PolicyModel
 from ltrr_server.policy.runtime import PolicyRuntime
 from ltrr_server.regret import RewardWindow
+from ltrr_server.tenancy import tenant_of
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +132,10 @@ class PolicyBook:
     async def create(self, spec: PolicySpec) -> PolicyInfo:
         if spec.name in self.policies:
             raise AlreadyExists(f"spec.name: policy {spec.name!r} exists already", field="spec.name")
-        if len(self.policies) >= self._max_policies:
-            raise Overloaded(f"{len(self.policies)} policies, limits.max_policies: no more can be created",
-                             field="spec.name")
+        tenant = tenant_of(spec.name)
+        held = sum(1 for name in self.policies if tenant_of(name) == tenant)
+        if held >= self._max_policies:
+            raise Overloaded(f"{held} policies, limits.max_policies: the tenant can create no more", field="spec.name")
         now = time.time()
         start = self._next_seq()
         await asyncio.to_thread(self._store.insert_policy, spec, 1, 1, start, now)

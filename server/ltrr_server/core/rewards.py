@@ -29,6 +29,7 @@ from ltrr_server.log.writer import EventLogWriter
 from ltrr_server.metrics import Metrics
 from ltrr_server.policy.runtime import PolicyRuntime
 from ltrr_server.retrieval.retriever import Retriever
+from ltrr_server.tenancy import DEFAULT_TENANT, SEP, tenant_of
 
 
 @dataclass(slots=True)
@@ -114,8 +115,9 @@ class Rewards:
         self._unattributed: dict[str, int] = {}
 
     # ------------------------------------------------------------------ rewards
-    async def report(self, rewards: Sequence[RewardInput]) -> list[RewardResult]:
-        """Classifies, commits and joins rewards; returns once every accepted one is durable."""
+    async def report(self, rewards: Sequence[RewardInput], tenant: str = DEFAULT_TENANT) -> list[RewardResult]:
+        """Classifies, commits and joins rewards; returns once every accepted one is durable. A
+        reward for an event of another ``tenant``'s policy is an unknown event."""
         if len(rewards) > self._limits.max_reward_batch:
             raise InvalidArgument("events", f"{len(rewards)} events in one batch, more than "
                                             f"limits.max_reward_batch={self._limits.max_reward_batch}")
@@ -132,6 +134,8 @@ class Rewards:
         retriever, joiner_get, joiner_reward = self.retriever, self.joiner.get, self.joiner.reward
         accepted, late = Outcome.ACCEPTED, Outcome.LATE
         join_at_first = {name for name, rt in self._policies.policies.items() if rt.spec.aggregation == "first"}
+        # Only once a tenant other than the default one has a policy do events need their owner checked.
+        check_owner = tenant != DEFAULT_TENANT or any(SEP in name for name in self._policies.policies)
         for i, r in enumerate(rewards):
             problem = validate_reward(r)
             if problem:
@@ -139,6 +143,12 @@ class Rewards:
                 counts[("", Outcome.INVALID)] = counts.get(("", Outcome.INVALID), 0) + 1
                 continue
             event_id, value = r.event_id, r.value
+            if check_owner:
+                owner = self.joiner.policy_of(event_id)
+                if owner is not None and tenant_of(owner) != tenant:
+                    results[i] = RewardResult(Outcome.UNKNOWN, f"event_id: no decision {event_id!r}")
+                    counts[("", Outcome.UNKNOWN)] = counts.get(("", Outcome.UNKNOWN), 0) + 1
+                    continue
             pending = joiner_get(event_id) if retriever is not None else None
             engaged: list[int] | None = None
             if pending is not None and pending.retrieval is not None:
@@ -169,12 +179,13 @@ class Rewards:
         self.joiner.close_now(close_now, now)
         self.flush_joined()
         if lookups:
-            await self._classify_from_log(rewards, lookups, results, now)
+            await self._classify_from_log(rewards, lookups, results, now, tenant if check_owner else None)
         await asyncio.wrap_future(fut)
         return [r if r is not None else RewardResult(Outcome.INVALID, "internal") for r in results]
 
     async def _classify_from_log(
-        self, rewards: Sequence[RewardInput], lookups: list[int], results: list[RewardResult | None], now: float
+        self, rewards: Sequence[RewardInput], lookups: list[int], results: list[RewardResult | None], now: float,
+        tenant: str | None,
     ) -> None:
         keys = [(rewards[i].event_id, rewards[i].reward_id) for i in lookups]
         # Rows submitted before this look-up must be visible to it.
@@ -183,6 +194,8 @@ class Rewards:
         rows = []
         for i, key in zip(lookups, keys, strict=True):
             found = decisions.get(key[0])
+            if found is not None and tenant is not None and tenant_of(found[0]) != tenant:
+                found = None  # another tenant's event: as unknown as one that never was
             if found is None:
                 results[i] = RewardResult(Outcome.UNKNOWN, f"event_id: no decision {key[0]!r}")
                 self._count_reward("", Outcome.UNKNOWN)

@@ -20,6 +20,7 @@ from ltrr_server.bounds import ID_CHARS
 from ltrr_server.catalog.catalog import normalize
 from ltrr_server.config import Limits
 from ltrr_server.errors import InvalidArgument
+from ltrr_server.tenancy import INSIDE_CHARS
 
 # Characters kept of each query of a session: the autocompletion reads a previous query's words,
 # not a paragraph. With the default limits (100,000 sessions of 5 queries) the sessions hold at
@@ -83,8 +84,9 @@ class Sessions:
             self._sessions.popitem(last=False)
 
 
-def check_session_id(session_id: str, required: bool) -> None:
+def check_session_id(session_id: str, required: bool, limit: int = INSIDE_CHARS) -> None:
+    """A session id: a client's at most ID_CHARS characters; the server's, with its tenant, longer."""
     if required and not session_id:
         raise InvalidArgument("session_id", "is empty")
-    if len(session_id) > ID_CHARS:
+    if len(session_id) > limit:
         raise InvalidArgument("session_id", f"longer than {ID_CHARS} characters")

@@ -134,6 +134,14 @@ class Joiner:
         """The pending decision with this event id, if its window is still open."""
         return self._pending.get(event_id)
 
+    def policy_of(self, event_id: str) -> str | None:
+        """The policy of a decision still pending or recently joined (None: the log may know it)."""
+        pd = self._pending.get(event_id)
+        if pd is not None:
+            return pd.policy
+        closed = self._closed.get(event_id)
+        return closed[0] if closed is not None else None
+
     def room(self) -> int:
         return self._max_pending - len(self._pending)
 

@@ -6,12 +6,15 @@ import sqlalchemy as sa
 
 metadata = sa.MetaData()
 
+# Policy and model names with their tenant ("<tenant>/<name>", tenancy.py): 64 + 1 + 64.
+INSIDE = 129
+
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT.
 _BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 policies = sa.Table(
     "policies", metadata,
-    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(INSIDE), primary_key=True),
     sa.Column("spec", sa.Text, nullable=False),
     sa.Column("revision", sa.Integer, nullable=False),
     sa.Column("lineage", sa.Integer, nullable=False),
@@ -24,7 +27,7 @@ policies = sa.Table(
 decisions = sa.Table(
     "decisions", metadata,
     sa.Column("event_id", sa.String(64), primary_key=True),
-    sa.Column("policy", sa.String(64), nullable=False),
+    sa.Column("policy", sa.String(INSIDE), nullable=False),
     sa.Column("lineage", sa.Integer, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("deadline", sa.Float, nullable=False),
@@ -62,7 +65,7 @@ joined = sa.Table(
     # Assigned by the server in join order: the learner's and the snapshots' position.
     sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("event_id", sa.String(64), nullable=False, unique=True),
-    sa.Column("policy", sa.String(64), nullable=False),
+    sa.Column("policy", sa.String(INSIDE), nullable=False),
     sa.Column("reward", sa.Float, nullable=False),
     sa.Column("n_rewards", sa.Integer, nullable=False),
     # reward | default
@@ -76,7 +79,7 @@ joined = sa.Table(
 snapshots = sa.Table(
     "snapshots", metadata,
     sa.Column("id", _BigId, primary_key=True, autoincrement=True),
-    sa.Column("policy", sa.String(64), nullable=False),
+    sa.Column("policy", sa.String(INSIDE), nullable=False),
     sa.Column("lineage", sa.Integer, nullable=False),
     sa.Column("model_version", sa.BigInteger, nullable=False),
     sa.Column("last_joined_seq", sa.BigInteger, nullable=False),
@@ -118,7 +121,7 @@ memory_stats = sa.Table(
 # Trained models (XR-Linear, ...) by name and version; files live under the model directory.
 models = sa.Table(
     "models", metadata,
-    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(INSIDE), primary_key=True),
     sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("kind", sa.String(16), nullable=False),
     sa.Column("path", sa.Text, nullable=False),
