@@ -339,8 +339,8 @@ def main() -> None:
         raise SystemExit("the final stage has no HEALTHCHECK")
     dry.run_container(None, dry.host(dry.workdir), a.timeout)
     if a.db:
-        dry.run_container(["serve", "--db", a.db, "--host", "0.0.0.0", "--insecure"], dry.host(dry.workdir) / "_compose",
-                          a.timeout)
+        compose = ["serve", "--db", a.db, "--host", "0.0.0.0", "--insecure"]  # as deploy/docker-compose.yml
+        dry.run_container(compose, dry.host(dry.workdir) / "_compose", a.timeout)
     shutil.rmtree(root, ignore_errors=True)
     print("the Dockerfile's recipe builds, serves and passes its health check", flush=True)
 
