@@ -287,7 +287,7 @@ def cmd_train_xmr(args: argparse.Namespace) -> int:
             bar.update(done - bar.n)
 
         version, metrics = xt.train(registry, args.name, pairs, params, live=live, heldout_share=args.heldout_share,
-                                    seed=args.seed, progress=progress)
+                                    progress=progress)
         bar.close()
     except (LtrrError, OSError, ValueError) as exc:
         print(f"ltrr train: {exc}", file=sys.stderr)
@@ -850,7 +850,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="autocomplete: this many sessions from the demo music world (the default)")
     tr.add_argument("--items", type=int, default=100_000, help="demo pairs: the demo catalog's size")
     tr.add_argument("--world-seed", type=int, default=42)
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--seed", type=int, default=0, help="demo pairs and sessions: which to generate")
     tr.add_argument("--config", help="TOML configuration file (default: the embedded demo)")
     tr.add_argument("--db", help="database URL")
     tr.add_argument("--beam-size", type=int, default=10)
@@ -859,7 +859,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-leaf-size", type=int, default=100)
     tr.add_argument("--congruent-weight", type=int, default=1,
                     help="repeat the pairs the live version gets right this many times (lowers NFR)")
-    tr.add_argument("--heldout-share", type=float, default=0.1)
+    tr.add_argument("--heldout-share", type=float, default=0.1,
+                    help="xmr: the share of pairs in the model's evaluation set (the same pairs for every version)")
     tr.add_argument("--index", choices=["kmeans", "trie", "hybrid"], default="hybrid", help="autocomplete label index")
     tr.add_argument("--trie-depth", type=int, default=3, help="autocomplete, hybrid: trie levels above the clusters")
     tr.add_argument("--cluster-size", type=int, default=32, help="autocomplete: labels per cluster")

@@ -38,7 +38,7 @@ def test_trained_model_finds_repeated_queries_and_round_trips(registry: ModelReg
     version, metrics = xt.train(registry, "music", world_pairs(world, 6000), XmrTrainParams())
     assert version == 1
     assert metrics["recall_at_10"] > 0.5 and metrics["recall_at_100"] >= metrics["recall_at_10"]
-    assert metrics["labels"] <= N_ITEMS and metrics["heldout_pairs"] == 600
+    assert metrics["labels"] <= N_ITEMS and 450 < metrics["heldout_pairs"] < 750
     row = registry.get("music", 1)
     assert not row["live"] and row["metrics"]["recall_at_10"] == metrics["recall_at_10"]
     model = XmrModel.load(Path(row["path"]))  # the predict-only C++ model
@@ -116,11 +116,11 @@ def test_congruent_training_lowers_the_negative_flip_rate(registry: ModelRegistr
     v1, _ = xt.train(registry, "m", first, XmrTrainParams())
     live = XmrModel.load(Path(registry.get("m", v1)["path"]))
     pruned = XmrTrainParams(threshold=0.4)
-    v2, _ = xt.train(registry, "m", pairs, pruned, seed=3)
-    v3, _ = xt.train(registry, "m", pairs, XmrTrainParams(threshold=0.4, congruent_weight=4), live=live, seed=3)
+    v2, _ = xt.train(registry, "m", pairs, pruned)
+    v3, _ = xt.train(registry, "m", pairs, XmrTrainParams(threshold=0.4, congruent_weight=4), live=live)
     plain = xt.compare(live, XmrModel.load(Path(registry.get("m", v2)["path"])), Path(registry.get("m", v2)["path"]))
     cong = xt.compare(live, XmrModel.load(Path(registry.get("m", v3)["path"])), Path(registry.get("m", v3)["path"]))
-    assert plain["heldout_pairs"] == cong["heldout_pairs"] == 1200  # the same held-out pairs
+    assert plain["heldout_pairs"] == cong["heldout_pairs"] > 900  # the same held-out pairs
     assert cong["negative_flip_rate"] < plain["negative_flip_rate"] - 0.01, (plain, cong)
     assert plain["negative_flip_rate"] > 0.05
 
