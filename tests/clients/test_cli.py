@@ -132,3 +132,39 @@ def test_import_and_export_dsjson(server: ServerThread, tmp_path: Path) -> None:
     assert len(exported.read_text().splitlines()) == 8
     out = ltrr("import", "dsjson", str(exported), "--policy", "copy", "--target", server.target)
     assert json.loads(out.stdout) == {"imported": 0, "duplicates": 8, "skipped": 0}  # event ids are global
+
+
+@pytest.mark.parametrize("args,names", [
+    (["decide", "--context", "{not json"], "--context"),
+    (["decide", "--context", '["a", "list"]'], "--context"),
+    (["decide", "--context", '{"user": "s1"}'], "--context"),
+    (["decide", "--context", '{"user": {"tags": ["a"]}}'], "--context"),
+    (["retrieve", "jazz", "--plan", "explore"], "--plan"),
+    (["retrieve", "jazz", "--plan", "lexical=ten"], "--plan"),
+    (["decide", "--port", "1"], "--port"),
+    (["serve", "--host", "0.0.0.0", "--grpc-port", "0", "--metrics-port", "-1"], "--insecure"),
+    (["keys", "create", "--db", "sqlite://"], "--role"),
+    (["keys", "revoke", "--db", "sqlite://"], "ID"),
+])
+def test_bad_arguments_get_one_line_naming_them_and_exit_2(args: list[str], names: str) -> None:
+    out = ltrr(*args)
+    assert out.returncode == 2, out
+    assert names in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_version_and_the_target_from_the_environment(server: ServerThread) -> None:
+    out = ltrr("--version")
+    assert out.returncode == 0 and out.stdout.startswith("ltrr ")
+    env = {**__import__("os").environ, "LTRR_TARGET": server.target}
+    done = subprocess.run([sys.executable, "-m", "ltrr_client.cli", "policies", "list"], capture_output=True,
+                          text=True, env=env, timeout=60)
+    assert done.returncode == 0 and "demo" in done.stdout, done.stderr
+
+
+def test_a_reader_that_goes_away_ends_the_output_without_a_traceback(server: ServerThread) -> None:
+    cli = subprocess.Popen([sys.executable, "-m", "ltrr_client.cli", "policies", "get", "--target", server.target],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert cli.stdout is not None and cli.stderr is not None
+    cli.stdout.close()  # as `| head -0` does
+    err = cli.stderr.read().decode()
+    assert cli.wait(60) == 0 and "Traceback" not in err, err

@@ -20,7 +20,55 @@ from ltrr.v1 import feedback_pb2
 from ltrr_client.client import ChannelTls, LtrrClient, reward_event
 from ltrr_client.evaluation import TARGET_HELP
 
-DEFAULT_TARGET = "localhost:50051"
+# The server commands call unless told --target (or --server): $LTRR_TARGET, else the local default.
+DEFAULT_TARGET = os.environ.get("LTRR_TARGET", "localhost:50051")
+
+
+def context_arg(text: str) -> dict[str, dict[str, Any]]:
+    """``--context``: JSON of ``{"namespace": {"feature": value}}`` (a string value is a category, a
+    number a weight), or a one-line usage error.
+
+    >>> context_arg('{"user": {"segment": "s1", "age": 31}}')
+    {'user': {'segment': 's1', 'age': 31}}
+    >>> context_arg('{"user": "s1"}')
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: expected {"namespace": {"feature": value}}; namespace 'user' holds 'str', not an object
+    """
+    shape = 'expected {"namespace": {"feature": value}}'
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc}); {shape}") from exc
+    if not isinstance(data, dict):
+        raise argparse.ArgumentTypeError(f"{shape}, got {type(data).__name__}")
+    for ns, feats in data.items():
+        if not isinstance(feats, dict):
+            raise argparse.ArgumentTypeError(f"{shape}; namespace {ns!r} holds {type(feats).__name__!r}, not an object")
+        for name, value in feats.items():
+            if isinstance(value, bool) or not isinstance(value, str | int | float):
+                raise argparse.ArgumentTypeError(f"{shape}; {ns}.{name} is {type(value).__name__!r}: a value is a "
+                                                 "string (a category) or a number (a weight)")
+    return data
+
+
+def plan_arg(text: str) -> dict[str, int]:
+    """``--plan``: ``strategy=budget,...``, or a one-line usage error.
+
+    >>> plan_arg("lexical=10,vector=50")
+    {'lexical': 10, 'vector': 50}
+    >>> plan_arg("explore")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: 'explore' is not strategy=budget (lexical=10,vector=50)
+    """
+    plan = {}
+    for part in text.split(","):
+        name, sep, budget = part.partition("=")
+        if not sep or not name or not budget.strip().isdigit():
+            raise argparse.ArgumentTypeError(f"{part!r} is not strategy=budget (lexical=10,vector=50)")
+        plan[name.strip()] = int(budget)
+    return plan
 
 
 def _client(args: argparse.Namespace) -> LtrrClient:
@@ -77,7 +125,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_decide(args: argparse.Namespace) -> int:
-    context = json.loads(args.context) if args.context else None
+    context = args.context
     actions = args.actions.split(",") if args.actions else ()
     with _client(args) as c:
         _print(c.decide(args.policy, context, actions, event_id=args.event_id or "", slots=args.slots,
@@ -162,9 +210,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_retrieve(args: argparse.Namespace) -> int:
     with _client(args) as c:
-        plan = {k: int(v) for k, v in (p.split("=") for p in args.plan.split(","))} if args.plan else None
-        _print(c.retrieve(args.policy, args.query, json.loads(args.context) if args.context else None,
-                          fixed_plan=plan, limit=args.limit))
+        _print(c.retrieve(args.policy, args.query, args.context, fixed_plan=args.plan, limit=args.limit))
     return 0
 
 
@@ -753,8 +799,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ltrr")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ltrr", description="ltrr: learning-to-rank-and-retrieve server and client")
+    p.add_argument("--version", action="version", version=f"ltrr {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run the server (embedded demo config unless --config)")
@@ -781,13 +837,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     def client_cmd(name: str, help_text: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_text)
-        c.add_argument("--target", default=DEFAULT_TARGET, help="server address (default %(default)s)")
+        c.add_argument("--target", default=DEFAULT_TARGET,
+                       help="server address (default: $LTRR_TARGET, else localhost:50051; now %(default)s)")
         _tls_flags(c)
         return c
 
     d = client_cmd("decide", "ask a policy for a decision")
     d.add_argument("--policy", default="demo")
-    d.add_argument("--context", help='JSON: {"namespace": {"feature": value}}')
+    d.add_argument("--context", type=context_arg, help='JSON: {"namespace": {"feature": value}}')
     d.add_argument("--actions", help="comma-separated action ids (default: the policy's)")
     d.add_argument("--event-id")
     d.add_argument("--slots", type=int, default=0)
@@ -824,8 +881,8 @@ def build_parser() -> argparse.ArgumentParser:
     rq = client_cmd("retrieve", "candidates for a query from a retrieval policy")
     rq.add_argument("query")
     rq.add_argument("--policy", default="retrieval")
-    rq.add_argument("--context", help='JSON: {"namespace": {"feature": value}}')
-    rq.add_argument("--plan", help="a fixed plan instead of the policy's: lexical=10,vector=50")
+    rq.add_argument("--context", type=context_arg, help='JSON: {"namespace": {"feature": value}}')
+    rq.add_argument("--plan", type=plan_arg, help="a fixed plan instead of the policy's: lexical=10,vector=50")
     rq.add_argument("--limit", type=int, default=10)
     rq.set_defaults(fn=cmd_retrieve)
 
@@ -999,6 +1056,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except grpc.RpcError as exc:
         print(f"ltrr {args.command}: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader went away (| head): nothing more to say, and no traceback at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
