@@ -41,7 +41,7 @@ from ltrr.v1 import admin_pb2, decisions_pb2, feedback_pb2, models_pb2, retrieva
 from ltrr_server.api.auth import AuthInterceptor, method_roles
 from ltrr_server.api.health import Health
 from ltrr_server.api.routes import ServiceRoutes
-from ltrr_server.config import Settings, is_loopback
+from ltrr_server.config import Settings
 from ltrr_server.keys import KeyRing
 from ltrr_server.metrics import Metrics
 from ltrr_server.tls import TlsFiles, server_credentials
@@ -348,7 +348,7 @@ def _bind(server: grpc.aio.Server, tls: TlsFiles | None, host: str, port: int) -
 
 def _say_who_may_call(settings: Settings, metrics: Metrics) -> None:
     """Says at the start who can call this server; counts an insecure binding in a metric."""
-    exposed = not is_loopback(settings.bind_host) or (settings.admin_port >= 0 and not is_loopback(settings.admin_host))
+    exposed = bool(settings.exposed())
     if settings.auth == "keys":
         log.info("authentication: every call needs an API key with the method's role (ltrr keys create)")
         if exposed and not settings.tls_cert:

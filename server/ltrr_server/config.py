@@ -475,13 +475,10 @@ class Settings:
         if not -1 <= self.admin_port <= 65535:
             raise InvalidArgument("server.admin_port", f"must be in [-1, 65535], got {self.admin_port}")
         if self.auth == "none" and not self.insecure:
-            for name, host in (("server.grpc_host", self.bind_host), ("server.admin_host", self.admin_host)):
-                if name == "server.admin_host" and self.admin_port < 0:
-                    continue
-                if not is_loopback(host):
-                    raise InvalidArgument(name, f"binding {host} without authentication would let anyone who "
-                                                "reaches it change policies: set server.auth = \"keys\" (and make "
-                                                "keys with `ltrr keys create`), or --insecure to do it anyway")
+            for name, host in self.exposed():
+                raise InvalidArgument(name, f"binding {host} without authentication would let anyone who "
+                                            "reaches it change policies: set server.auth = \"keys\" (and make "
+                                            "keys with `ltrr keys create`), or --insecure to do it anyway")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise InvalidArgument("server.tls_key" if self.tls_cert else "server.tls_cert",
                                   "TLS needs both tls_cert and tls_key")
@@ -534,6 +531,13 @@ class Settings:
     def bind_host(self) -> str:
         """The gRPC listen address: grpc_host, or by default loopback unless keys are required."""
         return self.grpc_host or ("0.0.0.0" if self.auth == "keys" else "127.0.0.1")
+
+    def exposed(self) -> list[tuple[str, str]]:
+        """(setting, address) of each gRPC address this server binds beyond loopback."""
+        bound = [("server.grpc_host", self.bind_host)]
+        if self.admin_port >= 0:
+            bound.append(("server.admin_host", self.admin_host))
+        return [(name, host) for name, host in bound if not is_loopback(host)]
 
 
 AUTH_MODES = ("none", "keys")

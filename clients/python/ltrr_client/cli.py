@@ -228,14 +228,20 @@ def _offline_settings(args: argparse.Namespace) -> Any:
     return settings
 
 
+def _migrated_engine(db_url: str) -> Any:
+    """An engine on the database at ``db_url``, its schema brought to the newest revision."""
+    from ltrr_server.log import db
+
+    engine = db.create_engine(db_url)
+    db.migrate(engine)
+    return engine
+
+
 def _registry(settings: Any) -> Any:
     """The model registry of these settings: their database (migrated) and model directory."""
-    from ltrr_server.log import db
     from ltrr_server.xmr.registry import ModelRegistry
 
-    engine = db.create_engine(settings.db_url)
-    db.migrate(engine)
-    return ModelRegistry(engine, settings.model_dir)
+    return ModelRegistry(_migrated_engine(settings.db_url), settings.model_dir)
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -723,11 +729,8 @@ def _local_actor() -> Any:
 
 def _engine(args: argparse.Namespace) -> Any:
     from ltrr_server.config import load_settings
-    from ltrr_server.log import db
 
-    engine = db.create_engine(load_settings(args.config, db_url=args.db).db_url)
-    db.migrate(engine)
-    return engine
+    return _migrated_engine(load_settings(args.config, db_url=args.db).db_url)
 
 
 def cmd_keys(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from ltrr.v1 import admin_pb2
 from ltrr_server.api.auth import caller
 from ltrr_server.api.status import Ctx
 from ltrr_server.audit import AuditLog
-from ltrr_server.bounds import KEY_ID_CHARS, KEY_ROLES, MAX_AUDIT_ENTRIES, MAX_TIME_MS
+from ltrr_server.bounds import KEY_ID_CHARS, MAX_AUDIT_ENTRIES, MAX_TIME_MS
 from ltrr_server.config import check_name
 from ltrr_server.errors import InvalidArgument, PermissionDenied
 from ltrr_server.keys import KeyInfo, KeyRing, KeyStore, NewKey
@@ -50,8 +50,6 @@ class AccessServicer:
         check_name(tenant, "tenant")
         if tenant != who.tenant:
             raise PermissionDenied(f"a key of tenant {who.tenant!r} makes keys for that tenant only", field="tenant")
-        if len(request.roles) > KEY_ROLES:
-            raise InvalidArgument("roles", f"{len(request.roles)} roles, more than {KEY_ROLES}")
         new = NewKey(tenant, tuple(request.roles), request.name, request.subject,
                      request.decisions_per_second or None, request.rewards_per_second or None,
                      request.max_streams or None)

@@ -81,9 +81,10 @@ class ModelServicer:
     async def PromoteModel(  # noqa: N802
         self, request: models_pb2.PromoteModelRequest, context: Ctx
     ) -> models_pb2.PromoteModelResponse:
-        r = await self._models.promote(_model(request.name, "name"), request.version, request.force)
+        name = _model(request.name, "name")
+        r = await self._models.promote(name, request.version, request.force)
         await asyncio.to_thread(
-            self._audit.record, caller(), "model.force_promote" if request.force else "model.promote", request.name,
+            self._audit.record, caller(), "model.force_promote" if request.force else "model.promote", name,
             {"version": r["previous_version"]},
             {k: v for k, v in r.items() if k not in ("row", "previous_version")} | {"version": request.version})
         return models_pb2.PromoteModelResponse(
