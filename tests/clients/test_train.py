@@ -43,7 +43,7 @@ def test_train_from_demo_pairs_and_from_a_file(tmp_path: Path, capsys: pytest.Ca
     assert "line 201: query: missing or empty" in captured.err
 
     assert main([*base, "--pairs", str(tmp_path / "missing.jsonl")]) == 2
-    assert main([*base, "--demo-pairs", "300", "--items", str(TEST_ITEMS), "--congruent-weight", "3",
+    assert main([*base, "--demo-pairs", "300", "--items", str(TEST_ITEMS), "--congruent", "1",
                  "--name", "fresh"]) == 2  # congruent training needs a live version
     assert "fresh" in capsys.readouterr().err
 

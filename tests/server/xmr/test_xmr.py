@@ -89,7 +89,8 @@ def test_a_folder_trained_elsewhere_registers_and_a_corrupt_one_is_refused(
     ({"threshold": 1.5}, "threshold"),
     ({"nr_splits": 1}, "nr_splits"),
     ({"max_leaf_size": 1}, "max_leaf_size"),
-    ({"congruent_weight": 0}, "congruent_weight"),
+    ({"congruent": -1}, "congruent"),
+    ({"congruent": float("nan")}, "congruent"),
 ])
 def test_bad_training_options_name_the_field(kwargs: dict[str, float], field: str) -> None:
     with pytest.raises(InvalidArgument) as err:
@@ -109,20 +110,22 @@ def test_registry_errors(registry: ModelRegistry) -> None:
 
 
 def test_congruent_training_lowers_the_negative_flip_rate(registry: ModelRegistry, world: MusicWorld) -> None:
-    """A retrain on more data with heavy weight pruning flips many pairs the live model got right;
-    the same training with positive-congruent weights flips fewer."""
+    """A retrain on more data with heavy weight pruning flips many pairs the live model got right
+    (over the gate's 0.05); the same training distilling the live model's right answers flips at
+    least a third fewer, at no lower recall."""
     pairs = world_pairs(world, 12000)
     first = xt.Pairs(pairs.queries[:6000], pairs.items[:6000])
     v1, _ = xt.train(registry, "m", first, XmrTrainParams())
     live = XmrModel.load(Path(registry.get("m", v1)["path"]))
     pruned = XmrTrainParams(threshold=0.4)
     v2, _ = xt.train(registry, "m", pairs, pruned)
-    v3, _ = xt.train(registry, "m", pairs, XmrTrainParams(threshold=0.4, congruent_weight=4), live=live)
+    v3, _ = xt.train(registry, "m", pairs, XmrTrainParams(threshold=0.4, congruent=1), live=live)
     plain = xt.compare(live, XmrModel.load(Path(registry.get("m", v2)["path"])), Path(registry.get("m", v2)["path"]))
     cong = xt.compare(live, XmrModel.load(Path(registry.get("m", v3)["path"])), Path(registry.get("m", v3)["path"]))
     assert plain["heldout_pairs"] == cong["heldout_pairs"] > 900  # the same held-out pairs
-    assert cong["negative_flip_rate"] < plain["negative_flip_rate"] - 0.01, (plain, cong)
     assert plain["negative_flip_rate"] > 0.05
+    assert cong["negative_flip_rate"] <= plain["negative_flip_rate"] * 2 / 3, (plain, cong)
+    assert cong["recall_new"] >= plain["recall_new"] - 0.01, (plain, cong)
 
 
 def test_pairs_file_reports_bad_lines() -> None:
