@@ -35,7 +35,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, start_http_server
 
 from ltrr.v1 import admin_pb2, decisions_pb2, feedback_pb2, models_pb2, retrieval_pb2
 from ltrr_server.api.auth import AuthInterceptor, method_roles
@@ -51,7 +51,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 DECISIONS = decisions_pb2.DESCRIPTOR.services_by_name["DecisionService"]
 FEEDBACK = feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"]
 ADMIN = admin_pb2.DESCRIPTOR.services_by_name["AdminService"]
@@ -253,9 +252,10 @@ async def build_server(settings: Settings, registry: CollectorRegistry | None = 
     """
     if registry is None:
         registry = CollectorRegistry()
-        # process_resident_memory_bytes and friends, for LtrrMemoryRising (an injected registry
-        # may have its own).
+        # process_resident_memory_bytes and friends, for LtrrMemoryRising, and python_info (an
+        # injected registry may have its own).
         ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
     metrics = Metrics(registry)
     host = settings.bind_host
     _check_port_free(host, settings.grpc_port)
@@ -422,5 +422,5 @@ async def serve(settings: Settings) -> None:
 
 
 def main(settings: Settings) -> None:
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    settings.logs.apply()
     asyncio.run(serve(settings))

@@ -1,7 +1,8 @@
 """Frozen, self-validating configuration: server settings, limits and policy specs.
 
 Sources, later ones winning: built-in defaults, a TOML file, ``LTRR_*`` environment
-variables, command-line flags. Every error names the offending field.
+variables (one rule for every setting: ``env_name``), command-line flags. Every error names the
+offending field.
 
 >>> spec = PolicySpec(name="demo", actions=(ActionSpec("a"), ActionSpec("b")))
 >>> spec.vw_args()[:3]
@@ -15,11 +16,12 @@ ltrr_server.errors.InvalidArgument: spec.epsilon: must be in [0, 1], got 2.0
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -28,6 +30,7 @@ from typing import Any
 from ltrr_server import bounds
 from ltrr_server.errors import InvalidArgument
 from ltrr_server.features import Namespaces, namespaces_from_json, namespaces_to_json
+from ltrr_server.logs import LogSetup
 
 KINDS = ("cb", "ccb")
 EXPLORATIONS = ("epsilon", "softmax", "bag", "cover", "squarecb", "rnd")
@@ -456,6 +459,9 @@ class Settings:
     # While no model named "autocomplete" is registered, the start trains one on this many demo
     # sessions over the demo music world and makes it live (0: never). The embedded demo sets it.
     demo_autocomplete_sessions: int = 0
+    # Every ltrr process's log: debug, info, warning or error; "text" or "json" (one object a line).
+    log_level: str = "info"
+    log_format: str = "text"
     limits: Limits = field(default_factory=Limits)
     policies: tuple[PolicySpec, ...] = ()
     retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
@@ -463,6 +469,7 @@ class Settings:
     def __post_init__(self) -> None:
         if not self.db_url:
             raise InvalidArgument("server.db_url", "is empty")
+        LogSetup(self.log_level, self.log_format)  # checks both
         if not 0 <= self.grpc_port <= 65535:
             raise InvalidArgument("server.grpc_port", f"must be in [0, 65535], got {self.grpc_port}")
         if not -1 <= self.metrics_port <= 65535:
@@ -532,6 +539,10 @@ class Settings:
         """The gRPC listen address: grpc_host, or by default loopback unless keys are required."""
         return self.grpc_host or ("0.0.0.0" if self.auth == "keys" else "127.0.0.1")
 
+    @property
+    def logs(self) -> LogSetup:
+        return LogSetup(self.log_level, self.log_format)
+
     def exposed(self) -> list[tuple[str, str]]:
         """(setting, address) of each gRPC address this server binds beyond loopback."""
         bound = [("server.grpc_host", self.bind_host)]
@@ -568,22 +579,62 @@ def _flag(text: str) -> bool:
     raise ValueError(text)
 
 
-_ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "LTRR_DB_URL": ("db_url", str),
-    "LTRR_GRPC_PORT": ("grpc_port", int),
-    "LTRR_METRICS_PORT": ("metrics_port", int),
-    "LTRR_GRPC_HOST": ("grpc_host", str),
-    "LTRR_METRICS_HOST": ("metrics_host", str),
-    "LTRR_JOURNAL_DIR": ("journal_dir", str),
-    "LTRR_TLS_CERT": ("tls_cert", str),
-    "LTRR_TLS_KEY": ("tls_key", str),
-    "LTRR_TLS_CLIENT_CA": ("tls_client_ca", str),
-    "LTRR_AUTH": ("auth", str),
-    "LTRR_INSECURE": ("insecure", _flag),
-    "LTRR_ADMIN_PORT": ("admin_port", int),
-    "LTRR_ADMIN_HOST": ("admin_host", str),
-    "LTRR_REFLECTION": ("reflection", _flag),
-}
+ENV_PREFIX = "LTRR_"
+# LTRR_* variables that are not server settings: the clients' own, and the writer child's.
+_NOT_SETTINGS = frozenset({"LTRR_TARGET", "LTRR_API_KEY", "LTRR_WRITER_URL", "LTRR_CONFIG"})
+# LTRR_CONFIG's value (or --config's) for the embedded demo configuration.
+DEMO_CONFIG = "demo"
+
+
+def env_name(section: str, key: str) -> str:
+    """The environment variable of a setting: ``LTRR_`` and the key for ``[server]``, with the
+    section and a double underscore for the others.
+
+    >>> env_name("server", "db_url"), env_name("limits", "max_actions"), env_name("retrieval", "rrf_k")
+    ('LTRR_DB_URL', 'LTRR_LIMITS__MAX_ACTIONS', 'LTRR_RETRIEVAL__RRF_K')
+    """
+    return ENV_PREFIX + (key if section == "server" else f"{section}__{key}").upper()
+
+
+def _env_value(text: str, default: Any, var: str) -> Any:
+    """An environment value as its setting's type: booleans as 1/0, true/false, yes/no, on/off;
+    lists and tables as TOML (``LTRR_RETRIEVAL__POLICIES='["search"]'``)."""
+    try:
+        if isinstance(default, bool):
+            return _flag(text)
+        if isinstance(default, (int, float, str)):
+            return type(default)(text)
+        return tomllib.loads(f"v = {text}")["v"]
+    except (ValueError, tomllib.TOMLDecodeError):
+        kind = {bool: "a boolean (1/0, true/false)", int: "an integer", float: "a number"}.get(
+            type(default), "a TOML value")
+        raise InvalidArgument(var, f"cannot parse {text!r}: expected {kind}") from None
+
+
+def _env_sections() -> dict[str, dict[str, Any]]:
+    """Per section, each setting's default, by key (policies come from the file only)."""
+    server = {f.name: getattr(Settings(), f.name) for f in dataclasses.fields(Settings)
+              if f.name not in ("limits", "policies", "retrieval")}
+    return {"server": server,
+            "limits": {f.name: getattr(Limits(), f.name) for f in dataclasses.fields(Limits)},
+            "retrieval": {f.name: getattr(RetrievalSettings(), f.name) for f in dataclasses.fields(RetrievalSettings)}}
+
+
+def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> list[str]:
+    """Overlays ``LTRR_*`` variables on a configuration mapping, one rule for every setting
+    (``env_name``); returns the ``LTRR_*`` variables that name no setting (a typo, most likely)."""
+    names = {env_name(section, key): (section, key, default)
+             for section, keys in _env_sections().items() for key, default in keys.items()}
+    unknown = []
+    for var, text in env.items():
+        if not var.startswith(ENV_PREFIX) or var in _NOT_SETTINGS:
+            continue
+        if var not in names:
+            unknown.append(var)
+            continue
+        section, key, default = names[var]
+        data.setdefault(section, {})[key] = _env_value(text, default, var)
+    return sorted(unknown)
 
 
 def demo_config_text() -> str:
@@ -625,18 +676,27 @@ def load_settings(
     env: Mapping[str, str] | None = None,
     **overrides: Any,
 ) -> Settings:
-    """Defaults < config file (or the embedded demo) < LTRR_* environment < explicit overrides."""
-    text = Path(config_path).read_text() if config_path else demo_config_text()
-    settings = settings_from_toml(text, source=str(config_path or "demo.toml"))
+    """Defaults < config file (``config_path``, else ``LTRR_CONFIG``, else the embedded demo, also
+    named "demo") < LTRR_* environment < explicit overrides.
+
+    Every setting of ``[server]``, ``[limits]`` and ``[retrieval]`` can come from the environment
+    (``env_name``); an ``LTRR_*`` variable that names none is logged, not refused (the clients
+    read their own)."""
     env = os.environ if env is None else env
-    changes: dict[str, Any] = {}
-    for var, (name, conv) in _ENV.items():
-        if var in env:
-            try:
-                changes[name] = conv(env[var])
-            except ValueError as exc:
-                raise InvalidArgument(var, f"cannot parse {env[var]!r}") from exc
-    changes.update({k: v for k, v in overrides.items() if v is not None})
+    config_path = config_path or env.get("LTRR_CONFIG") or DEMO_CONFIG
+    demo = str(config_path) == DEMO_CONFIG
+    try:
+        text = demo_config_text() if demo else Path(config_path).read_text()
+    except OSError as exc:
+        raise InvalidArgument("config", f"cannot read {str(config_path)!r}: {exc.strerror}") from None
+    source = "demo.toml" if demo else str(config_path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidArgument(source, f"not valid TOML: {exc}") from exc
+    unknown = apply_env(data, env)
+    if unknown:
+        logging.getLogger(__name__).warning("environment: %s name no setting of ltrr (ignored)", ", ".join(unknown))
+    settings = settings_from_mapping(data)
+    changes = {k: v for k, v in overrides.items() if v is not None}
     return dataclasses.replace(settings, **changes) if changes else settings
-
-

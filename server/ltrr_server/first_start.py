@@ -22,7 +22,6 @@ import time
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 
-from ltrr_server.app import LOG_FORMAT
 from ltrr_server.catalog.catalog import Catalog
 from ltrr_server.config import Settings
 from ltrr_server.heap import libc_function
@@ -81,7 +80,7 @@ def run(settings: Settings, reindex: tuple[str, ...] = ()) -> None:
         do_work(settings, reindex)
         return
     child = multiprocessing.get_context("spawn").Process(
-        target=_child, args=(settings, reindex, logging.getLogger("ltrr_server").getEffectiveLevel()),
+        target=_child, args=(settings, reindex),
         name="ltrr-first-start")
     child.start()
     try:
@@ -114,9 +113,9 @@ def _small(settings: Settings, reindex: tuple[str, ...] = ()) -> bool:
     return conf.demo_items < SMALL_CATALOG_ITEMS
 
 
-def _child(settings: Settings, reindex: tuple[str, ...], log_level: int) -> None:
+def _child(settings: Settings, reindex: tuple[str, ...]) -> None:
     _die_with_parent()
-    logging.basicConfig(level=log_level, format=LOG_FORMAT)
+    settings.logs.apply()
     do_work(settings, reindex)
 
 

@@ -31,6 +31,7 @@ import sqlalchemy as sa
 
 from ltrr_server import errors
 from ltrr_server.log import db
+from ltrr_server.logs import DEFAULT_LOGS, LogSetup
 
 if TYPE_CHECKING:
     from ltrr_server.log.store import EventLogStore
@@ -82,9 +83,10 @@ class _Cancelled(Exception):
     pass
 
 
-def _child(conn: Connection, db_url: str, job: Job) -> None:
+def _child(conn: Connection, db_url: str, job: Job, logs: LogSetup) -> None:
     from ltrr_server.log.store import EventLogStore
 
+    logs.apply()
     engine = db.create_engine(db_url)
     try:
         job.run(EventLogStore(engine), conn.send)
@@ -99,7 +101,8 @@ def _child(conn: Connection, db_url: str, job: Job) -> None:
 class Jobs:
     """Runs jobs over one database, at most ``max_running`` at once."""
 
-    def __init__(self, engine: sa.Engine, db_url: str, max_running: int) -> None:
+    def __init__(self, engine: sa.Engine, db_url: str, max_running: int, logs: LogSetup = DEFAULT_LOGS) -> None:
+        self._logs = logs
         self._engine = engine
         self._db_url = db_url
         self._max_running = max_running
@@ -120,7 +123,7 @@ class Jobs:
             return
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe(duplex=False)
-        process = ctx.Process(target=_child, args=(child, self._db_url, job), name="ltrr-job", daemon=True)
+        process = ctx.Process(target=_child, args=(child, self._db_url, job, self._logs), name="ltrr-job", daemon=True)
         self._running.add(process)
         try:
             process.start()

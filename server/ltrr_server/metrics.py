@@ -6,7 +6,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
@@ -15,12 +15,41 @@ _LATENCY_BUCKETS = (
 )
 
 
+BUILD_PACKAGES = {"vowpal_wabbit_next": "vowpal-wabbit-next", "libpecos": "libpecos", "grpcio": "grpcio",
+                  "protobuf": "protobuf"}
+
+
+def build_labels() -> dict[str, str]:
+    """ltrr_build_info's labels: ltrr's version, Python's, and the learning and serving libraries'.
+
+    >>> labels = build_labels()
+    >>> labels["version"] == __import__("ltrr_server").__version__, sorted(labels)[:3]
+    (True, ['grpcio', 'libpecos', 'protobuf'])
+    """
+    import platform
+    from importlib import metadata
+
+    from ltrr_server import __version__
+
+    out = {"version": __version__, "python": platform.python_version()}
+    for label, package in BUILD_PACKAGES.items():
+        try:
+            out[label] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[label] = ""
+    return out
+
+
 class Metrics:
     """The server's metrics. Per-policy gauges that are computed on scrape use ``watch_policy``."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self._children: dict[tuple[object, ...], Any] = {}
+        self.build = Info("ltrr_build", "The running ltrr's version and those of the libraries that learn and serve "
+                                        "(1 always: join on it, or read the labels after an upgrade).",
+                          registry=registry)
+        self.build.info(build_labels())
         self.rpc_duration = RpcLatency(
             "ltrr_rpc_duration_seconds", "Server-side RPC (or stream message) handling time.",
             _LATENCY_BUCKETS, registry,

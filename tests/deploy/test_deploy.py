@@ -46,15 +46,17 @@ def test_dashboard_and_alerts_use_only_exported_metrics(sqlite_url: str, make_se
 
 
 @pytest.mark.parametrize("args", [
-    ["check", "config", str(DEPLOY / "prometheus/prometheus.yml")],
-    ["check", "rules", str(DEPLOY / "prometheus/alerts.yml")],
-    ["test", "rules", str(DEPLOY / "prometheus/tests/regret_rising.yml")],
+    ["promtool", "check", "config", str(DEPLOY / "prometheus/prometheus.yml")],
+    ["promtool", "check", "rules", str(DEPLOY / "prometheus/alerts.yml")],
+    ["promtool", "test", "rules", str(DEPLOY / "prometheus/tests/regret_rising.yml")],
+    ["promtool", "test", "rules", str(DEPLOY / "prometheus/tests/targets.yml")],
+    ["amtool", "check-config", str(DEPLOY / "alertmanager/alertmanager.yml")],
 ])
 def test_promtool_accepts_config_and_rules(args: list[str]) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed (Debian package 'prometheus'; CI installs it)")
-    out = subprocess.run([promtool, *args], capture_output=True, text=True)
+    tool = shutil.which(args[0])
+    if tool is None:
+        pytest.skip(f"{args[0]} not installed (Debian: prometheus, prometheus-alertmanager; CI installs them)")
+    out = subprocess.run([tool, *args[1:]], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -65,3 +67,20 @@ def test_grafana_dashboard_is_well_formed() -> None:
     titles = " ".join(p["title"] for p in dash["panels"]).lower()
     for topic in ("reward", "regret", "exploration", "latency", "learner lag"):
         assert topic in titles, topic
+    # It imports into an existing Grafana: every query names the datasource variable, not a uid.
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+
+    def sources(node: object) -> list[dict[str, str]]:
+        if isinstance(node, dict):
+            here = [node["datasource"]] if isinstance(node.get("datasource"), dict) else []
+            return here + [s for v in node.values() for s in sources(v)]
+        return [s for v in node for s in sources(v)] if isinstance(node, list) else []
+
+    used = sources(dash["panels"]) + sources([v for v in variables.values() if v["type"] != "datasource"])
+    assert used and all(s["uid"] == "${datasource}" for s in used), {s["uid"] for s in used}
+    # Seconds and counts never share an axis: a panel whose queries mix them gives one its own unit.
+    for panel in dash["panels"]:
+        exprs = [t["expr"] for t in panel.get("targets", [])]
+        if any("_seconds" in e for e in exprs) and any("_seconds" not in e for e in exprs):
+            assert panel["fieldConfig"]["overrides"], panel["title"]

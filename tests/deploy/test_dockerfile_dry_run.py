@@ -58,12 +58,16 @@ def test_the_image_serves_ltrr_on_the_ports_it_exposes_and_checks() -> None:
     steps = {s.keyword: s.args for s in final.steps}
     entry = dry.command_words(steps["ENTRYPOINT"]) + dry.command_words(steps["CMD"])
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    # Reached through its published port, the demo image binds every interface without keys: it
-    # must say --insecure, or the server refuses to start.
-    assert entry[0] in scripts and entry[1:] == ["serve", "--host", "0.0.0.0", "--insecure"]
-    demo = load_settings()
-    assert {demo.grpc_port, demo.metrics_port} <= {int(p) for p in steps["EXPOSE"].split()}
-    assert f"localhost:{demo.grpc_port}" in " ".join(dry.healthcheck_command(steps["HEALTHCHECK"]))
+    assert entry[0] in scripts and entry[1:] == ["serve", "--host", "0.0.0.0"]
+    # Its configuration is the production starting point, not the demo: no catalog, no policies,
+    # and keys required, which is what lets it bind every interface without --insecure.
+    env = dict(s.args.split("=", 1) for s in final.steps if s.keyword == "ENV")
+    copies = {s.args.split()[-1]: s.args.split()[0] for s in final.steps if s.keyword == "COPY"}
+    config = load_settings(REPO / copies[env["LTRR_CONFIG"]], env={})
+    assert config.auth == "keys" and not config.policies and not config.retrieval.enabled
+    assert config.retrieval.demo_items == 0 and config.demo_autocomplete_sessions == 0
+    assert {config.grpc_port, config.metrics_port} <= {int(p) for p in steps["EXPOSE"].split()}
+    assert f"localhost:{config.grpc_port}" in " ".join(dry.healthcheck_command(steps["HEALTHCHECK"]))
 
 
 def test_a_copy_of_a_missing_path_fails_the_dry_run(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+import ltrr_server
 from ltrr.v1 import decisions_pb2_grpc, feedback_pb2, feedback_pb2_grpc
 from ltrr_client.client import decide_request, reward_event
 from tests.conftest import ServerThread
@@ -51,6 +52,9 @@ def test_metrics_endpoint_exposes_the_learning_loop(server: ServerThread) -> Non
     for name in METRICS:
         assert name in text, name
     assert 'ltrr_decisions_total{policy="demo"} 20.0' in text
+    [build] = [line for line in text.splitlines() if line.startswith("ltrr_build_info{")]
+    assert f'version="{ltrr_server.__version__}"' in build and 'vowpal_wabbit_next="0.' in build
+    assert build.endswith(" 1.0")
     assert 'ltrr_rewards_total{outcome="accepted",policy="demo"} 20.0' in text
     assert 'ltrr_rpc_duration_seconds_count{code="OK",method="Decide"} 20.0' in text
     [regret] = [float(line.split()[-1]) for line in text.splitlines()

@@ -74,9 +74,35 @@ def test_invalid_configuration_names_the_field(toml: str, field: str) -> None:
     assert err.value.field == field or field in str(err.value)
 
 
-def test_bad_environment_value_names_the_variable() -> None:
-    with pytest.raises(InvalidArgument, match="LTRR_GRPC_PORT"):
-        load_settings(env={"LTRR_GRPC_PORT": "fifty"})
+@pytest.mark.parametrize(("env", "field"), [
+    ({"LTRR_GRPC_PORT": "fifty"}, "LTRR_GRPC_PORT"),
+    ({"LTRR_INSECURE": "maybe"}, "LTRR_INSECURE"),
+    ({"LTRR_MAX_NFR": "low"}, "LTRR_MAX_NFR"),
+    ({"LTRR_LIMITS__MAX_ACTIONS": "1.5"}, "LTRR_LIMITS__MAX_ACTIONS"),
+    ({"LTRR_LIMITS__MAX_ACTIONS": "-3"}, "limits.max_actions"),  # parsed, then checked like the file's
+    ({"LTRR_RETRIEVAL__POLICIES": "[oops"}, "LTRR_RETRIEVAL__POLICIES"),
+    ({"LTRR_RETRIEVAL__POLICIES": '["nope"]'}, "retrieval.policies[0]"),
+    ({"LTRR_AUTH": "maybe"}, "auth"),
+])
+def test_bad_environment_value_names_the_variable_or_setting(env: dict[str, str], field: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        load_settings(env=env)
+    assert field in str(err.value)
+
+
+def test_every_setting_comes_from_the_environment_by_one_rule(caplog: pytest.LogCaptureFixture) -> None:
+    """LTRR_<KEY> for [server], LTRR_<SECTION>__<KEY> for the others; an unknown LTRR_ variable is
+    logged and ignored, the clients' own are not mentioned."""
+    env = {"LTRR_SNAPSHOT_INTERVAL_SECONDS": "7.5", "LTRR_REFLECTION": "off", "LTRR_MODEL_DIR": "/m",
+           "LTRR_LIMITS__MAX_POLICIES": "3", "LTRR_RETRIEVAL__RRF_K": "30", "LTRR_RETRIEVAL__DEMO_ITEMS": "0",
+           "LTRR_GRPC_PROT": "1", "LTRR_TARGET": "h:1", "LTRR_API_KEY": "k"}
+    with caplog.at_level("WARNING"):
+        s = load_settings(env=env)
+    assert (s.snapshot_interval_seconds, s.reflection, s.model_dir) == (7.5, False, "/m")
+    assert (s.limits.max_policies, s.retrieval.rrf_k, s.retrieval.demo_items) == (3, 30.0, 0)
+    assert "LTRR_GRPC_PROT" in caplog.text and "LTRR_TARGET" not in caplog.text
+    file_default = load_settings(env={})
+    assert file_default.limits.max_policies == Limits().max_policies  # the environment changed only what it named
 
 
 @pytest.mark.parametrize("exploration,expected", [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -68,16 +69,18 @@ def _kill_leftover_servers() -> Iterator[None]:
 class ServerProcess:
     """`ltrr serve` in a child process, as an operator runs it."""
 
-    def __init__(self, tmp: Path, db_url: str, config: str = CONFIG) -> None:
+    def __init__(self, tmp: Path, db_url: str, config: str = CONFIG, args: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> None:
         cfg = tmp / "ltrr.toml"
         cfg.write_text(config)
         self.port = free_port()
         self.log = open(tmp / f"server-{self.port}.log", "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ltrr_client.cli", "serve", "--config", str(cfg), "--db", db_url,
-             "--grpc-port", str(self.port), "--metrics-port", "-1", "--host", "127.0.0.1"],
-            stdout=self.log, stderr=subprocess.STDOUT,
+             "--grpc-port", str(self.port), "--metrics-port", "-1", "--host", "127.0.0.1", *args],
+            stdout=self.log, stderr=subprocess.STDOUT, env=None if env is None else {**os.environ, **env},
         )
+        self.log_path = tmp / f"server-{self.port}.log"
         _LIVE.append(self.proc)
         self.target = f"127.0.0.1:{self.port}"
         channel = grpc.insecure_channel(self.target)

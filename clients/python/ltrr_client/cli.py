@@ -112,7 +112,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                  metrics_port=args.metrics_port, grpc_host=args.host, metrics_host=args.metrics_host,
                                  tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
                                  auth=args.auth, insecure=args.insecure or None, admin_port=args.admin_port,
-                                 admin_host=args.admin_host, reflection=False if args.no_reflection else None)
+                                 admin_host=args.admin_host, reflection=False if args.no_reflection else None,
+                                 log_level=args.log_level, log_format=args.log_format)
     except (InvalidArgument, OSError) as exc:
         print(f"ltrr serve: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -713,7 +714,8 @@ def _local_or_remote_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", help="through this server's admin service (an admin key); without it, directly on "
                                     "the database")
     _tls_flags(p)
-    p.add_argument("--config", help="TOML configuration file whose database to use (default: the embedded demo)")
+    p.add_argument("--config",
+                   help="TOML configuration file whose database to use (default: $LTRR_CONFIG, else the demo)")
     p.add_argument("--db", help="database URL")
 
 
@@ -816,8 +818,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"ltrr {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("serve", help="run the server (embedded demo config unless --config)")
-    s.add_argument("--config", help="TOML configuration file")
+    s = sub.add_parser("serve", help="run the server (the embedded demo configuration unless --config or $LTRR_CONFIG)")
+    s.add_argument("--config", help='TOML configuration file, or "demo" (default: $LTRR_CONFIG, else the demo)')
     s.add_argument("--db", help="database URL (sqlite:///ltrr.db, postgresql://user@host/db)")
     s.add_argument("--grpc-port", type=int)
     s.add_argument("--metrics-port", type=int, help="Prometheus port; -1 disables")
@@ -836,6 +838,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "port)")
     s.add_argument("--admin-host", help="listen address of --admin-port (default 127.0.0.1)")
     s.add_argument("--no-reflection", action="store_true", help="turn gRPC server reflection off")
+    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                   help="the log's level, every process's (default: server.log_level, info)")
+    s.add_argument("--log-format", choices=["text", "json"],
+                   help="json: one object a line, for a log pipeline (default: server.log_format, text)")
     s.set_defaults(fn=cmd_serve)
 
     def client_cmd(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -893,7 +899,7 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("what", choices=["catalog"])
     ing.add_argument("file", help="JSONL: one item per line (id, title, text fields, popularity, created_at, "
                                   "embedding)")
-    ing.add_argument("--config", help="TOML configuration file (default: the embedded demo)")
+    ing.add_argument("--config", help="TOML configuration file (default: $LTRR_CONFIG, else the embedded demo)")
     ing.add_argument("--db", help="database URL")
     ing.add_argument("--data-dir", help="index directory (default: the configuration's retrieval.data_dir)")
     ing.add_argument("--strict", action="store_true", help="ingest nothing if any line is bad")
@@ -935,7 +941,7 @@ def build_parser() -> argparse.ArgumentParser:
     rg.add_argument("what", choices=["xmr", "autocomplete"])
     rg.add_argument("folder", help="xmr: vectorizer/, xlinear/ and labels.json (item ids in label order)")
     rg.add_argument("--name", required=True, help="model name in the registry")
-    rg.add_argument("--config", help="TOML configuration file (default: the embedded demo)")
+    rg.add_argument("--config", help="TOML configuration file (default: $LTRR_CONFIG, else the embedded demo)")
     rg.add_argument("--db", help="database URL")
     rg.set_defaults(fn=cmd_register)
 
@@ -968,8 +974,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "policy: print the result as JSON instead of a table")
     ev.add_argument("--name", default="xmr")
     ev.add_argument("--version", type=int, default=0, help="0: the live version")
-    ev.add_argument("--config")
-    ev.add_argument("--db")
+    ev.add_argument("--config",
+                    help="xmr, autocomplete: TOML configuration file (default: $LTRR_CONFIG, else the demo)")
+    ev.add_argument("--db", help="xmr, autocomplete: database URL")
     ev.add_argument("--data-dir", help="the catalog's index directory (for lexical and vector)")
     ev.add_argument("--limit", type=int, default=5000, help="at most this many held-out pairs (or sessions)")
     ev.set_defaults(fn=lambda a: {"policy": cmd_eval_policy, "xmr": cmd_eval_xmr,

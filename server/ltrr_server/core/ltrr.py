@@ -56,12 +56,12 @@ class Ltrr:
         self.writer = EventLogWriter(
             self.engine, metrics, settings.limits.max_write_queue_rows, settings.write_batch_rows,
             linger=settings.write_linger_seconds, idle_linger=settings.write_idle_linger_seconds,
-            process=settings.writer_process, commit_timeout=settings.commit_timeout_seconds,
+            process=settings.writer_process, commit_timeout=settings.commit_timeout_seconds, logs=settings.logs,
         )
         self.learner = Learner(
             self.writer, metrics, self._on_publish, settings.publish_interval_seconds,
             settings.snapshot_interval_seconds, nice=settings.learner_nice, db_url=settings.db_url,
-            policies=self._learner_policies,
+            policies=self._learner_policies, logs=settings.logs,
         )
         retrieval_policies = settings.retrieval.policies
         self.policies = PolicyBook(self.store, metrics, self.learner, self._next_seq, settings.metrics_window,
@@ -72,7 +72,7 @@ class Ltrr:
                                    metrics, settings.limits, retrieval_policies)
         self.keys = KeyStore(self.engine)
         self.audit = AuditLog(self.engine)
-        self.jobs = Jobs(self.engine, settings.db_url, settings.limits.max_evaluations)
+        self.jobs = Jobs(self.engine, settings.db_url, settings.limits.max_evaluations, settings.logs)
         self.imports = Imports(self.policies, self.rewards, self.writer, self.store, settings.limits)
         self.registry = ModelRegistry(self.engine, settings.model_dir)
         self.live_models = LiveModels(self.registry)

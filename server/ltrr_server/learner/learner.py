@@ -38,6 +38,7 @@ from ltrr_server.learner.state import LearnerState
 from ltrr_server.log.joiner import JoinedEvent
 from ltrr_server.log.rows import SnapshotRow
 from ltrr_server.log.writer import EventLogWriter
+from ltrr_server.logs import DEFAULT_LOGS, LogSetup
 from ltrr_server.metrics import Metrics
 from ltrr_server.policy.model import PolicyModel
 
@@ -83,8 +84,9 @@ class Learner:
     def __init__(
         self, writer: EventLogWriter, metrics: Metrics, publish: Publish,
         publish_interval: float, snapshot_interval: float, nice: int = 0, db_url: str = "",
-        policies: Callable[[], list[LearnerPolicy]] | None = None,
+        policies: Callable[[], list[LearnerPolicy]] | None = None, logs: LogSetup = DEFAULT_LOGS,
     ) -> None:
+        self._logs = logs
         self._writer = writer
         self._metrics = metrics
         self._publish = publish
@@ -156,7 +158,7 @@ class Learner:
         parent, child = ctx.Pipe()
         process = ctx.Process(
             target=worker.run, name="ltrr-learner", daemon=True,
-            args=(child, start, self._publish_interval, self._snapshot_interval, self._nice),
+            args=(child, start, self._publish_interval, self._snapshot_interval, self._nice, self._logs),
         )
         process.start()
         # The child ignores SIGTERM (the server stops it after its final snapshots), so a program

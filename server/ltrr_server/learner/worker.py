@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ltrr_server.learner.state import LearnerState
 from ltrr_server.log.joiner import JoinedEvent
+from ltrr_server.logs import DEFAULT_LOGS, LogSetup
 from ltrr_server.policy.model import PolicyModel
 
 if TYPE_CHECKING:  # imported by the process that restores from the log only: it needs SQL, a first one does not
@@ -63,7 +64,8 @@ class WorkerStart:
 
 
 def run(conn: Connection, start: WorkerStart, publish_interval: float, snapshot_interval: float,
-        nice: int = 0) -> None:
+        nice: int = 0, logs: LogSetup = DEFAULT_LOGS) -> None:
+    logs.apply()
     # Ctrl-C and SIGTERM reach the whole process group; the server decides when the learner stops
     # (after its final snapshots), and a server that dies closes the pipe, which ends this loop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

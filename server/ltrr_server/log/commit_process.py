@@ -18,6 +18,9 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from ltrr_server.log.writer import serve_commits
+    from ltrr_server.logs import LogSetup
+
+    LogSetup.from_env().apply()
 
     serve_commits(Connection(int(sys.argv[1])), os.environ["LTRR_WRITER_URL"])
 

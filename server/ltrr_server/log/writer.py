@@ -41,6 +41,7 @@ from ltrr_server.errors import FailedPrecondition, Overloaded
 from ltrr_server.log import db
 from ltrr_server.log.journal import DamagedFrame, Journal, leftovers, read_segment
 from ltrr_server.log.rows import ROW_TYPES, decision_row
+from ltrr_server.logs import DEFAULT_LOGS, LogSetup
 from ltrr_server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -214,9 +215,10 @@ class ProcessCommitter:
     committed lands once.
     """
 
-    def __init__(self, url: str, commit_timeout: float = COMMIT_TIMEOUT) -> None:
+    def __init__(self, url: str, commit_timeout: float = COMMIT_TIMEOUT, logs: LogSetup = DEFAULT_LOGS) -> None:
         self._url = url
         self._commit_timeout = commit_timeout
+        self._logs = logs
         self._process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._ready = False
@@ -231,7 +233,7 @@ class ProcessCommitter:
             return
         ours, theirs = socket.socketpair()
         package_root = str(Path(__file__).resolve().parents[2])
-        env = dict(os.environ, LTRR_WRITER_URL=self._url,
+        env = dict(os.environ, LTRR_WRITER_URL=self._url, **self._logs.env(),
                    PYTHONPATH=os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p))
         with theirs:
             self._process = subprocess.Popen(
@@ -373,10 +375,11 @@ def serve_commits(conn: Connection, url: str) -> None:
     engine.dispose()
 
 
-def committer_for(engine: sa.Engine, process: bool, commit_timeout: float = COMMIT_TIMEOUT) -> Committer:
+def committer_for(engine: sa.Engine, process: bool, commit_timeout: float = COMMIT_TIMEOUT,
+                  logs: LogSetup = DEFAULT_LOGS) -> Committer:
     """A ``ProcessCommitter`` when asked and the database can be opened by another process."""
     if process and not db.in_memory(engine.url):
-        return ProcessCommitter(engine.url.render_as_string(hide_password=False), commit_timeout)
+        return ProcessCommitter(engine.url.render_as_string(hide_password=False), commit_timeout, logs)
     return ThreadCommitter(engine)
 
 
@@ -402,6 +405,7 @@ class EventLogWriter:
     def __init__(
         self, engine: sa.Engine, metrics: Metrics, max_queue_rows: int, batch_rows: int = 5000,
         linger: float = 0.0, idle_linger: float = 0.0, process: bool = False, commit_timeout: float = COMMIT_TIMEOUT,
+        logs: LogSetup = DEFAULT_LOGS,
     ) -> None:
         self._linger = linger
         self._idle_linger = max(linger, idle_linger)
@@ -419,7 +423,7 @@ class EventLogWriter:
         # Monotonic time since which the batch in hand has been trying to commit (0: none in hand).
         self._committing_since = 0.0
         self._thread: threading.Thread | None = None
-        self._committer = committer_for(engine, process, commit_timeout)
+        self._committer = committer_for(engine, process, commit_timeout, logs)
         self._journal: Journal | None = None
         # Submissions queued and taken so far; a retired journal segment holds submissions up to
         # its mark, and is deleted once the writer has committed that far.
