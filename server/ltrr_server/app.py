@@ -152,6 +152,7 @@ class LtrrServer:
             AdminServicer(core.policies, core.rewards, core.jobs, core.imports, limits, core.audit),
             AccessServicer(core.keys, self.keys, core.audit))
         await core.start_joins()
+        await core.start_pruning()
         if settings.auth == "keys":
             await core.start_key_refresh(self.keys)
         health.check(FEEDBACK.full_name, "commits", lambda: _commit_stall(core, settings.commit_stall_seconds))

@@ -96,6 +96,7 @@ class ActionSpec:
 
 # VW's own learning-rate decay exponent, which specs stored before ``power_t`` existed learned with.
 VW_POWER_T = 0.5
+MAX_RETENTION_DAYS = 36_500
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,8 @@ class PolicySpec:
     # online: Decide draws from the policy. apprentice: Decide answers the caller's baseline action
     # and the policy learns from its rewards (cb only). Not a learning parameter: a switch keeps the model.
     mode: str = "online"
+    # Days a decision stays in the event log (0: forever); log/retention.py prunes older ones.
+    retention_days: float = 0.0
 
     def __post_init__(self) -> None:
         p = "spec"
@@ -189,6 +192,9 @@ class PolicySpec:
             raise InvalidArgument(f"{p}.mode", f"must be one of {MODES}, got {self.mode!r}")
         if self.mode == "apprentice" and self.kind != "cb":
             raise InvalidArgument(f"{p}.mode", "apprentice mode is for cb policies")
+        if not (math.isfinite(self.retention_days) and 0 <= self.retention_days <= MAX_RETENTION_DAYS):
+            raise InvalidArgument(f"{p}.retention_days", f"must be in [0, {MAX_RETENTION_DAYS}] (0: keep forever), "
+                                                        f"got {self.retention_days}")
 
     def vw_args(self) -> list[str]:
         """The Vowpal Wabbit command line of this policy's model."""
@@ -453,6 +459,8 @@ class Settings:
     metrics_window: int = 10_000
     # Trained models (XR-Linear) live here, one folder per name and version.
     model_dir: str = "ltrr-models"
+    # How often the policies with a retention_days have their old events pruned (log/retention.py).
+    prune_interval_seconds: float = 3600.0
     # A promotion whose negative flip rate against the live model is above this is refused
     # unless forced.
     max_nfr: float = 0.05
@@ -469,6 +477,9 @@ class Settings:
     def __post_init__(self) -> None:
         if not self.db_url:
             raise InvalidArgument("server.db_url", "is empty")
+        _finite(self.prune_interval_seconds, "server.prune_interval_seconds")
+        if self.prune_interval_seconds <= 0:
+            raise InvalidArgument("server.prune_interval_seconds", "must be positive")
         LogSetup(self.log_level, self.log_format)  # checks both
         if not 0 <= self.grpc_port <= 65535:
             raise InvalidArgument("server.grpc_port", f"must be in [0, 65535], got {self.grpc_port}")

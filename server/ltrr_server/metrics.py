@@ -192,6 +192,10 @@ class Metrics:
         )
         for quota in ("decisions", "rewards", "streams"):  # the default tenant's, exported at 0 from the start
             self.quota_exceeded.labels("default", quota)
+        self.pruned_events = Counter(
+            "ltrr_pruned_events", "Decisions (with their rewards and joins) pruned from the event log by the "
+            "policy's retention_days.", ["policy"], registry=registry,
+        )
         self.insecure = Gauge(
             "ltrr_insecure", "1 while gRPC is bound beyond loopback with no authentication (--insecure).",
             registry=registry,

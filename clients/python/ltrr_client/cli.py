@@ -804,6 +804,55 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db(args: argparse.Namespace) -> int:
+    """The database itself: prune each policy's log by its retention, or back it up (SQLite)."""
+    from tqdm import tqdm
+
+    from ltrr_server.config import load_settings
+    from ltrr_server.errors import LtrrError
+    from ltrr_server.log import backup, retention
+    from ltrr_server.log.store import EventLogStore
+
+    try:
+        settings = load_settings(args.config, db_url=args.db)
+        if args.action == "backup":
+            if not args.out:
+                print("ltrr db backup: name the file to write: ltrr db backup OUT", file=sys.stderr)
+                return 2
+            bar = tqdm(desc="backup", unit="page", file=sys.stderr)
+
+            def copied(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            made = backup.backup(settings.db_url, args.out, copied)
+            bar.close()
+            print(json.dumps({"path": str(made.path), "pages": made.pages, "bytes": made.bytes}))
+            return 0
+        engine = _migrated_engine(settings.db_url)
+        specs = {row["name"]: row["spec"] for row in EventLogStore(engine).load_policies()}
+        names = [args.policy] if args.policy else sorted(specs)
+        if args.policy and args.policy not in specs:
+            print(f"ltrr db prune: --policy: no policy {args.policy!r} in the database", file=sys.stderr)
+            return 2
+        out = []
+        for name in names:
+            days = args.older_than_days if args.older_than_days is not None else specs[name].retention_days
+            if not days:
+                out.append({"policy": name, "skipped": "no retention_days (give --older-than-days)"})
+                continue
+            with tqdm(desc=f"prune {name}", unit="event", file=sys.stderr) as bar:
+                pruned = retention.prune_policy(engine, name, retention.retention_cutoff(days),
+                                                progress=lambda n: bar.update(n - bar.n))
+            out.append({"policy": name, "older_than_days": days, "events": pruned.events,
+                        "snapshots": pruned.snapshots, "kept_for_replay": pruned.kept_for_replay})
+    except LtrrError as exc:
+        print(f"ltrr db {args.action}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(out, indent=2))
+    return 0
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -1050,6 +1099,18 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--tenant", help="on the database: only this tenant's (through a server: the caller's)")
     _local_or_remote_flags(au)
     au.set_defaults(fn=cmd_audit)
+
+    dbp = sub.add_parser("db", help="the database: prune policies' logs by their retention_days, or back it up "
+                                    "(SQLite; PostgreSQL: pg_dump)")
+    dbp.add_argument("action", choices=["prune", "backup"])
+    dbp.add_argument("out", nargs="?", help="backup: the file to write (must not exist)")
+    dbp.add_argument("--policy", help="prune: only this policy (default: every policy with a retention_days)")
+    dbp.add_argument("--older-than-days", type=float,
+                     help="prune: events older than this many days (default: each policy's retention_days)")
+    dbp.add_argument("--config", help="TOML configuration file whose database to use (default: $LTRR_CONFIG, "
+                                      "else the demo)")
+    dbp.add_argument("--db", help="database URL")
+    dbp.set_defaults(fn=cmd_db)
 
     pol = client_cmd("policies", "list, describe, snapshot or show statistics of policies")
     pol.add_argument("action", choices=["list", "get", "stats", "snapshot"])

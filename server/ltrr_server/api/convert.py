@@ -142,6 +142,7 @@ def spec_from_proto(s: admin_pb2.PolicySpec, limits: Limits) -> PolicySpec:
         learning_rate=s.learning_rate or defaults.learning_rate,
         power_t=s.power_t if s.HasField("power_t") else defaults.power_t,
         mode=_MODES.get(s.mode, defaults.mode),
+        retention_days=s.retention_days,
     )
 
 
@@ -158,6 +159,7 @@ def spec_to_proto(spec: PolicySpec) -> admin_pb2.PolicySpec:
         join_window_seconds=spec.join_window_seconds, default_reward=spec.default_reward,
         aggregation=aggs[spec.aggregation], slots=spec.slots, description=spec.description, bits=spec.bits,
         learning_rate=spec.learning_rate, power_t=spec.power_t, mode=modes[spec.mode],
+        retention_days=spec.retention_days,
     )
 
 

@@ -30,7 +30,7 @@ from ltrr_server.heap import release_free_memory
 from ltrr_server.jobs import Jobs
 from ltrr_server.keys import REFRESH_SECONDS, KeyRing, KeyStore
 from ltrr_server.learner.learner import Learner, LearnerPolicy
-from ltrr_server.log import db
+from ltrr_server.log import db, retention
 from ltrr_server.log.journal import Journal
 from ltrr_server.log.store import EventLogStore
 from ltrr_server.log.writer import EventLogWriter
@@ -165,6 +165,29 @@ class Ltrr:
         if self.retriever is not None:
             retriever = self.retriever
             await self._start_loop("retrieval_flush", lambda: self._flush_loop(retriever))
+
+    async def start_pruning(self) -> None:
+        """Prunes each policy's log by its retention_days every ``prune_interval_seconds``
+        (supervised), in short transactions on a worker thread (log/retention.py)."""
+        await self._start_loop("pruning", self._prune_loop)
+
+    async def _prune_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.prune_interval_seconds)
+            for name, rt in list(self.policies.policies.items()):
+                if rt.spec.retention_days <= 0:
+                    continue
+                try:
+                    pruned = await asyncio.to_thread(retention.prune_policy, self.engine, name,
+                                                     retention.retention_cutoff(rt.spec.retention_days))
+                except Exception:  # the next round tries again; the log only grows meanwhile
+                    log.exception("pruning policy %r's event log failed", name)
+                    continue
+                self.metrics.pruned_events.labels(name).inc(pruned.events)
+                if pruned.events or pruned.snapshots:
+                    log.info("pruned policy %r's log: %d events and %d snapshots older than %g days (%d kept "
+                             "for a restart's replay)", name, pruned.events, pruned.snapshots,
+                             rt.spec.retention_days, pruned.kept_for_replay)
 
     async def start_key_refresh(self, ring: KeyRing) -> None:
         """Reads the keys that work into ``ring`` now, then every ``REFRESH_SECONDS`` (supervised):

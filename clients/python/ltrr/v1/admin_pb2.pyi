@@ -160,6 +160,7 @@ class PolicySpec(_message.Message):
     LEARNING_RATE_FIELD_NUMBER: _builtins.int
     POWER_T_FIELD_NUMBER: _builtins.int
     MODE_FIELD_NUMBER: _builtins.int
+    RETENTION_DAYS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     kind: Global___PolicyKind.ValueType
     exploration: Global___Exploration.ValueType
@@ -187,6 +188,11 @@ class PolicySpec(_message.Message):
     """
     mode: Global___PolicyMode.ValueType
     """Online (the default) or apprentice; a change applies live, the model is kept. cb policies only."""
+    retention_days: _builtins.float
+    """Days a decision stays in the log (0: forever). Older ones are pruned in the background, but
+    never the joins after the policy's latest snapshot, which a restart replays. Not a learning
+    parameter: a change keeps the model.
+    """
     @_builtins.property
     def interactions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Namespace-initial pairs or triples, as VW -q / --cubic ("uA"; ":" stands for any namespace).
@@ -218,10 +224,11 @@ class PolicySpec(_message.Message):
         learning_rate: _builtins.float = ...,
         power_t: _builtins.float | None = ...,
         mode: Global___PolicyMode.ValueType = ...,
+        retention_days: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_epsilon", b"_epsilon", "_power_t", b"_power_t", "epsilon", b"epsilon", "power_t", b"power_t"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_epsilon", b"_epsilon", "_power_t", b"_power_t", "actions", b"actions", "aggregation", b"aggregation", "bits", b"bits", "default_reward", b"default_reward", "description", b"description", "ensemble_size", b"ensemble_size", "epsilon", b"epsilon", "exploration", b"exploration", "interactions", b"interactions", "join_window_seconds", b"join_window_seconds", "kind", b"kind", "learning_rate", b"learning_rate", "mode", b"mode", "name", b"name", "power_t", b"power_t", "slots", b"slots", "softmax_lambda", b"softmax_lambda", "squarecb_gamma_scale", b"squarecb_gamma_scale"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_epsilon", b"_epsilon", "_power_t", b"_power_t", "actions", b"actions", "aggregation", b"aggregation", "bits", b"bits", "default_reward", b"default_reward", "description", b"description", "ensemble_size", b"ensemble_size", "epsilon", b"epsilon", "exploration", b"exploration", "interactions", b"interactions", "join_window_seconds", b"join_window_seconds", "kind", b"kind", "learning_rate", b"learning_rate", "mode", b"mode", "name", b"name", "power_t", b"power_t", "retention_days", b"retention_days", "slots", b"slots", "softmax_lambda", b"softmax_lambda", "squarecb_gamma_scale", b"squarecb_gamma_scale"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__epsilon: _TypeAlias = _typing.Literal["epsilon"]  # noqa: Y015
     _WhichOneofArgType__epsilon: _TypeAlias = _typing.Literal["_epsilon", b"_epsilon"]  # noqa: Y015
