@@ -81,6 +81,8 @@ def magnitude_problem(value: float, limit: float) -> str:
 DESCRIPTION_CHARS = 1024
 INTERACTIONS = 64
 MAX_SLOTS = 64
+# A policy's retention of its event log, in days (100 years; 0: forever).
+MAX_RETENTION_DAYS = 36_500
 # Retrieve: entries of a fixed plan (one per strategy), a budget, dimensions of a query embedding.
 PLAN_ENTRIES = 64
 MAX_BUDGET = 10_000
@@ -224,6 +226,7 @@ BOUNDS: dict[str, Bound] = {
     "ltrr.v1.PolicySpec.learning_rate": Number(0, _FINITE),
     "ltrr.v1.PolicySpec.power_t": Number(0, 1),
     "ltrr.v1.PolicySpec.mode": Enum(),
+    "ltrr.v1.PolicySpec.retention_days": Number(0, MAX_RETENTION_DAYS),
     # counterfactual evaluation, tuning, import and export
     "ltrr.v1.EvaluatePolicyRequest.name": _ID,
     "ltrr.v1.EvaluatePolicyRequest.targets": Items("limits.max_evaluation_targets"),

@@ -96,7 +96,6 @@ class ActionSpec:
 
 # VW's own learning-rate decay exponent, which specs stored before ``power_t`` existed learned with.
 VW_POWER_T = 0.5
-MAX_RETENTION_DAYS = 36_500
 
 
 @dataclass(frozen=True)
@@ -192,9 +191,10 @@ class PolicySpec:
             raise InvalidArgument(f"{p}.mode", f"must be one of {MODES}, got {self.mode!r}")
         if self.mode == "apprentice" and self.kind != "cb":
             raise InvalidArgument(f"{p}.mode", "apprentice mode is for cb policies")
-        if not (math.isfinite(self.retention_days) and 0 <= self.retention_days <= MAX_RETENTION_DAYS):
-            raise InvalidArgument(f"{p}.retention_days", f"must be in [0, {MAX_RETENTION_DAYS}] (0: keep forever), "
-                                                        f"got {self.retention_days}")
+        if not (math.isfinite(self.retention_days) and 0 <= self.retention_days <= bounds.MAX_RETENTION_DAYS):
+            raise InvalidArgument(f"{p}.retention_days",
+                                  f"must be in [0, {bounds.MAX_RETENTION_DAYS}] (0: keep forever), "
+                                  f"got {self.retention_days}")
 
     def vw_args(self) -> list[str]:
         """The Vowpal Wabbit command line of this policy's model."""

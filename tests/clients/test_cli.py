@@ -152,6 +152,83 @@ def test_bad_arguments_get_one_line_naming_them_and_exit_2(args: list[str], name
     assert names in out.stderr and "Traceback" not in out.stderr, out.stderr
 
 
+# Every command, fed what a user gets wrong; run in this process (a subprocess each would cost
+# seconds of imports): exit code 2, one message naming the argument, never a traceback.
+_NOWHERE = "127.0.0.1:1"
+
+
+@pytest.mark.parametrize("args,names", [
+    (["decide", "--slots", "-1", "--target", _NOWHERE], "--slots"),
+    (["decide", "--context", "{", "--target", _NOWHERE], "--context"),
+    (["reward", "e1", "lots", "--target", _NOWHERE], "value"),
+    (["stream-rewards", "/no/such.jsonl", "--target", _NOWHERE], "file"),
+    (["stream-rewards", "-", "--batch", "0", "--target", _NOWHERE], "--batch"),
+    (["simulate", "--events", "-5", "--target", _NOWHERE], "--events"),
+    (["simulate", "--mode", "chaos", "--target", _NOWHERE], "--mode"),
+    (["retrieve", "jazz", "--limit", "x", "--target", _NOWHERE], "--limit"),
+    (["ingest", "catalog", "/no/such.jsonl", "--db", "sqlite://"], "file"),
+    (["ingest", "songs", "x.jsonl"], "what"),
+    (["train", "xmr", "--pairs", "/no/such.jsonl", "--db", "sqlite://"], "--pairs"),
+    (["train", "xmr", "--demo-pairs", "0", "--db", "sqlite://"], "--demo-pairs"),
+    (["train", "xmr", "--congruent", "-1", "--demo-pairs", "100", "--db", "sqlite://"], "congruent"),
+    (["train", "xmr", "--pairs", "a", "--demo-pairs", "3"], "--demo-pairs"),
+    (["register", "xmr", "folder"], "--name"),
+    (["complete", "ab", "--k", "0", "--target", _NOWHERE], "--k"),
+    (["eval", "policy"], "NAME"),
+    (["eval", "xmr", "--limit", "-1"], "--limit"),
+    (["tune", "p", "--since", "banana", "--server", _NOWHERE], "ISO 8601"),
+    (["models", "promote", "--target", _NOWHERE], "NAME VERSION"),
+    (["models", "promote", "m", "-2", "--target", _NOWHERE], "version"),
+    (["xmr", "--target", _NOWHERE], "queries"),
+    (["export", "dsjson", "p", "--since", "yesterday", "--target", _NOWHERE], "ISO 8601"),
+    (["import", "dsjson", "/no/such.jsonl", "--policy", "p", "--target", _NOWHERE], "file"),
+    (["import", "dsjson", "-", "--target", _NOWHERE], "--policy"),
+    (["keys", "create", "--role", "root", "--db", "sqlite://"], "--role"),
+    (["keys", "create", "--role", "admin", "--max-streams", "-1", "--db", "sqlite://"], "--max-streams"),
+    (["audit", "--since", "banana", "--db", "sqlite://"], "--since"),
+    (["db", "backup", "--db", "sqlite://"], "OUT"),
+    (["db", "prune", "--db", "sqlite://", "--policy", "nope"], "--policy"),
+    (["db", "vacuum"], "action"),
+    (["policies", "drop", "--target", _NOWHERE], "action"),
+    (["serve", "--config", "/no/such.toml"], "config"),
+    (["serve", "--log-level", "loud"], "--log-level"),
+    (["serve", "--grpc-port", "many"], "--grpc-port"),
+    (["frobnicate"], "frobnicate"),
+])
+def test_every_command_answers_bad_arguments_in_one_line(args: list[str], names: str,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from ltrr_client.cli import main
+
+    try:
+        code = main(args)
+    except SystemExit as exc:  # argparse's own refusals
+        code = exc.code  # type: ignore[assignment]
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert names in err and "Traceback" not in err, err
+
+
+def test_every_command_and_argument_says_what_it_is() -> None:
+    import argparse
+
+    from ltrr_client.cli import build_parser
+
+    silent = []
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                helped = {a.dest for a in action._choices_actions if a.help}
+                silent.extend(f"{path} {name}" for name in action.choices if name not in helped)
+                for name, sub in action.choices.items():
+                    walk(sub, f"{path} {name}")
+            elif not isinstance(action, (argparse._HelpAction, argparse._VersionAction)) and not action.help:
+                silent.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(build_parser(), "ltrr")
+    assert not silent, silent
+
+
 def test_version_and_the_target_from_the_environment(server: ServerThread) -> None:
     out = ltrr("--version")
     assert out.returncode == 0 and out.stdout.startswith("ltrr ")

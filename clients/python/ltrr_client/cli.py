@@ -71,6 +71,41 @@ def plan_arg(text: str) -> dict[str, int]:
     return plan
 
 
+def _whole(text: str, least: int, what: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < least:
+        raise argparse.ArgumentTypeError(f"{n} is not {what}")
+    return n
+
+
+def positive_int(text: str) -> int:
+    """A count of at least 1, or a one-line usage error.
+
+    >>> positive_int("3")
+    3
+    >>> positive_int("0")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: 0 is not a positive whole number
+    """
+    return _whole(text, 1, "a positive whole number")
+
+
+def non_negative_int(text: str) -> int:
+    """A count of 0 or more (0 usually meaning "the default"), or a one-line usage error."""
+    return _whole(text, 0, "0 or more")
+
+
+def input_file(text: str) -> str:
+    """A file to read ("-": standard input), or a one-line usage error when there is none."""
+    if text != "-" and not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f"no file {text!r}")
+    return text
+
+
 def _client(args: argparse.Namespace) -> LtrrClient:
     """The client a command's --target (or --server) and --tls-* flags describe."""
     tls = ChannelTls(args.tls_ca or "", args.tls_cert or "", args.tls_key or "") \
@@ -88,18 +123,55 @@ def _tls_flags(p: argparse.ArgumentParser) -> None:
                                      "needs one")
 
 
+def time_arg(text: str) -> str:
+    """``--since``/``--until``: an ISO 8601 time or a duration ago (read when the command runs), or
+    a one-line usage error."""
+    from ltrr_client.evaluation import parse_time
+
+    try:
+        parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _log_range_flags(p: argparse.ArgumentParser, prefix: str = "") -> None:
     """--since and --until: which logged decisions a command reads (``_time_range``)."""
-    p.add_argument("--since", help=f"{prefix}decisions made since (ISO 8601, or a duration ago: 24h, 7d)")
-    p.add_argument("--until", help=f"{prefix}decisions made before (ISO 8601, or a duration ago)")
+    p.add_argument("--since", type=time_arg,
+                   help=f"{prefix}decisions made since (ISO 8601, or a duration ago: 24h, 7d)")
+    p.add_argument("--until", type=time_arg, help=f"{prefix}decisions made before (ISO 8601, or a duration ago)")
 
 
 def _timeout_flag(p: argparse.ArgumentParser, prefix: str = "") -> None:
     p.add_argument("--timeout", type=float, default=3600.0, help=f"{prefix}seconds (default %(default)s)")
 
 
+def json_all_the_way(obj: Any) -> Any:
+    """A message's dict with every ``*_json`` string field decoded in place (named without the
+    suffix), so that the output is JSON all the way down, never JSON inside a JSON string.
+
+    >>> json_all_the_way({"name": "m", "metrics_json": '{"recall_at_10": 0.5}', "items": [{"x_json": "[1]"}]})
+    {'name': 'm', 'metrics': {'recall_at_10': 0.5}, 'items': [{'x': [1]}]}
+    """
+    if isinstance(obj, list):
+        return [json_all_the_way(v) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    out = {}
+    for key, value in obj.items():
+        if key.endswith("_json") and isinstance(value, str):
+            try:
+                out[key[:-len("_json")]] = json.loads(value) if value else None
+                continue
+            except json.JSONDecodeError:
+                pass
+        out[key] = json_all_the_way(value)
+    return out
+
+
 def _print(msg: object) -> None:
-    print(json.dumps(MessageToDict(msg, preserving_proto_field_name=True), indent=2))  # type: ignore[arg-type]
+    data = MessageToDict(msg, preserving_proto_field_name=True)  # type: ignore[arg-type]
+    print(json.dumps(json_all_the_way(data), indent=2))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -870,7 +942,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the server (the embedded demo configuration unless --config or $LTRR_CONFIG)")
     s.add_argument("--config", help='TOML configuration file, or "demo" (default: $LTRR_CONFIG, else the demo)')
     s.add_argument("--db", help="database URL (sqlite:///ltrr.db, postgresql://user@host/db)")
-    s.add_argument("--grpc-port", type=int)
+    s.add_argument("--grpc-port", type=int, help='the gRPC port (default: server.grpc_port, 50051; 0: a free one)')
     s.add_argument("--metrics-port", type=int, help="Prometheus port; -1 disables")
     s.add_argument("--host", help="listen address of gRPC (and of the metrics endpoint, unless --metrics-host)")
     s.add_argument("--metrics-host", help="listen address of the metrics endpoint (default: --host's)")
@@ -901,32 +973,37 @@ def build_parser() -> argparse.ArgumentParser:
         return c
 
     d = client_cmd("decide", "ask a policy for a decision")
-    d.add_argument("--policy", default="demo")
+    d.add_argument("--policy", default="demo", help='the policy that decides (default %(default)s)')
     d.add_argument("--context", type=context_arg, help='JSON: {"namespace": {"feature": value}}')
     d.add_argument("--actions", help="comma-separated action ids (default: the policy's)")
-    d.add_argument("--event-id")
-    d.add_argument("--slots", type=int, default=0)
+    d.add_argument("--event-id", help='your own id for the decision (default: one the server makes); rewards name it')
+    d.add_argument("--slots", type=non_negative_int, default=0,
+                   help="ccb policies: slots to fill (0: the policy's own number)")
     d.add_argument("--baseline", default="", help="your own choice: an apprentice policy serves it and learns")
     d.set_defaults(fn=cmd_decide)
 
     r = client_cmd("reward", "report one reward")
-    r.add_argument("event_id")
-    r.add_argument("value", type=float)
-    r.add_argument("--reward-id", default="")
+    r.add_argument("event_id", help='the event id Decide answered')
+    r.add_argument("value", type=float, help='the reward, a number within +-1e6 (clicks: 1 or 0)')
+    r.add_argument("--reward-id", default="",
+                   help='an id of this reward, so a resent one counts once (default: one per event)')
     r.add_argument("--engaged", help="comma-separated engaged item ids")
     r.set_defaults(fn=cmd_reward)
 
     sr = client_cmd("stream-rewards", "stream rewards from a JSONL file ({event_id, value, reward_id?})")
-    sr.add_argument("file", help="JSONL file, or - for stdin")
-    sr.add_argument("--batch", type=int, default=500)
+    sr.add_argument("file", type=input_file, help="JSONL file, or - for stdin")
+    sr.add_argument("--batch", type=positive_int, default=500, help='events per streamed batch (default %(default)s)')
     sr.set_defaults(fn=cmd_stream_rewards)
 
     sim = client_cmd("simulate", "drive a running server with synthetic traffic; report reward and regret")
-    sim.add_argument("--policy", default="demo")
-    sim.add_argument("--events", type=int, default=20_000)
-    sim.add_argument("--report-every", type=int, default=1000)
-    sim.add_argument("--segments", type=int, default=6)
-    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--policy", default="demo", help='the policy to drive (default %(default)s)')
+    sim.add_argument("--events", type=positive_int, default=20_000,
+                     help='decisions to make, one reward each (default %(default)s)')
+    sim.add_argument("--report-every", type=positive_int, default=1000,
+                     help='print a row every this many events (default %(default)s)')
+    sim.add_argument("--segments", type=positive_int, default=6,
+                     help='decide: user segments of the synthetic world (default %(default)s)')
+    sim.add_argument("--seed", type=int, default=1, help="the synthetic world's random seed (default %(default)s)")
     sim.add_argument("--plot", help="write a PNG of regret and reward over time")
     sim.add_argument("--mode", choices=["decide", "retrieval"], default="decide",
                      help="decide: the demo policy's contexts; retrieval: the music world's queries via Retrieve")
@@ -937,16 +1014,17 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(fn=cmd_simulate)
 
     rq = client_cmd("retrieve", "candidates for a query from a retrieval policy")
-    rq.add_argument("query")
-    rq.add_argument("--policy", default="retrieval")
+    rq.add_argument("query", help='the query text')
+    rq.add_argument("--policy", default="retrieval", help='the retrieval policy that plans (default %(default)s)')
     rq.add_argument("--context", type=context_arg, help='JSON: {"namespace": {"feature": value}}')
     rq.add_argument("--plan", type=plan_arg, help="a fixed plan instead of the policy's: lexical=10,vector=50")
-    rq.add_argument("--limit", type=int, default=10)
+    rq.add_argument("--limit", type=positive_int, default=10, help='candidates to print (default %(default)s)')
     rq.set_defaults(fn=cmd_retrieve)
 
     ing = sub.add_parser("ingest", help="load items into the catalog and its indexes (offline)")
-    ing.add_argument("what", choices=["catalog"])
-    ing.add_argument("file", help="JSONL: one item per line (id, title, text fields, popularity, created_at, "
+    ing.add_argument("what", choices=["catalog"], help='what to ingest: the catalog')
+    ing.add_argument("file", type=input_file,
+                     help="JSONL: one item per line (id, title, text fields, popularity, created_at, "
                                   "embedding)")
     ing.add_argument("--config", help="TOML configuration file (default: $LTRR_CONFIG, else the embedded demo)")
     ing.add_argument("--db", help="database URL")
@@ -955,39 +1033,45 @@ def build_parser() -> argparse.ArgumentParser:
     ing.set_defaults(fn=cmd_ingest)
 
     tr = sub.add_parser("train", help="train a model offline and register it as a new version")
-    tr.add_argument("what", choices=["xmr", "autocomplete"])
+    tr.add_argument("what", choices=["xmr", "autocomplete"], help='the model kind to train')
     tr.add_argument("--name", default="xmr", help="model name in the registry")
     src = tr.add_mutually_exclusive_group()
-    src.add_argument("--pairs", help='JSONL of {"query": ..., "item_id": ...} (default: engagements in the log)')
-    src.add_argument("--demo-pairs", type=int, help="xmr: this many pairs from the demo music world")
-    src.add_argument("--sessions", help='autocomplete: JSONL of {"queries": [...]} per session, oldest first')
-    src.add_argument("--demo-sessions", type=int, default=30_000,
+    src.add_argument("--pairs", type=input_file,
+                     help='JSONL of {"query": ..., "item_id": ...} (default: engagements in the log)')
+    src.add_argument("--demo-pairs", type=positive_int, help="xmr: this many pairs from the demo music world")
+    src.add_argument("--sessions", type=input_file,
+                     help='autocomplete: JSONL of {"queries": [...]} per session, oldest first')
+    src.add_argument("--demo-sessions", type=positive_int, default=30_000,
                      help="autocomplete: this many sessions from the demo music world (the default)")
-    tr.add_argument("--items", type=int, default=100_000, help="demo pairs: the demo catalog's size")
-    tr.add_argument("--world-seed", type=int, default=42)
+    tr.add_argument("--items", type=positive_int, default=100_000, help="demo pairs: the demo catalog's size")
+    tr.add_argument("--world-seed", type=int, default=42,
+                    help="demo pairs and sessions: the demo world's seed (default %(default)s)")
     tr.add_argument("--seed", type=int, default=0, help="demo pairs and sessions: which to generate")
     tr.add_argument("--config", help="TOML configuration file (default: $LTRR_CONFIG, else the embedded demo)")
     tr.add_argument("--db", help="database URL")
-    tr.add_argument("--beam-size", type=int, default=10)
+    tr.add_argument("--beam-size", type=positive_int, default=10,
+                    help='xmr: beam width of the label-tree search when predicting (default %(default)s)')
     tr.add_argument("--threshold", type=float, default=0.1, help="weight-pruning threshold")
-    tr.add_argument("--nr-splits", type=int, default=16, help="label-tree branching factor")
-    tr.add_argument("--max-leaf-size", type=int, default=100)
+    tr.add_argument("--nr-splits", type=positive_int, default=16, help="label-tree branching factor")
+    tr.add_argument("--max-leaf-size", type=positive_int, default=100,
+                    help='xmr: labels per leaf of the label tree (default %(default)s)')
     tr.add_argument("--congruent", type=float, default=0.0, metavar="WEIGHT",
                     help="xmr: positive-congruent training, distilling the live version's top 10 on the pairs it "
                          "gets right at this weight (1 is a good start; 0: plain training); lowers the flip rate")
     tr.add_argument("--heldout-share", type=float, default=0.1,
                     help="xmr: the share of pairs in the model's evaluation set (the same pairs for every version)")
     tr.add_argument("--index", choices=["kmeans", "trie", "hybrid"], default="hybrid", help="autocomplete label index")
-    tr.add_argument("--trie-depth", type=int, default=3, help="autocomplete, hybrid: trie levels above the clusters")
-    tr.add_argument("--cluster-size", type=int, default=32, help="autocomplete: labels per cluster")
-    tr.add_argument("--prefixes-per-query", type=int, default=8,
+    tr.add_argument("--trie-depth", type=positive_int, default=3,
+                    help="autocomplete, hybrid: trie levels above the clusters")
+    tr.add_argument("--cluster-size", type=positive_int, default=32, help="autocomplete: labels per cluster")
+    tr.add_argument("--prefixes-per-query", type=positive_int, default=8,
                     help="autocomplete: typed prefixes (of lengths 1-8) each past query is learned at; fewer "
                          "trains faster (1: about 7 min for a million past queries)")
     tr.set_defaults(fn=lambda a: (cmd_train_xmr if a.what == "xmr" else cmd_train_autocomplete)(a))
 
     rg = sub.add_parser("register", help="register a model folder trained elsewhere (PECOS's own tools) as a new "
                                           "version, after checking that it loads")
-    rg.add_argument("what", choices=["xmr", "autocomplete"])
+    rg.add_argument("what", choices=["xmr", "autocomplete"], help='the model kind of the folder')
     rg.add_argument("folder", help="xmr: vectorizer/, xlinear/ and labels.json (item ids in label order)")
     rg.add_argument("--name", required=True, help="model name in the registry")
     rg.add_argument("--config", help="TOML configuration file (default: $LTRR_CONFIG, else the embedded demo)")
@@ -995,17 +1079,17 @@ def build_parser() -> argparse.ArgumentParser:
     rg.set_defaults(fn=cmd_register)
 
     co = client_cmd("complete", "autocompletions of a prefix")
-    co.add_argument("prefix")
+    co.add_argument("prefix", help='the typed prefix')
     co.add_argument("--previous", nargs="*", help="the session's earlier queries")
     co.add_argument("--session", help="a session id the server keeps queries for")
-    co.add_argument("--model", default="autocomplete")
-    co.add_argument("--k", type=int, default=10)
+    co.add_argument("--model", default="autocomplete", help='the autocompletion model (default %(default)s)')
+    co.add_argument("--k", type=positive_int, default=10, help='completions to return (default %(default)s)')
     co.set_defaults(fn=cmd_complete)
 
     ev = sub.add_parser("eval", help="policy: counterfactual estimates from a running server's log (IPS, SNIPS, DR); "
                                      "xmr: a version against lexical and vector on its held-out pairs; "
                                      "autocomplete: every label index and most-popular on held-out sessions")
-    ev.add_argument("what", choices=["policy", "xmr", "autocomplete"])
+    ev.add_argument("what", choices=["policy", "xmr", "autocomplete"], help='what to evaluate')
     ev.add_argument("policy_name", nargs="?", help="policy: the policy whose log is evaluated")
     ev.add_argument("--target", action="append", default=[], help="policy, repeatable (default: live and "
                                                                    "uniform): " + TARGET_HELP)
@@ -1014,29 +1098,35 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--server", default=DEFAULT_TARGET, help="policy: server address (default %(default)s)")
     _tls_flags(ev)
     _timeout_flag(ev, "policy: ")
-    ev.add_argument("--sessions", help='autocomplete: JSONL of {"queries": [...]} (the last tenth is held out)')
-    ev.add_argument("--demo-sessions", type=int, default=30_000)
-    ev.add_argument("--items", type=int, default=100_000)
-    ev.add_argument("--world-seed", type=int, default=42)
-    ev.add_argument("--seed", type=int, default=1)
+    ev.add_argument("--sessions", type=input_file,
+                    help='autocomplete: JSONL of {"queries": [...]} (the last tenth is held out)')
+    ev.add_argument("--demo-sessions", type=positive_int, default=30_000,
+                    help='autocomplete: demo sessions to train and hold out from (default %(default)s)')
+    ev.add_argument("--items", type=positive_int, default=100_000,
+                    help="xmr, autocomplete: the demo catalog's size (default %(default)s)")
+    ev.add_argument("--world-seed", type=int, default=42,
+                    help="xmr, autocomplete: the demo world's seed (default %(default)s)")
+    ev.add_argument("--seed", type=int, default=1, help='autocomplete: which demo sessions (default %(default)s)')
     ev.add_argument("--json", nargs="?", const="-", help="autocomplete: also write the table as JSON to this file; "
                                                        "policy: print the result as JSON instead of a table")
-    ev.add_argument("--name", default="xmr")
-    ev.add_argument("--version", type=int, default=0, help="0: the live version")
+    ev.add_argument("--name", default="xmr", help='xmr: the model name in the registry (default %(default)s)')
+    ev.add_argument("--version", type=non_negative_int, default=0, help="0: the live version")
     ev.add_argument("--config",
                     help="xmr, autocomplete: TOML configuration file (default: $LTRR_CONFIG, else the demo)")
     ev.add_argument("--db", help="xmr, autocomplete: database URL")
     ev.add_argument("--data-dir", help="the catalog's index directory (for lexical and vector)")
-    ev.add_argument("--limit", type=int, default=5000, help="at most this many held-out pairs (or sessions)")
+    ev.add_argument("--limit", type=positive_int, default=5000, help="at most this many held-out pairs (or sessions)")
     ev.set_defaults(fn=lambda a: {"policy": cmd_eval_policy, "xmr": cmd_eval_xmr,
                                   "autocomplete": cmd_eval_autocomplete}[a.what](a))
 
     tu = sub.add_parser("tune", help="replay candidate learning configurations over a policy's log, estimate each; "
                                      "--apply switches to the best when its lower bound beats the live policy")
-    tu.add_argument("name")
+    tu.add_argument("name", help='the policy whose log is replayed')
     tu.add_argument("--candidate", action="append", default=[],
                     help="FIELD=VALUE,... changes to the policy's spec, repeatable (default: a grid around it)")
-    tu.add_argument("--apply", action="store_true")
+    tu.add_argument("--apply", action="store_true",
+                    help="switch the policy to the best candidate (a new lineage, warm-started) when its lower "
+                         "bound beats the live policy's estimate")
     _log_range_flags(tu)
     tu.add_argument("--every", help="run again after this long (24h), until stopped")
     tu.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -1046,21 +1136,21 @@ def build_parser() -> argparse.ArgumentParser:
     tu.set_defaults(fn=cmd_tune)
 
     md = client_cmd("models", "list models, or promote a version (checked against the live one)")
-    md.add_argument("action", choices=["list", "promote"])
-    md.add_argument("name", nargs="?")
-    md.add_argument("version", nargs="?", type=int, default=0)
+    md.add_argument("action", choices=["list", "promote"], help='list the models, or promote NAME VERSION')
+    md.add_argument("name", nargs="?", help='the model name (list: only this one)')
+    md.add_argument("version", nargs="?", type=non_negative_int, default=0, help='promote: the version to make live')
     md.add_argument("--force", action="store_true", help="promote past the negative-flip-rate bound")
     md.set_defaults(fn=cmd_models)
 
     xq = client_cmd("xmr", "XR-Linear labels for query texts")
-    xq.add_argument("queries", nargs="+")
-    xq.add_argument("--model", default="xmr")
-    xq.add_argument("--k", type=int, default=10)
+    xq.add_argument("queries", nargs="+", help='query texts, one result list each')
+    xq.add_argument("--model", default="xmr", help='the XR-Linear model (default %(default)s)')
+    xq.add_argument("--k", type=positive_int, default=10, help='labels per query (default %(default)s)')
     xq.set_defaults(fn=cmd_xmr)
 
     exp = client_cmd("export", "a policy's joined decisions as VW decision-service JSON (DSJSON) lines")
-    exp.add_argument("what", choices=["dsjson"])
-    exp.add_argument("name")
+    exp.add_argument("what", choices=["dsjson"], help='the format: DSJSON')
+    exp.add_argument("name", help='the policy whose log is exported')
     _log_range_flags(exp)
     exp.add_argument("--output", "-o", help="file to write (default: stdout)")
     _timeout_flag(exp)
@@ -1068,17 +1158,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     imp = client_cmd("import", "DSJSON lines (VW, rlclientlib, Personalizer, ltrr export) into a policy's log: "
                                "joined, learned, and there to evaluate or tune")
-    imp.add_argument("what", choices=["dsjson"])
-    imp.add_argument("file", help="one decision per line, or - for stdin")
-    imp.add_argument("--policy", required=True)
+    imp.add_argument("what", choices=["dsjson"], help='the format: DSJSON')
+    imp.add_argument("file", type=input_file, help="one decision per line, or - for stdin")
+    imp.add_argument("--policy", required=True, help='the policy whose log receives the lines')
     imp.add_argument("--strict", action="store_true", help="check every line first; import nothing if one is bad")
-    imp.add_argument("--batch", type=int, default=1000, help="lines per batch (each committed before the next)")
+    imp.add_argument("--batch", type=positive_int, default=1000,
+                     help="lines per batch (each committed before the next)")
     _timeout_flag(imp)
     imp.set_defaults(fn=cmd_import)
 
     ks = sub.add_parser("keys", help="API keys: create (printed once), list, revoke; on the database of --config/--db, "
                                      "or through a server with --target")
-    ks.add_argument("action", choices=["create", "list", "revoke"])
+    ks.add_argument("action", choices=["create", "list", "revoke"],
+                    help='create (the key is printed once), list, or revoke ID')
     ks.add_argument("id", nargs="?", help="revoke: the key's id")
     ks.add_argument("--tenant", help="create: the key's tenant (default: default, or through a server the "
                                      "caller's)")
@@ -1087,22 +1179,25 @@ def build_parser() -> argparse.ArgumentParser:
     ks.add_argument("--name", default="", help="create: what the key is for (shown in lists and the audit trail)")
     ks.add_argument("--subject", default="", help="create: a client certificate subject or common name that acts "
                                                   "as this key (mutual TLS)")
-    ks.add_argument("--decisions-per-second", type=int, default=0, help="create: quota (0: limits.key_* default)")
-    ks.add_argument("--rewards-per-second", type=int, default=0, help="create: quota (0: limits.key_* default)")
-    ks.add_argument("--max-streams", type=int, default=0, help="create: quota (0: limits.key_* default)")
+    ks.add_argument("--decisions-per-second", type=non_negative_int, default=0,
+                    help="create: quota (0: limits.key_* default)")
+    ks.add_argument("--rewards-per-second", type=non_negative_int, default=0,
+                    help="create: quota (0: limits.key_* default)")
+    ks.add_argument("--max-streams", type=non_negative_int, default=0, help="create: quota (0: limits.key_* default)")
     _local_or_remote_flags(ks)
     ks.set_defaults(fn=cmd_keys)
 
     au = sub.add_parser("audit", help="admin changes (policies, promotions, keys): who, when, before and after")
-    au.add_argument("--since", help="changes since (ISO 8601, or a duration ago: 24h, 7d)")
-    au.add_argument("--limit", type=int, default=1000, help="the newest this many (default %(default)s)")
+    au.add_argument("--since", type=time_arg, help="changes since (ISO 8601, or a duration ago: 24h, 7d)")
+    au.add_argument("--limit", type=positive_int, default=1000, help="the newest this many (default %(default)s)")
     au.add_argument("--tenant", help="on the database: only this tenant's (through a server: the caller's)")
     _local_or_remote_flags(au)
     au.set_defaults(fn=cmd_audit)
 
     dbp = sub.add_parser("db", help="the database: prune policies' logs by their retention_days, or back it up "
                                     "(SQLite; PostgreSQL: pg_dump)")
-    dbp.add_argument("action", choices=["prune", "backup"])
+    dbp.add_argument("action", choices=["prune", "backup"],
+                     help='prune: remove old events now; backup: copy the database to OUT')
     dbp.add_argument("out", nargs="?", help="backup: the file to write (must not exist)")
     dbp.add_argument("--policy", help="prune: only this policy (default: every policy with a retention_days)")
     dbp.add_argument("--older-than-days", type=float,
@@ -1113,8 +1208,9 @@ def build_parser() -> argparse.ArgumentParser:
     dbp.set_defaults(fn=cmd_db)
 
     pol = client_cmd("policies", "list, describe, snapshot or show statistics of policies")
-    pol.add_argument("action", choices=["list", "get", "stats", "snapshot"])
-    pol.add_argument("name", nargs="?", default="demo")
+    pol.add_argument("action", choices=["list", "get", "stats", "snapshot"],
+                     help='list every policy; get, stats or snapshot one')
+    pol.add_argument("name", nargs="?", default="demo", help='the policy (default %(default)s)')
     pol.set_defaults(fn=cmd_policies)
     return p
 
