@@ -18,7 +18,7 @@ serve: .venv/.synced  ## start the server on SQLite (./ltrr.db) with the demo po
 	$(RUN) ltrr serve $(ARGS)
 
 test: .venv/.synced  ## the whole test suite (PostgreSQL tests skip when no server is reachable)
-	$(RUN) pytest -q $(ARGS)
+	$(RUN) pytest -q -n 2 $(ARGS)
 
 proto: .venv/.synced  ## regenerate clients/python/ltrr/v1 from protos/
 	$(RUN) python -m grpc_tools.protoc -I protos \

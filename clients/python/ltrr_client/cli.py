@@ -1218,7 +1218,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     import grpc
 
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse's usage error (2), or --help and --version (0): a code, not an exit
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         return int(args.fn(args))
     except grpc.RpcError as exc:
