@@ -22,6 +22,7 @@ import asyncio
 import gc
 import itertools
 import logging
+import os
 import signal
 import socket
 import threading
@@ -41,7 +42,7 @@ from ltrr.v1 import admin_pb2, decisions_pb2, feedback_pb2, models_pb2, retrieva
 from ltrr_server.api.auth import AuthInterceptor, method_roles
 from ltrr_server.api.health import Health
 from ltrr_server.api.routes import ServiceRoutes
-from ltrr_server.config import Settings
+from ltrr_server.config import Settings, unknown_env
 from ltrr_server.keys import KeyRing
 from ltrr_server.metrics import Metrics
 from ltrr_server.tls import TlsFiles, server_credentials
@@ -424,4 +425,7 @@ async def serve(settings: Settings) -> None:
 
 def main(settings: Settings) -> None:
     settings.logs.apply()
+    unknown = unknown_env(os.environ)
+    if unknown:
+        log.warning("environment: %s name no setting of ltrr (ignored)", ", ".join(unknown))
     asyncio.run(serve(settings))

@@ -16,7 +16,6 @@ ltrr_server.errors.InvalidArgument: spec.epsilon: must be in [0, 1], got 2.0
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import os
 import re
@@ -591,8 +590,10 @@ def _flag(text: str) -> bool:
 
 
 ENV_PREFIX = "LTRR_"
-# LTRR_* variables that are not server settings: the clients' own, and the writer child's.
-_NOT_SETTINGS = frozenset({"LTRR_TARGET", "LTRR_API_KEY", "LTRR_WRITER_URL", "LTRR_CONFIG"})
+# LTRR_* variables that are not server settings: the clients' own, the writer child's, the
+# configuration file's, and the test suite's.
+_NOT_SETTINGS = frozenset({"LTRR_TARGET", "LTRR_API_KEY", "LTRR_WRITER_URL", "LTRR_CONFIG", "LTRR_TEST_PG_URL",
+                           "LTRR_REQUIRE_PG"})
 # LTRR_CONFIG's value (or --config's) for the embedded demo configuration.
 DEMO_CONFIG = "demo"
 
@@ -631,21 +632,28 @@ def _env_sections() -> dict[str, dict[str, Any]]:
             "retrieval": {f.name: getattr(RetrievalSettings(), f.name) for f in dataclasses.fields(RetrievalSettings)}}
 
 
-def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> list[str]:
-    """Overlays ``LTRR_*`` variables on a configuration mapping, one rule for every setting
-    (``env_name``); returns the ``LTRR_*`` variables that name no setting (a typo, most likely)."""
-    names = {env_name(section, key): (section, key, default)
-             for section, keys in _env_sections().items() for key, default in keys.items()}
-    unknown = []
+def _env_names() -> dict[str, tuple[str, str, Any]]:
+    return {env_name(section, key): (section, key, default)
+            for section, keys in _env_sections().items() for key, default in keys.items()}
+
+
+def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    """Overlays ``LTRR_*`` variables on a configuration mapping, one rule for every setting (``env_name``)."""
+    names = _env_names()
     for var, text in env.items():
-        if not var.startswith(ENV_PREFIX) or var in _NOT_SETTINGS:
-            continue
-        if var not in names:
-            unknown.append(var)
-            continue
-        section, key, default = names[var]
-        data.setdefault(section, {})[key] = _env_value(text, default, var)
-    return sorted(unknown)
+        if var in names:
+            section, key, default = names[var]
+            data.setdefault(section, {})[key] = _env_value(text, default, var)
+
+
+def unknown_env(env: Mapping[str, str]) -> list[str]:
+    """The ``LTRR_*`` variables that name no setting (a typo, most likely); ``ltrr serve`` logs them.
+
+    >>> unknown_env({"LTRR_GRPC_PROT": "1", "LTRR_GRPC_PORT": "1", "LTRR_TARGET": "h:1", "HOME": "/"})
+    ['LTRR_GRPC_PROT']
+    """
+    names = _env_names()
+    return sorted(v for v in env if v.startswith(ENV_PREFIX) and v not in _NOT_SETTINGS and v not in names)
 
 
 def demo_config_text() -> str:
@@ -691,8 +699,8 @@ def load_settings(
     named "demo") < LTRR_* environment < explicit overrides.
 
     Every setting of ``[server]``, ``[limits]`` and ``[retrieval]`` can come from the environment
-    (``env_name``); an ``LTRR_*`` variable that names none is logged, not refused (the clients
-    read their own)."""
+    (``env_name``); an ``LTRR_*`` variable that names none is ignored here (``unknown_env``: the
+    server logs them once its log is set up)."""
     env = os.environ if env is None else env
     config_path = config_path or env.get("LTRR_CONFIG") or DEMO_CONFIG
     demo = str(config_path) == DEMO_CONFIG
@@ -705,9 +713,7 @@ def load_settings(
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InvalidArgument(source, f"not valid TOML: {exc}") from exc
-    unknown = apply_env(data, env)
-    if unknown:
-        logging.getLogger(__name__).warning("environment: %s name no setting of ltrr (ignored)", ", ".join(unknown))
+    apply_env(data, env)
     settings = settings_from_mapping(data)
     changes = {k: v for k, v in overrides.items() if v is not None}
     return dataclasses.replace(settings, **changes) if changes else settings

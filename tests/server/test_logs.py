@@ -38,10 +38,14 @@ def test_json_log_lines_at_the_level_asked_for(tmp_path: Path, sqlite_url: str) 
     assert all(str(line["time"]).endswith("Z") for line in lines)
 
     (tmp_path / "quiet").mkdir()
-    quiet = ServerProcess(tmp_path / "quiet", sqlite_url, env={"LTRR_LOG_LEVEL": "warning", "LTRR_LOG_FORMAT": "json"})
+    # A misspelt variable is named in the log, in the log's own format.
+    quiet = ServerProcess(tmp_path / "quiet", sqlite_url,
+                          env={"LTRR_LOG_LEVEL": "warning", "LTRR_LOG_FORMAT": "json", "LTRR_GRPC_PROT": "1"})
     teach(quiet.channel, 10)
     assert quiet.terminate() == 0
-    assert all(line["level"] in ("warning", "error") for line in _lines(quiet.log_path))
+    lines = _lines(quiet.log_path)
+    assert all(line["level"] in ("warning", "error") for line in lines)
+    assert any("LTRR_GRPC_PROT" in str(line["message"]) for line in lines)
 
 
 @pytest.fixture
