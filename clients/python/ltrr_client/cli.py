@@ -99,6 +99,21 @@ def non_negative_int(text: str) -> int:
     return _whole(text, 0, "0 or more")
 
 
+def positive_float(text: str) -> float:
+    """A positive, finite number, or a one-line usage error.
+
+    >>> positive_float("1.5"), positive_float("30")
+    (1.5, 30.0)
+    """
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(x) and x > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return x
+
+
 def input_file(text: str) -> str:
     """A file to read ("-": standard input), or a one-line usage error when there is none."""
     if text != "-" and not os.path.isfile(text):
@@ -891,14 +906,13 @@ def cmd_db(args: argparse.Namespace) -> int:
             if not args.out:
                 print("ltrr db backup: name the file to write: ltrr db backup OUT", file=sys.stderr)
                 return 2
-            bar = tqdm(desc="backup", unit="page", file=sys.stderr)
+            with tqdm(desc="backup", unit="page", file=sys.stderr, delay=2) as bar:  # shown after 2 s
 
-            def copied(done: int, total: int) -> None:
-                bar.total = total
-                bar.update(done - bar.n)
+                def copied(done: int, total: int) -> None:
+                    bar.total = total
+                    bar.update(done - bar.n)
 
-            made = backup.backup(settings.db_url, args.out, copied)
-            bar.close()
+                made = backup.backup(settings.db_url, args.out, copied)
             print(json.dumps({"path": str(made.path), "pages": made.pages, "bytes": made.bytes}))
             return 0
         engine = _migrated_engine(settings.db_url)
@@ -913,7 +927,7 @@ def cmd_db(args: argparse.Namespace) -> int:
             if not days:
                 out.append({"policy": name, "skipped": "no retention_days (give --older-than-days)"})
                 continue
-            with tqdm(desc=f"prune {name}", unit="event", file=sys.stderr) as bar:
+            with tqdm(desc=f"prune {name}", unit="event", file=sys.stderr, delay=2) as bar:
                 pruned = retention.prune_policy(engine, name, retention.retention_cutoff(days),
                                                 progress=lambda n: bar.update(n - bar.n))
             out.append({"policy": name, "older_than_days": days, "events": pruned.events,
@@ -1200,7 +1214,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help='prune: remove old events now; backup: copy the database to OUT')
     dbp.add_argument("out", nargs="?", help="backup: the file to write (must not exist)")
     dbp.add_argument("--policy", help="prune: only this policy (default: every policy with a retention_days)")
-    dbp.add_argument("--older-than-days", type=float,
+    dbp.add_argument("--older-than-days", type=positive_float,
                      help="prune: events older than this many days (default: each policy's retention_days)")
     dbp.add_argument("--config", help="TOML configuration file whose database to use (default: $LTRR_CONFIG, "
                                       "else the demo)")

@@ -50,14 +50,16 @@ def backup(url: str, out: Path | str, progress: Callable[[int, int], None] | Non
     if parsed.get_backend_name() != "sqlite":
         raise FailedPrecondition(f"ltrr backs up SQLite itself; for {parsed.get_backend_name()} use its own tool: "
                                  f"{pg_dump_command(parsed.render_as_string(hide_password=True), out)}", field="db")
+    out = Path(out)
+    if out.exists():
+        raise InvalidArgument("out", f"{out} exists; a backup never overwrites a file")
+    if not out.parent.is_dir():
+        raise InvalidArgument("out", f"no directory {str(out.parent)!r} to write {out.name} in")
     source = parsed.database
     if not source or source == ":memory:":
         raise InvalidArgument("db", "an in-memory database has nothing to back up")
     if not os.path.exists(source):
         raise InvalidArgument("db", f"no database file at {source}")
-    out = Path(out)
-    if out.exists():
-        raise InvalidArgument("out", f"{out} exists; a backup never overwrites a file")
     partial = out.with_name(out.name + ".partial")
     partial.unlink(missing_ok=True)
     copied = 0
