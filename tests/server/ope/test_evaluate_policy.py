@@ -48,6 +48,11 @@ def log_traffic(server: ServerThread, n: int, seed: int = 7, policy: str = "ev")
             pass
     wait_for(lambda: len(rows(server.settings.db_url, "joined", "policy = :p", p=policy)) >= n, timeout=30,
              what="every decision joined")
+    # And learned by the model that serves (the "live" target): on a busy machine the learner can
+    # be behind the joins.
+    with LtrrClient(server.target) as client:
+        wait_for(lambda: (s := client.stats(policy)).learned >= n and s.learner_lag_events == 0, timeout=30,
+                 what="every joined decision learned")
 
 
 def evaluate(server: ServerThread, **request: Any) -> tuple[list[admin_pb2.EvaluatePolicyUpdate], Any]:
