@@ -264,7 +264,7 @@ def test_tune_ranks_a_grid_and_switches_only_to_a_clear_winner(ev_server: Server
     own = tune(ev_server, apply=True, candidates=[spec()])
     assert not own.applied and "own configuration" in own.reason
 
-    squarecb = admin_pb2.PolicySpec(exploration=admin_pb2.EXPLORATION_SQUARECB, learning_rate=0.5)
+    squarecb = admin_pb2.PolicySpec(exploration=admin_pb2.EXPLORATION_SQUARECB, learning_rate=0.1)
     done = tune(ev_server, apply=True, candidates=[spec(epsilon=0.4), squarecb])
     assert done.applied, done.reason
     after = done.policy_after
