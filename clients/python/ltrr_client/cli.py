@@ -729,11 +729,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     """A policy's joined decisions as DSJSON lines (ExportEvents), to a file or stdout."""
     from ltrr.v1 import admin_pb2
 
-    try:
-        request = admin_pb2.ExportEventsRequest(name=args.name, **_time_range(args))
-    except ValueError as exc:
-        print(f"ltrr export: {exc}", file=sys.stderr)
-        return 2
+    request = admin_pb2.ExportEventsRequest(name=args.name, **_time_range(args))  # times checked by time_arg
     out = open(args.output, "w", encoding="utf-8") if args.output and args.output != "-" else sys.stdout
     line = _ProgressLine("exported")
     try:
@@ -797,13 +793,17 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _database_flags(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """--config and --db: the configuration, and the database of a command that runs in-process."""
+    p.add_argument("--config", help=f"{prefix}TOML configuration file (default: $LTRR_CONFIG, else the embedded demo)")
+    p.add_argument("--db", help=f"{prefix}database URL (default: the configuration's)")
+
+
 def _local_or_remote_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", help="through this server's admin service (an admin key); without it, directly on "
                                     "the database")
     _tls_flags(p)
-    p.add_argument("--config",
-                   help="TOML configuration file whose database to use (default: $LTRR_CONFIG, else the demo)")
-    p.add_argument("--db", help="database URL")
+    _database_flags(p)
 
 
 def _local_actor() -> Any:
@@ -875,11 +875,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     """The audit trail, on the database itself or through a server (the caller's tenant)."""
     from ltrr_client.evaluation import parse_time
 
-    try:
-        since_ms = parse_time(args.since) if args.since else 0
-    except ValueError as exc:
-        print(f"ltrr audit: --since: {exc}", file=sys.stderr)
-        return 2
+    since_ms = parse_time(args.since) if args.since else 0  # checked by time_arg
     if args.target:
         with _client(args) as c:
             out = [MessageToDict(e, preserving_proto_field_name=True) for e in c.audit(since_ms, args.limit)]
@@ -1040,8 +1036,7 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("file", type=input_file,
                      help="JSONL: one item per line (id, title, text fields, popularity, created_at, "
                                   "embedding)")
-    ing.add_argument("--config", help="TOML configuration file (default: $LTRR_CONFIG, else the embedded demo)")
-    ing.add_argument("--db", help="database URL")
+    _database_flags(ing)
     ing.add_argument("--data-dir", help="index directory (default: the configuration's retrieval.data_dir)")
     ing.add_argument("--strict", action="store_true", help="ingest nothing if any line is bad")
     ing.set_defaults(fn=cmd_ingest)
@@ -1061,8 +1056,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--world-seed", type=int, default=42,
                     help="demo pairs and sessions: the demo world's seed (default %(default)s)")
     tr.add_argument("--seed", type=int, default=0, help="demo pairs and sessions: which to generate")
-    tr.add_argument("--config", help="TOML configuration file (default: $LTRR_CONFIG, else the embedded demo)")
-    tr.add_argument("--db", help="database URL")
+    _database_flags(tr)
     tr.add_argument("--beam-size", type=positive_int, default=10,
                     help='xmr: beam width of the label-tree search when predicting (default %(default)s)')
     tr.add_argument("--threshold", type=float, default=0.1, help="weight-pruning threshold")
@@ -1088,8 +1082,7 @@ def build_parser() -> argparse.ArgumentParser:
     rg.add_argument("what", choices=["xmr", "autocomplete"], help='the model kind of the folder')
     rg.add_argument("folder", help="xmr: vectorizer/, xlinear/ and labels.json (item ids in label order)")
     rg.add_argument("--name", required=True, help="model name in the registry")
-    rg.add_argument("--config", help="TOML configuration file (default: $LTRR_CONFIG, else the embedded demo)")
-    rg.add_argument("--db", help="database URL")
+    _database_flags(rg)
     rg.set_defaults(fn=cmd_register)
 
     co = client_cmd("complete", "autocompletions of a prefix")
@@ -1125,9 +1118,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "policy: print the result as JSON instead of a table")
     ev.add_argument("--name", default="xmr", help='xmr: the model name in the registry (default %(default)s)')
     ev.add_argument("--version", type=non_negative_int, default=0, help="0: the live version")
-    ev.add_argument("--config",
-                    help="xmr, autocomplete: TOML configuration file (default: $LTRR_CONFIG, else the demo)")
-    ev.add_argument("--db", help="xmr, autocomplete: database URL")
+    _database_flags(ev, "xmr, autocomplete: ")
     ev.add_argument("--data-dir", help="the catalog's index directory (for lexical and vector)")
     ev.add_argument("--limit", type=positive_int, default=5000, help="at most this many held-out pairs (or sessions)")
     ev.set_defaults(fn=lambda a: {"policy": cmd_eval_policy, "xmr": cmd_eval_xmr,
@@ -1216,9 +1207,7 @@ def build_parser() -> argparse.ArgumentParser:
     dbp.add_argument("--policy", help="prune: only this policy (default: every policy with a retention_days)")
     dbp.add_argument("--older-than-days", type=positive_float,
                      help="prune: events older than this many days (default: each policy's retention_days)")
-    dbp.add_argument("--config", help="TOML configuration file whose database to use (default: $LTRR_CONFIG, "
-                                      "else the demo)")
-    dbp.add_argument("--db", help="database URL")
+    _database_flags(dbp)
     dbp.set_defaults(fn=cmd_db)
 
     pol = client_cmd("policies", "list, describe, snapshot or show statistics of policies")

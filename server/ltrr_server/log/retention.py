@@ -35,17 +35,16 @@ class Pruned:
     kept_for_replay: int
 
 
-def replay_floor(conn: sa.Connection, policy: str) -> int:
-    """The last joined position a restart of ``policy`` does not replay: its current lineage's
-    latest snapshot's (-1 without one: everything is needed)."""
-    lineage = conn.execute(sa.select(t.policies.c.lineage).where(t.policies.c.name == policy)).scalar()
-    if lineage is None:
-        return -1
-    seq = conn.execute(
-        sa.select(t.snapshots.c.last_joined_seq)
+def restart_point(conn: sa.Connection, policy: str) -> tuple[int, int]:
+    """The snapshot a restart of ``policy`` starts from (its current lineage's latest) as (its id,
+    the last joined position it holds, which a restart does not replay); (-1, -1) without one:
+    everything is needed."""
+    lineage = sa.select(t.policies.c.lineage).where(t.policies.c.name == policy).scalar_subquery()
+    row = conn.execute(
+        sa.select(t.snapshots.c.id, t.snapshots.c.last_joined_seq)
         .where(t.snapshots.c.policy == policy, t.snapshots.c.lineage == lineage)
-        .order_by(t.snapshots.c.id.desc()).limit(1)).scalar()
-    return -1 if seq is None else int(seq)
+        .order_by(t.snapshots.c.id.desc()).limit(1)).first()
+    return (-1, -1) if row is None else (int(row.id), int(row.last_joined_seq))
 
 
 def prune_policy(engine: sa.Engine, policy: str, older_than: float, batch: int = BATCH,
@@ -53,7 +52,7 @@ def prune_policy(engine: sa.Engine, policy: str, older_than: float, batch: int =
     """Removes ``policy``'s events decided before ``older_than`` (a Unix time) that a restart does
     not need, and its snapshots from before then but the latest; ``progress`` gets the running count."""
     with engine.connect() as conn:
-        floor = replay_floor(conn, policy)
+        keep, floor = restart_point(conn, policy)
     events = 0
     while True:
         with engine.begin() as conn:
@@ -72,13 +71,10 @@ def prune_policy(engine: sa.Engine, policy: str, older_than: float, batch: int =
         if len(ids) < batch:
             break
     with engine.begin() as conn:
-        lineage = conn.execute(sa.select(t.policies.c.lineage).where(t.policies.c.name == policy)).scalar()
-        keep = conn.execute(
-            sa.select(sa.func.max(t.snapshots.c.id))
-            .where(t.snapshots.c.policy == policy, t.snapshots.c.lineage == lineage)).scalar()
+        # Snapshots written since are newer than the cutoff: only this one needs sparing by name.
         snapshots = conn.execute(
             t.snapshots.delete().where(t.snapshots.c.policy == policy, t.snapshots.c.created_at < older_than,
-                                       t.snapshots.c.id != (keep if keep is not None else -1))).rowcount
+                                       t.snapshots.c.id != keep)).rowcount
         kept = conn.execute(
             sa.select(sa.func.count()).select_from(t.joined)
             .join(t.decisions, t.decisions.c.event_id == t.joined.c.event_id)
