@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench import bench_decide, bench_learner, bench_memory, bench_retrieve, bench_rewards
+from bench import bench_decide, bench_learner, bench_memory, bench_retrieve, bench_rewards, bench_search
 from bench.common import save
 
 
@@ -20,6 +20,8 @@ def main() -> None:
     save("learner", bench_learner.run(10_000 if quick else 50_000, 5000, 3 if quick else 10))
     save("memory", bench_memory.run(0.5 if quick else 10, 1000))
     save("retrieve", bench_retrieve.run(10_000 if quick else 100_000, 200 if quick else 2000))
+    save("search", bench_search.serving(10_000 if quick else 100_000, 2000)
+         | bench_search.training(100_000 if quick else 1_000_000))
 
 
 if __name__ == "__main__":

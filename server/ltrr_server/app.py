@@ -38,7 +38,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, start_http_server
 
-from ltrr.v1 import admin_pb2, decisions_pb2, feedback_pb2, models_pb2, retrieval_pb2
+from ltrr.v1 import admin_pb2, decisions_pb2, feedback_pb2, models_pb2, retrieval_pb2, search_pb2
 from ltrr_server.api.auth import AuthInterceptor, method_roles
 from ltrr_server.api.health import Health
 from ltrr_server.api.routes import ServiceRoutes
@@ -56,13 +56,14 @@ DECISIONS = decisions_pb2.DESCRIPTOR.services_by_name["DecisionService"]
 FEEDBACK = feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"]
 ADMIN = admin_pb2.DESCRIPTOR.services_by_name["AdminService"]
 RETRIEVAL = retrieval_pb2.DESCRIPTOR.services_by_name["RetrievalService"]
+SEARCH = search_pb2.DESCRIPTOR.services_by_name["SearchService"]
 MODELS = models_pb2.DESCRIPTOR.services_by_name["ModelService"]
-SERVICES = tuple(s.full_name for s in (DECISIONS, FEEDBACK, ADMIN, RETRIEVAL, MODELS))
+SERVICES = tuple(s.full_name for s in (DECISIONS, FEEDBACK, ADMIN, RETRIEVAL, SEARCH, MODELS))
 # What each background part's death stops. The learner: rewards are still acknowledged, but not
 # learned (a replacement replays them); the writer: acknowledgements, which wait for commits.
 _PART_SERVICES = {
     "writer": (FEEDBACK.full_name,), "writer_process": (FEEDBACK.full_name,), "learner": (FEEDBACK.full_name,),
-    "joins": (FEEDBACK.full_name,), "retrieval_flush": (RETRIEVAL.full_name,),
+    "joins": (FEEDBACK.full_name,), "retrieval_flush": (RETRIEVAL.full_name, SEARCH.full_name),
 }
 # ("first_start", the work a first start does, is retried by the start-up itself: see _start.)
 # Long start-up work says it is still running at least this often.
@@ -131,10 +132,11 @@ class LtrrServer:
         settings, health = self.settings, self.health
         for name in (DECISIONS.full_name, FEEDBACK.full_name, ADMIN.full_name):
             health.down(name, "start", "policies are being restored")
-        if settings.retrieval.enabled:
-            health.down(RETRIEVAL.full_name, "start", "waiting for the policies to be restored")
-        else:
-            health.disable(RETRIEVAL.full_name, "no [retrieval] strategies are configured")
+        for name in (RETRIEVAL.full_name, SEARCH.full_name):
+            if settings.retrieval.enabled:
+                health.down(name, "start", "waiting for the policies to be restored")
+            else:
+                health.disable(name, "no [retrieval] strategies are configured")
         health.down(MODELS.full_name, "start", "waiting for the policies to be restored")
 
         with _progress("restoring policies"):
@@ -161,10 +163,11 @@ class LtrrServer:
             health.up(name, "start")
 
         building = "the catalog, its indexes and the models are being loaded (on a first start, built)"
-        self.routes[RETRIEVAL.full_name].waiting_for(building)
-        self.routes[MODELS.full_name].waiting_for(building)
+        for name in (RETRIEVAL.full_name, SEARCH.full_name, MODELS.full_name):
+            self.routes[name].waiting_for(building)
         if settings.retrieval.enabled:
             health.down(RETRIEVAL.full_name, "start", building)
+            health.down(SEARCH.full_name, "start", building)
         health.down(MODELS.full_name, "start", building)
         for attempt in itertools.count(1):
             try:
@@ -180,7 +183,7 @@ class LtrrServer:
                 log.exception("start-up: the catalog, indexes or models could not be loaded (attempt %d); "
                               "trying again in %.0fs", attempt, retry)
                 reason = f"the catalog, indexes or models could not be loaded: {exc}"
-                for name in (RETRIEVAL.full_name, MODELS.full_name):
+                for name in (RETRIEVAL.full_name, SEARCH.full_name, MODELS.full_name):
                     self.routes[name].waiting_for(reason)
                     health.down(name, "start", reason)
                 self.metrics.component_up.labels("first_start").set(0)
@@ -190,17 +193,21 @@ class LtrrServer:
         self.metrics.component_up.labels("first_start").set(1)
         from ltrr_server.api.models import ModelServicer
         from ltrr_server.api.retrieval import RetrievalServicer
+        from ltrr_server.api.search import SearchServicer
 
         self.routes[MODELS.full_name].attach(ModelServicer(core.models, core.sessions, core.audit))
         health.up(MODELS.full_name, "start")
         health.check(MODELS.full_name, "models", lambda: "; ".join(core.live_models.failed.values()))
         # Without strategies it answers FAILED_PRECONDITION, saying so (its health: NOT_SERVING).
         self.routes[RETRIEVAL.full_name].attach(RetrievalServicer(core.decisions, limits))
+        self.routes[SEARCH.full_name].attach(SearchServicer(core.decisions, limits))
         if core.retriever is not None:
             await core.start_retrieval_flush()
             health.up(RETRIEVAL.full_name, "start")
+            health.up(SEARCH.full_name, "start")
         elif core.retrieval_problem is not None:
             health.down(RETRIEVAL.full_name, "start", core.retrieval_problem)
+            health.down(SEARCH.full_name, "start", core.retrieval_problem)
         log.info("ltrr ready: every service restored and loaded")
         self._settled.set()
 
@@ -264,8 +271,8 @@ async def build_server(settings: Settings, registry: CollectorRegistry | None = 
     if settings.admin_port >= 0:
         _check_port_free(settings.admin_host, settings.admin_port)
     ring = KeyRing(settings.limits)
-    interceptors = [AuthInterceptor(ring, method_roles([DECISIONS, FEEDBACK, ADMIN, RETRIEVAL, MODELS]), metrics)] \
-        if settings.auth == "keys" else []
+    services = [DECISIONS, FEEDBACK, ADMIN, RETRIEVAL, SEARCH, MODELS]
+    interceptors = [AuthInterceptor(ring, method_roles(services), metrics)] if settings.auth == "keys" else []
     options = [
         ("grpc.max_receive_message_length", settings.limits.max_request_bytes),
         ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -274,7 +281,7 @@ async def build_server(settings: Settings, registry: CollectorRegistry | None = 
     server = grpc.aio.server(options=options, interceptors=interceptors)
     # With admin_port, the admin service is served there only (health and reflection on both).
     admin_server = grpc.aio.server(options=options, interceptors=interceptors) if settings.admin_port >= 0 else None
-    routes = {s.full_name: ServiceRoutes(s, metrics) for s in (DECISIONS, FEEDBACK, ADMIN, RETRIEVAL, MODELS)}
+    routes = {s.full_name: ServiceRoutes(s, metrics) for s in services}
     servicer = HealthServicer()
     for grpc_server, names in ((server, [n for n in SERVICES if admin_server is None or n != ADMIN.full_name]),
                                (admin_server, [ADMIN.full_name])):

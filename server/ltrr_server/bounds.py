@@ -38,6 +38,8 @@ ENGAGED_ITEMS = 1000
 # XmrPredict's k and beam size, Autocomplete's k.
 MAX_K = 1000
 MAX_COMPLETIONS = 100
+# Results on one Search page.
+MAX_PAGE_SIZE = 100
 # Magnitudes of the numbers a policy learns from. VW keeps its state in 32-bit floats and its
 # adaptive updates sum squares of feature times cost: past about 1e15 for that product a policy's
 # weights overflow to inf or NaN, and it never learns again (measured: one reward of 1e10 with a
@@ -185,6 +187,19 @@ BOUNDS: dict[str, Bound] = {
     "ltrr.v1.RetrieveRequest.FixedPlanEntry.key": _ID,
     "ltrr.v1.RetrieveRequest.FixedPlanEntry.value": Number(0, MAX_BUDGET),
     "ltrr.v1.RetrieveRequest.limit": Free("a limit past the candidates returns them all"),
+    "ltrr.v1.SearchRequest.policy": _ID,
+    "ltrr.v1.SearchRequest.query": Text("retrieval.max_query_chars"),
+    "ltrr.v1.SearchRequest.context": _NAMESPACES,
+    "ltrr.v1.SearchRequest.user_id": Text(NAME_CHARS),
+    "ltrr.v1.SearchRequest.page_size": Number(0, MAX_PAGE_SIZE),
+    "ltrr.v1.SearchRequest.query_embedding": Items(EMBEDDING_DIMS, each=Number(-F32_MAX, F32_MAX)),
+    "ltrr.v1.SearchRequest.event_id": _ID,
+    "ltrr.v1.SearchRequest.request_id": Text(REQUEST_ID_CHARS),
+    "ltrr.v1.SearchRequest.fixed_plan": Items(PLAN_ENTRIES),
+    "ltrr.v1.SearchRequest.FixedPlanEntry.key": _ID,
+    "ltrr.v1.SearchRequest.FixedPlanEntry.value": Number(0, MAX_BUDGET),
+    "ltrr.v1.SearchRequest.order": Enum(),
+    "ltrr.v1.SearchRequest.model": _ID,
     # models
     "ltrr.v1.XmrPredictRequest.model": _ID,
     "ltrr.v1.XmrPredictRequest.queries": Items("limits.max_predict_queries", each=Text("limits.max_query_chars")),

@@ -327,6 +327,95 @@ class StrategySpec:
             raise InvalidArgument(f"{p}.budgets", "has repeated values")
 
 
+RANKERS = ("online", "fusion")
+# The candidate feature groups a ranker can use (ranking/features.py says what each holds).
+FEATURE_GROUPS = ("strategies", "item", "match", "memory", "user", "context")
+
+
+@dataclass(frozen=True)
+class RankingSettings:
+    """How Search ranks the retrieved union into a page (``[retrieval.ranking]``).
+
+    >>> RankingSettings(features=("item", "colour"))
+    Traceback (most recent call last):
+    ...
+    ltrr_server.errors.InvalidArgument: retrieval.ranking.features[1]: unknown feature group 'colour'; \
+known: strategies, item, match, memory, user, context
+    """
+
+    # "online" (learned from engagement, in the server), "fusion" (reciprocal rank fusion, not
+    # learned), or "model:NAME" (a ranker trained with `ltrr train ranker`, its live version).
+    ranker: str = "online"
+    page_size: int = 10
+    # The share of pages on which the ranker swaps two adjacent results in the top
+    # ``explore_depth``: the randomized interventions that position bias is estimated from.
+    explore: float = 0.1
+    explore_depth: int = 10
+    features: tuple[str, ...] = FEATURE_GROUPS
+    # The online ranker's learning rate (VW's -l) and the smallest examination probability an
+    # engagement is divided by (its importance weight is at most the inverse).
+    learning_rate: float = 0.05
+    min_examination: float = 0.05
+    # Reward a plan by whether an engaged item reached the page (not only the union).
+    page_reward: bool = True
+    # Engagements kept per user (the user features), and users kept.
+    user_history: int = 50
+    max_users: int = 100_000
+
+    def __post_init__(self) -> None:
+        p = "retrieval.ranking"
+        if self.ranker not in RANKERS and not (self.ranker.startswith("model:") and _NAME_RE.match(self.ranker[6:])):
+            raise InvalidArgument(f"{p}.ranker", f"must be one of {', '.join(RANKERS)} or model:NAME, "
+                                                 f"got {self.ranker!r}")
+        if not 1 <= self.page_size <= bounds.MAX_PAGE_SIZE:
+            raise InvalidArgument(f"{p}.page_size", f"must be in [1, {bounds.MAX_PAGE_SIZE}], got {self.page_size}")
+        _finite(self.explore, f"{p}.explore")
+        if not 0 <= self.explore <= 1:
+            raise InvalidArgument(f"{p}.explore", f"must be in [0, 1], got {self.explore}")
+        if not 2 <= self.explore_depth <= bounds.MAX_PAGE_SIZE:
+            raise InvalidArgument(f"{p}.explore_depth", f"must be in [2, {bounds.MAX_PAGE_SIZE}], "
+                                                        f"got {self.explore_depth}")
+        for i, group in enumerate(self.features):
+            if group not in FEATURE_GROUPS:
+                raise InvalidArgument(f"{p}.features[{i}]", f"unknown feature group {group!r}; "
+                                                             f"known: {', '.join(FEATURE_GROUPS)}")
+        _finite(self.learning_rate, f"{p}.learning_rate")
+        if not 0 < self.learning_rate <= 10:
+            raise InvalidArgument(f"{p}.learning_rate", f"must be in (0, 10], got {self.learning_rate}")
+        _finite(self.min_examination, f"{p}.min_examination")
+        if not 0 < self.min_examination <= 1:
+            raise InvalidArgument(f"{p}.min_examination", f"must be in (0, 1], got {self.min_examination}")
+        if not 0 <= self.user_history <= 10_000:
+            raise InvalidArgument(f"{p}.user_history", f"must be in [0, 10000], got {self.user_history}")
+        if not 1 <= self.max_users <= 100_000_000:
+            raise InvalidArgument(f"{p}.max_users", f"must be in [1, 100000000], got {self.max_users}")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> RankingSettings:
+        if not isinstance(data, Mapping):
+            raise InvalidArgument("retrieval.ranking", "must be a table")
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in data:
+            if key not in known:
+                raise InvalidArgument(f"retrieval.ranking.{key}", "unknown setting")
+        kwargs = dict(data)
+        if "features" in kwargs:
+            if not isinstance(kwargs["features"], list | tuple):
+                raise InvalidArgument("retrieval.ranking.features", "must be a list of feature groups")
+            kwargs["features"] = tuple(kwargs["features"])
+        for key, default in ((f.name, f.default) for f in dataclasses.fields(cls)):
+            value = kwargs.get(key)
+            if value is None or key == "features":
+                continue
+            ok = (isinstance(value, bool) if isinstance(default, bool) else
+                  isinstance(value, int) and not isinstance(value, bool) if isinstance(default, int) else
+                  isinstance(value, int | float) and not isinstance(value, bool) if isinstance(default, float) else
+                  isinstance(value, str))
+            if not ok:
+                raise InvalidArgument(f"retrieval.ranking.{key}", f"must be {type(default).__name__}, got {value!r}")
+        return cls(**kwargs)
+
+
 @dataclass(frozen=True)
 class RetrievalSettings:
     """The catalog, the strategies and the plan policies of Retrieve. No strategies: no Retrieve."""
@@ -346,6 +435,8 @@ class RetrievalSettings:
     # How often the plans' action features (recent hit rate, latency) are refreshed.
     feature_refresh_seconds: float = 10.0
     strategies: tuple[StrategySpec, ...] = ()
+    # How Search ranks the union into a page.
+    ranking: RankingSettings = field(default_factory=RankingSettings)
 
     def __post_init__(self) -> None:
         p = "retrieval"
@@ -391,6 +482,7 @@ class RetrievalSettings:
             strategies.append(StrategySpec(str(name), str(kind), tuple(budgets), conf))
         kwargs["strategies"] = tuple(strategies)
         kwargs["policies"] = tuple(kwargs.get("policies", ()))
+        kwargs["ranking"] = RankingSettings.from_mapping(kwargs.get("ranking", {}))
         return cls(**kwargs)
 
 

@@ -179,6 +179,22 @@ class Metrics:
             "ltrr_retrieval_joins", "Joined retrievals: an engaged item was among the candidates, or not.",
             ["policy", "result"], registry=registry,
         )
+        self.ranking_duration = Histogram(
+            "ltrr_ranking_duration_seconds", "Time to rank one Search's union into its page (features, scores, "
+            "exploration).", ["policy"], buckets=_LATENCY_BUCKETS, registry=registry,
+        )
+        self.search_pages = Counter(
+            "ltrr_search_pages", "Joined Search pages: an engaged item on the page, or not, and whether the ranker "
+            "learned it (baseline orders are not learned).", ["policy", "result", "learned"], registry=registry,
+        )
+        self.ranking_failures = Counter(
+            "ltrr_ranking_failures", "Joined Search pages the ranker could not learn (logged with the error).",
+            ["policy"], registry=registry,
+        )
+        self.examination = Gauge(
+            "ltrr_ranker_examination", "The estimated probability that a user examines each position of the page "
+            "(from the ranker's randomized swaps; position 1 is 1).", ["policy", "position"], registry=registry,
+        )
         # Security (api/auth.py). Tenants are made only by admins (with keys): a bounded label.
         self.auth_refusals = Counter(
             "ltrr_auth_refusals", "Calls refused by authentication: no key, a wrong or revoked key, a missing role.",

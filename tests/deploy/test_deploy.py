@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from ltrr.v1 import decisions_pb2_grpc, feedback_pb2, feedback_pb2_grpc, retrieval_pb2_grpc
-from ltrr_client.client import decide_request, retrieve_request, reward_event
+from ltrr.v1 import decisions_pb2_grpc, feedback_pb2, feedback_pb2_grpc, retrieval_pb2_grpc, search_pb2_grpc
+from ltrr_client.client import decide_request, retrieve_request, reward_event, search_request
 from tests.conftest import ServerThread
+from tests.helpers import wait_for
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 _METRIC = re.compile(r"\bltrr_[a-z_]+")
@@ -35,8 +36,10 @@ def test_dashboard_and_alerts_use_only_exported_metrics(sqlite_url: str, make_se
     ch = server.channel()
     d = decisions_pb2_grpc.DecisionServiceStub(ch).Decide(decide_request("demo"))
     r = retrieval_pb2_grpc.RetrievalServiceStub(ch).Retrieve(retrieve_request("retrieval", "mellow jazz"))
-    list(feedback_pb2_grpc.FeedbackServiceStub(ch).StreamRewards(
-        iter([feedback_pb2.RewardBatch(events=[reward_event(d.event_id, 1.0), reward_event(r.event_id, 0.0)])])))
+    s = search_pb2_grpc.SearchServiceStub(ch).Search(search_request("retrieval", "mellow jazz"))
+    list(feedback_pb2_grpc.FeedbackServiceStub(ch).StreamRewards(iter([feedback_pb2.RewardBatch(events=[
+        reward_event(d.event_id, 1.0), reward_event(r.event_id, 0.0), reward_event(s.event_id, 0.0)])])))
+    wait_for(lambda: server.core.rewards.stats()["pending_joins"] == 0, what="the search page joined")
     with urllib.request.urlopen(server.metrics_url, timeout=5) as r:
         exported = {line.split("{")[0].split(" ")[0] for line in r.read().decode().splitlines()
                     if line and not line.startswith("#")}

@@ -272,6 +272,12 @@ def cmd_stream_rewards(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def sr_ladders(text: str | None) -> dict[str, tuple[int, ...]] | None:
+    from ltrr_client.simulate_retrieval import parse_ladders
+
+    return parse_ladders(text) if text else None
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     if args.mode == "retrieval":
         from ltrr_client import simulate_retrieval as sr
@@ -284,6 +290,19 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         ))
         if args.plot:
             sr.plot(sim, args.plot)
+            print(f"plot written to {args.plot}")
+        return 0
+    if args.mode == "search":
+        from ltrr_client import simulate_search as ss
+
+        search = asyncio.run(ss.run_search_simulation(
+            args.target, args.policy if args.policy != "demo" else "retrieval", args.events, args.report_every,
+            n_items=args.items, world_seed=args.world_seed, seed=args.seed, eta=args.eta,
+            ladders=sr_ladders(args.ladders), tail=min(5000, args.events // 4),
+            models=args.models.split(",") if args.models else (),
+        ))
+        if args.plot:
+            ss.plot(search, args.plot)
             print(f"plot written to {args.plot}")
         return 0
     from ltrr_client.simulate import plot, run_simulation
@@ -299,6 +318,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_retrieve(args: argparse.Namespace) -> int:
     with _client(args) as c:
         _print(c.retrieve(args.policy, args.query, args.context, fixed_plan=args.plan, limit=args.limit))
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        _print(c.search(args.policy, args.query, args.context, user_id=args.user or "", page_size=args.page_size,
+                        fixed_plan=args.plan, order=args.order))
     return 0
 
 
@@ -502,6 +528,40 @@ def _sessions(args: argparse.Namespace, seed: int) -> list[list[str]]:
     from ltrr_server.demo.music import MusicWorld
 
     return demo_sessions(MusicWorld(n_items=args.items, seed=args.world_seed), args.demo_sessions, seed=seed)
+
+
+def cmd_train_ranker(args: argparse.Namespace) -> int:
+    """A LambdaMART ranker from the logged Search pages of a policy, registered as a new version."""
+    from tqdm import tqdm
+
+    from ltrr_server.config import load_settings
+    from ltrr_server.errors import LtrrError
+    from ltrr_server.ranking.lambdamart import LambdaMartParams, train_ranker
+
+    try:
+        settings = load_settings(args.config, db_url=args.db)
+        params = LambdaMartParams(trees=args.trees, learning_rate=args.learning_rate, num_leaves=args.num_leaves,
+                                  min_data_in_leaf=args.min_data_in_leaf, debias=not args.no_debias,
+                                  seed=args.seed or 1)
+        registry = _registry(settings)
+        bar = tqdm(total=params.trees, desc="reading pages", file=sys.stderr, mininterval=1.0)
+
+        def progress(stage: str, done: int, total: int) -> None:
+            bar.set_description(f"{stage} ({done:,})" if not total else stage)
+            if total:
+                bar.update(done - bar.n)
+
+        from ltrr_client.evaluation import parse_time
+
+        version, metrics = train_ranker(registry, args.name, args.policy, params,
+                                        since=parse_time(args.since) / 1000.0 if args.since else 0.0,
+                                        progress=progress)
+        bar.close()
+    except (LtrrError, OSError, ValueError) as exc:
+        print(f"ltrr train: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"name": args.name, "version": version} | metrics))
+    return 0
 
 
 def cmd_train_autocomplete(args: argparse.Namespace) -> int:
@@ -1015,8 +1075,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help='decide: user segments of the synthetic world (default %(default)s)')
     sim.add_argument("--seed", type=int, default=1, help="the synthetic world's random seed (default %(default)s)")
     sim.add_argument("--plot", help="write a PNG of regret and reward over time")
-    sim.add_argument("--mode", choices=["decide", "retrieval"], default="decide",
-                     help="decide: the demo policy's contexts; retrieval: the music world's queries via Retrieve")
+    sim.add_argument("--mode", choices=["decide", "retrieval", "search"], default="decide",
+                     help="decide: the demo policy's contexts; retrieval: the music world's queries via Retrieve; "
+                          "search: the same queries via Search, users clicking by position and relevance")
+    sim.add_argument("--eta", type=positive_float, default=1.0,
+                     help="search: the simulated users examine position k with probability 1/k^ETA "
+                          "(default %(default)s)")
+    sim.add_argument("--models", help="search: trained rankers (comma-separated names) to compare as baselines, "
+                                      "each ordering the every-strategy union by its live version")
     sim.add_argument("--items", type=int, default=100_000, help="retrieval: the server's demo_items")
     sim.add_argument("--world-seed", type=int, default=42, help="retrieval: the server's demo_seed")
     sim.add_argument("--ladders", help='retrieval: budget ladders, "lexical=0,10,50,200 memory=0,10,50 ..."')
@@ -1031,6 +1097,17 @@ def build_parser() -> argparse.ArgumentParser:
     rq.add_argument("--limit", type=positive_int, default=10, help='candidates to print (default %(default)s)')
     rq.set_defaults(fn=cmd_retrieve)
 
+    se = client_cmd("search", "the ranked page for a query: the policy's plan retrieves, the ranker orders")
+    se.add_argument("query", help='the query text')
+    se.add_argument("--policy", default="retrieval", help='the retrieval policy that plans (default %(default)s)')
+    se.add_argument("--context", type=context_arg, help='JSON: {"namespace": {"feature": value}}')
+    se.add_argument("--user", help="the user's id (the ranker uses their recent engagement)")
+    se.add_argument("--page-size", type=positive_int, default=10, help='results on the page (default %(default)s)')
+    se.add_argument("--plan", type=plan_arg, help="a fixed plan instead of the policy's: lexical=10,vector=50")
+    se.add_argument("--order", choices=["ranker", "fusion", "popularity"], default="ranker",
+                    help="who orders the page: the learned ranker (default), or a baseline (not learned)")
+    se.set_defaults(fn=cmd_search)
+
     ing = sub.add_parser("ingest", help="load items into the catalog and its indexes (offline)")
     ing.add_argument("what", choices=["catalog"], help='what to ingest: the catalog')
     ing.add_argument("file", type=input_file,
@@ -1042,7 +1119,8 @@ def build_parser() -> argparse.ArgumentParser:
     ing.set_defaults(fn=cmd_ingest)
 
     tr = sub.add_parser("train", help="train a model offline and register it as a new version")
-    tr.add_argument("what", choices=["xmr", "autocomplete"], help='the model kind to train')
+    tr.add_argument("what", choices=["xmr", "autocomplete", "ranker"],
+                    help="the model kind to train (ranker: LambdaMART from the policy's logged Search pages)")
     tr.add_argument("--name", default="xmr", help="model name in the registry")
     src = tr.add_mutually_exclusive_group()
     src.add_argument("--pairs", type=input_file,
@@ -1075,11 +1153,22 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--prefixes-per-query", type=positive_int, default=8,
                     help="autocomplete: typed prefixes (of lengths 1-8) each past query is learned at; fewer "
                          "trains faster (1: about 7 min for a million past queries)")
-    tr.set_defaults(fn=lambda a: (cmd_train_xmr if a.what == "xmr" else cmd_train_autocomplete)(a))
+    tr.add_argument("--policy", default="retrieval", help="ranker: the retrieval policy whose pages to learn from")
+    tr.add_argument("--since", type=time_arg, help="ranker: only pages logged since then (7d, 12h, a date)")
+    tr.add_argument("--trees", type=positive_int, default=200, help="ranker: boosting rounds (default %(default)s)")
+    tr.add_argument("--learning-rate", type=positive_float, default=0.05,
+                    help="ranker: the boosting learning rate (default %(default)s)")
+    tr.add_argument("--num-leaves", type=positive_int, default=31, help="ranker: leaves per tree (default %(default)s)")
+    tr.add_argument("--min-data-in-leaf", type=positive_int, default=50,
+                    help="ranker: fewest rows in a leaf (default %(default)s)")
+    tr.add_argument("--no-debias", action="store_true",
+                    help="ranker: train on the raw clicks, without learning the position bias (a baseline)")
+    tr.set_defaults(fn=lambda a: {"xmr": cmd_train_xmr, "autocomplete": cmd_train_autocomplete,
+                                  "ranker": cmd_train_ranker}[a.what](a))
 
     rg = sub.add_parser("register", help="register a model folder trained elsewhere (PECOS's own tools) as a new "
                                           "version, after checking that it loads")
-    rg.add_argument("what", choices=["xmr", "autocomplete"], help='the model kind of the folder')
+    rg.add_argument("what", choices=["xmr", "autocomplete", "ranker"], help='the model kind of the folder')
     rg.add_argument("folder", help="xmr: vectorizer/, xlinear/ and labels.json (item ids in label order)")
     rg.add_argument("--name", required=True, help="model name in the registry")
     _database_flags(rg)

@@ -27,6 +27,8 @@ from ltrr.v1 import (
     models_pb2_grpc,
     retrieval_pb2,
     retrieval_pb2_grpc,
+    search_pb2,
+    search_pb2_grpc,
 )
 
 FeatureDict = Mapping[str, Mapping[str, str | float | int]]
@@ -78,6 +80,29 @@ def retrieve_request(
     """
     req = retrieval_pb2.RetrieveRequest(policy=policy, query=query, context=namespaces(context),
                                         query_embedding=list(embedding), limit=limit, event_id=event_id)
+    if fixed_plan:
+        req.fixed_plan.update(fixed_plan)
+    return req
+
+
+PAGE_ORDERS = {"ranker": search_pb2.PAGE_ORDER_RANKER, "fusion": search_pb2.PAGE_ORDER_FUSION,
+               "popularity": search_pb2.PAGE_ORDER_POPULARITY, "model": search_pb2.PAGE_ORDER_MODEL}
+
+
+def search_request(
+    policy: str, query: str, context: FeatureDict | None = None, user_id: str = "", page_size: int = 0,
+    embedding: Sequence[float] = (), fixed_plan: Mapping[str, int] | None = None, order: str = "ranker",
+    event_id: str = "", model: str = "",
+) -> search_pb2.SearchRequest:
+    """A SearchRequest from plain Python values (``order``: ranker, fusion, popularity, or model with
+    ``model`` naming a trained ranker).
+
+    >>> search_request("retrieval", "blue train", user_id="u1", order="fusion").order == search_pb2.PAGE_ORDER_FUSION
+    True
+    """
+    req = search_pb2.SearchRequest(policy=policy, query=query, context=namespaces(context), user_id=user_id,
+                                   page_size=page_size, query_embedding=list(embedding), order=PAGE_ORDERS[order],
+                                   event_id=event_id, model=model)
     if fixed_plan:
         req.fixed_plan.update(fixed_plan)
     return req
@@ -193,6 +218,7 @@ class LtrrClient:
         self.feedback = feedback_pb2_grpc.FeedbackServiceStub(self.channel)
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
         self.retrieval = retrieval_pb2_grpc.RetrievalServiceStub(self.channel)
+        self.search_service = search_pb2_grpc.SearchServiceStub(self.channel)
         self.models = models_pb2_grpc.ModelServiceStub(self.channel)
 
     def __enter__(self) -> LtrrClient:
@@ -216,6 +242,13 @@ class LtrrClient:
         """Candidates for a query from the plan the policy picks (or ``fixed_plan``)."""
         req = retrieve_request(policy, query, context, embedding, fixed_plan, limit)
         return self.retrieval.Retrieve(req, timeout=self.timeout)
+
+    def search(self, policy: str, query: str, context: FeatureDict | None = None, user_id: str = "",
+               page_size: int = 0, embedding: Sequence[float] = (), fixed_plan: Mapping[str, int] | None = None,
+               order: str = "ranker", model: str = "") -> search_pb2.SearchResponse:
+        """The ranked page for a query: the policy's plan retrieves, the ranker orders (or ``order``)."""
+        req = search_request(policy, query, context, user_id, page_size, embedding, fixed_plan, order, model=model)
+        return self.search_service.Search(req, timeout=self.timeout)
 
     def decide_stream(self, requests: Iterable[decisions_pb2.DecideRequest]) -> Iterator[decisions_pb2.DecideResponse]:
         return self.decisions.DecideStream(iter(requests))
@@ -305,6 +338,7 @@ class AsyncLtrrClient:
         self.feedback = feedback_pb2_grpc.FeedbackServiceStub(self.channel)
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
         self.retrieval = retrieval_pb2_grpc.RetrievalServiceStub(self.channel)
+        self.search_service = search_pb2_grpc.SearchServiceStub(self.channel)
         self.models = models_pb2_grpc.ModelServiceStub(self.channel)
 
     async def __aenter__(self) -> AsyncLtrrClient:
@@ -327,6 +361,13 @@ class AsyncLtrrClient:
                        limit: int = 0) -> retrieval_pb2.RetrieveResponse:
         req = retrieve_request(policy, query, context, embedding, fixed_plan, limit)
         return await self.retrieval.Retrieve(req, timeout=self.timeout)
+
+    async def search(self, policy: str, query: str, context: FeatureDict | None = None, user_id: str = "",
+                     page_size: int = 0, embedding: Sequence[float] = (),
+                     fixed_plan: Mapping[str, int] | None = None, order: str = "ranker",
+                     model: str = "") -> search_pb2.SearchResponse:
+        req = search_request(policy, query, context, user_id, page_size, embedding, fixed_plan, order, model=model)
+        return await self.search_service.Search(req, timeout=self.timeout)
 
     async def report_reward(self, event_id: str, value: float, reward_id: str = "", engaged: Sequence[str] = (),
                             oracle_best: float | None = None, oracle_chosen: float | None = None

@@ -36,6 +36,7 @@ OPEN_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Healt
 _SERVICE_ROLES: dict[str, tuple[str, dict[str, str]]] = {
     "ltrr.v1.DecisionService": ("decide", {}),
     "ltrr.v1.RetrievalService": ("decide", {}),
+    "ltrr.v1.SearchService": ("decide", {}),
     "ltrr.v1.FeedbackService": ("feedback", {}),
     "ltrr.v1.AdminService": ("admin", {}),
     "ltrr.v1.ModelService": ("admin", {"XmrPredict": "decide", "Autocomplete": "decide", "RecordQuery": "decide"}),

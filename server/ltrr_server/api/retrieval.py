@@ -8,7 +8,13 @@ from ltrr_server.api.auth import caller
 from ltrr_server.api.status import Ctx
 from ltrr_server.config import Limits
 from ltrr_server.core.decisions import Decisions, Retrieval
+from ltrr_server.retrieval.retriever import RetrievalResult
 from ltrr_server.tenancy import inside
+
+
+def strategy_runs(res: RetrievalResult) -> list[retrieval_pb2.StrategyRun]:
+    return [retrieval_pb2.StrategyRun(strategy=run.strategy, budget=run.budget, returned=len(run.hits),
+                                      latency_ms=run.seconds * 1000.0, error=run.error) for run in res.runs]
 
 
 def retrieval_to_proto(r: Retrieval, limit: int, request_id: str) -> retrieval_pb2.RetrieveResponse:
@@ -22,10 +28,7 @@ def retrieval_to_proto(r: Retrieval, limit: int, request_id: str) -> retrieval_p
                     for item_id, score, prov in zip(res.item_ids[:n], res.fused_scores[:n], res.provenance[:n],
                                                     strict=True)],
         plan=r.result.plan.id, probability=r.probability,
-        strategies=[retrieval_pb2.StrategyRun(
-            strategy=run.strategy, budget=run.budget, returned=len(run.hits), latency_ms=run.seconds * 1000.0,
-            error=run.error,
-        ) for run in r.result.runs],
+        strategies=strategy_runs(res),
         model_version=r.decision.model_version, request_id=request_id, total_candidates=len(res),
     )
 

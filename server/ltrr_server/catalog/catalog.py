@@ -145,6 +145,13 @@ class Catalog:
         self.created_at = np.zeros(0, dtype=np.float64)
         # Exact normalized names (title, artist, album) -> item type: the entity hint of a query.
         self.names = Names()
+        # Per item, its type (a code into ``kind_names``) and the hashes of its normalized title and
+        # artist (0: none): what ranking features read (10 bytes an item).
+        self.kinds = np.zeros(0, dtype=np.uint16)
+        self.kind_names: list[str] = []
+        self._kind_codes: dict[str, int] = {}
+        self.title_keys = np.zeros(0, dtype=np.int64)
+        self.artist_keys = np.zeros(0, dtype=np.int64)
         # Dimension of the items' own embeddings (0: none carries one).
         self.embedding_dim = 0
         # The items an ingest under way (``applying``) changed: its indexing reads them from here.
@@ -247,14 +254,36 @@ class Catalog:
         n = len(self.ids)
         self.popularity = np.resize(self.popularity, n)
         self.created_at = np.resize(self.created_at, n)
+        self._resize_item_columns(n)
         for p, item in changed.items():
             self.popularity[p], self.created_at[p] = item.popularity, item.created_at
+            self._set_item_columns(p, item.type, item.fields)
             self.embedding_dim = self.embedding_dim or item.embedding_dims
         if renamed:  # a name an item no longer has must not stay an entity hint
             names = Names()
             names.update(pair for item in self.iter_items(range(n), chunk) for pair in _names(item.fields, item.type))
             self.names = names
         return IngestChanges(added, updated, unchanged), changed
+
+    def _resize_item_columns(self, n: int) -> None:
+        grow = n - len(self.kinds)
+        if grow > 0:
+            self.kinds = np.concatenate([self.kinds, np.zeros(grow, dtype=np.uint16)])
+            self.title_keys = np.concatenate([self.title_keys, np.zeros(grow, dtype=np.int64)])
+            self.artist_keys = np.concatenate([self.artist_keys, np.zeros(grow, dtype=np.int64)])
+
+    def _set_item_columns(self, pos: int, kind: str, fields: Mapping[str, object]) -> None:
+        self.kinds[pos] = self.kind_code(kind)
+        self.title_keys[pos] = name_key(fields.get("title"))
+        self.artist_keys[pos] = name_key(fields.get("artist"))
+
+    def kind_code(self, kind: str) -> int:
+        """The code of an item type in ``kinds`` (a new type gets the next one)."""
+        code = self._kind_codes.get(kind)
+        if code is None:
+            code = self._kind_codes[kind] = len(self.kind_names)
+            self.kind_names.append(kind)
+        return code
 
     @staticmethod
     def stored_count(engine: sa.Engine) -> int:
@@ -279,12 +308,14 @@ class Catalog:
             cat.index = {item_id: pos for pos, item_id in enumerate(cat.ids)}
             cat.popularity = np.zeros(n, dtype=np.float64)
             cat.created_at = np.zeros(n, dtype=np.float64)
+            cat._resize_item_columns(n)
             names: list[tuple[str, str]] = []
             rows = conn.execution_options(stream_results=True, yield_per=5000).execute(
                 sa.select(c.idx, c.data, c.embedding).order_by(c.idx))
             for idx, data, emb in rows:
                 d = json.loads(data)
                 cat.popularity[idx], cat.created_at[idx] = d.get("popularity", 0.0), d.get("created_at", 0.0)
+                cat._set_item_columns(idx, d.get("type", ""), d)
                 names += _names(d, d.get("type", ""))
                 if emb is not None and not cat.embedding_dim:
                     cat.embedding_dim = len(emb) // 4
@@ -300,6 +331,19 @@ def _item(data: str, embedding: bytes | None, strings: dict[str, str]) -> Item:
     popularity, created_at = d.pop("popularity", 0.0), d.pop("created_at", 0.0)
     fields = {share(k, k): share(v, v) for k, v in d.items()}
     return Item(item_id, share(kind, kind), fields, popularity, created_at, embedding)
+
+
+def name_key(value: object) -> int:
+    """The key of a name as ``title_keys`` and ``artist_keys`` hold it: the process's hash of the
+    normalized text, 0 for none (a query matches a name when its own key is equal).
+
+    >>> name_key("Blue  Train!") == name_key("blue train") != 0, name_key(None), name_key("")
+    (True, 0, 0)
+    """
+    if not value or not isinstance(value, str):
+        return 0
+    text = normalize(value)
+    return hash(text) or 1 if text else 0
 
 
 def _names(fields: Mapping[str, object], kind: str) -> list[tuple[str, str]]:

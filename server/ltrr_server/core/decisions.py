@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ltrr_server.bounds import ID_CHARS, MAX_SLOTS, NAME_CHARS, PLAN_ENTRIES
+from ltrr_server.bounds import ID_CHARS, MAX_PAGE_SIZE, MAX_SLOTS, NAME_CHARS, PLAN_ENTRIES
 from ltrr_server.config import ActionSpec, Limits, check_action_ids
 from ltrr_server.core.policies import PolicyBook
 from ltrr_server.errors import FailedPrecondition, InvalidArgument, Overloaded, Unavailable
@@ -22,7 +22,10 @@ from ltrr_server.log.store import EventLogStore
 from ltrr_server.log.writer import EventLogWriter
 from ltrr_server.metrics import Metrics
 from ltrr_server.policy.runtime import PolicyRuntime, draw_slots
+from ltrr_server.ranking.ranking import MODEL, ORDERS, RANKER, Page, Ranking
 from ltrr_server.retrieval.retriever import ActionSet, RetrievalResult, Retriever
+from ltrr_server.strategies.base import Query
+from ltrr_server.tenancy import INSIDE_CHARS
 
 # A named tuple's own constructor is a Python function; ``tuple.__new__`` builds the same
 # instance in C, in about half the time (it does not count the fields: the tests read every
@@ -51,6 +54,15 @@ class Retrieval:
     result: RetrievalResult
     probability: float
     fixed: bool
+    # The checked query and the hints the policy saw (namespace h): the ranker reads them too.
+    query: Query | None = None
+    hints: Namespaces | None = None
+
+
+@dataclass
+class Search:
+    retrieval: Retrieval
+    page: Page
 
 
 class Decisions:
@@ -69,6 +81,7 @@ class Decisions:
         self._limits = limits
         self._retrieval_policies = set(retrieval_policies)
         self.retriever: Retriever | None = None
+        self.ranking: Ranking | None = None
         # Why retrieval cannot serve although it is configured (its data folder is another database's).
         self.retrieval_problem: str | None = None
         self._rng = random.Random()
@@ -215,6 +228,13 @@ class Decisions:
         fixed_plan: dict[str, int] | None = None,
     ) -> Retrieval:
         """The policy picks a plan for the query; its strategies run; the union comes back, fused."""
+        retrieval, _ = await self._retrieve(policy, query, context, embedding, event_id, fixed_plan)
+        return retrieval
+
+    async def _retrieve(
+        self, policy: str, query: str, context: Namespaces, embedding: Sequence[float], event_id: str,
+        fixed_plan: dict[str, int] | None,
+    ) -> tuple[Retrieval, PendingDecision]:
         rt, retriever = self._retrieval_policy(policy)
         q = retriever.prepare(query, embedding)
         if fixed_plan:
@@ -225,9 +245,10 @@ class Decisions:
                     raise InvalidArgument("fixed_plan", f"a strategy name longer than {ID_CHARS} characters")
         fixed = retriever.fixed_plan_index(fixed_plan) if fixed_plan else None
         aset = retriever.action_set(time.time())
+        hints = retriever.query_features(q)
         decision, pending = self._decide(
             rt, context, aset.ids, aset.lines, self._log_action_set(aset), event_id, 1, fixed=fixed,
-            extra_context=retriever.query_features(q),
+            extra_context=hints,
         )
         plan = retriever.plans[decision.slots[0].chosen]
         result = await retriever.run(plan, q, learn=fixed is None)
@@ -236,4 +257,38 @@ class Decisions:
         pending.default_reward = retriever.default_reward(result.record)
         self._metrics.child(self._metrics.plan_choices, policy, plan.id, "yes" if fixed is not None else "no").inc()
         self._metrics.child(self._metrics.retrieval_candidates, policy).observe(len(result))
-        return Retrieval(decision, result, decision.slots[0].probability, fixed is not None)
+        return Retrieval(decision, result, decision.slots[0].probability, fixed is not None, q, hints), pending
+
+    async def search(
+        self, policy: str, query: str, context: Namespaces, user: str = "", page_size: int = 0,
+        embedding: Sequence[float] = (), event_id: str = "", fixed_plan: dict[str, int] | None = None,
+        order: str = RANKER, model: str = "",
+    ) -> Search:
+        """Retrieve, then the ranker orders the union into the page; one event covers both. A fixed
+        plan is not learned, but the ranker's page on its candidates is (only ``order`` other than
+        the ranker's makes a page a baseline)."""
+        if len(user) > NAME_CHARS:
+            raise InvalidArgument("user_id", f"longer than {NAME_CHARS} characters")
+        if "\x00" in user:
+            raise InvalidArgument("user_id", "contains a NUL character")
+        if page_size > MAX_PAGE_SIZE:
+            raise InvalidArgument("page_size", f"must be at most {MAX_PAGE_SIZE}, got {page_size}")
+        if order not in ORDERS:
+            raise InvalidArgument("order", f"must be one of {', '.join(ORDERS)}, got {order!r}")
+        if order == MODEL and not model:
+            raise InvalidArgument("model", "is empty: PAGE_ORDER_MODEL names a trained ranker")
+        if len(model) > INSIDE_CHARS:
+            raise InvalidArgument("model", f"longer than {ID_CHARS} characters")
+        if self.ranking is None:
+            self._retrieval_policy(policy)  # says why retrieval cannot serve
+            raise FailedPrecondition("ranking is not available: the catalog is not loaded", field="policy")
+        ranking = self.ranking
+        r, _ = await self._retrieve(policy, query, context, embedding, event_id, fixed_plan)
+        assert r.query is not None and r.hints is not None
+        res = r.result
+        page = ranking.rank(policy, r.decision.event_id, res.record.positions, res.fused_scores, res.provenance,
+                            r.query.normalized, r.hints, context, user, page_size, order, learn=True, model=model)
+        # No reward can arrive before the caller has the event id: attaching the page now is safe.
+        res.record.page = page.record
+        self._writer.append("pages", [page.row])
+        return Search(r, page)

@@ -36,12 +36,17 @@ from ltrr_server.log.store import EventLogStore
 from ltrr_server.log.writer import EventLogWriter
 from ltrr_server.metrics import Metrics
 from ltrr_server.policy.model import PolicyModel
+from ltrr_server.ranking.ranking import Ranking
 from ltrr_server.retrieval.retriever import Retriever
 from ltrr_server.supervisor import FunctionPart, OnChange, Supervisor
 from ltrr_server.xmr.live import LiveModels
 from ltrr_server.xmr.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
+
+# How often the rankers that learned are saved to the data folder (a kill loses at most this much
+# of their learning; serializing one takes the event loop ~ms).
+RANKER_SAVE_SECONDS = 30.0
 
 
 class Ltrr:
@@ -79,6 +84,7 @@ class Ltrr:
         self.sessions = Sessions(settings.limits)
         self.models = Models(self.registry, self.live_models, self.sessions, settings.limits, settings.max_nfr)
         self.retriever: Retriever | None = None
+        self.ranking: Ranking | None = None
         # Why retrieval cannot serve although it is configured (None: it can, or is not configured).
         self.retrieval_problem: str | None = None
         self.supervisor = Supervisor(metrics, on_change=on_component_change)
@@ -147,7 +153,11 @@ class Ltrr:
                                      f"{len(retriever.catalog)} items even after a rebuild: {stale}")
             else:
                 self.retriever = retriever
+                self.ranking = Ranking(conf.ranking, [spec.name for spec in conf.strategies], retriever.catalog,
+                                       retriever.memory, self.engine, Path(conf.data_dir), self.metrics,
+                                       live_models=self.live_models)
                 self.decisions.retriever = self.rewards.retriever = retriever
+                self.decisions.ranking = self.rewards.ranking = self.ranking
         # What training and ingest left behind goes back to the OS, not into the server's RSS.
         release_free_memory()
 
@@ -224,11 +234,19 @@ class Ltrr:
                 await asyncio.sleep(1.0)
 
     async def _flush_loop(self, retriever: Retriever) -> None:
-        """Persists what strategies learned from engagements (memory statistics), once a second."""
+        """Persists what strategies learned from engagements (memory statistics) and the users'
+        histories once a second, and the rankers every ``RANKER_SAVE_SECONDS``."""
+        last_save = time.monotonic()
         while True:
             await asyncio.sleep(1.0)
             try:
                 await asyncio.to_thread(retriever.flush)
+                if self.ranking is not None:
+                    await asyncio.to_thread(self.ranking.users.flush)
+                    if time.monotonic() - last_save >= RANKER_SAVE_SECONDS:
+                        last_save = time.monotonic()
+                        # Serialized here, on the event loop thread that learns; written on a worker.
+                        await asyncio.to_thread(Ranking.write, self.ranking.saves())
             except Exception:
                 log.exception("retrieval flush failed; retried in a second")
 
@@ -244,6 +262,12 @@ class Ltrr:
         self.supervisor.stop()
         self.jobs.stop()
         self.learner.stop()
+        if self.ranking is not None:
+            try:  # the calls have stopped: no page is learned while the rankers are saved
+                Ranking.write(self.ranking.saves())
+                self.ranking.users.flush()
+            except Exception:
+                log.exception("saving the rankers and users' histories failed at the stop")
         if self.retriever is not None:
             self.retriever.close()
         self.writer.close(timeout=self.settings.shutdown_timeout_seconds)

@@ -8,11 +8,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ltrr_server.bounds import ID_CHARS, MAX_COMPLETIONS, MAX_K
 from ltrr_server.catalog.catalog import normalize
 from ltrr_server.config import Limits
 from ltrr_server.core.sessions import Sessions
 from ltrr_server.errors import FailedPrecondition, InvalidArgument
+from ltrr_server.ranking.lambdamart import HELDOUT_FILE, LambdaMartRanker
+from ltrr_server.ranking.lambdamart import compare as compare_pages
+from ltrr_server.ranking.pagelog import LoggedPages
 from ltrr_server.tenancy import INSIDE_CHARS
 from ltrr_server.xmr.live import LiveModels
 from ltrr_server.xmr.model import Ranked, XmrModel
@@ -96,32 +101,56 @@ class Models:
             raise InvalidArgument("version", "is required")
         row = await asyncio.to_thread(self.registry.get, name, version)
         candidate = await asyncio.to_thread(load_model, row["kind"], Path(row["path"]))
-        live = self.live.maybe(name)
+        live = self.live.maybe(name, object)
         # Registry reads stay off the event loop, like every other SQL call here.
         versions = await asyncio.to_thread(self.registry.versions, name)
         previous = next((r["version"] for r in versions if r["live"]), 0)
         figures: dict[str, float] = {}
         if isinstance(candidate, XmrModel):
             figures = await asyncio.to_thread(compare, live, candidate, Path(row["path"]))
+        elif isinstance(candidate, LambdaMartRanker):
+            ranker_live = self.live.maybe(name, LambdaMartRanker)
+            figures = await asyncio.to_thread(compare_rankers, ranker_live, candidate, Path(row["path"]))
         nfr = figures.get("negative_flip_rate", 0.0)
         if live is not None and "negative_flip_rate" not in figures and not force:
             # A version the gate cannot measure is not waved through with a flip rate of 0.
             why = ("it has no held-out pairs (a folder registered with `ltrr register`, or trained without any)"
-                   if isinstance(candidate, XmrModel) else f"{row['kind']} versions have no held-out check yet")
+                   if isinstance(candidate, XmrModel) else
+                   "it has no held-out pages with an engagement" if isinstance(candidate, LambdaMartRanker) else
+                   f"{row['kind']} versions have no held-out check yet")
             raise FailedPrecondition(
                 f"model {name!r} v{version} cannot be measured against live v{previous}: {why}; promote it with "
                 "force to accept it unmeasured", field="version")
         if live is not None and nfr > self._max_nfr and not force:
             raise FailedPrecondition(
                 f"model {name!r} v{version}: negative flip rate {nfr:.4f} against live v{previous} is above "
-                f"max_nfr={self._max_nfr} (recall@10 {figures.get('recall_live', 0):.4f} -> "
-                f"{figures.get('recall_new', 0):.4f}); retrain with congruent training "
+                f"max_nfr={self._max_nfr} ({_accuracy(figures)}); retrain with congruent training "
                 "(ltrr train --congruent 1) or force", field="version")
         await asyncio.to_thread(self.registry.set_live, name, version, figures | {"forced": force})
         self.live.swap(name, version, candidate)
         log.info("model %s: v%d live (was v%d): %s", name, version, previous, figures)
         row = await asyncio.to_thread(self.registry.get, name, version)
         return figures | {"previous_version": previous, "row": row}
+
+
+def _accuracy(figures: dict[str, float]) -> str:
+    if "top1_engaged_new" in figures:
+        return (f"engaged item first {figures.get('top1_engaged_live', 0):.4f} -> "
+                f"{figures.get('top1_engaged_new', 0):.4f}")
+    return f"recall@10 {figures.get('recall_live', 0):.4f} -> {figures.get('recall_new', 0):.4f}"
+
+
+def compare_rankers(live: LambdaMartRanker | None, candidate: LambdaMartRanker, folder: Path) -> dict[str, float]:
+    """The ranker gate's figures on the candidate's held-out pages (``pagelog.held_out``: pages no
+    version trains on); none when it has no page with an engagement."""
+    path = folder / HELDOUT_FILE
+    if not path.exists():
+        return {"heldout_pages": 0.0}
+    with np.load(path) as data:
+        pages = LoggedPages.from_npz(data)
+    if not pages.engaged_pages():
+        return {"heldout_pages": float(len(pages.groups))}
+    return compare_pages(live, candidate, pages)
 
 
 def check_model_name(name: str, field: str, limit: int = INSIDE_CHARS) -> None:

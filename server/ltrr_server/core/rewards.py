@@ -8,6 +8,7 @@ the join is logged, counted, credited to retrieval strategies and handed to the 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -28,8 +29,11 @@ from ltrr_server.log.store import EventLogStore
 from ltrr_server.log.writer import EventLogWriter
 from ltrr_server.metrics import Metrics
 from ltrr_server.policy.runtime import PolicyRuntime
+from ltrr_server.ranking.ranking import Ranking
 from ltrr_server.retrieval.retriever import Retriever
 from ltrr_server.tenancy import DEFAULT_TENANT, SEP, tenant_of
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -106,6 +110,7 @@ class Rewards:
         self._limits = limits
         self._retrieval_policies = set(retrieval_policies)
         self.retriever: Retriever | None = None
+        self.ranking: Ranking | None = None
         self.joiner = Joiner(limits.max_pending_joins, 1, self._on_joined, closed_memory=limits.max_recent_joins)
         # Joins since the last flush; their rows are written then.
         self._joined_all: list[JoinedEvent] = []
@@ -160,6 +165,13 @@ class Rewards:
             if engaged and outcome == accepted and pending is not None:
                 rec = pending.retrieval
                 rec.engaged = engaged if rec.engaged is None else rec.engaged + engaged
+                if rec.page is not None:
+                    # A Search's engagement grade: the reward's value (0 or less: 1, an engagement).
+                    grade = r.value if r.value > 0 else 1.0
+                    grades = rec.grades if rec.grades is not None else {}
+                    for p in engaged:
+                        grades[p] = max(grades.get(p, 0.0), grade)
+                    rec.grades = grades
             if outcome == Outcome.LOOKUP:
                 lookups.append(i)
                 continue
@@ -274,6 +286,12 @@ class Rewards:
             if ev.policy in retrieval_policies:
                 if ev.retrieval is not None and self.retriever is not None:
                     self.retriever.on_joined(ev.policy, ev.retrieval)
+                    if ev.retrieval.page is not None and self.ranking is not None:
+                        try:
+                            self.ranking.on_joined(ev.policy, ev.retrieval.page, ev.retrieval.grades or {})
+                        except Exception:  # the join and the plan's learning go on without the ranker's
+                            log.exception("ranking: learning the page of event %s failed", ev.event_id)
+                            self._metrics.child(self._metrics.ranking_failures, ev.policy).inc()
                     ev.retrieval = None  # the learner process needs none of it
                 elif ev.learn:
                     # Recovered after a restart: the candidates are gone, so the reward cannot be

@@ -89,6 +89,20 @@ class ActionSetRow(NamedTuple):
     created_at: float
 
 
+class PageRow(NamedTuple):
+    event_id: str
+    policy: str
+    created_at: float
+    ranker: str
+    ranker_version: int
+    probability: float
+    swapped: int | None
+    user_id: str
+    items: str
+    features: str
+    learn: bool
+
+
 def float_lists(rows: Sequence[Sequence[float]]) -> str:
     """JSON for lists of floats, without the general encoder.
 
@@ -115,5 +129,5 @@ def decision_row(record: Sequence[Any]) -> DecisionRow:
 
 ROW_TYPES: dict[str, type[tuple[object, ...]]] = {
     "action_sets": ActionSetRow, "decisions": DecisionRow, "rewards": RewardRow, "joined": JoinedRow,
-    "snapshots": SnapshotRow,
+    "snapshots": SnapshotRow, "pages": PageRow,
 }

@@ -173,3 +173,34 @@ audit = sa.Table(
     sa.Column("after_json", sa.Text, nullable=True),
     sa.Index("ix_audit_at", "at"),
 )
+
+# Search pages (ranking/ranking.py): what was shown for an event, in order, with each shown item's
+# features as the ranker saw them: what `ltrr train ranker` learns from, with the rewards'
+# engaged items. ``order`` says who ordered the page; ``swapped`` the adjacent pair the ranker
+# swapped (its first position, from 0), with the page's probability.
+pages = sa.Table(
+    "pages", metadata,
+    sa.Column("event_id", sa.String(64), primary_key=True),
+    sa.Column("policy", sa.String(INSIDE), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("ranker", sa.String(160), nullable=False),
+    sa.Column("ranker_version", sa.BigInteger, nullable=False),
+    sa.Column("probability", sa.Float, nullable=False),
+    sa.Column("swapped", sa.Integer, nullable=True),
+    sa.Column("user_id", sa.String(256), nullable=False),
+    # JSON: the shown item ids in page order.
+    sa.Column("items", sa.Text, nullable=False),
+    # JSON: {"names": [...], "rows": [[...], ...], "kinds": [...]}, a row per shown item.
+    sa.Column("features", sa.Text, nullable=False),
+    sa.Column("learn", sa.Boolean, nullable=False),
+    sa.Index("ix_pages_policy_created", "policy", "created_at"),
+)
+
+# Users' recent engagement (ranking/users.py): the last items each user engaged with, newest last.
+user_history = sa.Table(
+    "user_history", metadata,
+    sa.Column("user_id", sa.String(256), primary_key=True),
+    sa.Column("items", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Index("ix_user_history_updated", "updated_at"),
+)

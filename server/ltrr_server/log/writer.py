@@ -49,8 +49,8 @@ log = logging.getLogger(__name__)
 # A row: one of the named tuples of ``rows``, fields in column order.
 Row = tuple[Any, ...]
 # Tables whose rows may legitimately repeat (idempotent retries): insert-or-ignore.
-_IGNORE_CONFLICTS = {"action_sets", "decisions", "rewards", "joined"}
-_TABLE_ORDER = ("action_sets", "decisions", "rewards", "joined", "snapshots")
+_IGNORE_CONFLICTS = {"action_sets", "decisions", "pages", "rewards", "joined"}
+_TABLE_ORDER = ("action_sets", "decisions", "pages", "rewards", "joined", "snapshots")
 # Tables queued as records that become their rows only here, at the commit (off the event loop).
 _ENCODERS: dict[str, Callable[[Sequence[Any]], Row]] = {"decisions": decision_row}
 # Rows in one INSERT statement (fewer where the database bounds the parameters of a statement).

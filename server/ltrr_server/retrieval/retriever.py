@@ -62,6 +62,9 @@ class RetrievalRecord:
     drawn: int
     learn: bool
     engaged: list[int] | None = None
+    # Search: the page shown (a ranking.PageRecord), and each engaged item's grade by position.
+    page: Any = None
+    grades: dict[int, float] | None = None
 
 
 @dataclass
@@ -289,8 +292,12 @@ class Retriever:
         return [p for p in (index.get(i) for i in item_ids) if p is not None]
 
     def reward_value(self, record: RetrievalRecord, engaged: list[int]) -> float:
-        """1 if an engaged item is among the candidates, minus the cost of every candidate drawn."""
-        found = any(p in record.positions for p in engaged)
+        """1 if an engaged item is among the candidates (for a Search, with ``ranking.page_reward``:
+        on the page), minus the cost of every candidate drawn."""
+        if record.page is not None and self.settings.ranking.page_reward:
+            found = any(p in record.page.positions for p in engaged)
+        else:
+            found = any(p in record.positions for p in engaged)
         return (1.0 if found else 0.0) + self.default_reward(record)
 
     def on_joined(self, policy: str, record: RetrievalRecord) -> None:

@@ -98,6 +98,11 @@ class MemoryStrategy:
         st = self._stats.get(query)
         return st.impressions if st is not None else 0
 
+    def engagement(self, query: str) -> tuple[int, dict[int, int]]:
+        """The query's impressions and its engaged items (position -> engagements): ranking features."""
+        st = self._stats.get(query)
+        return (st.impressions, st.engaged) if st is not None else (0, {})
+
     def observe(self, query: str, engaged: list[int]) -> None:
         """One joined retrieval: the query was asked, and these items were engaged with."""
         if not query:

@@ -48,9 +48,10 @@ class LiveModels:
             raise FailedPrecondition(f"model {name!r} has no live version: promote one", field="model")
         return found
 
-    def maybe(self, name: str) -> XmrModel | None:
+    def maybe(self, name: str, kind: type[Any] = XmrModel) -> Any:
+        """The live model of a name if it is of class ``kind`` (``object``: any), else None."""
         found = self._models.get(name)
-        return found[1] if found and isinstance(found[1], XmrModel) else None
+        return found[1] if found and isinstance(found[1], kind) else None
 
     def swap(self, name: str, version: int, model: Any) -> None:
         # One dict assignment: requests that already hold the old model finish with it.

@@ -17,7 +17,7 @@ from ltrr_server.log import schema as t
 from ltrr_server.log.db import claim_folder, database_id
 from ltrr_server.xmr.model import XmrModel
 
-_KINDS = ("xmr", "autocomplete")
+_KINDS = ("xmr", "autocomplete", "ranker")
 
 
 def load_model(kind: str, folder: Path) -> Any:
@@ -26,6 +26,10 @@ def load_model(kind: str, folder: Path) -> Any:
         from ltrr_server.autocomplete.model import AutocompleteModel
 
         return AutocompleteModel.load(folder)
+    if kind == "ranker":
+        from ltrr_server.ranking.lambdamart import LambdaMartRanker
+
+        return LambdaMartRanker.load(folder)
     return XmrModel.load(folder)
 
 

@@ -32,6 +32,7 @@ from ltrr.v1 import (
     feedback_pb2_grpc,
     models_pb2,
     retrieval_pb2,
+    search_pb2,
 )
 from ltrr_client.client import decide_request
 from ltrr_server import bounds
@@ -39,7 +40,7 @@ from ltrr_server.app import SERVICES
 from ltrr_server.bounds import BOUNDS, Enum, Free, Items, Nested, Number, Text, resolve
 from tests.conftest import ServerThread, retrieval_server_settings
 
-_MODULES = (admin_pb2, decisions_pb2, feedback_pb2, models_pb2, retrieval_pb2)
+_MODULES = (admin_pb2, decisions_pb2, feedback_pb2, models_pb2, retrieval_pb2, search_pb2)
 
 
 def _services() -> list[Any]:
@@ -230,6 +231,8 @@ def _bad_requests(settings: Any, event_id: str) -> list[Case]:
          "", ()),
         ("Retrieve", retrieval_pb2.RetrieveRequest(policy="retrieval", query="mellow jazz"), "",
          ("ltrr.v1.RetrieveRequest.FixedPlanEntry.key", "ltrr.v1.RetrieveRequest.FixedPlanEntry.value")),
+        ("Search", search_pb2.SearchRequest(policy="retrieval", query="mellow jazz"), "",
+         ("ltrr.v1.SearchRequest.FixedPlanEntry.key", "ltrr.v1.SearchRequest.FixedPlanEntry.value")),
         ("XmrPredict", models_pb2.XmrPredictRequest(model="m", queries=["jazz"]), "", ()),
         ("Autocomplete", models_pb2.AutocompleteRequest(model="m", prefix="ja"), "", ()),
         ("RecordQuery", models_pb2.RecordQueryRequest(session_id="s", query="jazz"), "", ()),
@@ -285,6 +288,16 @@ def _invalid_values(event_id: str) -> list[Case]:
         Case("Retrieve", "a plan that runs nothing", retrieve(policy="retrieval", query="jazz",
                                                               fixed_plan={"lexical": 0}), ("fixed_plan",)),
         Case("Retrieve", "not a retrieval policy", retrieve(policy="demo", query="jazz"), ("policy",), fp),
+        Case("Search", "an empty query", search_pb2.SearchRequest(policy="retrieval"), ("query",)),
+        Case("Search", "a NUL in the user id", search_pb2.SearchRequest(policy="retrieval", query="jazz",
+                                                                         user_id="a\x00"), ("user_id",)),
+        Case("Search", "an order by a model without its name",
+             search_pb2.SearchRequest(policy="retrieval", query="jazz", order=search_pb2.PAGE_ORDER_MODEL), ("model",)),
+        Case("Search", "an order by a model that does not exist",
+             search_pb2.SearchRequest(policy="retrieval", query="jazz", order=search_pb2.PAGE_ORDER_MODEL,
+                                      model="nope"), ("nope",), nf),
+        Case("Search", "not a retrieval policy", search_pb2.SearchRequest(policy="demo", query="jazz"), ("policy",),
+             fp),
         Case("XmrPredict", "no queries", models_pb2.XmrPredictRequest(model="m"), ("queries",)),
         Case("XmrPredict", "a query without letters", models_pb2.XmrPredictRequest(model="m", queries=["--"]),
              ("queries[0]",)),

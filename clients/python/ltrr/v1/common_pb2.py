@@ -24,13 +24,14 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14ltrr/v1/common.proto\x12\x07ltrr.v1\">\n\x07\x46\x65\x61ture\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x03str\x18\x02 \x01(\tH\x00\x12\r\n\x03num\x18\x03 \x01(\x01H\x00\x42\x07\n\x05value\"=\n\tNamespace\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x08\x66\x65\x61tures\x18\x02 \x03(\x0b\x32\x10.ltrr.v1.Feature\":\n\x06\x41\x63tion\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x08\x66\x65\x61tures\x18\x02 \x03(\x0b\x32\x12.ltrr.v1.Namespace\"5\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14ltrr/v1/common.proto\x12\x07ltrr.v1\">\n\x07\x46\x65\x61ture\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x03str\x18\x02 \x01(\tH\x00\x12\r\n\x03num\x18\x03 \x01(\x01H\x00\x42\x07\n\x05value\"=\n\tNamespace\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x08\x66\x65\x61tures\x18\x02 \x03(\x0b\x32\x10.ltrr.v1.Feature\":\n\x06\x41\x63tion\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x08\x66\x65\x61tures\x18\x02 \x03(\x0b\x32\x12.ltrr.v1.Namespace\"5\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\tBH\n\x0b\x64\x65v.ltrr.v1B\x0b\x43ommonProtoP\x01Z*github.com/ltrr/ltrr/gen/go/ltrr/v1;ltrrv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ltrr.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\013dev.ltrr.v1B\013CommonProtoP\001Z*github.com/ltrr/ltrr/gen/go/ltrr/v1;ltrrv1'
   _globals['_FEATURE']._serialized_start=33
   _globals['_FEATURE']._serialized_end=95
   _globals['_NAMESPACE']._serialized_start=97

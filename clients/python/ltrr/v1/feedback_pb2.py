@@ -22,26 +22,26 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from ltrr.v1 import common_pb2 as ltrr_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16ltrr/v1/feedback.proto\x12\x07ltrr.v1\x1a\x14ltrr/v1/common.proto\"\xcb\x01\n\x0bRewardEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\treward_id\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x18\n\x10\x65ngaged_item_ids\x18\x04 \x03(\t\x12\x1e\n\x11oracle_best_value\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12 \n\x13oracle_chosen_value\x18\x06 \x01(\x01H\x01\x88\x01\x01\x42\x14\n\x12_oracle_best_valueB\x16\n\x14_oracle_chosen_value\"h\n\tRewardAck\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\treward_id\x18\x02 \x01(\t\x12%\n\x06status\x18\x03 \x01(\x0e\x32\x15.ltrr.v1.RewardStatus\x12\x0f\n\x07message\x18\x04 \x01(\t\"3\n\x0bRewardBatch\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.ltrr.v1.RewardEvent\"2\n\x0eRewardAckBatch\x12 \n\x04\x61\x63ks\x18\x01 \x03(\x0b\x32\x12.ltrr.v1.RewardAck*\xba\x01\n\x0cRewardStatus\x12\x1d\n\x19REWARD_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16REWARD_STATUS_ACCEPTED\x10\x01\x12\x1b\n\x17REWARD_STATUS_DUPLICATE\x10\x02\x12\x16\n\x12REWARD_STATUS_LATE\x10\x03\x12\x1f\n\x1bREWARD_STATUS_UNKNOWN_EVENT\x10\x04\x12\x19\n\x15REWARD_STATUS_INVALID\x10\x05\x32\x8f\x01\n\x0f\x46\x65\x65\x64\x62\x61\x63kService\x12\x38\n\x0cReportReward\x12\x14.ltrr.v1.RewardEvent\x1a\x12.ltrr.v1.RewardAck\x12\x42\n\rStreamRewards\x12\x14.ltrr.v1.RewardBatch\x1a\x17.ltrr.v1.RewardAckBatch(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16ltrr/v1/feedback.proto\x12\x07ltrr.v1\"\xcb\x01\n\x0bRewardEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\treward_id\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x18\n\x10\x65ngaged_item_ids\x18\x04 \x03(\t\x12\x1e\n\x11oracle_best_value\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12 \n\x13oracle_chosen_value\x18\x06 \x01(\x01H\x01\x88\x01\x01\x42\x14\n\x12_oracle_best_valueB\x16\n\x14_oracle_chosen_value\"h\n\tRewardAck\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\treward_id\x18\x02 \x01(\t\x12%\n\x06status\x18\x03 \x01(\x0e\x32\x15.ltrr.v1.RewardStatus\x12\x0f\n\x07message\x18\x04 \x01(\t\"3\n\x0bRewardBatch\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.ltrr.v1.RewardEvent\"2\n\x0eRewardAckBatch\x12 \n\x04\x61\x63ks\x18\x01 \x03(\x0b\x32\x12.ltrr.v1.RewardAck*\xba\x01\n\x0cRewardStatus\x12\x1d\n\x19REWARD_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16REWARD_STATUS_ACCEPTED\x10\x01\x12\x1b\n\x17REWARD_STATUS_DUPLICATE\x10\x02\x12\x16\n\x12REWARD_STATUS_LATE\x10\x03\x12\x1f\n\x1bREWARD_STATUS_UNKNOWN_EVENT\x10\x04\x12\x19\n\x15REWARD_STATUS_INVALID\x10\x05\x32\x8f\x01\n\x0f\x46\x65\x65\x64\x62\x61\x63kService\x12\x38\n\x0cReportReward\x12\x14.ltrr.v1.RewardEvent\x1a\x12.ltrr.v1.RewardAck\x12\x42\n\rStreamRewards\x12\x14.ltrr.v1.RewardBatch\x1a\x17.ltrr.v1.RewardAckBatch(\x01\x30\x01\x42J\n\x0b\x64\x65v.ltrr.v1B\rFeedbackProtoP\x01Z*github.com/ltrr/ltrr/gen/go/ltrr/v1;ltrrv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ltrr.v1.feedback_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
-  _globals['_REWARDSTATUS']._serialized_start=475
-  _globals['_REWARDSTATUS']._serialized_end=661
-  _globals['_REWARDEVENT']._serialized_start=58
-  _globals['_REWARDEVENT']._serialized_end=261
-  _globals['_REWARDACK']._serialized_start=263
-  _globals['_REWARDACK']._serialized_end=367
-  _globals['_REWARDBATCH']._serialized_start=369
-  _globals['_REWARDBATCH']._serialized_end=420
-  _globals['_REWARDACKBATCH']._serialized_start=422
-  _globals['_REWARDACKBATCH']._serialized_end=472
-  _globals['_FEEDBACKSERVICE']._serialized_start=664
-  _globals['_FEEDBACKSERVICE']._serialized_end=807
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\013dev.ltrr.v1B\rFeedbackProtoP\001Z*github.com/ltrr/ltrr/gen/go/ltrr/v1;ltrrv1'
+  _globals['_REWARDSTATUS']._serialized_start=453
+  _globals['_REWARDSTATUS']._serialized_end=639
+  _globals['_REWARDEVENT']._serialized_start=36
+  _globals['_REWARDEVENT']._serialized_end=239
+  _globals['_REWARDACK']._serialized_start=241
+  _globals['_REWARDACK']._serialized_end=345
+  _globals['_REWARDBATCH']._serialized_start=347
+  _globals['_REWARDBATCH']._serialized_end=398
+  _globals['_REWARDACKBATCH']._serialized_start=400
+  _globals['_REWARDACKBATCH']._serialized_end=450
+  _globals['_FEEDBACKSERVICE']._serialized_start=642
+  _globals['_FEEDBACKSERVICE']._serialized_end=785
 # @@protoc_insertion_point(module_scope)

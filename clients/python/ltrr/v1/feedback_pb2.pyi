@@ -78,7 +78,11 @@ class RewardEvent(_message.Message):
     oracle_chosen_value: _builtins.float
     @_builtins.property
     def engaged_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Retrieval: the items the user engaged with."""
+        """Retrieval and Search: the items the user engaged with. For a Search, `value` is the
+        engagement's grade (a play, a like, a purchase: higher is better; 0 counts as 1) and the
+        ranker learns it for each item named; with the policy's aggregation "first" the first reward
+        closes the join, so name every engaged item in it (or use "max" and a join window).
+        """
 
     def __init__(
         self,
