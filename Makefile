@@ -4,7 +4,7 @@ UV_VERSION ?= 0.13.9
 UV := .tools/bin/uv
 RUN := $(UV) run --frozen
 
-.PHONY: serve test proto check-proto lint bench simulate image-dry-run clean
+.PHONY: serve test proto check-proto buf test-ts lint bench simulate image-dry-run clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -29,6 +29,13 @@ proto: .venv/.synced  ## regenerate clients/python/ltrr/v1 from protos/
 check-proto: proto
 	git diff --exit-code -- clients/python/ltrr
 	test -z "$$(git status --porcelain -- clients/python/ltrr)"
+
+buf:  ## lint protos/ and check ltrr.v1's compatibility against protos/compat (npm installs buf)
+	cd tools/buf && npm ci --no-audit --no-fund
+	cd protos && ../tools/buf/node_modules/.bin/buf lint && ../tools/buf/node_modules/.bin/buf breaking --against compat/ltrr-v1.json
+
+test-ts: .venv/.synced  ## the TypeScript client's tests against a real server (Node 20, npm)
+	cd clients/typescript && npm ci --no-audit --no-fund && npm test
 
 lint: .venv/.synced
 	$(RUN) ruff check server clients tests bench deploy

@@ -1,0 +1,23 @@
+// The generated message types a caller sees (inputs as written, outputs as received).
+export type { DecideResponse__Output as DecideResponse } from "./generated/ltrr/v1/DecideResponse";
+export type { RewardAck__Output as RewardAck } from "./generated/ltrr/v1/RewardAck";
+export type { RewardAckBatch__Output as RewardAckBatch } from "./generated/ltrr/v1/RewardAckBatch";
+export type { RewardEvent } from "./generated/ltrr/v1/RewardEvent";
+export type { RetrieveResponse__Output as RetrieveResponse } from "./generated/ltrr/v1/RetrieveResponse";
+export type { SearchResponse__Output as SearchResponse } from "./generated/ltrr/v1/SearchResponse";
+export type { Policy__Output as Policy } from "./generated/ltrr/v1/Policy";
+export type { PolicySpec } from "./generated/ltrr/v1/PolicySpec";
+export type { PolicyStats__Output as PolicyStats } from "./generated/ltrr/v1/PolicyStats";
+export type { UpdatePolicyResponse__Output as UpdatePolicyResponse } from "./generated/ltrr/v1/UpdatePolicyResponse";
+export type { Snapshot__Output as Snapshot } from "./generated/ltrr/v1/Snapshot";
+export type { EvaluatePolicyRequest } from "./generated/ltrr/v1/EvaluatePolicyRequest";
+export type { EvaluatePolicyUpdate__Output as EvaluatePolicyUpdate } from "./generated/ltrr/v1/EvaluatePolicyUpdate";
+export type { TunePolicyRequest } from "./generated/ltrr/v1/TunePolicyRequest";
+export type { TunePolicyUpdate__Output as TunePolicyUpdate } from "./generated/ltrr/v1/TunePolicyUpdate";
+export type { XmrPredictResponse__Output as XmrPredictResponse } from "./generated/ltrr/v1/XmrPredictResponse";
+export type { AutocompleteResponse__Output as AutocompleteResponse } from "./generated/ltrr/v1/AutocompleteResponse";
+export type { ListModelsResponse__Output as ListModelsResponse } from "./generated/ltrr/v1/ListModelsResponse";
+export type { PromoteModelResponse__Output as PromoteModelResponse } from "./generated/ltrr/v1/PromoteModelResponse";
+export type { ApiKey__Output as ApiKey } from "./generated/ltrr/v1/ApiKey";
+export type { CreateKeyResponse__Output as CreateKeyResponse } from "./generated/ltrr/v1/CreateKeyResponse";
+export type { AuditEntry__Output as AuditEntry } from "./generated/ltrr/v1/AuditEntry";
