@@ -1,6 +1,6 @@
 """The event log over time: a policy's ``retention_days`` lets its old events go, in batches.
 
-An event (its decision, its rewards and its join) is pruned once it is older than the policy's
+An event (its decision, its rewards, its join and, for a Search, its page) is pruned once it is older than the policy's
 retention and its join is at or before the policy's latest snapshot: a restart restores from
 that snapshot and replays only the joins after it, so nothing a restart needs is pruned, however
 short the retention. Decisions that were never joined are kept. Snapshots older than the
@@ -63,6 +63,7 @@ def prune_policy(engine: sa.Engine, policy: str, older_than: float, batch: int =
                 .order_by(t.joined.c.seq).limit(batch)).scalars().all()
             if ids:
                 conn.execute(t.rewards.delete().where(t.rewards.c.event_id.in_(ids)))
+                conn.execute(t.pages.delete().where(t.pages.c.event_id.in_(ids)))
                 conn.execute(t.joined.delete().where(t.joined.c.event_id.in_(ids)))
                 conn.execute(t.decisions.delete().where(t.decisions.c.event_id.in_(ids)))
         events += len(ids)

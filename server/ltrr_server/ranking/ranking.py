@@ -161,15 +161,11 @@ class Ranking:
         tails = self.space.tails(hints, context, kinds.tolist(), catalog)
         configured = settings.ranker
         if order == RANKER and configured.startswith("model:"):
-            found = self._model(configured[6:], quiet=False)
+            found = self._model(configured[6:])
             if found is None:  # said in the log; the online ranker serves meanwhile
                 configured = "online"
             else:
                 model, order = configured[6:], MODEL
-        elif order == MODEL:
-            if self._live is None:
-                raise FailedPrecondition("no trained rankers here: the model registry is not loaded", field="model")
-            self._live.get(model, LambdaMartRanker)  # NotFound or FailedPrecondition, naming it
         version = 0
         ranker: Ranker | None = None
         if order == RANKER and configured == "fusion":
@@ -207,7 +203,13 @@ class Ranking:
         self._metrics.child(self._metrics.ranking_duration, policy).observe(time.perf_counter() - t0)
         return Page(top, [scores[j] for j in top], probability, name, version, record, row)
 
-    def _model(self, name: str, quiet: bool) -> Any:
+    def check_model(self, name: str) -> None:
+        """That a trained ranker ``name`` has a live version; NotFound or FailedPrecondition naming it."""
+        if self._live is None:
+            raise FailedPrecondition("no trained rankers here: the model registry is not loaded", field="model")
+        self._live.get(name, LambdaMartRanker)
+
+    def _model(self, name: str) -> Any:
         """The configured trained ranker's live version, or None (logged at most once a minute)."""
         try:
             if self._live is None:
@@ -215,7 +217,7 @@ class Ranking:
             return self._live.get(name, LambdaMartRanker)
         except (FailedPrecondition, NotFound) as exc:
             now = time.monotonic()
-            if not quiet and now - self._warned_at >= _WARN_SECONDS:
+            if now - self._warned_at >= _WARN_SECONDS:
                 self._warned_at = now
                 log.warning("ranking: ranker = \"model:%s\" cannot serve (%s); the online ranker orders the "
                             "pages meanwhile", name, exc.message)

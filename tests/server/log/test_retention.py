@@ -143,3 +143,33 @@ def test_db_prune_and_backup_from_the_command_line(make_server: Any, sqlite_url:
     assert main(["db", "prune", "--db", copy_url, "--policy", "nope"]) == 2
     assert main(["db", "backup", str(tmp_path / "pg.dump"), "--db", "postgresql://u@h/db"]) == 2
     assert "pg_dump --format=custom" in capsys.readouterr().err
+
+
+def test_a_pruned_search_event_takes_its_page_along(sqlite_url: str) -> None:
+    import sqlalchemy as sa
+
+    from ltrr_server.log import db
+    from ltrr_server.log import schema as t
+    from ltrr_server.log.retention import prune_policy, retention_cutoff
+
+    engine = db.create_engine(sqlite_url)
+    db.migrate(engine)
+    old, now = time.time() - 10 * DAY, time.time()
+    with engine.begin() as conn:
+        conn.execute(t.policies.insert().values(name="r", spec="{}", revision=1, lineage=1, lineage_start_seq=0,
+                                                created_at=old, updated_at=old))
+        for seq, (event, at) in enumerate((("old-1", old), ("new-1", now)), 1):
+            conn.execute(t.decisions.insert().values(
+                event_id=event, policy="r", lineage=1, created_at=at, deadline=at + 30, context="[]", actions="[]",
+                probabilities="[[1.0]]", chosen="[0]", explored=False, model_version=1, learn=True))
+            conn.execute(t.joined.insert().values(seq=seq, event_id=event, policy="r", reward=1.0, n_rewards=1,
+                                                  source="reward", joined_at=at))
+            conn.execute(t.pages.insert().values(
+                event_id=event, policy="r", created_at=at, ranker="online", ranker_version=1, probability=0.9,
+                swapped=None, user_id="", items='["a"]', features='{"names": [], "rows": [[]], "kinds": [""]}',
+                learn=True))
+        conn.execute(t.snapshots.insert().values(policy="r", lineage=1, model_version=2, last_joined_seq=2,
+                                                 trigger="test", created_at=now, size_bytes=1, model=b"x"))
+    assert prune_policy(engine, "r", retention_cutoff(2)).events == 1
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(t.pages.c.event_id)).scalars().all() == ["new-1"]

@@ -80,10 +80,12 @@ def test_a_trained_ranker_is_gated_promoted_and_orders_pages(make_server: Any, s
     assert v1 == 1 and meta["heldout_pages"] > 20 and 0 < meta["top1_engaged_new"] <= 1
     ms = models_pb2_grpc.ModelServiceStub(s.channel())
     ss = search_pb2_grpc.SearchServiceStub(s.channel())
-    # Not live yet: ordering by it names the model.
+    # Not live yet: ordering by it names the model, and nothing is logged.
+    logged = len(rows(s.settings.db_url, "decisions"))
     with pytest.raises(grpc.RpcError) as err:
         ss.Search(search_request("retrieval", "mellow jazz songs", order="model", model="lm"))
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "lm" in (err.value.details() or "")
+    assert len(rows(s.settings.db_url, "decisions")) == logged
     ms.PromoteModel(models_pb2.PromoteModelRequest(name="lm", version=1))
     page = ss.Search(search_request("retrieval", "mellow jazz songs", order="model", model="lm"))
     assert page.ranker == "model:lm" and page.ranker_version == 1 and page.page_probability == 1.0
