@@ -3,7 +3,7 @@ FROM python:3.11-slim AS build
 RUN pip install --no-cache-dir uv==0.13.9
 WORKDIR /app
 COPY pyproject.toml uv.lock README.md ./
-RUN uv sync --frozen --no-dev --no-install-project
+RUN uv sync --frozen --no-dev --no-install-project --no-install-package ltrr-client
 COPY server server
 COPY clients clients
 RUN uv sync --frozen --no-dev

@@ -10,6 +10,7 @@ Features are ``{namespace: {feature: value}}``; a string value is a category, a 
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -188,18 +189,52 @@ class _AsyncBearerKey(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStream
         return await continuation(self._details(details), requests)
 
 
-def channel(target: str, tls: ChannelTls | None = None, api_key: str = "") -> grpc.Channel:
-    """A blocking channel: plaintext, or TLS with ``tls``; with ``api_key``, every call carries it."""
-    ch = grpc.secure_channel(target, tls.credentials()) if tls is not None else grpc.insecure_channel(target)
+# Calls that are safe to repeat: reads, and rewards (stored once per event and reward id).
+IDEMPOTENT = {
+    "ltrr.v1.FeedbackService": ["ReportReward"],
+    "ltrr.v1.AdminService": ["ListPolicies", "GetPolicy", "GetPolicyStats", "ListKeys", "ListAudit"],
+    "ltrr.v1.ModelService": ["XmrPredict", "Autocomplete", "ListModels"],
+}
+
+
+def channel_options(keepalive_ms: int = 30_000, retries: int = 4) -> list[tuple[str, Any]]:
+    """Channel options: keepalive pings on an idle channel, and gRPC's own retries with exponential
+    backoff for the idempotent calls refused with UNAVAILABLE or RESOURCE_EXHAUSTED (gRPC waits the
+    server's ``grpc-retry-pushback-ms`` when it sends one, as ltrr does past a quota).
+
+    >>> dict(channel_options(retries=1))["grpc.enable_retries"], dict(channel_options())["grpc.keepalive_time_ms"]
+    (0, 30000)
+    """
+    config = {"methodConfig": [{
+        "name": [{"service": service, "method": m} for service, methods in IDEMPOTENT.items() for m in methods],
+        "retryPolicy": {"maxAttempts": max(retries, 2), "initialBackoff": "0.1s", "maxBackoff": "5s",
+                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"]},
+    }]}
+    options: list[tuple[str, Any]] = [("grpc.enable_retries", 1 if retries > 1 else 0),
+                                      ("grpc.service_config", json.dumps(config))]
+    if keepalive_ms > 0:
+        options += [("grpc.keepalive_time_ms", keepalive_ms), ("grpc.keepalive_timeout_ms", 10_000)]
+    return options
+
+
+def channel(target: str, tls: ChannelTls | None = None, api_key: str = "", keepalive_ms: int = 30_000,
+            retries: int = 4) -> grpc.Channel:
+    """A blocking channel: plaintext, or TLS with ``tls``; with ``api_key``, every call carries it;
+    keepalive and retries as ``channel_options`` says."""
+    options = channel_options(keepalive_ms, retries)
+    ch = (grpc.secure_channel(target, tls.credentials(), options=options) if tls is not None
+          else grpc.insecure_channel(target, options=options))
     return grpc.intercept_channel(ch, _BearerKey(api_key)) if api_key else ch
 
 
-def aio_channel(target: str, tls: ChannelTls | None = None, api_key: str = "") -> grpc.aio.Channel:
-    """An asyncio channel: plaintext, or TLS with ``tls``; with ``api_key``, every call carries it."""
+def aio_channel(target: str, tls: ChannelTls | None = None, api_key: str = "", keepalive_ms: int = 30_000,
+                retries: int = 4) -> grpc.aio.Channel:
+    """An asyncio channel, as ``channel``."""
     interceptors = [_AsyncBearerKey(api_key)] if api_key else None
+    options = channel_options(keepalive_ms, retries)
     if tls is not None:
-        return grpc.aio.secure_channel(target, tls.credentials(), interceptors=interceptors)
-    return grpc.aio.insecure_channel(target, interceptors=interceptors)
+        return grpc.aio.secure_channel(target, tls.credentials(), options=options, interceptors=interceptors)
+    return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
 
 
 class LtrrClient:
@@ -210,9 +245,11 @@ class LtrrClient:
             c.report_reward(d.event_id, 1.0).status   # REWARD_STATUS_ACCEPTED, once committed
     """
 
-    def __init__(self, target: str, timeout: float = 10.0, tls: ChannelTls | None = None, api_key: str = "") -> None:
-        """``api_key``: sent with every call as ``authorization: Bearer <key>`` (server.auth = "keys")."""
-        self.channel = channel(target, tls, api_key)
+    def __init__(self, target: str, timeout: float = 10.0, tls: ChannelTls | None = None, api_key: str = "",
+                 keepalive_ms: int = 30_000, retries: int = 4) -> None:
+        """``api_key``: sent with every call as ``authorization: Bearer <key>`` (server.auth = "keys");
+        ``retries``: attempts of an idempotent call in all (1: none); ``keepalive_ms``: 0 for none."""
+        self.channel = channel(target, tls, api_key, keepalive_ms, retries)
         self.timeout = timeout
         self.decisions = decisions_pb2_grpc.DecisionServiceStub(self.channel)
         self.feedback = feedback_pb2_grpc.FeedbackServiceStub(self.channel)
@@ -331,8 +368,9 @@ def _last_result(updates: Iterable[Any]) -> Any:
 class AsyncLtrrClient:
     """asyncio client; same verbs as ``LtrrClient``, awaited."""
 
-    def __init__(self, target: str, timeout: float = 10.0, tls: ChannelTls | None = None, api_key: str = "") -> None:
-        self.channel = aio_channel(target, tls, api_key)
+    def __init__(self, target: str, timeout: float = 10.0, tls: ChannelTls | None = None, api_key: str = "",
+                 keepalive_ms: int = 30_000, retries: int = 4) -> None:
+        self.channel = aio_channel(target, tls, api_key, keepalive_ms, retries)
         self.timeout = timeout
         self.decisions = decisions_pb2_grpc.DecisionServiceStub(self.channel)
         self.feedback = feedback_pb2_grpc.FeedbackServiceStub(self.channel)

@@ -183,7 +183,7 @@ def test_retrieve_without_retrieval_configured_is_a_failed_precondition(server: 
 def test_the_learned_policy_beats_random_plans_on_the_music_world(make_server: Any, sqlite_url: str,
                                                                   tmp_path: Path) -> None:
     """A short run of the retrieval simulation through the real server."""
-    from ltrr_client.simulate_retrieval import run_retrieval_simulation
+    from ltrr_server.simulation.retrieval import run_retrieval_simulation
 
     s = make_server(retrieval_server_settings(sqlite_url, tmp_path / "data"))
     import asyncio

@@ -186,7 +186,7 @@ def test_the_learned_ranking_beats_fusion_on_the_search_simulation(make_server: 
     """A short run of ``ltrr simulate --mode search`` through the real server."""
     import asyncio
 
-    from ltrr_client.simulate_search import FUSION_ALL, LEARNED, ORACLE_ALL, RANKER_ALL, run_search_simulation
+    from ltrr_server.simulation.search import FUSION_ALL, LEARNED, ORACLE_ALL, RANKER_ALL, run_search_simulation
 
     s = make_server(retrieval_server_settings(sqlite_url, tmp_path / "data"))
     sim = asyncio.run(run_search_simulation(

@@ -13,12 +13,12 @@ import pytest
 
 from ltrr.v1 import models_pb2, models_pb2_grpc, search_pb2_grpc
 from ltrr_client.client import LtrrClient, search_request
-from ltrr_client.simulate_search import clicks, grades
 from ltrr_server.demo.music import MusicWorld
 from ltrr_server.errors import FailedPrecondition
 from ltrr_server.log import db
 from ltrr_server.ranking.lambdamart import LambdaMartParams, LambdaMartRanker, train_ranker
 from ltrr_server.ranking.pagelog import held_out, read_pages
+from ltrr_server.simulation.search import clicks, grades
 from ltrr_server.xmr.registry import ModelRegistry
 from tests.conftest import TEST_ITEMS, ServerThread, retrieval_server_settings
 from tests.helpers import rows, wait_for

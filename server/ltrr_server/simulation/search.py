@@ -36,8 +36,8 @@ import numpy as np
 from ltrr.v1 import feedback_pb2, retrieval_pb2
 from ltrr_client.client import AsyncLtrrClient
 from ltrr_client.simulate import send_rewards
-from ltrr_client.simulate_retrieval import DEMO_LADDERS
 from ltrr_server.demo.music import NEW_DAYS, MusicWorld, WorldQuery
+from ltrr_server.simulation.retrieval import DEMO_LADDERS
 
 LEARNED, RANKER_ALL, FUSION_ALL, POPULARITY_ALL, ORACLE_ALL = (
     "learned", "ranker@all", "fusion@all", "popularity@all", "oracle@all")
