@@ -57,8 +57,11 @@ def test_the_image_serves_ltrr_on_the_ports_it_exposes_and_checks() -> None:
     final = STAGES[-1]
     steps = {s.keyword: s.args for s in final.steps}
     entry = dry.command_words(steps["ENTRYPOINT"]) + dry.command_words(steps["CMD"])
-    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    # The ltrr command is the client package's; serve is the server's, added through its entry point.
+    scripts = tomllib.loads((REPO / "clients/python/pyproject.toml").read_text())["project"]["scripts"]
+    plugins = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]["ltrr.commands"]
     assert entry[0] in scripts and entry[1:] == ["serve", "--host", "0.0.0.0"]
+    assert plugins == {"server": "ltrr_server.cli"}
     # Its configuration is the production starting point, not the demo: no catalog, no policies,
     # and keys required, which is what lets it bind every interface without --insecure.
     env = dict(s.args.split("=", 1) for s in final.steps if s.keyword == "ENV")
