@@ -60,6 +60,8 @@ class SimulationResult:
     rows: list[dict[str, float]] = field(default_factory=list)
     policy_tail_regret: float = 0.0
     uniform_tail_regret: float = 0.0
+    # The run's parameters, for the plot's title.
+    params: dict[str, object] = field(default_factory=dict)
 
     @property
     def regret_ratio(self) -> float:
@@ -72,7 +74,8 @@ async def run_simulation(
 ) -> SimulationResult:
     """Drives ``events`` decisions and rewards; returns per-window reward and regret for both arms."""
     rng = random.Random(seed)
-    result = SimulationResult()
+    result = SimulationResult(params={"policy": policy, "events": events, "segments": segments, "seed": seed,
+                                      "tail": min(tail, events)})
     async with AsyncLtrrClient(target, timeout=30) as client:
         info = await client.admin.GetPolicy(admin_pb2.GetPolicyRequest(name=policy))
         action_ids = [a.id for a in info.spec.actions]
@@ -164,5 +167,9 @@ def plot(result: SimulationResult, path: str) -> None:
     for ax in (ax1, ax2):
         ax.legend()
         ax.grid(alpha=0.3)
+    p = result.params
+    if p:
+        fig.suptitle(f"ltrr simulate: policy {p['policy']}, {p['events']} events, {p['segments']} segments, "
+                     f"seed {p['seed']}; last {p['tail']}: regret {result.regret_ratio:.0%} of uniform's")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

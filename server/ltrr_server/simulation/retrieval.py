@@ -69,6 +69,8 @@ class RetrievalSimulation:
     tail: dict[str, dict[str, float]] = field(default_factory=dict)
     best_single: str = ""
     learned_plans_by_kind: dict[str, dict[str, int]] = field(default_factory=dict)
+    # The run's parameters, for the plot's title.
+    params: dict[str, object] = field(default_factory=dict)
 
     def checks(self) -> dict[str, bool]:
         """The issue's bar: recall within 2 points of all-largest at no more than half its candidates,
@@ -114,7 +116,8 @@ async def run_retrieval_simulation(
     singles = _singles(ladders)
     world = MusicWorld(n_items=n_items, seed=world_seed)
     rng = random.Random(seed)
-    sim = RetrievalSimulation()
+    sim = RetrievalSimulation(params={"queries": queries, "items": n_items, "cost": cost, "seed": seed,
+                                      "world_seed": world_seed})
     windows: dict[str, ArmWindow] = {}
     tails: dict[str, ArmWindow] = {}
     started = time.perf_counter()
@@ -205,17 +208,23 @@ def plot(sim: RetrievalSimulation, path: str) -> None:
 
     xs = [r["_"]["queries"] for r in sim.rows]
     arms = [LEARNED, ALL, RANDOM] + ([sim.best_single] if sim.best_single else [])
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for ax, key, title in zip(axes, ("reward", "recall", "candidates"),
-                              ("mean reward", "union recall of the engaged item", "candidates drawn per query"),
-                              strict=True):
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    for ax, key, title, unit in zip(axes, ("reward", "recall", "candidates"),
+                                    ("mean reward", "union recall of the engaged item", "candidates drawn per query"),
+                                    ("reward per query, per window", "share of queries", "candidates"),
+                                    strict=True):
         for arm in arms:
             ys = [r[arm][key] if arm in r else float("nan") for r in sim.rows]
             ax.plot(xs, ys, label=arm, marker="." if arm == sim.best_single else None)
         ax.set_title(title)
         ax.set_xlabel("queries")
+        ax.set_ylabel(unit)
         ax.grid(alpha=0.3)
     axes[0].legend()
+    p = sim.params
+    if p:
+        fig.suptitle(f"ltrr simulate --mode retrieval: {p['queries']} queries, {p['items']} items, cost per "
+                     f"candidate {p['cost']}, seed {p['seed']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
