@@ -30,10 +30,11 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 from vowpal_wabbit_next import _core
 
+from bench.bench_retrieve import _pct
+from bench.bench_retrieve import _settings as retrieve_settings
 from bench.common import save
 from ltrr_server import first_start
 from ltrr_server.api.search import search_to_proto
-from ltrr_server.config import load_settings
 from ltrr_server.core.ltrr import Ltrr
 from ltrr_server.demo.music import MusicWorld
 from ltrr_server.log import db
@@ -41,15 +42,9 @@ from ltrr_server.log import schema as t
 from ltrr_server.metrics import Metrics
 
 
-def _pct(xs: list[float], p: float) -> float:
-    return float(np.percentile(np.asarray(xs), p))
-
-
 def _settings(d: Path, items: int) -> Any:
-    s = load_settings(env={}, db_url=f"sqlite:///{d / 'ltrr.db'}", grpc_port=0, metrics_port=-1)
-    return dataclasses.replace(s, retrieval=dataclasses.replace(s.retrieval, data_dir=str(d / "data"),
-                                                                demo_items=items),
-                               demo_autocomplete_sessions=0, model_dir=str(d / "models"))
+    """bench_retrieve's settings (the demo on SQLite in ``d``, the catalog alone), with a model directory there."""
+    return dataclasses.replace(retrieve_settings(d, items), model_dir=str(d / "models"))
 
 
 def serving(items: int, queries: int) -> dict[str, Any]:

@@ -284,7 +284,7 @@ class Decisions:
             raise FailedPrecondition("ranking is not available: the catalog is not loaded", field="policy")
         ranking = self.ranking
         if order == MODEL:
-            ranking.check_model(model)  # before anything is logged
+            ranking.live_model(model)  # refused before anything is logged
         r, _ = await self._retrieve(policy, query, context, embedding, event_id, fixed_plan)
         assert r.query is not None and r.hints is not None
         res = r.result

@@ -162,7 +162,7 @@ def train_ranker(
             progress("reading pages", n, 0)
 
     pages = read_pages(registry.engine, policy, since, "train", pages_read)
-    ranker = cls_train(pages, params, progress)
+    ranker = LambdaMartRanker.train(pages, params, progress)
     heldout = read_pages(registry.engine, policy, since, "heldout")
     if len(heldout.groups) > heldout_pages:
         keep = len(heldout.groups) - heldout_pages
@@ -174,11 +174,6 @@ def train_ranker(
     ranker.meta |= {"policy": policy, "since": since} | figures
     version = registry.register(name, "ranker", ranker, ranker.meta)
     return version, ranker.meta
-
-
-def cls_train(pages: LoggedPages, params: LambdaMartParams,
-              progress: Callable[[str, int, int], None] | None) -> LambdaMartRanker:
-    return LambdaMartRanker.train(pages, params, progress)
 
 
 def order_scores(ranker: LambdaMartRanker | None, pages: LoggedPages) -> list[list[float]]:

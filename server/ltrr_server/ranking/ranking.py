@@ -156,16 +156,19 @@ class Ranking:
         memory = MemoryView(*self._memory.engagement(normalized_query)) if self._memory is not None else NO_MEMORY
         matrix = self.space.compute(positions, fused, provenance, catalog, normalized_query, str(entity),
                                     memory, self.users.view(user))
-        kinds = catalog.kinds[np.asarray(positions, dtype=np.int64)] if len(positions) else \
-            np.zeros(0, dtype=np.uint16)
+        pos = np.asarray(positions, dtype=np.int64)
+        kinds = catalog.kinds[pos]
         tails = self.space.tails(hints, context, kinds.tolist(), catalog)
         configured = settings.ranker
+        trained: tuple[int, LambdaMartRanker] | None = None
         if order == RANKER and configured.startswith("model:"):
-            found = self._model(configured[6:])
-            if found is None:  # said in the log; the online ranker serves meanwhile
+            trained = self._configured_model(configured[6:])
+            if trained is None:  # said in the log; the online ranker serves meanwhile
                 configured = "online"
             else:
                 model, order = configured[6:], MODEL
+        elif order == MODEL:
+            trained = self.live_model(model)
         version = 0
         ranker: Ranker | None = None
         if order == RANKER and configured == "fusion":
@@ -173,11 +176,11 @@ class Ranking:
         elif order == RANKER:
             online = self.ranker(policy)
             ranker, version, name = online, online.version, "online"
-        elif order == MODEL:
-            version, ranker = self._live.get(model, LambdaMartRanker)
+        elif trained is not None:
+            version, ranker = trained
             name = f"model:{model}"
         elif order == POPULARITY:
-            pops = catalog.popularity[np.asarray(positions, dtype=np.int64)].tolist() if len(positions) else []
+            pops = catalog.popularity[pos].tolist()
             ranked = sorted(range(len(pops)), key=lambda j: -pops[j])
             scores, name = pops, POPULARITY
         else:
@@ -203,18 +206,17 @@ class Ranking:
         self._metrics.child(self._metrics.ranking_duration, policy).observe(time.perf_counter() - t0)
         return Page(top, [scores[j] for j in top], probability, name, version, record, row)
 
-    def check_model(self, name: str) -> None:
-        """That a trained ranker ``name`` has a live version; NotFound or FailedPrecondition naming it."""
+    def live_model(self, name: str) -> tuple[int, LambdaMartRanker]:
+        """The live (version, model) of the trained ranker ``name``; NotFound or FailedPrecondition naming it."""
         if self._live is None:
             raise FailedPrecondition("no trained rankers here: the model registry is not loaded", field="model")
-        self._live.get(name, LambdaMartRanker)
+        found: tuple[int, LambdaMartRanker] = self._live.get(name, LambdaMartRanker)
+        return found
 
-    def _model(self, name: str) -> Any:
-        """The configured trained ranker's live version, or None (logged at most once a minute)."""
+    def _configured_model(self, name: str) -> tuple[int, LambdaMartRanker] | None:
+        """``live_model`` for the configured ranker, or None when it cannot serve (logged at most once a minute)."""
         try:
-            if self._live is None:
-                raise FailedPrecondition("the model registry is not loaded")
-            return self._live.get(name, LambdaMartRanker)
+            return self.live_model(name)
         except (FailedPrecondition, NotFound) as exc:
             now = time.monotonic()
             if now - self._warned_at >= _WARN_SECONDS:

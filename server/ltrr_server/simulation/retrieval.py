@@ -21,6 +21,7 @@ from ltrr.v1 import feedback_pb2, retrieval_pb2
 from ltrr_client.client import AsyncLtrrClient
 from ltrr_client.simulate import send_rewards
 from ltrr_server.demo.music import MusicWorld
+from ltrr_server.simulation.means import Means
 
 # The embedded demo configuration's ladders.
 DEMO_LADDERS: dict[str, tuple[int, ...]] = {
@@ -40,27 +41,6 @@ def parse_ladders(text: str) -> dict[str, tuple[int, ...]]:
         name, _, budgets = part.partition("=")
         out[name] = tuple(int(b) for b in budgets.split(","))
     return out
-
-
-@dataclass
-class ArmWindow:
-    queries: int = 0
-    found: int = 0
-    drawn: int = 0
-    reward: float = 0.0
-    regret: float = 0.0
-
-    def add(self, found: bool, drawn: int, reward: float, regret: float) -> None:
-        self.queries += 1
-        self.found += found
-        self.drawn += drawn
-        self.reward += reward
-        self.regret += regret
-
-    def summary(self) -> dict[str, float]:
-        n = max(self.queries, 1)
-        return {"recall": self.found / n, "candidates": self.drawn / n, "reward": self.reward / n,
-                "regret": self.regret / n, "queries": float(self.queries)}
 
 
 @dataclass
@@ -118,8 +98,8 @@ async def run_retrieval_simulation(
     rng = random.Random(seed)
     sim = RetrievalSimulation(params={"queries": queries, "items": n_items, "cost": cost, "seed": seed,
                                       "world_seed": world_seed})
-    windows: dict[str, ArmWindow] = {}
-    tails: dict[str, ArmWindow] = {}
+    windows: dict[str, Means] = {}
+    tails: dict[str, Means] = {}
     started = time.perf_counter()
     if out:
         print(f"{'queries':>8} | {'learned reward/recall/cands':>28} | {'all-largest':>20} | {'random':>20} | "
@@ -151,9 +131,11 @@ async def run_retrieval_simulation(
                 best = max(r for *_, r in got)
                 in_tail = done + i >= queries - tail
                 for arm, resp, found, drawn, reward in got:
-                    windows.setdefault(arm, ArmWindow()).add(found, drawn, reward, best - reward)
+                    figures = {"recall": float(found), "candidates": float(drawn), "reward": reward,
+                               "regret": best - reward}
+                    windows.setdefault(arm, Means("queries")).add(**figures)
                     if in_tail:
-                        tails.setdefault(arm, ArmWindow()).add(found, drawn, reward, best - reward)
+                        tails.setdefault(arm, Means("queries")).add(**figures)
                         if arm == LEARNED:
                             kinds = sim.learned_plans_by_kind.setdefault(q.kind, {})
                             kinds[resp.plan] = kinds.get(resp.plan, 0) + 1

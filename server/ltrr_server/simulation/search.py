@@ -36,7 +36,8 @@ import numpy as np
 from ltrr.v1 import feedback_pb2, retrieval_pb2
 from ltrr_client.client import AsyncLtrrClient
 from ltrr_client.simulate import send_rewards
-from ltrr_server.demo.music import NEW_DAYS, MusicWorld, WorldQuery
+from ltrr_server.demo.music import EPOCH, NEW_DAYS, MusicWorld, WorldQuery
+from ltrr_server.simulation.means import Means
 from ltrr_server.simulation.retrieval import DEMO_LADDERS
 
 LEARNED, RANKER_ALL, FUSION_ALL, POPULARITY_ALL, ORACLE_ALL = (
@@ -81,8 +82,6 @@ def grades(world: MusicWorld, q: WorldQuery, item_ids: Sequence[str]) -> list[in
 
 
 def world_age_days(item: dict[str, Any]) -> float:
-    from ltrr_server.demo.music import EPOCH
-
     return float((EPOCH - item["created_at"]) / _DAY)
 
 
@@ -98,29 +97,6 @@ def dcg(gains: Sequence[int], k: int = 10) -> float:
 def clicks(gains: Sequence[int], eta: float, rng: random.Random) -> list[int]:
     """Positions (from 0) the simulated user engages with: examined with 1/(k+1)^eta, then by grade."""
     return [k for k, g in enumerate(gains) if rng.random() < 1.0 / (k + 1) ** eta and rng.random() < ENGAGE[g]]
-
-
-@dataclass
-class ArmWindow:
-    pages: int = 0
-    ndcg: float = 0.0
-    rr: float = 0.0
-    clicks: float = 0.0
-    found: int = 0
-    drawn: int = 0
-
-    def add(self, ndcg: float, rr: float, n_clicks: int, found: bool, drawn: int) -> None:
-        self.pages += 1
-        self.ndcg += ndcg
-        self.rr += rr
-        self.clicks += n_clicks
-        self.found += found
-        self.drawn += drawn
-
-    def summary(self) -> dict[str, float]:
-        n = max(self.pages, 1)
-        return {"ndcg": self.ndcg / n, "mrr": self.rr / n, "clicks": self.clicks / n, "recall": self.found / n,
-                "candidates": self.drawn / n, "pages": float(self.pages)}
 
 
 @dataclass
@@ -166,8 +142,8 @@ async def run_search_simulation(
     rng = random.Random(seed)
     sim = SearchSimulation(params={"queries": queries, "items": n_items, "eta": eta, "page_size": page_size,
                                    "seed": seed, "world_seed": world_seed})
-    windows: dict[str, ArmWindow] = {}
-    tails: dict[str, ArmWindow] = {}
+    windows: dict[str, Means] = {}
+    tails: dict[str, Means] = {}
     started = time.perf_counter()
     arms = [*ARMS, *(f"model:{m}@all" for m in models)]
     if out:
@@ -214,11 +190,12 @@ async def run_search_simulation(
                     gains = [union_grades.get(x, 0) for x in ids]
                     engaged = clicks(gains, eta, rng)
                     rr = next((1.0 / (k + 1) for k, x in enumerate(ids) if x == q.target), 0.0)
-                    args = (dcg(gains) / ideal, rr, len(engaged), q.target in ids,
-                            drawn.get(arm, sum(s.returned for s in union.strategies)))
-                    windows.setdefault(arm, ArmWindow()).add(*args)
+                    figures = {"ndcg": dcg(gains) / ideal, "mrr": rr, "clicks": float(len(engaged)),
+                               "recall": float(q.target in ids),
+                               "candidates": float(drawn.get(arm, sum(s.returned for s in union.strategies)))}
+                    windows.setdefault(arm, Means("pages")).add(**figures)
                     if in_tail:
-                        tails.setdefault(arm, ArmWindow()).add(*args)
+                        tails.setdefault(arm, Means("pages")).add(**figures)
                     event_id = {LEARNED: learned.event_id, RANKER_ALL: ranked.event_id,
                                 FUSION_ALL: union.event_id}.get(arm)
                     if event_id:
