@@ -160,14 +160,18 @@ class Rewards:
                 # A retrieval plan's reward comes from the engaged items, not from the caller's value.
                 assert retriever is not None
                 engaged = retriever.engaged_positions(r.engaged)
+                if r.value < 0 and pending.retrieval.page is not None:
+                    # A Search's negative grade (a skip, a dislike): its items were not engaged with,
+                    # for the plan, the memory strategy and the ranker alike.
+                    engaged = []
                 value = retriever.reward_value(pending.retrieval, engaged)
             outcome, policy = joiner_reward(event_id, r.reward_id, value, now, r.oracle_best, r.oracle_chosen)
             if engaged and outcome == accepted and pending is not None:
                 rec = pending.retrieval
                 rec.engaged = engaged if rec.engaged is None else rec.engaged + engaged
                 if rec.page is not None:
-                    # A Search's engagement grade: the reward's value (0 or less: 1, an engagement).
-                    grade = r.value if r.value > 0 else 1.0
+                    # A Search's engagement grade: the reward's value, 0 a plain engagement (1).
+                    grade = r.value or 1.0
                     grades = rec.grades if rec.grades is not None else {}
                     for p in engaged:
                         grades[p] = max(grades.get(p, 0.0), grade)

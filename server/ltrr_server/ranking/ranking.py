@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import sqlalchemy as sa
 
+from ltrr_server.bounds import MAX_ABS_REWARD
 from ltrr_server.catalog.catalog import Catalog
 from ltrr_server.config import RankingSettings
 from ltrr_server.errors import FailedPrecondition, NotFound
@@ -239,7 +241,9 @@ class Ranking:
         exam.observe(page.swapped, {k: 1.0 for k, p in enumerate(page.positions) if grades.get(p, 0.0) > 0})
         theta = exam.theta(len(page.positions))
         floor = self.settings.min_examination
-        labels = [f"{grades.get(p, 0.0) / max(theta[k], floor):.5g}" for k, p in enumerate(page.positions)]
+        # Bounded as the policies' rewards are: past it, one extreme grade would outweigh every other page.
+        labels = [f"{min(grades.get(p, 0.0) / max(theta[k], floor), MAX_ABS_REWARD):.5g}"
+                  for k, p in enumerate(page.positions)]
         self.ranker(policy).learn(self.space.lines(page.matrix, page.kinds, page.tails, labels))
         self._changed.add(policy)
 
@@ -255,9 +259,18 @@ class Ranking:
             self._export(policy, exam)
         return out
 
-    @staticmethod
-    def write(saves: Sequence[tuple[Path, bytes, str]]) -> None:
+    # One writer at a time: the flush loop's write may still run on its worker thread when the stop
+    # writes the last saves, and both go through the same temporary file.
+    _write_lock = threading.Lock()
+
+    @classmethod
+    def write(cls, saves: Sequence[tuple[Path, bytes, str]]) -> None:
         """Writes what ``saves`` returned, each file whole or not at all (any thread)."""
+        with cls._write_lock:
+            cls._write(saves)
+
+    @staticmethod
+    def _write(saves: Sequence[tuple[Path, bytes, str]]) -> None:
         for base, model, state in saves:
             tmp = base.with_suffix(".tmp")
             tmp.write_bytes(model)

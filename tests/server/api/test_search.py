@@ -198,3 +198,18 @@ def test_the_learned_ranking_beats_fusion_on_the_search_simulation(make_server: 
     assert t[RANKER_ALL]["ndcg"] >= t[FUSION_ALL]["ndcg"] + 0.05, t
     assert t[ORACLE_ALL]["ndcg"] > 0.95, t
     assert t[LEARNED]["candidates"] < t[RANKER_ALL]["candidates"], t
+
+
+def test_a_negative_grade_is_no_engagement(rserver: ServerThread, world: MusicWorld) -> None:
+    ss, fb = _stubs(rserver)
+    song = next(it for it in world.items if it["type"] == "song")
+    skipped = ss.Search(search_request("retrieval", song["title"], page_size=3, fixed_plan={"lexical": 50}))
+    assert song["id"] in [r.item_id for r in skipped.results]
+    # A dislike naming an item on the page: the plan is not rewarded for it, the page has no engagement.
+    assert fb.ReportReward(reward_event(skipped.event_id, -1.0, engaged=[song["id"]])).status == \
+        feedback_pb2.REWARD_STATUS_ACCEPTED
+    joined = wait_for(lambda: rows(rserver.settings.db_url, "joined", "event_id = :e", e=skipped.event_id),
+                      what="the join")[0]
+    assert joined["reward"] < 0  # the cost of its candidates only
+    wait_for(lambda: 'ltrr_search_pages_total{learned="yes",policy="retrieval",result="none"} 1.0'
+             in _metrics(rserver), what="a page without engagement")

@@ -79,9 +79,10 @@ class RewardEvent(_message.Message):
     @_builtins.property
     def engaged_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Retrieval and Search: the items the user engaged with. For a Search, `value` is the
-        engagement's grade (a play, a like, a purchase: higher is better; 0 counts as 1) and the
-        ranker learns it for each item named; with the policy's aggregation "first" the first reward
-        closes the join, so name every engaged item in it (or use "max" and a join window).
+        engagement's grade (a play, a like, a purchase: higher is better; 0 counts as 1; below 0, a
+        skip or a dislike, as no engagement) and the ranker learns it for each item named; with the
+        policy's aggregation "first" the first reward closes the join, so name every engaged item in
+        it (or use "max" and a join window).
         """
 
     def __init__(
