@@ -39,6 +39,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, start_http_server
 
 from ltrr.v1 import admin_pb2, decisions_pb2, feedback_pb2, models_pb2, retrieval_pb2, search_pb2
+from ltrr_server import __version__
 from ltrr_server.api.auth import AuthInterceptor, method_roles
 from ltrr_server.api.health import Health
 from ltrr_server.api.routes import ServiceRoutes
@@ -46,8 +47,11 @@ from ltrr_server.config import Settings, unknown_env
 from ltrr_server.keys import KeyRing
 from ltrr_server.metrics import Metrics
 from ltrr_server.tls import TlsFiles, server_credentials
+from ltrr_server.tracing import Tracing
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
     from ltrr_server.core.ltrr import Ltrr
 
 log = logging.getLogger(__name__)
@@ -85,6 +89,7 @@ class LtrrServer:
     metrics_http: Any
     metrics_port: int
     keys: KeyRing
+    tracing: Tracing = field(default_factory=Tracing)
     admin_server: grpc.aio.Server | None = None
     # The admin service's own port (server.admin_port), or -1 when it shares the gRPC port.
     admin_port: int = -1
@@ -126,6 +131,7 @@ class LtrrServer:
         if self.metrics_http is not None:
             self.metrics_http.shutdown()
             self.metrics_http.server_close()
+        await asyncio.to_thread(self.tracing.shutdown, self.settings.shutdown_timeout_seconds)
 
     # ------------------------------------------------------------------ start-up
     async def _start(self) -> None:
@@ -140,7 +146,8 @@ class LtrrServer:
         health.down(MODELS.full_name, "start", "waiting for the policies to be restored")
 
         with _progress("restoring policies"):
-            core = await asyncio.to_thread(_make_core, settings, self.metrics, self._on_component_change)
+            core = await asyncio.to_thread(_make_core, settings, self.metrics, self._on_component_change,
+                                           self.tracing.tracer)
             self.core = core
             await asyncio.to_thread(core.open_policies)
         from ltrr_server.api.access import AccessServicer
@@ -219,10 +226,11 @@ class LtrrServer:
                 self.health.down(service, component, reason)
 
 
-def _make_core(settings: Settings, metrics: Metrics, on_change: Callable[[str, bool, str], None]) -> Ltrr:
+def _make_core(settings: Settings, metrics: Metrics, on_change: Callable[[str, bool, str], None],
+               tracer: Tracer) -> Ltrr:
     from ltrr_server.core.ltrr import Ltrr
 
-    return Ltrr(settings, metrics, on_component_change=on_change)
+    return Ltrr(settings, metrics, on_component_change=on_change, tracer=tracer)
 
 
 def _commit_stall(core: Ltrr, limit: float) -> str:
@@ -281,7 +289,8 @@ async def build_server(settings: Settings, registry: CollectorRegistry | None = 
     server = grpc.aio.server(options=options, interceptors=interceptors)
     # With admin_port, the admin service is served there only (health and reflection on both).
     admin_server = grpc.aio.server(options=options, interceptors=interceptors) if settings.admin_port >= 0 else None
-    routes = {s.full_name: ServiceRoutes(s, metrics) for s in services}
+    tracing = Tracing(settings.tracing, settings.tracing_endpoint, settings.tracing_sample_ratio, __version__)
+    routes = {s.full_name: ServiceRoutes(s, metrics, tracing if tracing.enabled else None) for s in services}
     servicer = HealthServicer()
     for grpc_server, names in ((server, [n for n in SERVICES if admin_server is None or n != ADMIN.full_name]),
                                (admin_server, [ADMIN.full_name])):
@@ -332,7 +341,8 @@ async def build_server(settings: Settings, registry: CollectorRegistry | None = 
              " (HTTPS)" if settings.metrics_tls else "", settings.metrics_host or host, metrics_port,
              _redact(settings.db_url))
     _say_who_may_call(settings, metrics)
-    ltrr = LtrrServer(server, settings, metrics, health, routes, http, metrics_port, ring, admin_server, admin_port)
+    ltrr = LtrrServer(server, settings, metrics, health, routes, http, metrics_port, ring, tracing, admin_server,
+                      admin_port)
     ltrr._health_task = asyncio.create_task(health.run())
     ltrr._start_up = asyncio.create_task(ltrr._start())
     if wait:

@@ -561,6 +561,12 @@ class Settings:
     # Every ltrr process's log: debug, info, warning or error; "text" or "json" (one object a line).
     log_level: str = "info"
     log_format: str = "text"
+    # OpenTelemetry traces (tracing.py): "none", or "otlp" to send them to an OTLP/gRPC collector
+    # at tracing_endpoint ("": OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4317). Of the
+    # calls whose caller sent no traceparent, tracing_sample_ratio are traced.
+    tracing: str = "none"
+    tracing_endpoint: str = ""
+    tracing_sample_ratio: float = 1.0
     limits: Limits = field(default_factory=Limits)
     policies: tuple[PolicySpec, ...] = ()
     retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
@@ -572,6 +578,15 @@ class Settings:
         if self.prune_interval_seconds <= 0:
             raise InvalidArgument("server.prune_interval_seconds", "must be positive")
         LogSetup(self.log_level, self.log_format)  # checks both
+        if self.tracing not in TRACING_MODES:
+            raise InvalidArgument("server.tracing", f"must be one of {', '.join(TRACING_MODES)}, got {self.tracing!r}")
+        ratio = self.tracing_sample_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 1:  # NaN too
+            raise InvalidArgument("server.tracing_sample_ratio", f"must be in [0, 1], got {ratio!r}")
+        endpoint = self.tracing_endpoint
+        if endpoint and (not endpoint.startswith(("http://", "https://")) or any(c.isspace() for c in endpoint)):
+            raise InvalidArgument("server.tracing_endpoint",
+                                  f"must be a URL such as http://collector:4317 (https:// for TLS), got {endpoint!r}")
         if not 0 <= self.grpc_port <= 65535:
             raise InvalidArgument("server.grpc_port", f"must be in [0, 65535], got {self.grpc_port}")
         if not -1 <= self.metrics_port <= 65535:
@@ -654,6 +669,7 @@ class Settings:
 
 
 AUTH_MODES = ("none", "keys")
+TRACING_MODES = ("none", "otlp")
 
 
 def is_loopback(host: str) -> bool:

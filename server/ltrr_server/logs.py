@@ -33,9 +33,38 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
+def trace_ids() -> tuple[str, str] | None:
+    """The current OpenTelemetry span's trace and span id (hex), inside a traced call; else None.
+
+    Read only where the tracing API is loaded: a process that never traced has no span, and the
+    children do not import it for their logs.
+    """
+    otel = sys.modules.get("opentelemetry.trace")
+    if otel is None:
+        return None
+    ctx = otel.get_current_span().get_span_context()
+    return (format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")) if ctx.is_valid else None
+
+
+class TextFormatter(logging.Formatter):
+    """``TEXT_FORMAT``, and inside a traced call `` trace_id=... span_id=...`` after the message."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        ids = trace_ids()
+        if ids is None:
+            return line
+        head, newline, rest = line.partition("\n")  # after the message, before a traceback
+        return f"{head} trace_id={ids[0]} span_id={ids[1]}{newline}{rest}"
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object a line: time (RFC 3339, UTC, milliseconds), level, logger, message, process,
-    the exception's traceback as ``error`` when there is one, and any ``extra=`` fields."""
+    the exception's traceback as ``error`` when there is one, any ``extra=`` fields, and inside a
+    traced call its ``trace_id`` and ``span_id`` (as OpenTelemetry's log correlation names them)."""
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
@@ -49,6 +78,9 @@ class JsonFormatter(logging.Formatter):
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
                 out[key] = value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+        ids = trace_ids()
+        if ids is not None:
+            out["trace_id"], out["span_id"] = ids
         if record.exc_info:
             out["error"] = self.formatException(record.exc_info)
         elif record.exc_text:
@@ -72,7 +104,7 @@ class LogSetup:
     def apply(self, stream: IO[str] | None = None) -> None:
         """Makes this the root logger's only handler (standard error unless ``stream``)."""
         handler = logging.StreamHandler(stream or sys.stderr)
-        handler.setFormatter(JsonFormatter() if self.format == "json" else logging.Formatter(TEXT_FORMAT))
+        handler.setFormatter(JsonFormatter() if self.format == "json" else TextFormatter())
         root = logging.getLogger()
         for old in root.handlers[:]:
             root.removeHandler(old)

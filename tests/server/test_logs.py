@@ -78,3 +78,26 @@ def test_children_read_the_same_setup_from_their_environment() -> None:
     setup = LogSetup(level="warning", format="json")
     assert LogSetup.from_env(setup.env()) == setup
     assert LogSetup.from_env({}) == LogSetup()
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_lines_logged_inside_a_traced_call_carry_its_trace_and_span_ids(root_logger: logging.Logger,
+                                                                        log_format: str) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    out = io.StringIO()
+    LogSetup(format=log_format).apply(stream=out)
+    tracer = TracerProvider().get_tracer("test")
+    logging.getLogger("ltrr_server.x").warning("outside")
+    with tracer.start_as_current_span("call") as span:
+        logging.getLogger("ltrr_server.x").warning("inside")
+    ctx = span.get_span_context()
+    trace_id, span_id = format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+    outside, inside = out.getvalue().splitlines()
+    if log_format == "json":
+        assert "trace_id" not in json.loads(outside)
+        record = json.loads(inside)
+        assert (record["message"], record["trace_id"], record["span_id"]) == ("inside", trace_id, span_id)
+    else:
+        assert "trace_id" not in outside
+        assert inside.endswith(f"inside trace_id={trace_id} span_id={span_id}")

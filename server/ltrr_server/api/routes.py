@@ -8,7 +8,9 @@ every method:
 - a request that does not decode (a truncated message, invalid UTF-8 in a string field, nesting
   too deep) gets INVALID_ARGUMENT naming the request, never the parser's exception;
 - domain errors become their status codes (``api.status``), anything else INTERNAL, logged;
-- each call's handling time is recorded by method and code.
+- each call's handling time is recorded by method and code;
+- with tracing on, each traced call is a span (``tracing.ServerSpan``) that the caller's
+  ``traceparent`` continues, with its status.
 
 A stream's messages are decoded one by one: an undecodable one reaches the servicer as an
 ``Undecodable``, which it answers in the stream's own way.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -25,10 +28,12 @@ from typing import Any
 import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+from opentelemetry.trace import Span
 
 from ltrr_server import errors
 from ltrr_server.api.status import Ctx, code_for, message_for
 from ltrr_server.metrics import Metrics
+from ltrr_server.tracing import ServerSpan, Tracing, ended_with, traced_call
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +74,12 @@ def decoder(message_class: Any) -> Callable[[bytes], Any]:
 class ServiceRoutes:
     """One service's handlers; ``attach`` binds them to a servicer with a method per RPC."""
 
-    def __init__(self, service: ServiceDescriptor, metrics: Metrics) -> None:
+    def __init__(self, service: ServiceDescriptor, metrics: Metrics, tracing: Tracing | None = None) -> None:
+        """``tracing``: None when it is off (no span, no metadata read)."""
         self.name = service.full_name
         self._metrics = metrics
+        self._tracing = tracing
+        self._rng = random.Random()
         self._methods: dict[str, Callable[..., Any]] = {}
         self._waiting_for = "the server is starting"
         self._handlers = {m.name: self._handler(m) for m in service.methods}
@@ -108,11 +116,11 @@ class ServiceRoutes:
         return grpc.unary_unary_rpc_method_handler(self._unary(method.name), decode, encode)
 
     def _unary(self, name: str) -> Callable[[Any, Ctx], Any]:
-        metrics = self._metrics
+        metrics, tracing, rng = self._metrics, self._tracing, self._rng
 
-        async def call(request: Any, context: Ctx) -> Any:
+        async def handle(request: Any, context: Ctx, span: Span | None) -> Any:
             start = time.perf_counter()
-            code = grpc.StatusCode.OK
+            code, detail = grpc.StatusCode.OK, ""
             try:
                 method = self._methods.get(name)
                 if method is None:
@@ -121,8 +129,8 @@ class ServiceRoutes:
                     raise request.error
                 return await method(request, context)
             except errors.LtrrError as exc:
-                code = code_for(exc)
-                await context.abort(code, message_for(exc))
+                code, detail = code_for(exc), message_for(exc)
+                await context.abort(code, detail)
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
@@ -130,11 +138,26 @@ class ServiceRoutes:
                 code = grpc.StatusCode.UNKNOWN
                 raise
             except Exception:
-                code = grpc.StatusCode.INTERNAL
+                code, detail = grpc.StatusCode.INTERNAL, "internal error"
                 log.exception("%s failed", name)
-                await context.abort(code, "internal error")
+                await context.abort(code, detail)
             finally:
                 metrics.observe_rpc(name, code.name, time.perf_counter() - start)
+                if span is not None:
+                    ended_with(span, code, detail)
+
+        if tracing is None:
+            async def call(request: Any, context: Ctx) -> Any:
+                return await handle(request, context, None)
+        else:
+            tracer, ratio = tracing.tracer, tracing.sample_ratio
+
+            async def call(request: Any, context: Ctx) -> Any:
+                metadata = context.invocation_metadata()
+                if not traced_call(metadata, ratio, rng):
+                    return await handle(request, context, None)
+                with ServerSpan(tracer, self.name, name, metadata or ()) as span:
+                    return await handle(request, context, span)
 
         return call
 
@@ -142,9 +165,9 @@ class ServiceRoutes:
         """A request answered by a stream (EvaluatePolicy: progress, then the result)."""
         metrics = self._metrics
 
-        async def call(request: Any, context: Ctx) -> AsyncIterator[Any]:
+        async def handle(request: Any, context: Ctx, span: Span | None = None) -> AsyncIterator[Any]:
             start = time.perf_counter()
-            code = grpc.StatusCode.OK
+            code, detail = grpc.StatusCode.OK, ""
             try:
                 method = self._methods.get(name)
                 if method is None:
@@ -154,8 +177,8 @@ class ServiceRoutes:
                 async for answer in method(request, context):
                     yield answer
             except errors.LtrrError as exc:
-                code = code_for(exc)
-                await context.abort(code, message_for(exc))
+                code, detail = code_for(exc), message_for(exc)
+                await context.abort(code, detail)
             except (asyncio.CancelledError, GeneratorExit):
                 code = grpc.StatusCode.CANCELLED
                 raise
@@ -163,17 +186,21 @@ class ServiceRoutes:
                 code = grpc.StatusCode.UNKNOWN
                 raise
             except Exception:
-                code = grpc.StatusCode.INTERNAL
+                code, detail = grpc.StatusCode.INTERNAL, "internal error"
                 log.exception("%s failed", name)
-                await context.abort(code, "internal error")
+                await context.abort(code, detail)
             finally:
                 metrics.observe_rpc(name, code.name, time.perf_counter() - start)
+                if span is not None:
+                    ended_with(span, code, detail)
 
-        return call
+        return self._traced(name, handle)
 
     def _stream(self, name: str) -> Callable[[AsyncIterator[Any], Ctx], AsyncIterator[Any]]:
-        async def call(requests: AsyncIterator[Any], context: Ctx) -> AsyncIterator[Any]:
+        async def handle(requests: AsyncIterator[Any], context: Ctx, span: Span | None = None
+                         ) -> AsyncIterator[Any]:
             # Each message's handling is timed by the servicer, per message.
+            code, detail = grpc.StatusCode.OK, ""
             try:
                 method = self._methods.get(name)
                 if method is None:
@@ -181,11 +208,40 @@ class ServiceRoutes:
                 async for answer in method(requests, context):
                     yield answer
             except errors.LtrrError as exc:
-                await context.abort(code_for(exc), message_for(exc))
-            except (asyncio.CancelledError, grpc.aio.AbortError):
+                code, detail = code_for(exc), message_for(exc)
+                await context.abort(code, detail)
+            except (asyncio.CancelledError, GeneratorExit):
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except grpc.aio.AbortError:
+                code = grpc.StatusCode.UNKNOWN
                 raise
             except Exception:
+                code, detail = grpc.StatusCode.INTERNAL, "internal error"
                 log.exception("%s failed", name)
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+                await context.abort(code, detail)
+            finally:
+                if span is not None:
+                    ended_with(span, code, detail)
 
-        return call
+        return self._traced(name, handle)
+
+    def _traced(self, name: str, handle: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+        """A streaming handler, inside the call's span when it is traced (one span for the
+        stream). Both are async generator functions: gRPC tells a streaming handler by that."""
+        tracing = self._tracing
+        if tracing is None:
+            return handle
+        tracer, ratio, rng = tracing.tracer, tracing.sample_ratio, self._rng
+
+        async def traced(request: Any, context: Ctx) -> AsyncIterator[Any]:
+            metadata = context.invocation_metadata()
+            if not traced_call(metadata, ratio, rng):
+                async for answer in handle(request, context, None):
+                    yield answer
+                return
+            with ServerSpan(tracer, self.name, name, metadata or ()) as span:
+                async for answer in handle(request, context, span):
+                    yield answer
+
+        return traced

@@ -26,6 +26,7 @@ from ltrr_server.ranking.ranking import MODEL, ORDERS, RANKER, Page, Ranking
 from ltrr_server.retrieval.retriever import ActionSet, RetrievalResult, Retriever
 from ltrr_server.strategies.base import Query
 from ltrr_server.tenancy import INSIDE_CHARS
+from ltrr_server.tracing import NO_TRACER, Tracer, record, recording, until_done
 
 # A named tuple's own constructor is a Python function; ``tuple.__new__`` builds the same
 # instance in C, in about half the time (it does not count the fields: the tests read every
@@ -71,8 +72,10 @@ class Decisions:
     def __init__(
         self, policies: PolicyBook, joiner: Joiner, writer: EventLogWriter, learner: Learner,
         store: EventLogStore, metrics: Metrics, limits: Limits, retrieval_policies: Sequence[str] = (),
+        tracer: Tracer = NO_TRACER,
     ) -> None:
         self._policies = policies
+        self._tracer = tracer
         self._joiner = joiner
         self._writer = writer
         self._learner = learner
@@ -135,7 +138,14 @@ class Decisions:
         apprentice = (action_ids.index(baseline) if baseline else 0) if rt.spec.mode == "apprentice" else None
         decision, _ = self._decide(rt, context, action_ids, lines, actions_json, event_id, n_slots,
                                    apprentice=apprentice)
+        self._trace_commit()
         return decision
+
+    def _trace_commit(self) -> None:
+        """In a traced call: a "commit" span from now (its rows are queued) to their commit."""
+        parent = recording()
+        if parent is not None:
+            until_done(self._tracer, "commit", parent, self._writer.barrier())
 
     def _decide(
         self, rt: PolicyRuntime, context: Namespaces, action_ids: list[str], lines: list[str], actions_json: str,
@@ -147,6 +157,7 @@ class Decisions:
         ``apprentice``: the caller's baseline action, served with probability 1 and learned; the
         decision counts as explored when the policy's own greedy choice differs (its disagreement)."""
         policy = rt.spec.name
+        started_ns = time.time_ns()
         if event_id:
             if len(event_id) > ID_CHARS:
                 raise InvalidArgument("event_id", f"longer than {ID_CHARS} characters")
@@ -201,6 +212,13 @@ class Decisions:
             event_id=event_id, action_ids=action_ids,
             slots=[SlotResult(idx, p, d) for idx, p, d in drawn], model_version=rt.model_version,
         )
+        parent = recording()
+        if parent is not None:
+            pending.trace = parent  # its learning becomes a span of this call's trace
+            record(self._tracer, "decide", parent, started_ns, time.time_ns(), {
+                "ltrr.policy": policy, "ltrr.lineage": rt.lineage, "ltrr.model_version": rt.model_version,
+                "ltrr.event_id": event_id, "ltrr.action": action_ids[chosen[0][0]],
+                "ltrr.probability": chosen[0][1], "ltrr.explored": explored})
         return decision, pending
 
     # ------------------------------------------------------------------ retrieval
@@ -229,6 +247,7 @@ class Decisions:
     ) -> Retrieval:
         """The policy picks a plan for the query; its strategies run; the union comes back, fused."""
         retrieval, _ = await self._retrieve(policy, query, context, embedding, event_id, fixed_plan)
+        self._trace_commit()
         return retrieval
 
     async def _retrieve(
@@ -252,6 +271,12 @@ class Decisions:
         )
         plan = retriever.plans[decision.slots[0].chosen]
         result = await retriever.run(plan, q, learn=fixed is None)
+        if (parent := recording()) is not None:
+            for run in result.runs:  # on worker threads: recorded from their own timings
+                record(self._tracer, f"strategy {run.strategy}", parent, run.started_ns,
+                       run.started_ns + int(run.seconds * 1e9),
+                       {"ltrr.strategy": run.strategy, "ltrr.budget": run.budget, "ltrr.hits": len(run.hits)},
+                       run.error)
         # No reward can arrive before the caller has the event id, so attaching the record now is safe.
         pending.retrieval = result.record
         pending.default_reward = retriever.default_reward(result.record)
@@ -288,9 +313,16 @@ class Decisions:
         r, _ = await self._retrieve(policy, query, context, embedding, event_id, fixed_plan)
         assert r.query is not None and r.hints is not None
         res = r.result
+        started_ns = time.time_ns()
         page = ranking.rank(policy, r.decision.event_id, res.record.positions, res.fused_scores, res.provenance,
                             r.query.normalized, r.hints, context, user, page_size, order, learn=True, model=model)
         # No reward can arrive before the caller has the event id: attaching the page now is safe.
         res.record.page = page.record
         self._writer.append("pages", [page.row])
+        if (parent := recording()) is not None:
+            record(self._tracer, "rank", parent, started_ns, time.time_ns(), {
+                "ltrr.ranker": page.ranker, "ltrr.ranker_version": page.version, "ltrr.order": order,
+                "ltrr.candidates": len(res.record.positions), "ltrr.page_size": len(page.order),
+                "ltrr.page_probability": page.probability})
+        self._trace_commit()
         return Search(r, page)

@@ -81,7 +81,7 @@ class Imports:
         self._writer = writer
         self._store = store
         self._limits = limits
-        self._made: dict[str, tuple[list[str], str]] = {}
+        self._made: dict[bytes, tuple[list[str], str]] = {}
         # Event ids queued and not yet committed: the log cannot tell a later batch about them.
         self._queued: set[str] = set()
 

@@ -39,6 +39,7 @@ from ltrr_server.policy.model import PolicyModel
 from ltrr_server.ranking.ranking import Ranking
 from ltrr_server.retrieval.retriever import Retriever
 from ltrr_server.supervisor import FunctionPart, OnChange, Supervisor
+from ltrr_server.tracing import NO_TRACER, Tracer
 from ltrr_server.xmr.live import LiveModels
 from ltrr_server.xmr.registry import ModelRegistry
 
@@ -52,7 +53,9 @@ RANKER_SAVE_SECONDS = 30.0
 class Ltrr:
     """Builds every part; ``open_policies`` and ``open_models`` start them, ``close`` stops them."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, on_component_change: OnChange | None = None) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, on_component_change: OnChange | None = None,
+                 tracer: Tracer | None = None) -> None:
+        tracer = tracer or NO_TRACER
         self.settings = settings
         self.metrics = metrics
         self.limits = settings.limits
@@ -66,7 +69,7 @@ class Ltrr:
         self.learner = Learner(
             self.writer, metrics, self._on_publish, settings.publish_interval_seconds,
             settings.snapshot_interval_seconds, nice=settings.learner_nice, db_url=settings.db_url,
-            policies=self._learner_policies, logs=settings.logs,
+            policies=self._learner_policies, logs=settings.logs, tracer=tracer,
         )
         retrieval_policies = settings.retrieval.policies
         self.policies = PolicyBook(self.store, metrics, self.learner, self._next_seq, settings.metrics_window,
@@ -74,7 +77,7 @@ class Ltrr:
         self.rewards = Rewards(self.policies, self.writer, self.store, self.learner, metrics, settings.limits,
                                retrieval_policies)
         self.decisions = Decisions(self.policies, self.rewards.joiner, self.writer, self.learner, self.store,
-                                   metrics, settings.limits, retrieval_policies)
+                                   metrics, settings.limits, retrieval_policies, tracer)
         self.keys = KeyStore(self.engine)
         self.audit = AuditLog(self.engine)
         self.jobs = Jobs(self.engine, settings.db_url, settings.limits.max_evaluations, settings.logs)

@@ -41,6 +41,7 @@ from ltrr_server.log.writer import EventLogWriter
 from ltrr_server.logs import DEFAULT_LOGS, LogSetup
 from ltrr_server.metrics import Metrics
 from ltrr_server.policy.model import PolicyModel
+from ltrr_server.tracing import NO_TRACER, Pending, Tracer
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,11 @@ class Learner:
         self, writer: EventLogWriter, metrics: Metrics, publish: Publish,
         publish_interval: float, snapshot_interval: float, nice: int = 0, db_url: str = "",
         policies: Callable[[], list[LearnerPolicy]] | None = None, logs: LogSetup = DEFAULT_LOGS,
+        tracer: Tracer = NO_TRACER,
     ) -> None:
         self._logs = logs
+        # Traced decisions' "learn" spans, ended by the publish whose learned count covers them.
+        self._learning = Pending(tracer)
         self._writer = writer
         self._metrics = metrics
         self._publish = publish
@@ -231,7 +235,11 @@ class Learner:
         with self._lock:
             handed = self._handed
             for ev in events:
-                handed[ev.policy] = handed.get(ev.policy, 0) + 1
+                count = handed[ev.policy] = handed.get(ev.policy, 0) + 1
+                if ev.trace is not None:
+                    self._learning.start(ev.policy, count, "learn", ev.trace, {
+                        "ltrr.policy": ev.policy, "ltrr.event_id": ev.event_id, "ltrr.reward": ev.reward,
+                        "ltrr.rewards": ev.n_rewards, "ltrr.learned": ev.learn})
             self._last_seq = events[-1].seq
             current = self._current
             if current is not None and (self.alive or current.process is None):
@@ -280,6 +288,7 @@ class Learner:
         proc.process.join(5)
         if proc.process.is_alive():
             proc.process.kill()
+        self._learning.abandon("the server stopped before a model that learned it was published")
 
     @staticmethod
     def _give(proc: _Process, msg: tuple[Any, ...]) -> None:
@@ -348,6 +357,7 @@ class Learner:
     def _count_learned(self, policy: str, learned: int) -> None:
         before = self.learned.get(policy, 0)
         self.learned[policy] = learned
+        self._learning.reached(policy, learned)
         if learned > before:
             self._metrics.learned.labels(policy).inc(learned - before)
 

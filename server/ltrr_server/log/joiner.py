@@ -55,6 +55,9 @@ class PendingDecision:
     learn: bool = True
     # Retrieval decisions: what rewarding and crediting the plan needs (a RetrievalRecord).
     retrieval: Any = None
+    # The traced call that made it (an OpenTelemetry SpanContext; None when not traced): its
+    # learning is a span of that trace.
+    trace: Any = None
 
     def add_reward(self, reward_id: str, value: float) -> bool:
         """Records an accepted reward; False when this reward id was seen already."""
@@ -89,6 +92,7 @@ class JoinedEvent:
     joined_at: float
     learn: bool = True
     retrieval: Any = None
+    trace: Any = None
 
 
 # A decision joined recently: (policy, deadline, reward ids seen or None). A tuple, not a class:
@@ -217,6 +221,7 @@ class Joiner:
             joined.append(JoinedEvent(
                 seq, pd.event_id, pd.policy, pd.lineage, pd.shared, pd.actions, pd.action_ids, pd.chosen,
                 pd.explored, reward, n, source, pd.oracle_best, pd.oracle_chosen, now, pd.learn, pd.retrieval,
+                pd.trace,
             ))
             seq += 1
         self.next_seq = seq

@@ -74,6 +74,8 @@ class StrategyRun:
     hits: list[Hit]
     seconds: float
     error: str = ""
+    # When it started (wall clock, ns): a traced call records the run as a span.
+    started_ns: int = 0
 
 
 # How a strategy found a candidate: (strategy, its score, its rank from 1).
@@ -225,6 +227,7 @@ class Retriever:
 
     # ------------------------------------------------------------------ running a plan
     def _run_one(self, name: str, query: Query, budget: int) -> StrategyRun:
+        started_ns = time.time_ns()
         t0 = time.perf_counter()
         try:
             hits = self.strategies[name].retrieve(query, budget)
@@ -232,7 +235,7 @@ class Retriever:
         except Exception as exc:  # one failing strategy must not fail the request
             log.exception("strategy %s failed", name)
             hits, error = [], f"{type(exc).__name__}: {exc}"
-        return StrategyRun(name, budget, hits[:budget], time.perf_counter() - t0, error)
+        return StrategyRun(name, budget, hits[:budget], time.perf_counter() - t0, error, started_ns)
 
     async def run(self, plan: Plan, query: Query, learn: bool) -> RetrievalResult:
         loop = asyncio.get_running_loop()

@@ -78,7 +78,7 @@ def test_a_joined_event_carries_its_decision_field_by_field() -> None:
     pd = PendingDecision(
         event_id="e", policy="p", lineage=3, created_at=0.0, deadline=5.0, shared="shared |u x", actions=["|A id=a"],
         action_ids=["a"], chosen=[(0, 0.25)], explored=True, aggregation="first", default_reward=0.0, learn=False,
-        retrieval="record",
+        retrieval="record", trace="span context",
     )
     j.add(pd)
     j.reward("e", "r", 0.5, now=1.0, oracle_best=0.9, oracle_chosen=0.4)
@@ -86,6 +86,6 @@ def test_a_joined_event_carries_its_decision_field_by_field() -> None:
     [ev] = out
     shared = {f for f in JoinedEvent.__dataclass_fields__ if f in PendingDecision.__dataclass_fields__}
     assert shared == {"event_id", "policy", "lineage", "shared", "actions", "action_ids", "chosen", "explored",
-                      "oracle_best", "oracle_chosen", "learn", "retrieval"}
+                      "oracle_best", "oracle_chosen", "learn", "retrieval", "trace"}
     assert all(getattr(ev, f) == getattr(pd, f) for f in shared)
     assert (ev.seq, ev.reward, ev.n_rewards, ev.source, ev.joined_at) == (7, 0.5, 1, "reward", 2.0)

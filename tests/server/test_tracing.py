@@ -1,0 +1,164 @@
+"""OpenTelemetry traces from a real server to a real OTLP/gRPC collector (a TraceService on a free
+port, as the OpenTelemetry Collector, Jaeger and Tempo serve it)."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+from ltrr.v1 import decisions_pb2_grpc, feedback_pb2_grpc, search_pb2_grpc
+from ltrr_client.client import decide_request, reward_event, search_request
+from ltrr_server.config import Settings
+from ltrr_server.errors import InvalidArgument
+from tests.conftest import ServerThread, free_port, retrieval_policy, retrieval_server_settings, server_settings
+from tests.helpers import wait_for
+
+
+class Collector(trace_service_pb2_grpc.TraceServiceServicer):
+    """Keeps every span it is sent, by trace id (hex)."""
+
+    def __init__(self) -> None:
+        self.spans: list[Any] = []
+        self._lock = threading.Lock()
+        self.port = free_port()
+        self.server = grpc.server(futures.ThreadPoolExecutor(2))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self.server)
+        self.server.add_insecure_port(f"127.0.0.1:{self.port}")
+        self.server.start()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    def Export(self, request: Any, context: Any) -> Any:  # noqa: N802
+        with self._lock:
+            for rs in request.resource_spans:
+                for ss in rs.scope_spans:
+                    self.spans.extend(ss.spans)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+    def trace(self, trace_id: str) -> list[Any]:
+        with self._lock:
+            return [s for s in self.spans if s.trace_id.hex() == trace_id]
+
+
+@pytest.fixture
+def collector() -> Any:
+    c = Collector()
+    yield c
+    c.server.stop(0)
+
+
+@pytest.fixture(autouse=True)
+def quick_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")  # ms: the SDK's own setting (5 s by default)
+
+
+def _caller() -> tuple[str, str, tuple[tuple[str, str]]]:
+    """A caller's own trace: its trace id, its span id and the metadata that carries them."""
+    trace_id, span_id = secrets.token_hex(16), secrets.token_hex(8)
+    return trace_id, span_id, (("traceparent", f"00-{trace_id}-{span_id}-01"),)
+
+
+def test_a_search_trace_shows_the_call_the_plan_the_strategies_the_ranking_the_commit_and_the_learner(
+        make_server: Any, db_url: str, tmp_path: Path, collector: Collector) -> None:
+    settings = retrieval_server_settings(db_url, tmp_path / "data", tracing="otlp",
+                                         tracing_endpoint=collector.endpoint)
+    settings = Settings(**{**vars(settings), "policies": (retrieval_policy(join_window_seconds=1.0),
+                                                          *settings.policies[1:])})
+    s: ServerThread = make_server(settings)
+    trace_id, caller_span, metadata = _caller()
+    ch = s.channel()
+    page = search_pb2_grpc.SearchServiceStub(ch).Search(search_request("retrieval", "mellow jazz", page_size=5),
+                                                        metadata=metadata)
+    feedback_pb2_grpc.FeedbackServiceStub(ch).ReportReward(
+        reward_event(page.event_id, 1.0, engaged=[page.results[0].item_id]))
+
+    ran = {f"strategy {part.split(':')[0]}" for part in page.plan.split("+")}
+    names = {"ltrr.v1.SearchService/Search", "decide", "rank", "commit", "learn", *ran}
+    spans = wait_for(lambda: (t := collector.trace(trace_id)) and names <= {x.name for x in t} and t,
+                     timeout=30, what="the search's spans")
+    assert {x.name for x in spans} == names  # one span each: no strategy the plan did not run
+    by_name = {x.name: x for x in spans}
+    call = by_name["ltrr.v1.SearchService/Search"]
+    assert call.parent_span_id.hex() == caller_span  # the caller's trace continues
+    assert call.kind == call.SPAN_KIND_SERVER
+    for name in names - {call.name}:
+        assert by_name[name].parent_span_id == call.span_id, name
+        assert by_name[name].start_time_unix_nano >= call.start_time_unix_nano, name
+    attributes = {x.name: {a.key: a.value for a in x.attributes} for x in spans}
+    assert attributes["decide"]["ltrr.event_id"].string_value == page.event_id
+    assert attributes["decide"]["ltrr.policy"].string_value == "retrieval"
+    for name in ran:
+        assert attributes[name]["ltrr.budget"].int_value > 0
+    assert attributes["rank"]["ltrr.page_size"].int_value == 5
+    assert attributes["learn"]["ltrr.reward"].double_value != 0.0  # the engaged item was on the page
+    # The strategies ran inside the call; the commit and the learner came after it was answered.
+    for name in (*ran, "rank"):
+        assert by_name[name].end_time_unix_nano <= call.end_time_unix_nano, name
+    assert by_name["learn"].end_time_unix_nano > call.end_time_unix_nano
+
+
+def test_a_refused_call_says_why_and_a_caller_that_says_not_sampled_is_not_traced(
+        make_server: Any, db_url: str, collector: Collector) -> None:
+    s: ServerThread = make_server(server_settings(db_url, tracing="otlp", tracing_endpoint=collector.endpoint))
+    stub = decisions_pb2_grpc.DecisionServiceStub(s.channel())
+    trace_id, _, metadata = _caller()
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Decide(decide_request("no-such-policy", {}), metadata=metadata)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    [refused] = wait_for(lambda: collector.trace(trace_id), timeout=30, what="the refused call's span")
+    assert refused.name == "ltrr.v1.DecisionService/Decide"
+    attributes = {a.key: a.value for a in refused.attributes}
+    assert attributes["rpc.grpc.status_code"].int_value == grpc.StatusCode.NOT_FOUND.value[0]
+    assert "no-such-policy" in attributes["ltrr.status_message"].string_value
+    # The caller's mistake, not the server's: no error status (OpenTelemetry's RPC conventions).
+    assert refused.status.code == refused.status.STATUS_CODE_UNSET
+
+    unsampled = secrets.token_hex(16)
+    stub.Decide(decide_request("demo", {}), metadata=(("traceparent", f"00-{unsampled}-{secrets.token_hex(8)}-00"),))
+    sampled, _, metadata = _caller()
+    stub.Decide(decide_request("demo", {}), metadata=metadata)
+    wait_for(lambda: collector.trace(sampled), timeout=30, what="the sampled call's spans")
+    assert collector.trace(unsampled) == []
+
+
+def test_without_a_traceparent_the_sample_ratio_decides(make_server: Any, db_url: str, collector: Collector) -> None:
+    s: ServerThread = make_server(server_settings(db_url, tracing="otlp", tracing_endpoint=collector.endpoint,
+                                                  tracing_sample_ratio=0.0))
+    stub = decisions_pb2_grpc.DecisionServiceStub(s.channel())
+    for _ in range(20):
+        stub.Decide(decide_request("demo", {}))
+    sampled, _, metadata = _caller()
+    stub.Decide(decide_request("demo", {}), metadata=metadata)  # the caller's sampled trace is continued
+    wait_for(lambda: collector.trace(sampled), timeout=30, what="the caller's trace")
+    assert {x.trace_id.hex() for x in collector.spans} == {sampled}
+
+
+def test_a_collector_that_is_away_neither_fails_calls_nor_holds_the_stop(make_server: Any, db_url: str) -> None:
+    s: ServerThread = make_server(server_settings(db_url, tracing="otlp",
+                                                  tracing_endpoint=f"http://127.0.0.1:{free_port()}",
+                                                  shutdown_timeout_seconds=2.0))
+    stub = decisions_pb2_grpc.DecisionServiceStub(s.channel())
+    for _ in range(50):
+        assert stub.Decide(decide_request("demo", {})).event_id
+    started = time.monotonic()
+    s.stop()
+    assert time.monotonic() - started < 8.0
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"tracing": "jaeger"}, "server.tracing"),
+    ({"tracing": "otlp", "tracing_sample_ratio": 1.5}, "server.tracing_sample_ratio"),
+    ({"tracing": "otlp", "tracing_sample_ratio": float("nan")}, "server.tracing_sample_ratio"),
+    ({"tracing": "otlp", "tracing_endpoint": "127.0.0.1 4317"}, "server.tracing_endpoint"),
+])
+def test_bad_tracing_settings_name_the_setting(changes: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        Settings(**changes)
+    assert err.value.field == field
