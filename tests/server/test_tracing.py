@@ -128,6 +128,19 @@ def test_a_refused_call_says_why_and_a_caller_that_says_not_sampled_is_not_trace
     assert collector.trace(unsampled) == []
 
 
+def test_a_stream_of_requests_is_one_span_not_one_per_message(make_server: Any, db_url: str,
+                                                             collector: Collector) -> None:
+    s: ServerThread = make_server(server_settings(db_url, tracing="otlp", tracing_endpoint=collector.endpoint))
+    stub = decisions_pb2_grpc.DecisionServiceStub(s.channel())
+    trace_id, caller_span, metadata = _caller()
+    answers = list(stub.DecideStream(iter([decide_request("demo", {})] * 50), metadata=metadata))
+    assert len(answers) == 50
+    [stream] = wait_for(lambda: collector.trace(trace_id), timeout=30, what="the stream's span")
+    assert stream.name == "ltrr.v1.DecisionService/DecideStream" and stream.parent_span_id.hex() == caller_span
+    time.sleep(1.0)  # a batch or two more: no decide or commit span may follow
+    assert [x.name for x in collector.trace(trace_id)] == [stream.name]
+
+
 def test_without_a_traceparent_the_sample_ratio_decides(make_server: Any, db_url: str, collector: Collector) -> None:
     s: ServerThread = make_server(server_settings(db_url, tracing="otlp", tracing_endpoint=collector.endpoint,
                                                   tracing_sample_ratio=0.0))

@@ -224,11 +224,16 @@ class ServiceRoutes:
                 if span is not None:
                     ended_with(span, code, detail)
 
-        return self._traced(name, handle)
+        return self._traced(name, handle, current=False)
 
-    def _traced(self, name: str, handle: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
-        """A streaming handler, inside the call's span when it is traced (one span for the
-        stream). Both are async generator functions: gRPC tells a streaming handler by that."""
+    def _traced(self, name: str, handle: Callable[..., AsyncIterator[Any]], current: bool = True
+                ) -> Callable[..., AsyncIterator[Any]]:
+        """A streaming handler, in the call's span when it is traced (one span for the stream).
+        Both are async generator functions: gRPC tells a streaming handler by that.
+
+        ``current=False`` (a stream of requests: DecideStream, StreamRewards): the span is the
+        stream's alone, and its messages' work is not traced one by one; a stream open for hours
+        would otherwise be one trace of millions of spans."""
         tracing = self._tracing
         if tracing is None:
             return handle
@@ -240,7 +245,15 @@ class ServiceRoutes:
                 async for answer in handle(request, context, None):
                     yield answer
                 return
-            with ServerSpan(tracer, self.name, name, metadata or ()) as span:
+            call = ServerSpan(tracer, self.name, name, metadata or ())
+            if not current:
+                try:
+                    async for answer in handle(request, context, call.span):
+                        yield answer
+                finally:
+                    call.span.end()
+                return
+            with call as span:
                 async for answer in handle(request, context, span):
                     yield answer
 

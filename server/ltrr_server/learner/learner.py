@@ -275,6 +275,7 @@ class Learner:
         with self._lock:
             proc = self._current
         if proc is None or proc.process is None:
+            self._learning.abandon("the server stopped before a model that learned it was published")
             return
         proc.expected_exit = True
         if proc.idle:
