@@ -6,10 +6,11 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.conftest import ServerThread
+from tests.conftest import ServerThread, retrieval_server_settings
 from tests.helpers import rows
 
 
@@ -27,6 +28,17 @@ def test_decide_then_reward(server: ServerThread) -> None:
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["status"] == "REWARD_STATUS_ACCEPTED"
     assert [r["value"] for r in rows(server.settings.db_url, "rewards")] == [1.5]
+
+
+def test_search_prints_every_field_of_every_result_even_a_zero_score(make_server: Any, db_url: str,
+                                                                      tmp_path: Path) -> None:
+    s = make_server(retrieval_server_settings(db_url, tmp_path / "data"))
+    out = ltrr("search", "mellow jazz", "--target", s.target, "--page-size", "3", "--plan", "lexical=10")
+    assert out.returncode == 0, out.stderr
+    page = json.loads(out.stdout)
+    assert len(page["results"]) == 3 and page["ranker"] == "online"
+    # A fresh online ranker scores every candidate 0: protobuf's JSON would leave "score" out.
+    assert all({"item_id", "score", "position", "hits"} <= set(r) for r in page["results"])
 
 
 def test_errors_are_reported_with_their_status(server: ServerThread) -> None:

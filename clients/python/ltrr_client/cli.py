@@ -188,7 +188,10 @@ def json_all_the_way(obj: Any) -> Any:
 
 
 def _print(msg: object) -> None:
-    data = MessageToDict(msg, preserving_proto_field_name=True)  # type: ignore[arg-type]
+    # Every field, zero values too: a script reading the output finds the same keys every time
+    # (protobuf's JSON leaves out a score of exactly 0, an empty error, a false flag).
+    data = MessageToDict(msg, preserving_proto_field_name=True,  # type: ignore[arg-type]
+                         always_print_fields_with_no_presence=True)
     print(json.dumps(json_all_the_way(data), indent=2))
 
 
