@@ -260,6 +260,9 @@ class Limits:
     max_actions: int = 256
     max_features: int = 1024
     max_request_bytes: int = 4 * 1024 * 1024
+    # Decisions waiting for their join window, in memory: each holds its context's VW line (a few
+    # hundred bytes), a Search's also its page's features (about 2 KB), so 500k pending Searches
+    # are about 1 GB. Past it, decisions are refused (RESOURCE_EXHAUSTED) until joins catch up.
     max_pending_joins: int = 500_000
     # Recently joined decisions remembered to classify their later rewards without a database
     # look-up (duplicate, accepted after an early join, late); older ones are looked up.
