@@ -4,9 +4,9 @@
 
 Three `ltrr serve` processes on the embedded demo's decision policy: ``tracing = "none"`` (the
 default); ``"otlp"`` with ``tracing_sample_ratio = 1.0`` (every call: its span, ``decide`` and
-``commit``); and ``"otlp"`` at 0.01. Their spans go to an OTLP/gRPC collector in this process that
-counts them. Each round measures unary Decide with 64 calls in flight on one channel to each; the
-ratios are over the server without tracing.
+``commit``); and ``"otlp"`` at 0.01. Their spans go to an OTLP/gRPC collector in this process
+(``tests/otlp.py``). Each round measures unary Decide with 64 calls in flight on one channel to
+each; the ratios are over the server without tracing.
 """
 
 from __future__ import annotations
@@ -14,32 +14,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import threading
-from concurrent import futures
-from typing import Any
-
-import grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from bench.bench_tls import CONFIG, rate
-from bench.common import LtrrProcess, free_port, save
-
-
-class CountingCollector(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self) -> None:
-        self.spans = 0
-        self._lock = threading.Lock()
-        self.port = free_port()
-        self.server = grpc.server(futures.ThreadPoolExecutor(4))
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self.server)
-        self.server.add_insecure_port(f"127.0.0.1:{self.port}")
-        self.server.start()
-
-    def Export(self, request: Any, context: Any) -> Any:  # noqa: N802
-        n = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
-        with self._lock:
-            self.spans += n
-        return trace_service_pb2.ExportTraceServiceResponse()
+from bench.common import LtrrProcess, save
+from tests.otlp import Collector
 
 
 def main() -> None:
@@ -47,7 +25,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    collector = CountingCollector()
+    collector = Collector()
     endpoint = f'tracing_endpoint = "http://127.0.0.1:{collector.port}"'
     servers: list[LtrrProcess] = []
     rounds = []
@@ -67,10 +45,10 @@ def main() -> None:
     finally:
         for server in servers:
             server.stop()
-        collector.server.stop(1)
+        collector.stop()
     save("tracing", {"rounds": rounds, "median_every_ratio": statistics.median(r["every_ratio"] for r in rounds),
                      "median_sampled_ratio": statistics.median(r["sampled_ratio"] for r in rounds),
-                     "spans_received": collector.spans})
+                     "spans_received": len(collector.spans)})
 
 
 if __name__ == "__main__":

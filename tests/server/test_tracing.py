@@ -1,18 +1,14 @@
-"""OpenTelemetry traces from a real server to a real OTLP/gRPC collector (a TraceService on a free
-port, as the OpenTelemetry Collector, Jaeger and Tempo serve it)."""
+"""OpenTelemetry traces from a real server to a real OTLP/gRPC collector (``tests/otlp.py``)."""
 
 from __future__ import annotations
 
 import secrets
-import threading
 import time
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from ltrr.v1 import decisions_pb2_grpc, feedback_pb2_grpc, search_pb2_grpc
 from ltrr_client.client import decide_request, reward_event, search_request
@@ -20,38 +16,14 @@ from ltrr_server.config import Settings
 from ltrr_server.errors import InvalidArgument
 from tests.conftest import ServerThread, free_port, retrieval_policy, retrieval_server_settings, server_settings
 from tests.helpers import wait_for
-
-
-class Collector(trace_service_pb2_grpc.TraceServiceServicer):
-    """Keeps every span it is sent, by trace id (hex)."""
-
-    def __init__(self) -> None:
-        self.spans: list[Any] = []
-        self._lock = threading.Lock()
-        self.port = free_port()
-        self.server = grpc.server(futures.ThreadPoolExecutor(2))
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self.server)
-        self.server.add_insecure_port(f"127.0.0.1:{self.port}")
-        self.server.start()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-
-    def Export(self, request: Any, context: Any) -> Any:  # noqa: N802
-        with self._lock:
-            for rs in request.resource_spans:
-                for ss in rs.scope_spans:
-                    self.spans.extend(ss.spans)
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-    def trace(self, trace_id: str) -> list[Any]:
-        with self._lock:
-            return [s for s in self.spans if s.trace_id.hex() == trace_id]
+from tests.otlp import Collector
 
 
 @pytest.fixture
 def collector() -> Any:
     c = Collector()
     yield c
-    c.server.stop(0)
+    c.stop()
 
 
 @pytest.fixture(autouse=True)

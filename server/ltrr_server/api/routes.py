@@ -23,7 +23,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import message_factory
@@ -71,6 +71,35 @@ def decoder(message_class: Any) -> Callable[[bytes], Any]:
     return decode
 
 
+class _Outcome:
+    """How a call ended: its status code and message, for its metrics and its span."""
+
+    __slots__ = ("code", "detail")
+
+    def __init__(self) -> None:
+        self.code = grpc.StatusCode.OK
+        self.detail = ""
+
+    async def fail(self, exc: BaseException, context: Ctx, name: str) -> NoReturn:
+        """Answers what ended the call, one rule for every kind of handler: a domain error with
+        its status code, anything else unforeseen as INTERNAL (logged); a cancellation, an abort
+        of the servicer's own (not counted by code) and whatever else stops the process go on."""
+        if isinstance(exc, errors.LtrrError):
+            self.code, self.detail = code_for(exc), message_for(exc)
+        elif isinstance(exc, asyncio.CancelledError | GeneratorExit):
+            self.code = grpc.StatusCode.CANCELLED
+            raise exc
+        elif isinstance(exc, grpc.aio.AbortError):
+            self.code = grpc.StatusCode.UNKNOWN
+            raise exc
+        elif isinstance(exc, Exception):
+            self.code, self.detail = grpc.StatusCode.INTERNAL, "internal error"
+            log.error("%s failed", name, exc_info=exc)
+        else:
+            raise exc
+        await context.abort(self.code, self.detail)
+
+
 class ServiceRoutes:
     """One service's handlers; ``attach`` binds them to a servicer with a method per RPC."""
 
@@ -103,6 +132,13 @@ class ServiceRoutes:
             methods[name] = found[0]
         self._methods = methods
 
+    def _bound(self, name: str) -> Callable[..., Any]:
+        """The servicer's method for ``name``; UNAVAILABLE, saying why, until it is attached."""
+        method = self._methods.get(name)
+        if method is None:
+            raise errors.Unavailable(f"{self.name} is not serving yet: {self._waiting_for}")
+        return method
+
     def _handler(self, method: MethodDescriptor) -> grpc.RpcMethodHandler[Any, Any]:
         request = message_factory.GetMessageClass(method.input_type)
         response = message_factory.GetMessageClass(method.output_type)
@@ -120,31 +156,18 @@ class ServiceRoutes:
 
         async def handle(request: Any, context: Ctx, span: Span | None) -> Any:
             start = time.perf_counter()
-            code, detail = grpc.StatusCode.OK, ""
+            outcome = _Outcome()
             try:
-                method = self._methods.get(name)
-                if method is None:
-                    raise errors.Unavailable(f"{self.name} is not serving yet: {self._waiting_for}")
+                method = self._bound(name)
                 if request.__class__ is Undecodable:
                     raise request.error
                 return await method(request, context)
-            except errors.LtrrError as exc:
-                code, detail = code_for(exc), message_for(exc)
-                await context.abort(code, detail)
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except grpc.aio.AbortError:  # servicers raise domain errors; an abort of their own is not counted by code
-                code = grpc.StatusCode.UNKNOWN
-                raise
-            except Exception:
-                code, detail = grpc.StatusCode.INTERNAL, "internal error"
-                log.exception("%s failed", name)
-                await context.abort(code, detail)
+            except BaseException as exc:
+                await outcome.fail(exc, context, name)
             finally:
-                metrics.observe_rpc(name, code.name, time.perf_counter() - start)
+                metrics.observe_rpc(name, outcome.code.name, time.perf_counter() - start)
                 if span is not None:
-                    ended_with(span, code, detail)
+                    ended_with(span, outcome.code, outcome.detail)
 
         if tracing is None:
             async def call(request: Any, context: Ctx) -> Any:
@@ -167,32 +190,19 @@ class ServiceRoutes:
 
         async def handle(request: Any, context: Ctx, span: Span | None = None) -> AsyncIterator[Any]:
             start = time.perf_counter()
-            code, detail = grpc.StatusCode.OK, ""
+            outcome = _Outcome()
             try:
-                method = self._methods.get(name)
-                if method is None:
-                    raise errors.Unavailable(f"{self.name} is not serving yet: {self._waiting_for}")
+                method = self._bound(name)
                 if request.__class__ is Undecodable:
                     raise request.error
                 async for answer in method(request, context):
                     yield answer
-            except errors.LtrrError as exc:
-                code, detail = code_for(exc), message_for(exc)
-                await context.abort(code, detail)
-            except (asyncio.CancelledError, GeneratorExit):
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except grpc.aio.AbortError:
-                code = grpc.StatusCode.UNKNOWN
-                raise
-            except Exception:
-                code, detail = grpc.StatusCode.INTERNAL, "internal error"
-                log.exception("%s failed", name)
-                await context.abort(code, detail)
+            except BaseException as exc:
+                await outcome.fail(exc, context, name)
             finally:
-                metrics.observe_rpc(name, code.name, time.perf_counter() - start)
+                metrics.observe_rpc(name, outcome.code.name, time.perf_counter() - start)
                 if span is not None:
-                    ended_with(span, code, detail)
+                    ended_with(span, outcome.code, outcome.detail)
 
         return self._traced(name, handle)
 
@@ -200,29 +210,16 @@ class ServiceRoutes:
         async def handle(requests: AsyncIterator[Any], context: Ctx, span: Span | None = None
                          ) -> AsyncIterator[Any]:
             # Each message's handling is timed by the servicer, per message.
-            code, detail = grpc.StatusCode.OK, ""
+            outcome = _Outcome()
             try:
-                method = self._methods.get(name)
-                if method is None:
-                    raise errors.Unavailable(f"{self.name} is not serving yet: {self._waiting_for}")
+                method = self._bound(name)
                 async for answer in method(requests, context):
                     yield answer
-            except errors.LtrrError as exc:
-                code, detail = code_for(exc), message_for(exc)
-                await context.abort(code, detail)
-            except (asyncio.CancelledError, GeneratorExit):
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except grpc.aio.AbortError:
-                code = grpc.StatusCode.UNKNOWN
-                raise
-            except Exception:
-                code, detail = grpc.StatusCode.INTERNAL, "internal error"
-                log.exception("%s failed", name)
-                await context.abort(code, detail)
+            except BaseException as exc:
+                await outcome.fail(exc, context, name)
             finally:
                 if span is not None:
-                    ended_with(span, code, detail)
+                    ended_with(span, outcome.code, outcome.detail)
 
         return self._traced(name, handle, current=False)
 
