@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from ltrr_server.app import LtrrServer, build_server
 from ltrr_server.config import ActionSpec, PolicySpec, RetrievalSettings, Settings, StrategySpec
+from tests.helpers import stop_children
 
 # The property tests draw the same examples on every run, so that a run fails only on a change of
 # the code: a random draw failed CI once on a number VW's text parser reads as 0, in code no
@@ -55,6 +56,14 @@ def pg_problem() -> str:
     return _PG_PROBLEM
 
 
+@pytest.fixture(autouse=True)
+def _stop_started_processes() -> Iterator[None]:
+    """Every process a test started (``tests.helpers.child``) stops when the test ends, failed or not:
+    a failed assertion before ``terminate()`` used to leave an ``ltrr serve`` running."""
+    yield
+    stop_children()
+
+
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database for one test, dropped afterwards."""
@@ -73,6 +82,7 @@ def pg_url() -> Iterator[str]:
     # Servers of this test stop (and write their last snapshots) before their database goes.
     while _RUNNING:
         _RUNNING.pop().stop()
+    stop_children()
     with psycopg.connect(PG_URL, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import struct
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +23,29 @@ def rows(db_url: str, table: str, where: str = "", **params: Any) -> list[dict[s
             return [dict(r) for r in conn.execute(sa.text(sql), params).mappings()]
     finally:
         engine.dispose()
+
+
+_CHILDREN: list[subprocess.Popen[bytes]] = []
+
+
+def child(proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+    """Registers a process a test started, so that it is stopped when the test ends, failed or not."""
+    _CHILDREN.append(proc)
+    return proc
+
+
+def stop_children() -> None:
+    """Stops every registered process still running: SIGTERM (its own children stop with it), then
+    SIGKILL after 20 s."""
+    while _CHILDREN:
+        proc = _CHILDREN.pop()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
 
 
 def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -18,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ltrr.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2_grpc, feedback_pb2, feedback_pb2_grpc
 from ltrr_client.client import decide_request, reward_event
 from tests.conftest import free_port, server_settings
-from tests.helpers import rows, wait_for
+from tests.helpers import child, rows, wait_for
 
 CONFIG = """
 [server]
@@ -53,19 +52,6 @@ id = "b"
 PROBES = [{"user": {"segment": f"s{i}"}} for i in range(6)]
 
 
-_LIVE: list[subprocess.Popen[bytes]] = []
-
-
-@pytest.fixture(autouse=True)
-def _kill_leftover_servers() -> Iterator[None]:
-    yield
-    while _LIVE:
-        proc = _LIVE.pop()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-
-
 class ServerProcess:
     """`ltrr serve` in a child process, as an operator runs it."""
 
@@ -75,13 +61,12 @@ class ServerProcess:
         cfg.write_text(config)
         self.port = free_port()
         self.log = open(tmp / f"server-{self.port}.log", "w")
-        self.proc = subprocess.Popen(
+        self.proc = child(subprocess.Popen(
             [sys.executable, "-m", "ltrr_client.cli", "serve", "--config", str(cfg), "--db", db_url,
              "--grpc-port", str(self.port), "--metrics-port", "-1", "--host", "127.0.0.1", *args],
             stdout=self.log, stderr=subprocess.STDOUT, env=None if env is None else {**os.environ, **env},
-        )
+        ))
         self.log_path = tmp / f"server-{self.port}.log"
-        _LIVE.append(self.proc)
         self.target = f"127.0.0.1:{self.port}"
         channel = grpc.insecure_channel(self.target)
         health = health_pb2_grpc.HealthStub(channel)
