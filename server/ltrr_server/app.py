@@ -149,6 +149,8 @@ class LtrrServer:
             core = await asyncio.to_thread(_make_core, settings, self.metrics, self._on_component_change,
                                            self.tracing.tracer)
             self.core = core
+            if self.tracing.enabled:
+                core.supervisor.watch(self.tracing)
             await asyncio.to_thread(core.open_policies)
         from ltrr_server.api.access import AccessServicer
         from ltrr_server.api.admin import AdminServicer

@@ -29,7 +29,7 @@ import collections
 import logging
 import random
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from typing import Any
 
@@ -53,34 +53,58 @@ MAX_WAITING_SPANS = 10_000
 class Tracing:
     """The server's tracer provider (none when off); ``shutdown`` sends what is buffered.
 
+    With tracing on, it is also a supervised part (``supervisor.Part``, named ``tracing``): the
+    OpenTelemetry SDK exports from a thread of its own, and if that thread died, spans would stop
+    with nothing saying so. ``running()`` looks at that thread; ``restart()`` puts a new batch
+    processor, with a new exporter, in the place of the dead one (what the dead one held is lost).
+    Calls never wait on it, so health does not depend on it: ``ltrr_component_up{component="tracing"}``
+    and the part-down alert say it.
+
     >>> Tracing().enabled, Tracing().tracer.start_span("x").is_recording()
     (False, False)
     """
 
-    def __init__(self, mode: str = "none", endpoint: str = "", sample_ratio: float = 1.0, version: str = "") -> None:
+    name = "tracing"
+
+    def __init__(self, mode: str = "none", endpoint: str = "", sample_ratio: float = 1.0, version: str = "",
+                 exporter: Callable[[], Any] | None = None) -> None:
+        """``exporter`` makes the span exporter (OTLP/gRPC to ``endpoint`` unless given)."""
         self.enabled = mode == "otlp"
         self.sample_ratio = sample_ratio
         self._provider: Any = None
+        self._batches: Any = None
         self.tracer: Tracer = NO_TRACER
         if not self.enabled:
             return
         # Imported only when on: the SDK and the exporter are ~40 ms of a start nobody needs.
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
         from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
+
+        def otlp() -> Any:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+            return OTLPSpanExporter(endpoint=endpoint or None,
+                                    insecure=True if endpoint.startswith("http://") else None)
 
         resource = Resource.create({"service.name": "ltrr", "service.version": version})
         # The ratio is applied before a span is made (``traced_call``); what gets here is traced.
         provider = TracerProvider(resource=resource, sampler=ParentBased(ALWAYS_ON))
-        exporter = OTLPSpanExporter(endpoint=endpoint or None,
-                                    insecure=True if endpoint.startswith("http://") else None)
-        provider.add_span_processor(BatchSpanProcessor(exporter))
+        self._batches = _batches(exporter or otlp)
+        provider.add_span_processor(self._batches)
         self._provider = provider
         self.tracer = provider.get_tracer("ltrr_server", version)
         log.info("tracing: OTLP to %s, %.0f%% of the calls no caller decided", endpoint or "the OTEL_ default",
                  100 * sample_ratio)
+
+    def running(self) -> bool:
+        """Whether spans are being exported (true when off, or stopped on purpose)."""
+        return self._provider is None or self._batches.alive()
+
+    def restart(self) -> None:
+        if self._provider is not None:
+            self._batches.renew()
+            log.warning("tracing: the span export thread had stopped; a new one exports from now on")
 
     def shutdown(self, timeout: float) -> None:
         """Exports the spans still buffered (a stop's last calls) for at most ``timeout`` seconds:
@@ -93,6 +117,47 @@ class Tracing:
         flush.join(timeout)
         if flush.is_alive():
             log.warning("tracing: the collector took no spans in %.0fs; the last ones are dropped", timeout)
+
+
+def _batches(make_exporter: Callable[[], Any]) -> Any:
+    """The span processor the provider holds: the SDK's batch processor, behind one that can put a
+    new one in its place (a provider cannot drop a processor it was given)."""
+    from opentelemetry.sdk.trace import SpanProcessor
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    class Batches(SpanProcessor):
+        def __init__(self) -> None:
+            self.inner: Any = BatchSpanProcessor(make_exporter())
+
+        def _worker(self) -> threading.Thread | None:
+            # The SDK's own attribute (1.3x-1.4x); an SDK without it cannot be watched: taken as up.
+            worker = getattr(getattr(self.inner, "_batch_processor", None), "_worker_thread", None)
+            return worker if isinstance(worker, threading.Thread) else None
+
+        def alive(self) -> bool:
+            worker = self._worker()
+            return worker is None or worker.is_alive()
+
+        def renew(self) -> None:
+            # The old processor is dropped, not shut down: its shutdown would wait on its dead thread.
+            self.inner = BatchSpanProcessor(make_exporter())
+
+        def on_start(self, span: Any, parent_context: Any = None) -> None:
+            self.inner.on_start(span, parent_context=parent_context)
+
+        def on_end(self, span: Any) -> None:
+            self.inner.on_end(span)
+
+        def shutdown(self) -> None:
+            self.inner.shutdown()
+
+        def force_flush(self, timeout_millis: int = 30000) -> bool:
+            return bool(self.inner.force_flush(timeout_millis))
+
+    batches = Batches()
+    if batches._worker() is None:
+        log.warning("tracing: this OpenTelemetry SDK does not show its export thread; it is not watched")
+    return batches
 
 
 class ServerSpan:

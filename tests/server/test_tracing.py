@@ -9,11 +9,15 @@ from typing import Any
 
 import grpc
 import pytest
+from prometheus_client import CollectorRegistry
 
 from ltrr.v1 import decisions_pb2_grpc, feedback_pb2_grpc, search_pb2_grpc
 from ltrr_client.client import decide_request, reward_event, search_request
 from ltrr_server.config import Settings
 from ltrr_server.errors import InvalidArgument
+from ltrr_server.metrics import Metrics
+from ltrr_server.supervisor import Supervisor
+from ltrr_server.tracing import Tracing
 from tests.conftest import ServerThread, free_port, retrieval_policy, retrieval_server_settings, server_settings
 from tests.helpers import wait_for
 from tests.otlp import Collector
@@ -132,9 +136,46 @@ def test_a_collector_that_is_away_neither_fails_calls_nor_holds_the_stop(make_se
     stub = decisions_pb2_grpc.DecisionServiceStub(s.channel())
     for _ in range(50):
         assert stub.Decide(decide_request("demo", {})).event_id
+    # The export thread is a supervised part; a collector away is not a part down.
+    assert s.registry.get_sample_value("ltrr_component_up", {"component": "tracing"}) == 1.0
     started = time.monotonic()
     s.stop()
     assert time.monotonic() - started < 8.0
+
+
+class _Fatal(BaseException):
+    """What no handler in the SDK's export thread catches: the thread dies of it."""
+
+
+def test_a_dead_span_export_thread_is_restarted_and_spans_reach_the_collector_again(collector: Collector) -> None:
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    fatal = [True]
+
+    class DiesOnce(OTLPSpanExporter):
+        def export(self, spans: Any) -> Any:
+            if fatal:
+                fatal.clear()
+                raise _Fatal
+            return super().export(spans)
+
+    metrics = Metrics(CollectorRegistry())
+    supervisor = Supervisor(metrics)
+    tracing = Tracing("otlp", collector.endpoint, exporter=lambda: DiesOnce(endpoint=collector.endpoint, insecure=True))
+    supervisor.watch(tracing)
+    try:
+        tracing.tracer.start_span("lost").end()
+        wait_for(lambda: not tracing.running(), timeout=30, what="the export thread to die")
+        supervisor.check_once()  # seen down, restarted
+        assert metrics.registry.get_sample_value("ltrr_component_up", {"component": "tracing"}) == 0.0
+        assert tracing.running()
+        supervisor.check_once()  # seen up again
+        tracing.tracer.start_span("after").end()
+        wait_for(lambda: [x for x in collector.spans if x.name == "after"], timeout=30, what="the span after")
+        assert metrics.registry.get_sample_value("ltrr_component_restarts_total", {"component": "tracing"}) == 1.0
+        assert metrics.registry.get_sample_value("ltrr_component_up", {"component": "tracing"}) == 1.0
+    finally:
+        tracing.shutdown(5)
 
 
 @pytest.mark.parametrize(("changes", "field"), [
