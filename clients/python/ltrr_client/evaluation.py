@@ -159,6 +159,7 @@ def tune_table(result: admin_pb2.TuneResult) -> str:
             f"{'#':>2} {'SNIPS [95% interval]':>34}  configuration"]
     for i, c in enumerate(result.candidates):
         rows.append(f"{i + 1:>2} {_interval(c.estimate):>34}  {describe(c.spec)}")
+    rows.append(f"recommended: {describe(result.recommended)}")
     rows.append(("applied: " if result.applied else "not applied: ") + result.reason)
     return "\n".join(rows)
 

@@ -260,9 +260,16 @@ def test_tune_ranks_a_grid_and_switches_only_to_a_clear_winner(ev_server: Server
     assert values == sorted(values, reverse=True)
     assert dry.logged.value < dry.candidates[0].estimate.lower
     assert dry.candidates[0].spec.exploration != admin_pb2.EXPLORATION_EPSILON or dry.candidates[0].spec.epsilon < 0.5
+    assert dry.recommended == dry.candidates[0].spec
 
     own = tune(ev_server, apply=True, candidates=[spec()])
     assert not own.applied and "own configuration" in own.reason
+    assert own.recommended.epsilon == 0.5 and own.recommended.exploration == admin_pb2.EXPLORATION_EPSILON
+
+    # Exploring even more than the live policy cannot be clearly better: the live configuration stays.
+    worse = tune(ev_server, apply=True, candidates=[spec(epsilon=0.9)])
+    assert not worse.applied and "live configuration stays" in worse.reason, worse.reason
+    assert worse.recommended.epsilon == 0.5
 
     squarecb = admin_pb2.PolicySpec(exploration=admin_pb2.EXPLORATION_SQUARECB, learning_rate=0.1)
     done = tune(ev_server, apply=True, candidates=[spec(epsilon=0.4), squarecb])

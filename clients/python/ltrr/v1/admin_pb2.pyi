@@ -977,6 +977,7 @@ class TuneResult(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     POLICY_AFTER_FIELD_NUMBER: _builtins.int
     SECONDS_FIELD_NUMBER: _builtins.int
+    RECOMMENDED_FIELD_NUMBER: _builtins.int
     policy: _builtins.str
     events: _builtins.int
     applied: _builtins.bool
@@ -995,6 +996,13 @@ class TuneResult(_message.Message):
     def policy_after(self) -> Global___Policy:
         """The policy after the switch, when applied."""
 
+    @_builtins.property
+    def recommended(self) -> Global___PolicySpec:
+        """What tune recommends, and apply switches to: the candidate with the highest estimate among
+        those whose 95% lower bound is above the live policy's mean reward; when none is, the live
+        policy's own configuration.
+        """
+
     def __init__(
         self,
         *,
@@ -1006,10 +1014,11 @@ class TuneResult(_message.Message):
         reason: _builtins.str = ...,
         policy_after: Global___Policy | None = ...,
         seconds: _builtins.float = ...,
+        recommended: Global___PolicySpec | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["logged", b"logged", "policy_after", b"policy_after"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["logged", b"logged", "policy_after", b"policy_after", "recommended", b"recommended"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "candidates", b"candidates", "events", b"events", "logged", b"logged", "policy", b"policy", "policy_after", b"policy_after", "reason", b"reason", "seconds", b"seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "candidates", b"candidates", "events", b"events", "logged", b"logged", "policy", b"policy", "policy_after", b"policy_after", "reason", b"reason", "recommended", b"recommended", "seconds", b"seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
