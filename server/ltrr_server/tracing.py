@@ -16,7 +16,8 @@ What one ``Search`` (or ``Retrieve``, ``Decide``) leaves in its trace::
       rank                          the page: ranker, order, size, whether it explored
       commit                        from the decision's row being queued to its commit
       learn                         from the join (its reward came, or its window closed) to the
-                                    first model published after learning it
+                                    first model published after learning it; linked to the span
+                                    of the reward call that brought its first reward, when traced
 
 ``commit`` ends just after the call is answered, ``learn`` only once the decision is joined: a
 trace viewer shows them when they arrive. Log lines written during a call carry its ``trace_id``
@@ -264,9 +265,11 @@ class Pending:
         self._lock = threading.Lock()
         self._waiting: dict[str, collections.deque[tuple[int, Span]]] = {}
 
-    def start(self, key: str, count: int, name: str, parent: SpanContext, attributes: Mapping[str, Any]) -> None:
+    def start(self, key: str, count: int, name: str, parent: SpanContext, attributes: Mapping[str, Any],
+              link: SpanContext | None = None) -> None:
+        """``link``: another trace's span it belongs to as well (the call that brought the reward)."""
         span = self._tracer.start_span(name, context=trace.set_span_in_context(NonRecordingSpan(parent)),
-                                       attributes=attributes)
+                                       attributes=attributes, links=None if link is None else [trace.Link(link)])
         with self._lock:
             waiting = self._waiting.setdefault(key, collections.deque())
             waiting.append((count, span))

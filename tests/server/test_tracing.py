@@ -52,8 +52,9 @@ def test_a_search_trace_shows_the_call_the_plan_the_strategies_the_ranking_the_c
     ch = s.channel()
     page = search_pb2_grpc.SearchServiceStub(ch).Search(search_request("retrieval", "mellow jazz", page_size=5),
                                                         metadata=metadata)
+    reward_trace, _, reward_metadata = _caller()
     feedback_pb2_grpc.FeedbackServiceStub(ch).ReportReward(
-        reward_event(page.event_id, 1.0, engaged=[page.results[0].item_id]))
+        reward_event(page.event_id, 1.0, engaged=[page.results[0].item_id]), metadata=reward_metadata)
 
     ran = {f"strategy {part.split(':')[0]}" for part in page.plan.split("+")}
     names = {"ltrr.v1.SearchService/Search", "decide", "rank", "commit", "learn", *ran}
@@ -78,6 +79,9 @@ def test_a_search_trace_shows_the_call_the_plan_the_strategies_the_ranking_the_c
     for name in (*ran, "rank"):
         assert by_name[name].end_time_unix_nano <= call.end_time_unix_nano, name
     assert by_name["learn"].end_time_unix_nano > call.end_time_unix_nano
+    # The learning also belongs to the reward's own trace: a link to its call's span.
+    reward_call = wait_for(lambda: collector.trace(reward_trace), timeout=30, what="the reward call's span")
+    assert [(x.trace_id.hex(), x.span_id) for x in by_name["learn"].links] == [(reward_trace, reward_call[0].span_id)]
 
 
 def test_a_refused_call_says_why_and_a_caller_that_says_not_sampled_is_not_traced(

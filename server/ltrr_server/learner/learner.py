@@ -239,7 +239,7 @@ class Learner:
                 if ev.trace is not None:
                     self._learning.start(ev.policy, count, "learn", ev.trace, {
                         "ltrr.policy": ev.policy, "ltrr.event_id": ev.event_id, "ltrr.reward": ev.reward,
-                        "ltrr.rewards": ev.n_rewards, "ltrr.learned": ev.learn})
+                        "ltrr.rewards": ev.n_rewards, "ltrr.learned": ev.learn}, link=ev.reward_trace)
             self._last_seq = events[-1].seq
             current = self._current
             if current is not None and (self.alive or current.process is None):

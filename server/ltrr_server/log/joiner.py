@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ltrr_server.errors import Overloaded
+from ltrr_server.tracing import recording
 
 
 class Outcome:
@@ -58,6 +59,8 @@ class PendingDecision:
     # The traced call that made it (an OpenTelemetry SpanContext; None when not traced): its
     # learning is a span of that trace.
     trace: Any = None
+    # The traced call that brought its first reward, when it was traced: the learn span links to it.
+    reward_trace: Any = None
 
     def add_reward(self, reward_id: str, value: float) -> bool:
         """Records an accepted reward; False when this reward id was seen already."""
@@ -93,6 +96,7 @@ class JoinedEvent:
     learn: bool = True
     retrieval: Any = None
     trace: Any = None
+    reward_trace: Any = None
 
 
 # A decision joined recently: (policy, deadline, reward ids seen or None). A tuple, not a class:
@@ -171,6 +175,8 @@ class Joiner:
         if pd is not None:
             if not pd.add_reward(reward_id, value):
                 return Outcome.DUPLICATE, pd.policy
+            if pd.trace is not None and pd.reward_trace is None:
+                pd.reward_trace = recording()
             if pd.oracle_best is None:
                 pd.oracle_best, pd.oracle_chosen = oracle_best, oracle_chosen
             return Outcome.ACCEPTED, pd.policy
@@ -221,7 +227,7 @@ class Joiner:
             joined.append(JoinedEvent(
                 seq, pd.event_id, pd.policy, pd.lineage, pd.shared, pd.actions, pd.action_ids, pd.chosen,
                 pd.explored, reward, n, source, pd.oracle_best, pd.oracle_chosen, now, pd.learn, pd.retrieval,
-                pd.trace,
+                pd.trace, pd.reward_trace,
             ))
             seq += 1
         self.next_seq = seq

@@ -86,6 +86,6 @@ def test_a_joined_event_carries_its_decision_field_by_field() -> None:
     [ev] = out
     shared = {f for f in JoinedEvent.__dataclass_fields__ if f in PendingDecision.__dataclass_fields__}
     assert shared == {"event_id", "policy", "lineage", "shared", "actions", "action_ids", "chosen", "explored",
-                      "oracle_best", "oracle_chosen", "learn", "retrieval", "trace"}
+                      "oracle_best", "oracle_chosen", "learn", "retrieval", "trace", "reward_trace"}
     assert all(getattr(ev, f) == getattr(pd, f) for f in shared)
     assert (ev.seq, ev.reward, ev.n_rewards, ev.source, ev.joined_at) == (7, 0.5, 1, "reward", 2.0)
