@@ -227,24 +227,36 @@ async def run_search_simulation(
 
 
 def plot(sim: SearchSimulation, path: str) -> None:
-    """NDCG@10, MRR and clicks per page over time per arm, as a PNG with the run's parameters."""
+    """NDCG@10, MRR, clicks per page, the target's recall on the page and the candidates drawn, over
+    time per arm, as a PNG with the run's parameters."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     xs = [r["_"]["queries"] for r in sim.rows]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
-    for ax, key, title in zip(axes, ("ndcg", "mrr", "clicks"),
-                              ("NDCG@10 (true relevance)", "MRR of the query's target", "engagements per page"),
-                              strict=True):
-        for arm in [a for a in sim.rows[-1] if a != "_"] if sim.rows else ARMS:
-            ax.plot(xs, [r[arm][key] if arm in r else float("nan") for r in sim.rows], label=arm,
+    arms = [a for a in sim.rows[-1] if a != "_"] if sim.rows else list(ARMS)
+    fig, grid = plt.subplots(2, 3, figsize=(15, 8.4))
+    axes = list(grid.flat)
+    panels = (("ndcg", "NDCG@10 (true relevance)", arms), ("mrr", "MRR of the query's target", arms),
+              ("clicks", "engagements per page", arms), ("recall", "the query's target on the page", arms),
+              # Only the policy's plan and the largest plan draw different candidates: the other
+              # arms order the largest plan's union.
+              ("candidates", "candidates drawn per query", [LEARNED, RANKER_ALL]))
+    for ax, (key, title, shown) in zip(axes, panels, strict=False):
+        for arm in shown:
+            label = "every strategy at its largest" if key == "candidates" and arm == RANKER_ALL else arm
+            ax.plot(xs, [r[arm][key] if arm in r else float("nan") for r in sim.rows], label=label,
                     linestyle="--" if arm == ORACLE_ALL else "-")
         ax.set_title(title)
         ax.set_xlabel("queries")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("mean per page, per window")
+    axes[3].set_ylabel("mean per page, per window")
+    axes[4].set_ylabel("mean per query, per window")
+    axes[4].set_ylim(bottom=0)
+    axes[4].legend()
+    axes[5].axis("off")
     axes[0].legend()
     p = sim.params
     fig.suptitle(f"ltrr simulate --mode search: {p['queries']} queries, {p['items']} items, position bias "

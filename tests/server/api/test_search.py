@@ -186,7 +186,7 @@ def test_the_learned_ranking_beats_fusion_on_the_search_simulation(make_server: 
     """A short run of ``ltrr simulate --mode search`` through the real server."""
     import asyncio
 
-    from ltrr_server.simulation.search import FUSION_ALL, LEARNED, ORACLE_ALL, RANKER_ALL, run_search_simulation
+    from ltrr_server.simulation.search import FUSION_ALL, LEARNED, ORACLE_ALL, RANKER_ALL, plot, run_search_simulation
 
     s = make_server(retrieval_server_settings(sqlite_url, tmp_path / "data"))
     sim = asyncio.run(run_search_simulation(
@@ -198,6 +198,8 @@ def test_the_learned_ranking_beats_fusion_on_the_search_simulation(make_server: 
     assert t[RANKER_ALL]["ndcg"] >= t[FUSION_ALL]["ndcg"] + 0.05, t
     assert t[ORACLE_ALL]["ndcg"] > 0.95, t
     assert t[LEARNED]["candidates"] < t[RANKER_ALL]["candidates"], t
+    plot(sim, str(tmp_path / "search.png"))
+    assert (tmp_path / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_negative_grade_is_no_engagement(rserver: ServerThread, world: MusicWorld) -> None:
