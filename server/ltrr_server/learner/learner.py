@@ -33,6 +33,18 @@ from typing import Any
 
 from ltrr_server.errors import FailedPrecondition, NotFound
 from ltrr_server.learner import worker
+from ltrr_server.learner.messages import (
+    FromLearner,
+    LearnEvents,
+    Published,
+    SetState,
+    SnapshotTaken,
+    Stop,
+    Stopped,
+    TakeSnapshot,
+    ToLearner,
+    pack,
+)
 from ltrr_server.learner.restore import LearnerPolicy
 from ltrr_server.learner.state import LearnerState
 from ltrr_server.log.joiner import JoinedEvent
@@ -71,7 +83,7 @@ class _Process:
 
     process: Any
     conn: Connection
-    outbox: queue.SimpleQueue[object] = field(default_factory=queue.SimpleQueue)
+    outbox: queue.SimpleQueue[ToLearner | None] = field(default_factory=queue.SimpleQueue)
     stopped: threading.Event = field(default_factory=threading.Event)
     # Nothing for it to learn or snapshot yet: stop() then need not wait for it.
     idle: bool = True
@@ -126,8 +138,8 @@ class Learner:
         with self._lock:
             current = self._current
             if current is not None and (self.alive or current.process is None):  # running, or restarting
-                self._give(current, ("state", state.policy, state.lineage, state.model.kind,
-                                     state.model.to_bytes(), state.last_seq, state.version))
+                self._give(current, SetState(state.policy, state.lineage, state.model.kind, state.model.to_bytes(),
+                                             state.last_seq, state.version))
             # Otherwise the restart rebuilds the new lineage from the policies it is given.
 
     def drain_before_start(self) -> None:
@@ -243,7 +255,7 @@ class Learner:
             self._last_seq = events[-1].seq
             current = self._current
             if current is not None and (self.alive or current.process is None):
-                self._give(current, ("events", list(map(worker.pack, events))))
+                self._give(current, LearnEvents(list(map(pack, events))))
             # A dead process: they are in the log, and its replacement replays them from there.
 
     def backlog(self, policy: str) -> int:
@@ -261,7 +273,7 @@ class Learner:
                 return fut
             request_id = next(self._request_ids)
             self._pending_snapshots[request_id] = fut
-            self._give(current, ("snapshot", request_id, policy, trigger))
+            self._give(current, TakeSnapshot(request_id, policy, trigger))
         return fut
 
     def stop(self, timeout: float = 60.0) -> None:
@@ -282,7 +294,7 @@ class Learner:
             proc.stopped.set()
             _kill_if_alive(proc.process)
         elif self.alive:
-            proc.outbox.put(("stop",))
+            proc.outbox.put(Stop())
             if not proc.stopped.wait(timeout):
                 log.error("learner did not stop within %.0fs; killing it", timeout)
         proc.outbox.put(None)
@@ -292,7 +304,7 @@ class Learner:
         self._learning.abandon("the server stopped before a model that learned it was published")
 
     @staticmethod
-    def _give(proc: _Process, msg: tuple[Any, ...]) -> None:
+    def _give(proc: _Process, msg: ToLearner) -> None:
         """Queues work for the child: from then on, stop() waits for it to learn and snapshot."""
         proc.idle = False
         proc.outbox.put(msg)
@@ -318,7 +330,7 @@ class Learner:
                 if self._handle(msg, proc):
                     break
             except Exception:
-                log.exception("learner message %r failed", msg[0])
+                log.exception("learner message %s failed", type(msg).__name__)
         proc.outbox.put(None)
         with self._lock:
             if self._current is not proc:
@@ -335,22 +347,21 @@ class Learner:
             fut = self._pending_snapshots.pop(request_id)
             _settle(fut, error=FailedPrecondition("the learner process stopped"))
 
-    def _handle(self, msg: tuple[Any, ...], proc: _Process) -> bool:
-        kind = msg[0]
-        if kind == "publish":
-            _, policy, lineage, data, version, lag, learned = msg
-            self._count_learned(policy, learned)
-            self._publish(policy, lineage, PolicyModel.from_bytes(data, self._kinds[policy]), version, lag)
-        elif kind == "snapshot":
-            _, request_id, policy, trigger, lineage, data, version, last_seq, error = msg
-            fut = self._pending_snapshots.pop(request_id, None) if request_id else None
-            if error:
-                err = NotFound(error) if "not found" in error else FailedPrecondition(error)
+    def _handle(self, msg: FromLearner, proc: _Process) -> bool:
+        """Acts on one message from the learner process; True once it has stopped."""
+        if isinstance(msg, Published):
+            self._count_learned(msg.policy, msg.learned)
+            self._publish(msg.policy, msg.lineage, PolicyModel.from_bytes(msg.model, self._kinds[msg.policy]),
+                          msg.version, msg.lag)
+        elif isinstance(msg, SnapshotTaken):
+            fut = self._pending_snapshots.pop(msg.request_id, None) if msg.request_id else None
+            if msg.error:
+                err = NotFound(msg.error) if "not found" in msg.error else FailedPrecondition(msg.error)
                 if fut is not None:
                     _settle(fut, error=err)
                 return False
-            self._write_snapshot(policy, trigger, lineage, data, version, last_seq, fut)
-        elif kind == "stopped":
+            self._write_snapshot(msg, fut)
+        elif isinstance(msg, Stopped):
             proc.stopped.set()
             return True
         return False
@@ -362,13 +373,13 @@ class Learner:
         if learned > before:
             self._metrics.learned.labels(policy).inc(learned - before)
 
-    def _write_snapshot(self, policy: str, trigger: str, lineage: int, data: bytes, version: int,
-                        last_seq: int, fut: Future[SnapshotInfo] | None) -> None:
+    def _write_snapshot(self, taken: SnapshotTaken, fut: Future[SnapshotInfo] | None) -> None:
         """Queues the snapshot for the log without waiting: a database that is away must not hold
         the learner's messages (or a shutdown) back. ``fut`` resolves once it is committed."""
         now = time.time()
-        row = SnapshotRow(policy, lineage, version, last_seq, trigger, now, len(data), data)
-        info = SnapshotInfo(0, policy, version, last_seq, now, len(data))
+        policy, trigger, size = taken.policy, taken.trigger, len(taken.model)
+        row = SnapshotRow(policy, taken.lineage, taken.version, taken.last_seq, trigger, now, size, taken.model)
+        info = SnapshotInfo(0, policy, taken.version, taken.last_seq, now, size)
 
         def committed(done: Future[None]) -> None:
             error = done.exception()

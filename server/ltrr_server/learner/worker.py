@@ -8,28 +8,26 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from operator import attrgetter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ltrr_server.learner.messages import (
+    LearnEvents,
+    Published,
+    SetState,
+    SnapshotTaken,
+    Stop,
+    Stopped,
+    TakeSnapshot,
+    ToLearner,
+)
 from ltrr_server.learner.state import LearnerState
-from ltrr_server.log.joiner import JoinedEvent
 from ltrr_server.logs import DEFAULT_LOGS, LogSetup
 from ltrr_server.policy.model import PolicyModel
 
 if TYPE_CHECKING:  # imported by the process that restores from the log only: it needs SQL, a first one does not
     from ltrr_server.learner.restore import LearnerPolicy
-
-# What crosses the pipe per event: no more than learning needs.
-Packed = tuple[int, str, int, str, list[str], list[tuple[int, float]], float, float]
-
-
-# pack(joined event) -> Packed, read off the event in C: it runs once per learned reward.
-pack: Callable[[JoinedEvent], Packed] = attrgetter(
-    "seq", "policy", "lineage", "shared", "actions", "chosen", "reward", "joined_at")
-
 
 @dataclass(frozen=True)
 class StartState:
@@ -131,10 +129,10 @@ class _Worker:
                 self.tick()
                 next_tick = time.monotonic() + self.publish_interval
 
-    def handle(self, msg: tuple[Any, ...]) -> bool:
-        kind = msg[0]
-        if kind == "events":
-            for seq, policy, lineage, shared, actions, chosen, reward, joined_at in msg[1]:
+    def handle(self, msg: ToLearner) -> bool:
+        """Acts on one message from the server; True once told to stop."""
+        if isinstance(msg, LearnEvents):
+            for seq, policy, lineage, shared, actions, chosen, reward, joined_at in msg.events:
                 self.consumed[policy] = self.consumed.get(policy, 0) + 1
                 state = self.states.get(policy)
                 if state is None or state.lineage != lineage:
@@ -144,39 +142,38 @@ class _Worker:
                 state.learn(seq, shared, actions, chosen, reward)
                 state.unpublished += 1
                 state.unsnapshotted += 1
-        elif kind == "state":
-            _, policy, lineage, model_kind, data, last_seq, version = msg
-            state = LearnerState(policy, lineage, PolicyModel.from_bytes(data, model_kind), last_seq, version,
-                                 last_snapshot_at=time.time())
-            self.states[policy] = state
+        elif isinstance(msg, SetState):
+            state = LearnerState(msg.policy, msg.lineage, PolicyModel.from_bytes(msg.model, msg.kind), msg.last_seq,
+                                 msg.version, last_snapshot_at=time.time())
+            self.states[msg.policy] = state
             self.publish(state)
-        elif kind == "snapshot":
-            _, request_id, policy, trigger = msg
-            self.snapshot(policy, trigger, request_id)
-        elif kind == "stop":
+        elif isinstance(msg, TakeSnapshot):
+            self.snapshot(msg.policy, msg.trigger, msg.request_id)
+        elif isinstance(msg, Stop):
             for state in self.states.values():
                 if state.unpublished:
                     self.publish(state)
                 if state.unsnapshotted:
                     self.snapshot(state.policy, "shutdown", 0)
-            self.conn.send(("stopped",))
+            self.conn.send(Stopped())
             return True
         return False
 
     def publish(self, state: LearnerState) -> None:
         state.version += 1
         lag = time.time() - state.oldest_unpublished_join if state.unpublished else 0.0
-        self.conn.send(("publish", state.policy, state.lineage, state.model.to_bytes(), state.version, lag,
-                        self.consumed.get(state.policy, 0)))
+        self.conn.send(Published(state.policy, state.lineage, state.model.to_bytes(), state.version, lag,
+                                 learned=self.consumed.get(state.policy, 0)))
         state.unpublished = 0
 
     def snapshot(self, policy: str, trigger: str, request_id: int) -> None:
         state = self.states.get(policy)
         if state is None:
-            self.conn.send(("snapshot", request_id, policy, trigger, 0, b"", 0, 0, f"policy {policy!r} not found"))
+            self.conn.send(SnapshotTaken(request_id, policy, trigger, lineage=0, model=b"", version=0, last_seq=0,
+                                         error=f"policy {policy!r} not found"))
             return
-        self.conn.send(("snapshot", request_id, policy, trigger, state.lineage, state.model.to_bytes(),
-                        state.version, state.last_seq, ""))
+        self.conn.send(SnapshotTaken(request_id, policy, trigger, state.lineage, state.model.to_bytes(), state.version,
+                                     state.last_seq))
         state.unsnapshotted = 0
         state.last_snapshot_at = time.time()
 

@@ -1,0 +1,105 @@
+"""What the server (``Learner``) and its learner process (``worker``) say to each other over their
+pipe: one named message per verb, read by field at both ends.
+
+Until 2026-11-30 these were tuples read by position (a snapshot's answer had nine), so adding a
+field meant changing two unpacking sites in two processes in step. What crosses per event is
+still a tuple (``Packed``): it is made in C by ``pack`` once per learned reward, and one
+message carries a batch of them.
+
+>>> import pickle
+>>> pickle.loads(pickle.dumps(TakeSnapshot(7, "demo", "admin")))
+TakeSnapshot(request_id=7, policy='demo', trigger='admin')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from operator import attrgetter
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ltrr_server.log.joiner import JoinedEvent
+
+# What crosses the pipe per event, no more than learning needs:
+# (seq, policy, lineage, shared, actions, chosen, reward, joined_at).
+Packed = tuple[int, str, int, str, list[str], list[tuple[int, float]], float, float]
+
+# pack(joined event) -> Packed, read off the event in C: it runs once per learned reward.
+pack: Callable[[JoinedEvent], Packed] = attrgetter(
+    "seq", "policy", "lineage", "shared", "actions", "chosen", "reward", "joined_at")
+
+
+# --- from the server to the learner process ------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class LearnEvents:
+    """Joined events to learn, in the order they were joined."""
+
+    events: list[Packed]
+
+
+@dataclass(frozen=True, slots=True)
+class SetState:
+    """A policy added, or a new lineage of one (a reset, a tuning applied): learn from this model on."""
+
+    policy: str
+    lineage: int
+    kind: str
+    model: bytes
+    last_seq: int
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class TakeSnapshot:
+    """Asks for a snapshot of a policy's model; answered by ``SnapshotTaken`` with the same id
+    (0: nobody waits for it)."""
+
+    request_id: int
+    policy: str
+    trigger: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Publish and snapshot what changed, answer ``Stopped``, exit."""
+
+
+# --- from the learner process to the server ------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Published:
+    """A policy's model after learning: the decision path serves it from now on."""
+
+    policy: str
+    lineage: int
+    model: bytes
+    version: int
+    # Seconds from the oldest join in it to its publication.
+    lag: float
+    # Joined events taken for this policy since the server's start (learned, or skipped as an
+    # earlier lineage's): the server's backlog is what it handed over minus this.
+    learned: int
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotTaken:
+    """The answer to ``TakeSnapshot``, or a scheduled or final snapshot (``request_id`` 0); ``error``
+    says why there is none (the model is then empty)."""
+
+    request_id: int
+    policy: str
+    trigger: str
+    lineage: int
+    model: bytes
+    version: int
+    last_seq: int
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Stopped:
+    """The last message of a learner process that was told to ``Stop``."""
+
+
+ToLearner = LearnEvents | SetState | TakeSnapshot | Stop
+FromLearner = Published | SnapshotTaken | Stopped
