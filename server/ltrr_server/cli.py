@@ -305,28 +305,37 @@ def cmd_train_ranker(args: argparse.Namespace) -> int:
     from ltrr_server.errors import LtrrError
     from ltrr_server.ranking.lambdamart import LambdaMartParams, train_ranker
 
+    # One bar per stage: reading counts pages (no total known), boosting counts trees; the trees'
+    # bar starts after the first tree, which carries LightGBM's set-up, so its estimate of the
+    # time left is not thrown by it.
+    bars: dict[str, Any] = {}
     try:
         settings = load_settings(args.config, db_url=args.db)
         params = LambdaMartParams(trees=args.trees, learning_rate=args.learning_rate, num_leaves=args.num_leaves,
                                   min_data_in_leaf=args.min_data_in_leaf, debias=not args.no_debias,
                                   seed=args.seed or 1)
         registry = _registry(settings)
-        bar = tqdm(total=params.trees, desc="reading pages", file=sys.stderr, mininterval=1.0)
 
         def progress(stage: str, done: int, total: int) -> None:
-            bar.set_description(f"{stage} ({done:,})" if not total else stage)
-            if total:
-                bar.update(done - bar.n)
+            bar = bars.get(stage)
+            if bar is None:
+                for other in bars.values():
+                    other.close()
+                bar = bars[stage] = tqdm(total=total or None, desc=stage, unit=" trees" if total else " pages",
+                                         file=sys.stderr, mininterval=1.0)
+            bar.update(done - bar.n)
 
         from ltrr_client.evaluation import parse_time
 
         version, metrics = train_ranker(registry, args.name, args.policy, params,
                                         since=parse_time(args.since) / 1000.0 if args.since else 0.0,
                                         progress=progress)
-        bar.close()
     except (LtrrError, OSError, ValueError) as exc:
         print(f"ltrr train: {exc}", file=sys.stderr)
         return 2
+    finally:
+        for bar in bars.values():
+            bar.close()
     print(json.dumps({"name": args.name, "version": version} | metrics))
     return 0
 
