@@ -1,7 +1,7 @@
 """Does ``ltrr tune`` pick a configuration that really learns best? Checked against live runs.
 
-    python -m bench.bench_tune [--problem logistic10] [--seeds 2] [--scale 1.0] [--logging default]
-                               [--streams 3]
+    python -m bench.bench_tune [--problem logistic10] [--seeds 2] [--first-seed 1] [--scale 1.0]
+                               [--logging default] [--streams 3]
 
 Per seed: the problem runs through `ltrr serve` with one logging policy (``--logging``, a
 candidate of ``bench_bandits``), then ``TunePolicy`` replays its default grid over that log and
@@ -55,6 +55,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--problem", default="logistic10")
     ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--first-seed", type=int, default=1, help="seeds run from this one on")
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--logging", default="default", choices=list(CANDIDATES))
     ap.add_argument("--streams", type=int, default=3, help="live streams each configuration's true regret is "
@@ -62,7 +63,7 @@ def main() -> None:
     args = ap.parse_args()
     problem = PROBLEMS[args.problem]
     runs = []
-    for seed in range(1, args.seeds + 1):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         tuned: dict[str, Any] = {}
         logged = asyncio.run(run_problem(problem, seed, {"logged": CANDIDATES[args.logging]}, args.scale,
                                          before_stop=lambda s, out=tuned: tune_logged(s, out)))
@@ -88,6 +89,11 @@ def main() -> None:
             "best_true_ratio": round(best_true, 3), "best_true": describe(
                 result.candidates[list(true).index(min(true, key=true.__getitem__))].spec),
             "picked_over_best": round(picked / best_true, 3) if best_true > 0 else 1.0,
+            # Stream by stream, the recommendation's regret minus the grid's best (by mean): how
+            # much of the ratio the streams agree on.
+            "picked_minus_best_per_stream": [
+                round(live.tail_ratio(recommended[0]) - live.tail_ratio(min(true, key=true.__getitem__)), 3)
+                for live in streams],
             "rank_correlation": round(rank_corr, 2),
             "grid": [{"config": describe(c.spec), "snips": round(c.estimate.value, 4),
                       "lower": round(c.estimate.lower, 4), "true_ratio": round(true[f"c{i}"], 3),
