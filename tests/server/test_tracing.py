@@ -157,6 +157,7 @@ class _Fatal(BaseException):
     """What no handler in the SDK's export thread catches: the thread dies of it."""
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the fault injected
 def test_a_dead_span_export_thread_is_restarted_and_spans_reach_the_collector_again(collector: Collector) -> None:
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
