@@ -86,8 +86,10 @@ def test_a_search_trace_shows_the_call_the_plan_the_strategies_the_ranking_the_c
         assert by_name[name].end_time_unix_nano <= call.end_time_unix_nano, name
     assert by_name["learn"].end_time_unix_nano > call.end_time_unix_nano
     # The learning also belongs to the reward's own trace: a link to its call's span.
-    reward_call = wait_for(lambda: collector.trace(reward_trace), timeout=30, what="the reward call's span")
-    assert [(x.trace_id.hex(), x.span_id) for x in by_name["learn"].links] == [(reward_trace, reward_call[0].span_id)]
+    reward_call = wait_for(lambda: [x for x in collector.trace(reward_trace)
+                                    if x.name == "ltrr.v1.FeedbackService/ReportReward"],
+                           timeout=30, what="the reward call's span")[0]
+    assert [(x.trace_id.hex(), x.span_id) for x in by_name["learn"].links] == [(reward_trace, reward_call.span_id)]
 
 
 def test_a_refused_call_says_why_and_a_caller_that_says_not_sampled_is_not_traced(
