@@ -160,8 +160,8 @@ class Learner:
                           state.model.kind), state.version, 0.0)
 
     def start(self) -> None:
-        states = [worker.StartState(s.policy, s.lineage, s.model.kind, s.model.to_bytes(), s.last_seq, s.version,
-                                    s.learned, s.unsnapshotted) for s in self._states.values()]
+        states = [SetState(s.policy, s.lineage, s.model.kind, s.model.to_bytes(), s.last_seq, s.version, s.learned,
+                           s.unsnapshotted) for s in self._states.values()]
         proc = self._spawn(worker.WorkerStart(states=states))
         proc.idle = not any(s.unsnapshotted for s in self._states.values())
         self._states.clear()

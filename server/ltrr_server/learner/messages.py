@@ -40,7 +40,9 @@ class LearnEvents:
 
 @dataclass(frozen=True, slots=True)
 class SetState:
-    """A policy added, or a new lineage of one (a reset, a tuning applied): learn from this model on."""
+    """A policy's model and place in the log, to learn on from: each policy the server restored,
+    handed to a first learner process at its start (with its counts), or later a policy added or a
+    new lineage of one (a reset, a tuning applied)."""
 
     policy: str
     lineage: int
@@ -48,6 +50,9 @@ class SetState:
     model: bytes
     last_seq: int
     version: int
+    # Joined events learned, and learned since the last snapshot (the restored ones' counts).
+    learned: int = 0
+    unsnapshotted: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,19 +29,6 @@ from ltrr_server.policy.model import PolicyModel
 if TYPE_CHECKING:  # imported by the process that restores from the log only: it needs SQL, a first one does not
     from ltrr_server.learner.restore import LearnerPolicy
 
-@dataclass(frozen=True)
-class StartState:
-    """A policy's state handed to a first learner process, restored by the server at its start."""
-
-    policy: str
-    lineage: int
-    kind: str
-    model: bytes
-    last_seq: int
-    version: int
-    learned: int
-    unsnapshotted: int
-
 
 @dataclass(frozen=True)
 class RestoreFromLog:
@@ -57,7 +44,7 @@ class RestoreFromLog:
 
 @dataclass(frozen=True)
 class WorkerStart:
-    states: list[StartState] = field(default_factory=list)
+    states: list[SetState] = field(default_factory=list)
     restore: RestoreFromLog | None = None
 
 
@@ -72,13 +59,16 @@ def run(conn: Connection, start: WorkerStart, publish_interval: float, snapshot_
         os.nice(nice)
     learner = _Worker(conn, publish_interval, snapshot_interval)
     for s in start.states:
-        state = LearnerState(s.policy, s.lineage, PolicyModel.from_bytes(s.model, s.kind), s.last_seq, s.version,
-                             s.learned, unsnapshotted=s.unsnapshotted, last_snapshot_at=time.time())
-        learner.states[s.policy] = state
+        learner.states[s.policy] = _state_of(s)
         learner.consumed[s.policy] = s.learned
     if start.restore is not None:
         _restore(learner, start.restore)
     learner.loop()
+
+
+def _state_of(s: SetState) -> LearnerState:
+    return LearnerState(s.policy, s.lineage, PolicyModel.from_bytes(s.model, s.kind), s.last_seq, s.version,
+                        s.learned, unsnapshotted=s.unsnapshotted, last_snapshot_at=time.time())
 
 
 def _restore(learner: _Worker, plan: RestoreFromLog) -> None:
@@ -143,9 +133,7 @@ class _Worker:
                 state.unpublished += 1
                 state.unsnapshotted += 1
         elif isinstance(msg, SetState):
-            state = LearnerState(msg.policy, msg.lineage, PolicyModel.from_bytes(msg.model, msg.kind), msg.last_seq,
-                                 msg.version, last_snapshot_at=time.time())
-            self.states[msg.policy] = state
+            state = self.states[msg.policy] = _state_of(msg)
             self.publish(state)
         elif isinstance(msg, TakeSnapshot):
             self.snapshot(msg.policy, msg.trigger, msg.request_id)
