@@ -72,10 +72,11 @@ def main() -> None:
         streams = [asyncio.run(run_problem(problem, seed + 100 * k, grid, args.scale))
                    for k in range(1, args.streams + 1)]
         true = {name: statistics.mean(live.tail_ratio(name) for live in streams) for name in grid}
-        best_true = min(true.values())
-        recommended = [f"c{i}" for i, c in enumerate(result.candidates) if describe(c.spec) == describe(
-            result.recommended)]
-        picked = true[recommended[0]]
+        best = min(true, key=true.__getitem__)
+        best_true = true[best]
+        recommended = next(f"c{i}" for i, c in enumerate(result.candidates)
+                           if describe(c.spec) == describe(result.recommended))
+        picked = true[recommended]
         est = [c.estimate.value for c in result.candidates]
         rank_corr = float(np.corrcoef(np.argsort(np.argsort([-e for e in est])),
                                       np.argsort(np.argsort(list(true.values()))))[0, 1])
@@ -86,14 +87,13 @@ def main() -> None:
             "reason": result.reason, "highest_estimate": describe(result.candidates[0].spec),
             "highest_estimate_true_ratio": round(true["c0"], 3),
             "highest_estimate_over_best": round(true["c0"] / best_true, 3) if best_true > 0 else 1.0,
-            "best_true_ratio": round(best_true, 3), "best_true": describe(
-                result.candidates[list(true).index(min(true, key=true.__getitem__))].spec),
+            "best_true_ratio": round(best_true, 3),
+            "best_true": describe(result.candidates[list(true).index(best)].spec),
             "picked_over_best": round(picked / best_true, 3) if best_true > 0 else 1.0,
             # Stream by stream, the recommendation's regret minus the grid's best (by mean): how
             # much of the ratio the streams agree on.
-            "picked_minus_best_per_stream": [
-                round(live.tail_ratio(recommended[0]) - live.tail_ratio(min(true, key=true.__getitem__)), 3)
-                for live in streams],
+            "picked_minus_best_per_stream": [round(live.tail_ratio(recommended) - live.tail_ratio(best), 3)
+                                             for live in streams],
             "rank_correlation": round(rank_corr, 2),
             "grid": [{"config": describe(c.spec), "snips": round(c.estimate.value, 4),
                       "lower": round(c.estimate.lower, 4), "true_ratio": round(true[f"c{i}"], 3),
