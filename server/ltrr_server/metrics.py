@@ -111,7 +111,8 @@ class Metrics:
             "ltrr_learner_up", "1 while the learner process runs.", registry=registry,
         )
         self.component_up = Gauge(
-            "ltrr_component_up", "1 while a background part (writer, writer_process, learner) runs.",
+            "ltrr_component_up",
+            "1 while a supervised background part runs (writer, writer_process, learner, joins, tracing, ...).",
             ["component"], registry=registry,
         )
         self.service_serving = Gauge(
