@@ -37,7 +37,10 @@ from ltrr_client.simulate import send_rewards
 CANDIDATES: dict[str, str] = {
     "default": "",
     # What a spec that said nothing got before the suite chose the defaults.
-    "before": 'exploration = "epsilon"\nepsilon = 0.05\ninteractions = []\nsquarecb_gamma_scale = 10.0\npower_t = 0.5',
+    "before": 'exploration = "epsilon"\nepsilon = 0.05\ninteractions = []\nsquarecb_gamma_scale = 10.0\npower_t = 0.5\n'
+              'cb_type = "mtr"',
+    # The default until 2026-11-30 (third session): the same, learning each decision 1/p times.
+    "mtr": 'cb_type = "mtr"',
     "cubic_eps": 'exploration = "epsilon"\nepsilon = 0.05',
     "epsilon": 'exploration = "epsilon"\nepsilon = 0.05\ninteractions = ["::"]',
     "squarecb": 'exploration = "squarecb"\ninteractions = ["::"]',

@@ -35,6 +35,9 @@ KINDS = ("cb", "ccb")
 EXPLORATIONS = ("epsilon", "softmax", "bag", "cover", "squarecb", "rnd")
 AGGREGATIONS = ("first", "sum", "max")
 MODES = ("online", "apprentice")
+# How a policy's reward regression weighs a learned decision (VW's names): dm (direct method) counts
+# it once; mtr (VW's importance-weighted regression) counts it 1/p times.
+CB_TYPES = ("dm", "mtr")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # A policy's name on the server: a tenant's policies are "<tenant>/<name>" (tenancy.py); clients
 # send and see the name alone, which may not hold "/".
@@ -115,6 +118,9 @@ class PolicySpec:
     # world, where the best action depends on segment and time of day together, went from 0.39
     # (pairs with A only) to 0.01-0.12. A learning-rate decay exponent of 0.25 instead of VW's 0.5
     # keeps a policy learning after a change (drift, other settings alike: 0.33 -> 0.23).
+    # Learning each decision once (cb_type dm) instead of 1/p times (VW's mtr) lowered the
+    # regret of every exploration on the suite: squarecb on logistic10 (first seed) 0.28 -> 0.20,
+    # epsilon 0.57 -> 0.28, the demo's world 0.13 -> 0.09 (VW alone, 3 reward streams each).
     exploration: str = "squarecb"
     epsilon: float = 0.05
     softmax_lambda: float = 10.0
@@ -132,6 +138,14 @@ class PolicySpec:
     # How fast the learning rate decays (VW --power_t: the rate at step t is proportional to
     # t^-power_t). 0 keeps it from decaying: for traffic whose best actions change.
     power_t: float = 0.25
+    # How the reward regression weighs a learned decision: "dm" counts it once, "mtr" (VW's
+    # default) 1/p times, p its logged probability. An explored action's p is small (under 0.01
+    # once squarecb or epsilon 0.05 over 10 actions settle), so under mtr one noisy click moves
+    # that action's estimate as much as a hundred would: the variance that kept VW's policies
+    # behind a plain ridge regression. The weighting corrects the bias of a regression that
+    # cannot represent the rewards; these linear models with interactions mostly can. The log
+    # keeps every probability: counterfactual evaluation does not depend on this.
+    cb_type: str = "dm"
     # online: Decide draws from the policy. apprentice: Decide answers the caller's baseline action
     # and the policy learns from its rewards (cb only). Not a learning parameter: a switch keeps the model.
     mode: str = "online"
@@ -186,6 +200,8 @@ class PolicySpec:
             raise InvalidArgument(f"{p}.learning_rate", "must be positive")
         if not (math.isfinite(self.power_t) and 0 <= self.power_t <= 1):
             raise InvalidArgument(f"{p}.power_t", f"must be in [0, 1], got {self.power_t}")
+        if self.cb_type not in CB_TYPES:
+            raise InvalidArgument(f"{p}.cb_type", f"must be one of {CB_TYPES}, got {self.cb_type!r}")
         if self.mode not in MODES:
             raise InvalidArgument(f"{p}.mode", f"must be one of {MODES}, got {self.mode!r}")
         if self.mode == "apprentice" and self.kind != "cb":
@@ -218,7 +234,7 @@ class PolicySpec:
 
     def learning_params(self) -> tuple[object, ...]:
         """The fields that define the model; a change to any of them starts a new lineage."""
-        return tuple(self.vw_args())
+        return (*self.vw_args(), f"cb_type={self.cb_type}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -156,12 +157,13 @@ def test_a_spec_that_says_nothing_gets_the_suites_defaults() -> None:
     from ltrr_server.api.convert import spec_from_proto, spec_to_proto
 
     spec = spec_from_proto(admin_pb2.PolicySpec(name="p"), Limits())
-    assert (spec.exploration, spec.squarecb_gamma_scale, spec.interactions, spec.power_t) == \
-        ("squarecb", 20.0, ("::", "::A"), 0.25)
+    assert (spec.exploration, spec.squarecb_gamma_scale, spec.interactions, spec.power_t, spec.cb_type) == \
+        ("squarecb", 20.0, ("::", "::A"), 0.25, "dm")
     assert spec.vw_args()[-3:] == ["--power_t", "0.25", "--quiet"]
     # Said explicitly, kept, and given back as it was said.
-    said = spec_from_proto(admin_pb2.PolicySpec(name="p", interactions=["uA"], power_t=0.0), Limits())
-    assert (said.interactions, said.power_t) == (("uA",), 0.0)
+    said = spec_from_proto(admin_pb2.PolicySpec(name="p", interactions=["uA"], power_t=0.0,
+                                                cb_type=admin_pb2.CB_TYPE_MTR), Limits())
+    assert (said.interactions, said.power_t, said.cb_type) == (("uA",), 0.0, "mtr")
     assert spec_from_proto(spec_to_proto(said), Limits()) == said
 
 
@@ -170,10 +172,18 @@ def test_a_spec_stored_before_power_t_keeps_its_vw_arguments() -> None:
     from ltrr_server.log.store import _stored_spec
 
     stored = PolicySpec(name="p", exploration="epsilon", interactions=("uA",)).to_dict()
-    del stored["power_t"]
+    del stored["power_t"], stored["cb_type"]
     spec = _stored_spec(stored)
     assert spec.power_t == 0.5 and "--power_t" not in spec.vw_args()
     assert spec.vw_args()[-5:] == ["-b", "18", "-l", "0.5", "--quiet"]
+    # ... and with VW's importance weights, which a spec saying nothing no longer gets: a new lineage.
+    assert spec.cb_type == "mtr"
+    assert spec.learning_params() != dataclasses.replace(spec, cb_type="dm").learning_params()
+
+
+def test_cb_type_must_be_one_vw_names() -> None:
+    with pytest.raises(InvalidArgument, match=r"spec\.cb_type"):
+        PolicySpec(name="p", cb_type="ips")
 
 
 def test_a_configured_policy_that_says_nothing_gets_the_same_defaults() -> None:

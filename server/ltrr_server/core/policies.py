@@ -164,11 +164,12 @@ class PolicyBook:
 
     def _install(self, spec: PolicySpec, revision: int, lineage: int, start_seq: int, created_at: float,
                  now: float, model_data: bytes | None = None) -> None:
-        model = PolicyModel.create(spec) if model_data is None else PolicyModel.from_bytes(model_data, spec.kind)
+        model = (PolicyModel.create(spec) if model_data is None
+                 else PolicyModel.from_bytes(model_data, spec.kind, spec.cb_type))
         old = self.policies.get(spec.name)
         rt = PolicyRuntime(
             spec=spec, revision=revision, lineage=lineage, lineage_start_seq=start_seq, created_at=created_at,
-            updated_at=now, serving=PolicyModel.from_bytes(model.to_bytes(), spec.kind), model_version=0,
+            updated_at=now, serving=model.copy(), model_version=0,
             window=RewardWindow(self._metrics_window),
         )
         if old is not None:  # counters span lineages

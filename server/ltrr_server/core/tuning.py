@@ -38,6 +38,7 @@ _EXPLORATIONS: tuple[dict[str, object], ...] = (
     dict(exploration="epsilon", epsilon=0.05),
 )
 _INTERACTIONS = ((":A",), ("::", ":A"))
+_CB_TYPES = ("dm", "mtr")
 
 
 def candidate_grid(spec: PolicySpec) -> list[PolicySpec]:
@@ -46,7 +47,7 @@ def candidate_grid(spec: PolicySpec) -> list[PolicySpec]:
     >>> from ltrr_server.config import PolicySpec
     >>> grid = candidate_grid(PolicySpec(name="p"))
     >>> len(grid), grid[0] == PolicySpec(name="p")
-    (12, True)
+    (13, True)
     >>> sorted({g.learning_rate for g in grid})
     [0.1, 0.25, 0.5, 1.0, 2.0]
     """
@@ -55,6 +56,7 @@ def candidate_grid(spec: PolicySpec) -> list[PolicySpec]:
     changes += [dict(power_t=pt) for pt in _POWER_TS]
     changes += list(_EXPLORATIONS)
     changes += [dict(interactions=i) for i in _INTERACTIONS]
+    changes += [dict(cb_type=c) for c in _CB_TYPES]
     out: list[PolicySpec] = []
     seen: set[tuple[object, ...]] = set()
     for change in changes:

@@ -112,7 +112,8 @@ class Learner:
         self._db_url = db_url
         self._policies = policies
         self._states: dict[str, LearnerState] = {}
-        self._kinds: dict[str, str] = {}
+        # Per policy, what its model's bytes do not say: (kind, cb_type).
+        self._kinds: dict[str, tuple[str, str]] = {}
         self._pre_start: list[JoinedEvent] = []
         self._pending_snapshots: dict[int, Future[SnapshotInfo]] = {}
         self._request_ids = itertools.count(1)
@@ -131,14 +132,15 @@ class Learner:
     # --- before start: restore in this process ------------------------------------------
     def set_state(self, state: LearnerState) -> None:
         """Adds a policy or replaces its lineage (after a reset)."""
-        self._kinds[state.policy] = state.model.kind
+        self._kinds[state.policy] = (state.model.kind, state.model.cb_type)
         if not self._started:
             self._states[state.policy] = state
             return
         with self._lock:
             current = self._current
             if current is not None and (self.alive or current.process is None):  # running, or restarting
-                self._give(current, SetState(state.policy, state.lineage, state.model.kind, state.model.to_bytes(),
+                self._give(current, SetState(state.policy, state.lineage, state.model.kind, state.model.cb_type,
+                                             state.model.to_bytes(),
                                              state.last_seq, state.version))
             # Otherwise the restart rebuilds the new lineage from the policies it is given.
 
@@ -156,12 +158,11 @@ class Learner:
         for state in self._states.values():
             state.version += 1
             self.learned[state.policy] = self._handed[state.policy] = state.learned
-            self._publish(state.policy, state.lineage, PolicyModel.from_bytes(state.model.to_bytes(),
-                          state.model.kind), state.version, 0.0)
+            self._publish(state.policy, state.lineage, state.model.copy(), state.version, 0.0)
 
     def start(self) -> None:
-        states = [SetState(s.policy, s.lineage, s.model.kind, s.model.to_bytes(), s.last_seq, s.version, s.learned,
-                           s.unsnapshotted) for s in self._states.values()]
+        states = [SetState(s.policy, s.lineage, s.model.kind, s.model.cb_type, s.model.to_bytes(), s.last_seq,
+                           s.version, s.learned, s.unsnapshotted) for s in self._states.values()]
         proc = self._spawn(worker.WorkerStart(states=states))
         proc.idle = not any(s.unsnapshotted for s in self._states.values())
         self._states.clear()
@@ -351,7 +352,7 @@ class Learner:
         """Acts on one message from the learner process; True once it has stopped."""
         if isinstance(msg, Published):
             self._count_learned(msg.policy, msg.learned)
-            self._publish(msg.policy, msg.lineage, PolicyModel.from_bytes(msg.model, self._kinds[msg.policy]),
+            self._publish(msg.policy, msg.lineage, PolicyModel.from_bytes(msg.model, *self._kinds[msg.policy]),
                           msg.version, msg.lag)
         elif isinstance(msg, SnapshotTaken):
             fut = self._pending_snapshots.pop(msg.request_id, None) if msg.request_id else None

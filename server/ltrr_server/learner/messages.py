@@ -47,6 +47,7 @@ class SetState:
     policy: str
     lineage: int
     kind: str
+    cb_type: str
     model: bytes
     last_seq: int
     version: int

@@ -67,7 +67,7 @@ def run(conn: Connection, start: WorkerStart, publish_interval: float, snapshot_
 
 
 def _state_of(s: SetState) -> LearnerState:
-    return LearnerState(s.policy, s.lineage, PolicyModel.from_bytes(s.model, s.kind), s.last_seq, s.version,
+    return LearnerState(s.policy, s.lineage, PolicyModel.from_bytes(s.model, s.kind, s.cb_type), s.last_seq, s.version,
                         s.learned, unsnapshotted=s.unsnapshotted, last_snapshot_at=time.time())
 
 

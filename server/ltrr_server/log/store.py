@@ -139,5 +139,6 @@ class EventLogStore:
 
 
 def _stored_spec(data: dict[str, Any]) -> PolicySpec:
-    """A stored spec; one stored before ``power_t`` existed learned with VW's own decay."""
-    return PolicySpec.from_dict({"power_t": VW_POWER_T} | data)
+    """A stored spec; one stored before ``power_t`` existed learned with VW's own decay, one stored
+    before ``cb_type`` existed with VW's importance weights."""
+    return PolicySpec.from_dict({"power_t": VW_POWER_T, "cb_type": "mtr"} | data)

@@ -37,10 +37,14 @@ SlotLabel = tuple[int, float, float]
 class PolicyModel:
     """A contextual-bandit model: cb (one slot) or ccb (several slots of distinct actions)."""
 
-    def __init__(self, workspace: vw.Workspace[Any], kind: str) -> None:
+    def __init__(self, workspace: vw.Workspace[Any], kind: str, cb_type: str) -> None:
         self._ws = workspace
         self._parser = vw.TextFormatParser(workspace)
         self.kind = kind
+        # Not in the model's bytes (VW itself only offers mtr with squarecb): "dm" learns every
+        # decision with weight 1 by giving VW probability 1 (config.PolicySpec.cb_type says why).
+        self.cb_type = cb_type
+        self._weighted = cb_type == "mtr"
         # The decision path calls the extension module under the public wrapper: the wrapper's
         # per-call label checks and Example objects cost twice the prediction itself (~7 us of
         # ~11), and every example here comes from this workspace's own parser. Pinned to
@@ -52,7 +56,7 @@ class PolicyModel:
 
     @classmethod
     def create(cls, spec: PolicySpec) -> PolicyModel:
-        return cls(vw.Workspace(spec.vw_args()), spec.kind)
+        return cls(vw.Workspace(spec.vw_args()), spec.kind, spec.cb_type)
 
     @classmethod
     def reward_regression(cls, interactions: Sequence[str]) -> PolicyModel:
@@ -62,14 +66,18 @@ class PolicyModel:
         args = ["--cb_adf", "--cb_type", "dm", "--quiet"]
         for inter in interactions:
             args += ["-q" if len(inter) == 2 else "--cubic", inter]
-        return cls(vw.Workspace(args), "cb")
+        return cls(vw.Workspace(args), "cb", "dm")
 
     @classmethod
-    def from_bytes(cls, data: bytes, kind: str) -> PolicyModel:
-        return cls(vw.Workspace(["--quiet"], model_data=data), kind)
+    def from_bytes(cls, data: bytes, kind: str, cb_type: str) -> PolicyModel:
+        return cls(vw.Workspace(["--quiet"], model_data=data), kind, cb_type)
 
     def to_bytes(self) -> bytes:
         return bytes(self._ws.serialize())
+
+    def copy(self) -> PolicyModel:
+        """An independent model with the same weights (for another thread or process to use)."""
+        return PolicyModel.from_bytes(self.to_bytes(), self.kind, self.cb_type)
 
     def _examples(
         self, shared: str, actions: Sequence[str], slots: int, labels: Sequence[SlotLabel]
@@ -80,7 +88,8 @@ class PolicyModel:
         parse = self._parse_raw
         # Rewards past bounds.MAX_ABS_REWARD are refused, but a log written before that bound may
         # hold one, and its cost would overflow the model's weights for good.
-        labels = [(idx, min(max(cost, -MAX_ABS_REWARD), MAX_ABS_REWARD), prob) for idx, cost, prob in labels]
+        labels = [(idx, min(max(cost, -MAX_ABS_REWARD), MAX_ABS_REWARD), prob if self._weighted else 1.0)
+                  for idx, cost, prob in labels]
         if self.kind == "cb":
             idx, cost, prob = labels[0]
             lines = [shared, *actions]

@@ -45,19 +45,35 @@ def test_direct_prediction_matches_the_public_api(kind: str, slots: int) -> None
     assert vw.__version__ == "0.7.0", "the direct calls are checked against this version only"
 
 
+@pytest.mark.parametrize("cb_type", ["dm", "mtr"])
 @pytest.mark.parametrize("kind,slots", [("cb", 1), ("ccb", 3)])
-def test_direct_learning_gives_the_public_apis_model(kind: str, slots: int) -> None:
-    spec = PolicySpec(name="p", kind=kind, slots=slots, exploration="squarecb")
+def test_direct_learning_gives_the_public_apis_model(kind: str, slots: int, cb_type: str) -> None:
+    # mtr hands VW each logged probability (its importance weight is 1/p); dm hands it 1 (weight 1).
+    spec = PolicySpec(name="p", kind=kind, slots=slots, exploration="squarecb", cb_type=cb_type)
     ours, theirs = PolicyModel.create(spec), PolicyModel.create(spec)
     rng = random.Random(1)
     for step in range(300):
         shared = f"shared |user s=u{step % 5} n:{rng.random()!r}"
-        labels = [(rng.randrange(4), -float(rng.random() < 0.5), 0.25) for _ in range(slots)]
+        labels = [(rng.randrange(4), -float(rng.random() < 0.5), rng.choice([0.01, 0.25, 0.9])) for _ in range(slots)]
         ours.learn_one(shared, ACTIONS, labels, slots)
         parse = theirs._parser.parse_line
-        lines = [ex_line for ex_line in _labelled_lines(theirs, shared, labels, slots)]
+        given = labels if cb_type == "mtr" else [(i, c, 1.0) for i, c, _ in labels]
+        lines = [ex_line for ex_line in _labelled_lines(theirs, shared, given, slots)]
         theirs._ws.learn_one([parse(line) for line in lines])
     assert ours.to_bytes() == theirs.to_bytes()
+
+
+def test_dm_learns_an_explored_click_once_and_mtr_one_over_p_times() -> None:
+    # One click on an action shown with probability 0.01: mtr learns it as VW's importance-weighted
+    # regression does (weight 100), dm as a decision shown for sure (weight 1).
+    def learned(cb_type: str, prob: float) -> bytes:
+        model = PolicyModel.create(PolicySpec(name="p", cb_type=cb_type))
+        model.learn_one("shared |user s=a", ACTIONS, [(2, -1.0, prob)])
+        assert model.copy().cb_type == cb_type
+        return model.to_bytes()
+
+    assert learned("dm", 0.01) == learned("mtr", 1.0) == learned("dm", 1.0)
+    assert learned("mtr", 0.01) != learned("dm", 0.01)
 
 
 def _labelled_lines(model: PolicyModel, shared: str, labels: list[tuple[int, float, float]], slots: int) -> list[str]:

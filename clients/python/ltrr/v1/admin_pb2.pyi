@@ -96,6 +96,40 @@ Switching modes is one UpdatePolicy: the model is kept.
 """
 Global___PolicyMode: _TypeAlias = PolicyMode  # noqa: Y015
 
+class _CbType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CbTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CbType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CB_TYPE_UNSPECIFIED: _CbType.ValueType  # 0
+    """The default: dm."""
+    CB_TYPE_DM: _CbType.ValueType  # 1
+    """Direct method: each decision is learned once. Lower variance: on the bandit suite every
+    exploration learned faster with it (docs/benchmarks.md).
+    """
+    CB_TYPE_MTR: _CbType.ValueType  # 2
+    """VW's importance-weighted regression: each decision counts 1/p times, p its logged
+    probability. Unbiased for a regression that cannot represent the rewards, noisy when p is small.
+    Policies stored before this field existed learn this way.
+    """
+
+class CbType(_CbType, metaclass=_CbTypeEnumTypeWrapper):
+    """How a policy's reward regression weighs a learned decision (VW's names)."""
+
+CB_TYPE_UNSPECIFIED: CbType.ValueType  # 0
+"""The default: dm."""
+CB_TYPE_DM: CbType.ValueType  # 1
+"""Direct method: each decision is learned once. Lower variance: on the bandit suite every
+exploration learned faster with it (docs/benchmarks.md).
+"""
+CB_TYPE_MTR: CbType.ValueType  # 2
+"""VW's importance-weighted regression: each decision counts 1/p times, p its logged
+probability. Unbiased for a regression that cannot represent the rewards, noisy when p is small.
+Policies stored before this field existed learn this way.
+"""
+Global___CbType: _TypeAlias = CbType  # noqa: Y015
+
 class _Aggregation:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -161,6 +195,7 @@ class PolicySpec(_message.Message):
     POWER_T_FIELD_NUMBER: _builtins.int
     MODE_FIELD_NUMBER: _builtins.int
     RETENTION_DAYS_FIELD_NUMBER: _builtins.int
+    CB_TYPE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     kind: Global___PolicyKind.ValueType
     exploration: Global___Exploration.ValueType
@@ -192,6 +227,10 @@ class PolicySpec(_message.Message):
     """Days a decision stays in the log (0: forever). Older ones are pruned in the background, but
     never the joins after the policy's latest snapshot, which a restart replays. Not a learning
     parameter: a change keeps the model.
+    """
+    cb_type: Global___CbType.ValueType
+    """How the reward regression weighs a learned decision (unset: dm). A learning parameter: a
+    change starts a new lineage.
     """
     @_builtins.property
     def interactions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -225,10 +264,11 @@ class PolicySpec(_message.Message):
         power_t: _builtins.float | None = ...,
         mode: Global___PolicyMode.ValueType = ...,
         retention_days: _builtins.float = ...,
+        cb_type: Global___CbType.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_epsilon", b"_epsilon", "_power_t", b"_power_t", "epsilon", b"epsilon", "power_t", b"power_t"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_epsilon", b"_epsilon", "_power_t", b"_power_t", "actions", b"actions", "aggregation", b"aggregation", "bits", b"bits", "default_reward", b"default_reward", "description", b"description", "ensemble_size", b"ensemble_size", "epsilon", b"epsilon", "exploration", b"exploration", "interactions", b"interactions", "join_window_seconds", b"join_window_seconds", "kind", b"kind", "learning_rate", b"learning_rate", "mode", b"mode", "name", b"name", "power_t", b"power_t", "retention_days", b"retention_days", "slots", b"slots", "softmax_lambda", b"softmax_lambda", "squarecb_gamma_scale", b"squarecb_gamma_scale"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_epsilon", b"_epsilon", "_power_t", b"_power_t", "actions", b"actions", "aggregation", b"aggregation", "bits", b"bits", "cb_type", b"cb_type", "default_reward", b"default_reward", "description", b"description", "ensemble_size", b"ensemble_size", "epsilon", b"epsilon", "exploration", b"exploration", "interactions", b"interactions", "join_window_seconds", b"join_window_seconds", "kind", b"kind", "learning_rate", b"learning_rate", "mode", b"mode", "name", b"name", "power_t", b"power_t", "retention_days", b"retention_days", "slots", b"slots", "softmax_lambda", b"softmax_lambda", "squarecb_gamma_scale", b"squarecb_gamma_scale"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__epsilon: _TypeAlias = _typing.Literal["epsilon"]  # noqa: Y015
     _WhichOneofArgType__epsilon: _TypeAlias = _typing.Literal["_epsilon", b"_epsilon"]  # noqa: Y015
