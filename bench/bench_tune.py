@@ -35,9 +35,10 @@ def toml_of(spec: admin_pb2.PolicySpec) -> str:
     """A candidate's learning fields as a bench_bandits candidate (TOML)."""
     exploration = admin_pb2.Exploration.Name(spec.exploration).removeprefix("EXPLORATION_").lower()
     interactions = ", ".join(f'"{i}"' for i in spec.interactions)
+    cb_type = admin_pb2.CbType.Name(spec.cb_type).removeprefix("CB_TYPE_").lower()
     return (f'exploration = "{exploration}"\nepsilon = {spec.epsilon!r}\n'
             f"squarecb_gamma_scale = {spec.squarecb_gamma_scale!r}\nlearning_rate = {spec.learning_rate!r}\n"
-            f"power_t = {spec.power_t!r}\ninteractions = [{interactions}]")
+            f'power_t = {spec.power_t!r}\ninteractions = [{interactions}]\ncb_type = "{cb_type}"')
 
 
 async def tune_logged(server: LtrrProcess, out: dict[str, Any]) -> None:

@@ -1,0 +1,117 @@
+"""VW alone over the bandit suite's worlds: a quick screen of learning settings before the suite.
+
+    python -m bench.bench_vw_alone [--configs dm,mtr] [--cells logistic10:1,drift:1] [--streams 3]
+
+No server: each (configuration, world seed, reward stream) is one ``--cb_explore_adf`` workspace
+deciding and learning in chunks of ``bench_bandits.CHUNK`` events, as the suite sends them, with
+the suite's delays and missing rewards. A configuration is VW arguments after
+``--cb_explore_adf -b 18`` and how each decision is learned (``cb_type``: dm hands VW probability
+1, mtr the logged one, as ``ltrr_server.policy.model`` does). Prints, per configuration and cell,
+the last quarter's regret as a share of uniform random's, mean and worst over the reward streams.
+
+It is a screen, not the benchmark: the server publishes models on its own pace, which this does
+not imitate. A setting it favours is then checked by ``bench.bench_bandits``, through the server.
+A run of 15 cells x 3 streams takes about 4 minutes per configuration on one core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import vowpal_wabbit_next as vw
+
+from bench.bandit_worlds import PROBLEMS, Features
+from bench.bench_bandits import CHUNK
+
+_LEARNING = "-q :: --cubic ::A -l 0.5 --power_t 0.25"
+CONFIGS: dict[str, tuple[str, str]] = {
+    # name: (VW arguments, cb_type)
+    "dm": ("--squarecb --gamma_scale 20.0 " + _LEARNING, "dm"),
+    "mtr": ("--squarecb --gamma_scale 20.0 " + _LEARNING, "mtr"),
+    "epsilon-dm": ("--epsilon 0.05 " + _LEARNING, "dm"),
+    "epsilon-mtr": ("--epsilon 0.05 " + _LEARNING, "mtr"),
+    "bag-dm": ("--bag 4 --epsilon 0.05 " + _LEARNING, "dm"),
+    "bag-mtr": ("--bag 4 --epsilon 0.05 " + _LEARNING, "mtr"),
+    "cover-dm": ("--cover 4 --epsilon 0.05 " + _LEARNING, "dm"),
+    "cover-mtr": ("--cover 4 --epsilon 0.05 " + _LEARNING, "mtr"),
+}
+CELLS = ("logistic10:1,logistic10:2,logistic10:3,drift:1,drift:2,drift:3,delayed:1,delayed:2,delayed:3,"
+         "logistic50:1,demo:1,demo:2,demo:3,breast_cancer:1,digits:1")
+
+
+def _text(features: Features) -> str:
+    parts = []
+    for ns, fs in features.items():
+        items = [f"|{ns}"] + [f"{k}={v}" if isinstance(v, str) else f"{k}:{v!r}" for k, v in fs.items()]
+        parts.append(" ".join(items))
+    return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class Job:
+    config: str
+    problem: str
+    seed: int
+    stream: int
+
+
+def tail_ratio(job: Job) -> float:
+    """The last quarter's regret of one run over uniform random's."""
+    args, cb_type = CONFIGS[job.config]
+    problem = PROBLEMS[job.problem]
+    world = problem.make(job.seed)
+    ws = vw.Workspace(["--cb_explore_adf", "-b", "18", *args.split(), "--quiet"])
+    parse = vw.TextFormatParser(ws).parse_line
+    actions = [f"|A id={a} {_text(f)}".rstrip() for a, f in world.actions]
+    rng = np.random.default_rng(1000 * job.seed + job.stream)
+    tail_from = problem.events - problem.events // 4
+    regret = uniform = 0.0
+    pending: deque[tuple[str, int, float, float]] = deque()
+    for start in range(0, problem.events, CHUNK):
+        for t in range(start, start + CHUNK):
+            features, expected = world.draw(t)
+            shared = "shared " + _text(features)
+            p = np.zeros(len(actions))
+            for i, prob in ws.predict_one([parse(shared)] + [parse(a) for a in actions]):
+                p[i] = prob
+            p = np.clip(p, 0.0, None) / np.clip(p, 0.0, None).sum()
+            a = int(rng.choice(len(actions), p=p))
+            if t >= tail_from:
+                regret += float(expected.max() - expected[a])
+                uniform += float(expected.max() - expected.mean())
+            clicked = rng.random() < expected[a] and not (problem.missing and rng.random() < problem.missing)
+            pending.append((shared, a, -1.0 if clicked else 0.0, float(p[a]) if cb_type == "mtr" else 1.0))
+        while len(pending) > problem.delay:
+            shared, a, cost, prob = pending.popleft()
+            lines = [shared] + [f"0:{cost!r}:{prob!r} {line}" if i == a else line for i, line in enumerate(actions)]
+            ws.learn_one([parse(line) for line in lines])
+    return regret / uniform
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", default="dm,mtr", help=f"of {', '.join(CONFIGS)}")
+    p.add_argument("--cells", default=CELLS, help="problem:world_seed,...")
+    p.add_argument("--streams", type=int, default=3, help="reward streams per cell")
+    p.add_argument("--workers", type=int, default=2)
+    a = p.parse_args()
+    names = a.configs.split(",")
+    cells = [(c.split(":")[0], int(c.split(":")[1])) for c in a.cells.split(",")]
+    jobs = [Job(n, prob, seed, s) for n in names for prob, seed in cells for s in range(1, a.streams + 1)]
+    with ProcessPoolExecutor(a.workers) as pool:
+        ratios = dict(zip(jobs, pool.map(tail_ratio, jobs), strict=True))
+    for n in names:
+        row = []
+        for prob, seed in cells:
+            r = [ratios[Job(n, prob, seed, s)] for s in range(1, a.streams + 1)]
+            row.append(f"{prob}:{seed}={statistics.mean(r):.3f} (worst {max(r):.3f})")
+        print(f"{n:<12} " + "  ".join(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
