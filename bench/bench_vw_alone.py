@@ -8,6 +8,7 @@ the suite's delays and missing rewards. A configuration is VW arguments after
 ``--cb_explore_adf -b 18`` and how each decision is learned (``cb_type``: dm hands VW probability
 1, mtr the logged one, as ``ltrr_server.policy.model`` does). Prints, per configuration and cell,
 the last quarter's regret as a share of uniform random's, mean and worst over the reward streams.
+``ridge`` is the issue's reference learner instead of VW (``ridge_tail_ratio``).
 
 It is a screen, not the benchmark: the server publishes models on its own pace, which this does
 not imitate. A setting it favours is then checked by ``bench.bench_bandits``, through the server.
@@ -60,8 +61,55 @@ class Job:
     stream: int
 
 
+def _ridge_features(features: Features) -> np.ndarray:
+    """A logistic world's context as one-hot segment and device, the number, and a bias."""
+    v = np.zeros(26)
+    v[0], v[25] = 1.0, float(features["n"]["x"])
+    v[1 + int(str(features["u"]["seg"])[1:]) % 20] = 1.0
+    v[21 + int(str(features["d"]["dev"])[1:])] = 1.0
+    return v
+
+
+def ridge_tail_ratio(job: Job, gamma_scale: float = 20.0) -> float:
+    """The reference learner of issue 19: a ridge regression per action (refit every chunk) over a
+    logistic world's context, with SquareCB's exploration (gamma = scale * sqrt(t)), as VW's."""
+    problem = PROBLEMS[job.problem]
+    world = problem.make(job.seed)
+    k = len(world.actions)
+    gram = [np.eye(26) for _ in range(k)]
+    target = [np.zeros(26) for _ in range(k)]
+    weights = np.zeros((k, 26))
+    rng = np.random.default_rng(1000 * job.seed + job.stream)
+    tail_from = problem.events - problem.events // 4
+    regret = uniform = 0.0
+    pending: deque[tuple[np.ndarray, int, float]] = deque()
+    for start in range(0, problem.events, CHUNK):
+        for t in range(start, start + CHUNK):
+            features, expected = world.draw(t)
+            x = _ridge_features(features)
+            score = weights @ x
+            best = int(np.argmax(score))
+            p = 1.0 / (k + gamma_scale * np.sqrt(t + 1) * (score[best] - score))
+            p[best] = 0.0
+            p[best] = 1.0 - p.sum()
+            a = int(rng.choice(k, p=p))
+            if t >= tail_from:
+                regret += float(expected.max() - expected[a])
+                uniform += float(expected.max() - expected.mean())
+            clicked = rng.random() < expected[a] and not (problem.missing and rng.random() < problem.missing)
+            pending.append((x, a, 1.0 if clicked else 0.0))
+        while len(pending) > problem.delay:
+            x, a, r = pending.popleft()
+            gram[a] += np.outer(x, x)
+            target[a] += r * x
+        weights = np.array([np.linalg.solve(g, b) for g, b in zip(gram, target, strict=True)])
+    return regret / uniform
+
+
 def tail_ratio(job: Job) -> float:
     """The last quarter's regret of one run over uniform random's."""
+    if job.config == "ridge":
+        return ridge_tail_ratio(job)
     args, cb_type = CONFIGS[job.config]
     problem = PROBLEMS[job.problem]
     world = problem.make(job.seed)
@@ -95,7 +143,8 @@ def tail_ratio(job: Job) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--configs", default="dm,mtr", help=f"of {', '.join(CONFIGS)}")
+    p.add_argument("--configs", default="dm,mtr",
+                   help=f"of {', '.join(CONFIGS)}, or ridge (the logistic worlds only: see ridge_tail_ratio)")
     p.add_argument("--cells", default=CELLS, help="problem:world_seed,...")
     p.add_argument("--streams", type=int, default=3, help="reward streams per cell")
     p.add_argument("--workers", type=int, default=2)

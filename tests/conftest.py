@@ -176,8 +176,9 @@ def free_port() -> int:
 
 
 def retrieval_policy(**changes: Any) -> PolicySpec:
+    # mtr, as the demo's retrieval policy (demo.toml says why).
     base = PolicySpec(name="retrieval", exploration="epsilon", epsilon=0.05, interactions=("hP", "qP"),
-                      join_window_seconds=30.0)
+                      join_window_seconds=30.0, cb_type="mtr")
     return replace(base, **changes)
 
 

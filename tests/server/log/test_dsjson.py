@@ -47,7 +47,9 @@ def test_vws_parser_reads_an_export_into_the_examples_ltrr_learns(kind: str, slo
     examples of the same decisions: the same features (the same weights set, a feature hashed
     differently would set others) with the same values, up to float rounding (VW's JSON parser
     orders namespaces its own way, and the interactions' sums differ in their last bits)."""
-    spec = PolicySpec(name="p", kind=kind, slots=slots, exploration="epsilon", interactions=("::", "::A"))
+    # mtr: VW learns a DSJSON line with its logged probability, as ltrr's mtr does (dm would give it 1).
+    spec = PolicySpec(name="p", kind=kind, slots=slots, exploration="epsilon", interactions=("::", "::A"),
+                      cb_type="mtr")
     ours = PolicyModel.create(spec)
     theirs = vw.Workspace(spec.vw_args() + ["--dsjson"])
     parser = vw.DSJsonFormatParser(theirs)
