@@ -106,7 +106,8 @@ class _CbTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CbType.ValueTy
     """The default: dm."""
     CB_TYPE_DM: _CbType.ValueType  # 1
     """Direct method: each decision is learned once. Lower variance: on the bandit suite every
-    exploration learned faster with it (docs/benchmarks.md).
+    exploration learned as well or better with it (docs/benchmarks.md). A policy that explores
+    many actions thinly can learn better with mtr (the demo's retrieval policy does).
     """
     CB_TYPE_MTR: _CbType.ValueType  # 2
     """VW's importance-weighted regression: each decision counts 1/p times, p its logged
@@ -121,7 +122,8 @@ CB_TYPE_UNSPECIFIED: CbType.ValueType  # 0
 """The default: dm."""
 CB_TYPE_DM: CbType.ValueType  # 1
 """Direct method: each decision is learned once. Lower variance: on the bandit suite every
-exploration learned faster with it (docs/benchmarks.md).
+exploration learned as well or better with it (docs/benchmarks.md). A policy that explores
+many actions thinly can learn better with mtr (the demo's retrieval policy does).
 """
 CB_TYPE_MTR: CbType.ValueType  # 2
 """VW's importance-weighted regression: each decision counts 1/p times, p its logged
