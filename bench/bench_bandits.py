@@ -41,6 +41,8 @@ CANDIDATES: dict[str, str] = {
               'cb_type = "mtr"',
     # The default until 2026-11-30 (third session): the same, learning each decision 1/p times.
     "mtr": 'cb_type = "mtr"',
+    # The lead of 2026-11-30's tune run: under dm, learning rate 0.25 beat 0.5 on logistic10.
+    "lr25": "learning_rate = 0.25",
     "cubic_eps": 'exploration = "epsilon"\nepsilon = 0.05',
     "epsilon": 'exploration = "epsilon"\nepsilon = 0.05\ninteractions = ["::"]',
     "squarecb": 'exploration = "squarecb"\ninteractions = ["::"]',
