@@ -28,6 +28,7 @@ import vowpal_wabbit_next as vw
 
 from bench.bandit_worlds import PROBLEMS, Features
 from bench.bench_bandits import CHUNK
+from ltrr_server.features import Namespaces, action_line, shared_line
 
 _LEARNING = "-q :: --cubic ::A -l 0.5 --power_t 0.25"
 CONFIGS: dict[str, tuple[str, str]] = {
@@ -45,12 +46,9 @@ CELLS = ("logistic10:1,logistic10:2,logistic10:3,drift:1,drift:2,drift:3,delayed
          "logistic50:1,demo:1,demo:2,demo:3,breast_cancer:1,digits:1")
 
 
-def _text(features: Features) -> str:
-    parts = []
-    for ns, fs in features.items():
-        items = [f"|{ns}"] + [f"{k}={v}" if isinstance(v, str) else f"{k}:{v!r}" for k, v in fs.items()]
-        parts.append(" ".join(items))
-    return " ".join(parts)
+def _namespaces(features: Features) -> Namespaces:
+    """A world's features as the server's namespaces, so its VW lines are the server's."""
+    return [(ns, list(fs.items())) for ns, fs in features.items()]
 
 
 @dataclass(frozen=True)
@@ -115,7 +113,7 @@ def tail_ratio(job: Job) -> float:
     world = problem.make(job.seed)
     ws = vw.Workspace(["--cb_explore_adf", "-b", "18", *args.split(), "--quiet"])
     parse = vw.TextFormatParser(ws).parse_line
-    actions = [f"|A id={a} {_text(f)}".rstrip() for a, f in world.actions]
+    actions = [action_line(a, _namespaces(f)) for a, f in world.actions]
     rng = np.random.default_rng(1000 * job.seed + job.stream)
     tail_from = problem.events - problem.events // 4
     regret = uniform = 0.0
@@ -123,7 +121,7 @@ def tail_ratio(job: Job) -> float:
     for start in range(0, problem.events, CHUNK):
         for t in range(start, start + CHUNK):
             features, expected = world.draw(t)
-            shared = "shared " + _text(features)
+            shared = shared_line(_namespaces(features))
             p = np.zeros(len(actions))
             for i, prob in ws.predict_one([parse(shared)] + [parse(a) for a in actions]):
                 p[i] = prob
