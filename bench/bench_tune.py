@@ -97,7 +97,8 @@ def main() -> None:
                                              for live in streams],
             "rank_correlation": round(rank_corr, 2),
             "grid": [{"config": describe(c.spec), "snips": round(c.estimate.value, 4),
-                      "lower": round(c.estimate.lower, 4), "true_ratio": round(true[f"c{i}"], 3),
+                      "lower": round(c.estimate.lower, 4), "versus_live": round(c.versus_live.value, 4),
+                      "versus_live_se": round(c.versus_live.std_error, 5), "true_ratio": round(true[f"c{i}"], 3),
                       "true_per_stream": [round(live.tail_ratio(f"c{i}"), 3) for live in streams]}
                      for i, c in enumerate(result.candidates)],
             "live_mean_reward": round(result.logged.value, 4),

@@ -108,6 +108,11 @@ def test_eval_policy_and_tune(server: ServerThread, tmp_path: Path) -> None:
                "--candidate", "learning_rate=1.0")
     assert out.returncode == 0, out.stderr
     assert "exploration=epsilon,epsilon=0.2" in out.stdout and "not applied:" in out.stdout
+    # The live configuration is replayed as well, the yardstick of the paired differences.
+    ranked = [line for line in out.stdout.splitlines() if line.startswith(" ") and "exploration=" in line]
+    assert "minus the live configuration" in out.stdout and len(ranked) == 3, out.stdout
+    (live,) = [line for line in ranked if "learning_rate=0.5" in line and "epsilon=0.1" in line]
+    assert "+0.0000 [+0.0000, +0.0000]" in live, out.stdout
 
     out = ltrr("eval", "policy", "demo", "--server", server.target, "--target", "bogus")
     assert out.returncode == 2 and "unknown target 'bogus'" in out.stderr

@@ -134,8 +134,9 @@ def parse_target(text: str, base: admin_pb2.PolicySpec | None = None) -> admin_p
     raise ValueError(f"unknown target {text!r}: {TARGET_HELP}")
 
 
-def _interval(e: admin_pb2.Estimate) -> str:
-    return f"{e.value:9.4f} [{e.lower:.4f}, {e.upper:.4f}]"
+def _interval(e: admin_pb2.Estimate, signed: bool = False) -> str:
+    sign = "+" if signed else ""
+    return f"{e.value:{sign}9.4f} [{e.lower:{sign}.4f}, {e.upper:{sign}.4f}]"
 
 
 def evaluation_table(result: admin_pb2.PolicyEvaluation) -> str:
@@ -156,9 +157,10 @@ def evaluation_table(result: admin_pb2.PolicyEvaluation) -> str:
 
 def tune_table(result: admin_pb2.TuneResult) -> str:
     rows = [f"{result.events} joined events of {result.policy}; live policy's mean reward {_interval(result.logged)}",
-            f"{'#':>2} {'SNIPS [95% interval]':>34}  configuration"]
+            f"{'#':>2} {'SNIPS [95% interval]':>34} {'minus the live configuration':>34}  configuration"]
     for i, c in enumerate(result.candidates):
-        rows.append(f"{i + 1:>2} {_interval(c.estimate):>34}  {describe(c.spec)}")
+        rows.append(f"{i + 1:>2} {_interval(c.estimate):>34} {_interval(c.versus_live, signed=True):>34}  "
+                    f"{describe(c.spec)}")
     rows.append(f"recommended: {describe(result.recommended)}")
     rows.append(("applied: " if result.applied else "not applied: ") + result.reason)
     return "\n".join(rows)

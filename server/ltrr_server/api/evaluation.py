@@ -172,7 +172,8 @@ def tune_to_proto(t: TuneOutcome) -> admin_pb2.TuneResult:
     out = admin_pb2.TuneResult(policy=outside(t.policy), events=t.events, logged=_estimate(t.logged), applied=t.applied,
                                reason=t.reason, seconds=t.seconds, recommended=spec_to_proto(t.recommended))
     for c in t.candidates:
-        out.candidates.add(spec=spec_to_proto(c.spec), estimate=_estimate(c.estimate), support=c.support)
+        out.candidates.add(spec=spec_to_proto(c.spec), estimate=_estimate(c.estimate), support=c.support,
+                           versus_live=_estimate(c.versus_live))
     if t.info is not None:
         out.policy_after.CopyFrom(policy_to_proto(t.info))
     return out

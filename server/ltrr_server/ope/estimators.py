@@ -17,6 +17,11 @@ method): cheap for a million events, where OBP's bootstrap would resample each o
 On a synthetic world (logged probabilities 0.04 to 0.42) they covered the true value in 94 to 99
 of 100 runs of 500 to 10,000 events each (``tests/server/ope/test_estimators.py``).
 
+Two targets estimated over the same events are compared by their paired difference
+(``Terms.minus``): the mean of the per-event differences of their terms, whose standard error
+leaves out what the two share. Two policies that agree on most events differ by little on those
+events, so the paired interval is far narrower than the two separate ones.
+
 >>> import numpy as np
 >>> r, w = np.array([1.0, 0.0, 1.0, 0.0]), np.array([2.0, 0.5, 0.5, 1.0])
 >>> ips(r, w).value, snips(r, w).value
@@ -54,7 +59,36 @@ class Estimate:
         """``value`` with the interval of the mean of ``terms`` (whose mean is, or linearizes, it)."""
         n = len(terms)
         se = float(np.std(terms, ddof=1) / math.sqrt(n)) if n > 1 else math.inf
+        if not (math.isfinite(value) and math.isfinite(se)):  # nothing to estimate from
+            return cls(value, math.inf, -math.inf, math.inf)
         return cls(value, se, value - Z95 * se, value + Z95 * se)
+
+
+@dataclass(frozen=True)
+class Terms:
+    """An estimate's value and its per-event terms: the terms' mean is the value, or (SNIPS) its
+    linearization, so their spread gives the interval and two targets' terms over the same events
+    give their paired difference.
+
+    >>> import numpy as np
+    >>> r = np.array([1.0, 0.0, 1.0, 0.0])
+    >>> a, b = ips_terms(r, np.array([2.0, 0.0, 2.0, 0.0])), ips_terms(r, np.array([1.0, 1.0, 1.0, 1.0]))
+    >>> d = a.minus(b)
+    >>> a.value, b.value, d.value, round(d.std_error, 3), round(a.estimate().std_error, 3)
+    (1.0, 0.5, 0.5, 0.289, 0.577)
+    """
+
+    value: float
+    terms: Array
+
+    def estimate(self) -> Estimate:
+        return Estimate.from_terms(self.value, self.terms)
+
+    def minus(self, other: Terms) -> Estimate:
+        """This value minus ``other``'s, both over the same events, with the paired interval."""
+        if len(self.terms) != len(other.terms):
+            raise ValueError(f"{len(self.terms)} events against {len(other.terms)}: not paired")
+        return Estimate.from_terms(self.value - other.value, self.terms - other.terms)
 
 
 def _check(rewards: Array, weights: Array) -> None:
@@ -64,30 +98,42 @@ def _check(rewards: Array, weights: Array) -> None:
         raise ValueError("no events")
 
 
-def ips(rewards: Array, weights: Array) -> Estimate:
-    """Inverse propensity scoring: unbiased when every logged probability is right and positive."""
+def ips_terms(rewards: Array, weights: Array) -> Terms:
     _check(rewards, weights)
     terms = weights * rewards
-    return Estimate.from_terms(float(np.mean(terms)), terms)
+    return Terms(float(np.mean(terms)), terms)
+
+
+def snips_terms(rewards: Array, weights: Array) -> Terms:
+    _check(rewards, weights)
+    mean_w = float(np.mean(weights))
+    if mean_w == 0.0:  # the target never takes a logged action: nothing to estimate from
+        return Terms(math.nan, np.full(len(rewards), math.nan))
+    value = float(np.sum(weights * rewards) / np.sum(weights))
+    # Delta method: the estimate linearizes to mean(w (r - value)) / mean(w).
+    return Terms(value, weights * (rewards - value) / mean_w)
+
+
+def dr_terms(rewards: Array, weights: Array, q_logged: Array, q_target: Array) -> Terms:
+    _check(rewards, weights)
+    terms = q_target + weights * (rewards - q_logged)
+    return Terms(float(np.mean(terms)), terms)
+
+
+def ips(rewards: Array, weights: Array) -> Estimate:
+    """Inverse propensity scoring: unbiased when every logged probability is right and positive."""
+    return ips_terms(rewards, weights).estimate()
 
 
 def snips(rewards: Array, weights: Array) -> Estimate:
     """Self-normalized IPS: slightly biased, far less variable when the weights are large."""
-    _check(rewards, weights)
-    mean_w = float(np.mean(weights))
-    if mean_w == 0.0:  # the target never takes a logged action: nothing to estimate from
-        return Estimate(math.nan, math.inf, -math.inf, math.inf)
-    value = float(np.sum(weights * rewards) / np.sum(weights))
-    # Delta method: the estimate linearizes to mean(w (r - value)) / mean(w).
-    return Estimate.from_terms(value, weights * (rewards - value) / mean_w)
+    return snips_terms(rewards, weights).estimate()
 
 
 def dr(rewards: Array, weights: Array, q_logged: Array, q_target: Array) -> Estimate:
     """Doubly robust: the reward model's estimate corrected by the weighted residuals; unbiased
     when either the logged probabilities or the reward model is right."""
-    _check(rewards, weights)
-    terms = q_target + weights * (rewards - q_logged)
-    return Estimate.from_terms(float(np.mean(terms)), terms)
+    return dr_terms(rewards, weights, q_logged, q_target).estimate()
 
 
 def mean(rewards: Array) -> Estimate:

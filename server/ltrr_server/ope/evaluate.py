@@ -64,6 +64,9 @@ class EvaluationPlan:
     estimators: tuple[str, ...] = estimators.NAMES
     # The reward model's interactions (DR), the policy's own by default.
     interactions: tuple[str, ...] = ("::", "::A")
+    # A target's name: every target's estimates are also given minus this one's, paired over the
+    # same events (``SlotResult.versus_baseline``).
+    baseline: str | None = None
 
 
 @dataclass
@@ -77,6 +80,8 @@ class SlotResult:
     effective_sample_size: float
     # Share of events in which the target could take the logged action at all.
     support: float
+    # Each estimate minus the plan's baseline target's, with the paired interval; empty without one.
+    versus_baseline: dict[str, Estimate] = field(default_factory=dict)
 
 
 @dataclass
@@ -195,19 +200,21 @@ def evaluate(store: EventLogStore, plan: EvaluationPlan, progress: Progress | No
         raise NotFound(f"policy {plan.policy!r} has no joined decisions made in the range since_ms="
                        f"{plan.since * 1000:.0f}, until_ms={plan.until * 1000:.0f}", field="since_ms")
     result = EvaluationResult(plan.policy, n, first_at, last_at, estimators.mean(_np(rewards)))
+
+    def slot_terms(cols: list[_Column]) -> list[dict[str, estimators.Terms]]:
+        # One target's at a time: a million events' terms are 8 MB per target, estimator and slot.
+        return [_slot_terms(plan.estimators, _np(slot_rewards[s]), _np(q_logged[s]), col) for s, col in enumerate(cols)]
+
+    names = [tp.name for tp in plan.targets]
+    base = slot_terms(columns[names.index(plan.baseline)]) if plan.baseline in names else None
     for tp, target, cols in zip(plan.targets, targets, columns, strict=True):
         slots = []
-        for s, col in enumerate(cols):
-            r, w = _np(slot_rewards[s]), _np(col.weights)
-            estimates: dict[str, Estimate] = {}
-            if "ips" in plan.estimators:
-                estimates["ips"] = estimators.ips(r, w)
-            if "snips" in plan.estimators:
-                estimates["snips"] = estimators.snips(r, w)
-            if use_dr:
-                estimates["dr"] = estimators.dr(r, w, _np(q_logged[s]), _np(col.q_target))
-            slots.append(SlotResult(s, estimates, float(np.mean(w)), float(np.max(w)),
-                                    estimators.effective_sample_size(w), float(np.mean(w > 0))))
+        for s, (col, terms) in enumerate(zip(cols, slot_terms(cols), strict=True)):
+            w = _np(col.weights)
+            versus = {k: t.minus(base[s][k]) for k, t in terms.items()} if base is not None else {}
+            slots.append(SlotResult(s, {k: t.estimate() for k, t in terms.items()}, float(np.mean(w)),
+                                    float(np.max(w)), estimators.effective_sample_size(w), float(np.mean(w > 0)),
+                                    versus))
         model = target.model.to_bytes() if tp.keep_model and isinstance(target, ReplayTarget) else None
         result.targets.append(TargetResult(target.name, slots, model))
     if progress is not None:
@@ -226,6 +233,18 @@ class EvaluateJob:
         from ltrr_server.jobs import Progress
 
         send(evaluate(store, self.plan, lambda done, total: send(Progress(done, total))))
+
+
+def _slot_terms(names: tuple[str, ...], r: Any, q_logged: Any, col: _Column) -> dict[str, estimators.Terms]:
+    w = _np(col.weights)
+    out: dict[str, estimators.Terms] = {}
+    if "ips" in names:
+        out["ips"] = estimators.ips_terms(r, w)
+    if "snips" in names:
+        out["snips"] = estimators.snips_terms(r, w)
+    if "dr" in names:
+        out["dr"] = estimators.dr_terms(r, w, q_logged, _np(col.q_target))
+    return out
 
 
 def _np(values: array[float]) -> Any:

@@ -162,3 +162,51 @@ def test_intervals_cover_the_true_value_in_at_least_90_of_100_worlds() -> None:
                         ("dr", est.dr(r, w, q_model[x, a], (target[x] * q_model[x]).sum(axis=1)))):
             covered[name] += e.lower <= truth <= e.upper
     assert all(c >= 90 for c in covered.values()), covered
+
+
+def test_paired_differences_cover_the_true_difference_and_are_narrower() -> None:
+    """Two targets over the same logs of the world above: both take the best action 90% of the
+    time, but in one context type of four the second takes the worst. The paired interval of
+    their difference covers the true difference in at least 90 of 100 runs, and is narrower than
+    the two separate intervals combined, since the two agree in the other three: 0.71 as wide
+    here (paired standard error 0.026 against 0.037), the noise of the fourth being in both."""
+    rng = np.random.default_rng(2027)
+    n_ctx, n_act, n = 4, 5, 2000
+    means = rng.uniform(0.1, 0.9, size=(n_ctx, n_act))
+    logging = rng.dirichlet(np.ones(n_act) * 0.8, size=n_ctx) * 0.8 + 0.2 / n_act
+    first = np.full((n_ctx, n_act), 0.1 / (n_act - 1))
+    first[np.arange(n_ctx), means.argmax(axis=1)] = 0.9
+    second = first.copy()
+    second[0] = 0.1 / (n_act - 1)
+    second[0, means[0].argmin()] = 0.9
+    truth = float(np.mean(((first - second) * means).sum(axis=1)))
+    assert truth > 0.01
+    q_model = means * 0.75 + 0.05
+    covered = {"ips": 0, "snips": 0, "dr": 0}
+    narrower = 0
+    for _ in range(100):
+        x = rng.integers(n_ctx, size=n)
+        a = np.array([rng.choice(n_act, p=logging[c]) for c in x])
+        r = (rng.random(n) < means[x, a]).astype(float)
+
+        one, two = (_terms(target, x, a, r, logging, q_model) for target in (first, second))
+        for name in covered:
+            d = one[name].minus(two[name])
+            assert d.value == pytest.approx(one[name].value - two[name].value, abs=1e-12)
+            covered[name] += d.lower <= truth <= d.upper
+        d, se1, se2 = one["snips"].minus(two["snips"]), one["snips"].estimate(), two["snips"].estimate()
+        narrower += d.std_error <= 0.8 * math.hypot(se1.std_error, se2.std_error)
+    assert all(c >= 90 for c in covered.values()), covered
+    assert narrower == 100
+
+
+def _terms(target: np.ndarray, x: np.ndarray, a: np.ndarray, r: np.ndarray, logging: np.ndarray,
+           q_model: np.ndarray) -> dict[str, est.Terms]:
+    w = target[x, a] / logging[x, a]
+    return {"ips": est.ips_terms(r, w), "snips": est.snips_terms(r, w),
+            "dr": est.dr_terms(r, w, q_model[x, a], (target[x] * q_model[x]).sum(axis=1))}
+
+
+def test_a_difference_needs_the_same_events() -> None:
+    with pytest.raises(ValueError, match="3 events against 2: not paired"):
+        est.ips_terms(np.ones(3), np.ones(3)).minus(est.ips_terms(np.ones(2), np.ones(2)))

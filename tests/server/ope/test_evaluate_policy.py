@@ -19,6 +19,7 @@ import pytest
 
 from ltrr.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 from ltrr_client.client import LtrrClient, reward_event
+from ltrr_client.evaluation import describe
 from tests.conftest import ServerThread, server_settings
 from tests.helpers import rows, wait_for
 
@@ -261,15 +262,28 @@ def test_tune_ranks_a_grid_and_switches_only_to_a_clear_winner(ev_server: Server
     assert dry.logged.value < dry.candidates[0].estimate.lower
     assert dry.candidates[0].spec.exploration != admin_pb2.EXPLORATION_EPSILON or dry.candidates[0].spec.epsilon < 0.5
     assert dry.recommended == dry.candidates[0].spec
+    # Each candidate is also given against the live configuration's replay, over the same events.
+    with LtrrClient(ev_server.target) as client:
+        live_spec = describe(client.get_policy("ev").spec)
+    (live,) = [c for c in dry.candidates if describe(c.spec) == live_spec]
+    assert live.versus_live.value == 0 and live.versus_live.std_error == 0
+    for c in dry.candidates:
+        assert c.versus_live.value == pytest.approx(c.estimate.value - live.estimate.value, abs=1e-9)
+    assert dry.candidates[0].versus_live.lower > 0
+    # Paired, the difference is known more closely than either estimate.
+    assert dry.candidates[0].versus_live.std_error < dry.candidates[0].estimate.std_error
 
     own = tune(ev_server, apply=True, candidates=[spec()])
     assert not own.applied and "own configuration" in own.reason
     assert own.recommended.epsilon == 0.5 and own.recommended.exploration == admin_pb2.EXPLORATION_EPSILON
 
     # Exploring even more than the live policy cannot be clearly better: the live configuration stays.
+    # It is replayed too, as the yardstick, though the request did not name it.
     worse = tune(ev_server, apply=True, candidates=[spec(epsilon=0.9)])
     assert not worse.applied and "live configuration stays" in worse.reason, worse.reason
     assert worse.recommended.epsilon == 0.5
+    assert sorted(c.spec.epsilon for c in worse.candidates) == [0.5, 0.9]
+    assert worse.candidates[[c.spec.epsilon for c in worse.candidates].index(0.9)].versus_live.upper < 0
 
     squarecb = admin_pb2.PolicySpec(exploration=admin_pb2.EXPLORATION_SQUARECB, learning_rate=0.1)
     done = tune(ev_server, apply=True, candidates=[spec(epsilon=0.4), squarecb])

@@ -985,6 +985,7 @@ class CandidateEstimate(_message.Message):
     SPEC_FIELD_NUMBER: _builtins.int
     ESTIMATE_FIELD_NUMBER: _builtins.int
     SUPPORT_FIELD_NUMBER: _builtins.int
+    VERSUS_LIVE_FIELD_NUMBER: _builtins.int
     support: _builtins.float
     @_builtins.property
     def spec(self) -> Global___PolicySpec: ...
@@ -992,16 +993,23 @@ class CandidateEstimate(_message.Message):
     def estimate(self) -> Global___Estimate:
         """SNIPS estimate of its progressive replay."""
 
+    @_builtins.property
+    def versus_live(self) -> Global___Estimate:
+        """Its estimate minus the live configuration's replay, paired over the same events: far
+        narrower than the two estimates' intervals, as the two replays share most of their noise.
+        """
+
     def __init__(
         self,
         *,
         spec: Global___PolicySpec | None = ...,
         estimate: Global___Estimate | None = ...,
         support: _builtins.float = ...,
+        versus_live: Global___Estimate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate", "spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate", "spec", b"spec", "versus_live", b"versus_live"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate", "spec", b"spec", "support", b"support"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate", "spec", b"spec", "support", b"support", "versus_live", b"versus_live"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1041,8 +1049,9 @@ class TuneResult(_message.Message):
     @_builtins.property
     def recommended(self) -> Global___PolicySpec:
         """What tune recommends, and apply switches to: the candidate with the highest estimate among
-        those whose 95% lower bound is above the live policy's mean reward; when none is, the live
-        policy's own configuration.
+        those clearly better than the live configuration (versus_live's lower bound above zero at 95%
+        confidence for all the candidates at once: one-sided, Bonferroni); when none is, the live
+        policy's own configuration. The live configuration is always among the candidates.
         """
 
     def __init__(

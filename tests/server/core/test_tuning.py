@@ -1,0 +1,58 @@
+"""Tune's rule on evaluation results with known figures: switch only to a candidate whose paired
+difference with the live configuration's replay is above zero for all the candidates at once."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from ltrr_server.config import PolicySpec
+from ltrr_server.core.tuning import _choose, candidate_grid, family_z
+from ltrr_server.ope.estimators import Z95, Estimate
+from ltrr_server.ope.evaluate import EvaluationResult, SlotResult, TargetResult
+
+LIVE = PolicySpec(name="p")
+
+
+def estimate(value: float, se: float) -> Estimate:
+    return Estimate(value, se, value - Z95 * se, value + Z95 * se)
+
+
+def result(rows: list[tuple[float, float, float]], logged: float = 0.30) -> EvaluationResult:
+    """One target per row: (its estimate, its difference with the live replay, that difference's
+    standard error); every estimate's own standard error is 0.01."""
+    targets = [TargetResult(f"candidate {i}", [SlotResult(0, {"snips": estimate(v, 0.01)}, 1.0, 5.0, 100.0, 1.0,
+                                                          {"snips": estimate(d, se)})])
+               for i, (v, d, se) in enumerate(rows)]
+    return EvaluationResult("p", 20_000, 0.0, 1.0, estimate(logged, 0.003), targets)
+
+
+@pytest.mark.parametrize("candidates,rows,pick,why", [
+    # A difference of 0.01 with standard error 0.004: above zero for one candidate (z 1.645)...
+    (2, [(0.28, 0.0, 0.0), (0.29, 0.01, 0.004)], 1, "would switch to (apply to do it) the best candidate"),
+    # ...not for twelve at once (z 2.64): 0.01 - 2.64 * 0.004 < 0.
+    (13, [(0.28, 0.0, 0.0), (0.29, 0.01, 0.004)] + [(0.27, -0.01, 0.004)] * 11, None,
+     "no candidate is clearly better"),
+    # Both estimates under the live policy's logged mean (the replay is pessimistic), the
+    # difference clear: the switch is made.
+    (2, [(0.28, 0.0, 0.0), (0.29, 0.01, 0.001)], 1, "lower bound +0.008"),
+    # The highest estimate is not clear, the second is: the second.
+    (3, [(0.28, 0.0, 0.0), (0.31, 0.03, 0.02), (0.30, 0.02, 0.002)], 2,
+     "the best candidate clearly better than it"),
+    # The live configuration's own replay has the best estimate.
+    (2, [(0.28, 0.0, 0.0), (0.27, -0.01, 0.004)], None, "policy's own configuration"),
+], ids=["one candidate", "twelve candidates", "pessimistic replay", "second best", "own best"])
+def test_the_rule(candidates: int, rows: list[tuple[float, float, float]], pick: int | None, why: str) -> None:
+    specs = candidate_grid(LIVE)[:candidates]
+    choice = _choose(result(rows), specs, 0, LIVE, apply=False)
+    assert choice.index == pick, choice.reason
+    assert why in choice.reason
+    assert choice.recommended == (LIVE if pick is None else specs[pick])
+    assert [c.estimate.value for c in choice.ranked] == sorted((r[0] for r in rows), reverse=True)
+
+
+def test_family_z_is_one_sided_bonferroni() -> None:
+    assert family_z(1) == pytest.approx(1.6448536, abs=1e-6)
+    assert family_z(12) == pytest.approx(2.6382573, abs=1e-6)
+    assert math.isclose(family_z(0), family_z(1))
