@@ -104,6 +104,14 @@ def test_eval_policy_and_tune(server: ServerThread, tmp_path: Path) -> None:
     assert [t["name"] for t in result["targets"]] == ["live", "uniform"]
     assert set(result["targets"][1]["slots"][0]) >= {"ips", "snips", "dr"}
 
+    out = ltrr("eval", "policy", "demo", "--server", server.target, "--target", "live", "--target", "action:news",
+               "--baseline", "live", "--estimators", "snips")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "minus the baseline, paired" in lines[1]
+    (live,) = [line for line in lines if line.startswith("live ")]
+    assert live.endswith("+0.0000 [+0.0000, +0.0000]"), live
+
     out = ltrr("tune", "demo", "--server", server.target, "--candidate", "exploration=epsilon,epsilon=0.2",
                "--candidate", "learning_rate=1.0")
     assert out.returncode == 0, out.stderr

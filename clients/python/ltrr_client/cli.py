@@ -372,7 +372,7 @@ def _streamed(updates: Iterator[Any], verb: str, quiet: bool) -> Any:
 def cmd_eval_policy(args: argparse.Namespace) -> int:
     """Counterfactual estimates of targets from a policy's logged decisions (EvaluatePolicy)."""
     from ltrr.v1 import admin_pb2
-    from ltrr_client.evaluation import evaluation_table, parse_target
+    from ltrr_client.evaluation import evaluation_table, parse_target, target_name
 
     if not args.policy_name:
         print("ltrr eval policy: name the policy: ltrr eval policy NAME", file=sys.stderr)
@@ -383,6 +383,7 @@ def cmd_eval_policy(args: argparse.Namespace) -> int:
                 else None
             request = admin_pb2.EvaluatePolicyRequest(
                 name=args.policy_name, targets=[parse_target(t, base) for t in args.target], **_time_range(args),
+                baseline=target_name(args.baseline) if args.baseline else "",
                 estimators=[admin_pb2.Estimator.Value(f"ESTIMATOR_{e.strip().upper()}")
                             for e in filter(None, (args.estimators or "").split(","))])
         except ValueError as exc:
@@ -583,6 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                    "uniform): " + TARGET_HELP)
     _log_range_flags(ev, "policy: ")
     ev.add_argument("--estimators", help="policy: comma-separated among ips,snips,dr (default: all)")
+    ev.add_argument("--baseline", help="policy: one of the targets, as --target gives it: every target is also "
+                                       "estimated minus it, paired over the same events")
     ev.add_argument("--server", default=DEFAULT_TARGET, help="policy: server address (default %(default)s)")
     _tls_flags(ev)
     _timeout_flag(ev, "policy: ")
@@ -593,7 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(fn=lambda a: eval_kinds[a.what](a))
 
     tu = sub.add_parser("tune", help="replay candidate learning configurations over a policy's log, estimate each; "
-                                     "--apply switches to the best when its lower bound beats the live policy")
+                                     "--apply switches to the best clearly better than the live configuration's replay")
     tu.add_argument("name", help='the policy whose log is replayed')
     tu.add_argument("--candidate", action="append", default=[],
                     help="FIELD=VALUE,... changes to the policy's spec, repeatable (default: a grid around it)")

@@ -134,6 +134,16 @@ def parse_target(text: str, base: admin_pb2.PolicySpec | None = None) -> admin_p
     raise ValueError(f"unknown target {text!r}: {TARGET_HELP}")
 
 
+def target_name(text: str) -> str:
+    """The name the server gives the result of ``--target text`` (what ``--baseline`` names).
+
+    >>> target_name("live"), target_name("table:/tmp/by-segment.json"), target_name("candidate:learning_rate=1")
+    ('live', 'table:by-segment.json', 'candidate:learning_rate=1')
+    """
+    kind, _, rest = text.partition(":")
+    return f"table:{Path(rest).name}" if kind == "table" else text
+
+
 def _interval(e: admin_pb2.Estimate, signed: bool = False) -> str:
     sign = "+" if signed else ""
     return f"{e.value:{sign}9.4f} [{e.lower:{sign}.4f}, {e.upper:{sign}.4f}]"
@@ -144,14 +154,16 @@ def evaluation_table(result: admin_pb2.PolicyEvaluation) -> str:
     head = (f"{result.events} joined events of {result.policy}, "
             f"{_when(result.first_ms)} .. {_when(result.last_ms)}; logged policy's mean reward "
             f"{_interval(result.logged)}")
+    paired = any(s.HasField("versus_baseline") for t in result.targets for s in t.slots)
     rows = [head, f"{'target':<28} {'slot':>4} {'estimator':<6} {'value [95% interval]':>34} {'ess':>9} "
-                  f"{'support':>8}"]
+                  f"{'support':>8}" + (f" {'minus the baseline, paired':>34}" if paired else "")]
     for t in result.targets:
         for s in t.slots:
             for name in ("ips", "snips", "dr"):
                 if s.HasField(name):
+                    versus = f" {_interval(getattr(s.versus_baseline, name), signed=True):>34}" if paired else ""
                     rows.append(f"{t.name[:28]:<28} {s.slot:>4} {name:<6} {_interval(getattr(s, name)):>34} "
-                                f"{s.effective_sample_size:>9.0f} {s.support:>8.3f}")
+                                f"{s.effective_sample_size:>9.0f} {s.support:>8.3f}{versus}")
     return "\n".join(rows)
 
 

@@ -142,9 +142,16 @@ def plan_from_proto(request: admin_pb2.EvaluatePolicyRequest, rt: PolicyRuntime,
         if e not in _ESTIMATORS:
             raise InvalidArgument(f"estimators[{i}]", f"unknown estimator {e}")
         names.append(_ESTIMATORS[e])
+    targets = _targets(request, rt, limits)
+    if request.baseline:
+        named = sum(t.name == request.baseline for t in targets)
+        if named != 1:
+            labels = ", ".join(repr(t.name) for t in targets[:10])
+            raise InvalidArgument("baseline", f"names {named} of the targets ({labels}): it must name exactly one"
+                                  + ("; give them names" if named > 1 else ""))
     return EvaluationPlan(
-        policy=rt.spec.name, kind=rt.spec.kind, since=since, until=until,
-        targets=tuple(_targets(request, rt, limits)),
+        policy=rt.spec.name, kind=rt.spec.kind, since=since, until=until, targets=tuple(targets),
+        baseline=request.baseline or None,
         estimators=tuple(sorted(set(names), key=list(_ESTIMATORS.values()).index)) or tuple(_ESTIMATORS.values()),
         interactions=rt.spec.interactions,
     )
@@ -165,6 +172,8 @@ def result_to_proto(r: EvaluationResult) -> admin_pb2.PolicyEvaluation:
                               effective_sample_size=s.effective_sample_size, support=s.support)
             for name, estimate in s.estimates.items():
                 getattr(se, name).CopyFrom(_estimate(estimate))
+            for name, estimate in s.versus_baseline.items():
+                getattr(se.versus_baseline, name).CopyFrom(_estimate(estimate))
     return out
 
 

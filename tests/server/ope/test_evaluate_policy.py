@@ -111,7 +111,7 @@ def test_estimates_equal_the_formulas_over_the_logged_rows(ev_server: ServerThre
                   admin_pb2.FeatureTable(value="y", weights=weights({"b": 1.0}))])
     updates, result = evaluate(ev_server, targets=[target(action="a"), target(uniform=True),
                                                    target(table=table, name="by segment")],
-                               estimators=[admin_pb2.ESTIMATOR_IPS, admin_pb2.ESTIMATOR_SNIPS])
+                               estimators=[admin_pb2.ESTIMATOR_IPS, admin_pb2.ESTIMATOR_SNIPS], baseline="uniform")
     assert updates[0].events_done == 0 and updates[0].events_total == 600
     assert [u.HasField("result") for u in updates] == [False] * (len(updates) - 1) + [True]
     assert result.events == 600
@@ -126,9 +126,17 @@ def test_estimates_equal_the_formulas_over_the_logged_rows(ev_server: ServerThre
         "by segment": lambda e: ({"a": 0.75, "c": 0.25} if e["seg"] == "x" else {"b": 1.0}).get(e["action"], 0.0),
     }
     assert [t.name for t in result.targets] == list(probabilities)
+    w_uniform = np.array([probabilities["uniform"](e) for e in log]) / p
     for t in result.targets:
         w = np.array([probabilities[t.name](e) for e in log]) / p
         (slot,) = t.slots
+        # Minus the baseline (uniform), paired over the same events.
+        versus = slot.versus_baseline
+        assert versus.ips.value == pytest.approx(np.mean(w * r) - np.mean(w_uniform * r), abs=1e-12)
+        assert versus.ips.std_error == pytest.approx(np.std((w - w_uniform) * r, ddof=1) / np.sqrt(len(w)), abs=1e-12)
+        snips_uniform = np.sum(w_uniform * r) / np.sum(w_uniform)
+        assert versus.snips.value == pytest.approx(np.sum(w * r) / np.sum(w) - snips_uniform, abs=1e-12)
+        assert not versus.HasField("dr")
         assert slot.ips.value == pytest.approx(np.mean(w * r), abs=1e-12)
         assert slot.snips.value == pytest.approx(np.sum(w * r) / np.sum(w), abs=1e-12)
         se = np.std(w * r, ddof=1) / np.sqrt(len(w))
@@ -198,9 +206,13 @@ def test_a_snapshot_is_a_target_and_time_ranges_select_events(ev_server: ServerT
     (dict(targets=[target(snapshot_id=987654)]), grpc.StatusCode.NOT_FOUND, "snapshot 987654"),
     (dict(targets=[target(uniform=True)] * 65), grpc.StatusCode.INVALID_ARGUMENT, "max_evaluation_targets"),
     (dict(estimators=[7]), grpc.StatusCode.INVALID_ARGUMENT, "estimators[0]"),
+    (dict(baseline="ghost"), grpc.StatusCode.INVALID_ARGUMENT, "baseline: names 0 of the targets ('live', 'uniform')"),
+    (dict(targets=[target(candidate=spec()), target(candidate=spec(epsilon=0.1))], baseline="candidate"),
+     grpc.StatusCode.INVALID_ARGUMENT, "give them names"),
 ], ids=["unknown policy", "until before since", "negative since", "no events in range", "empty target",
         "empty action", "feature without dot", "negative weight", "by_value without feature", "candidate kind",
-        "candidate epsilon", "unknown snapshot", "too many targets", "unknown estimator"])
+        "candidate epsilon", "unknown snapshot", "too many targets", "unknown estimator",
+        "unknown baseline", "ambiguous baseline"])
 def test_bad_requests_name_the_field(sqlite_ev_server: ServerThread, request_fields: dict[str, Any],
                                      code: grpc.StatusCode, field: str) -> None:
     request = admin_pb2.EvaluatePolicyRequest(**({"name": "ev"} | request_fields))

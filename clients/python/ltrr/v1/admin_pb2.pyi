@@ -739,11 +739,19 @@ class EvaluatePolicyRequest(_message.Message):
     SINCE_MS_FIELD_NUMBER: _builtins.int
     UNTIL_MS_FIELD_NUMBER: _builtins.int
     ESTIMATORS_FIELD_NUMBER: _builtins.int
+    BASELINE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     since_ms: _builtins.int
     """Decisions made at or after this time (0: from the first)."""
     until_ms: _builtins.int
     """Decisions made before this time (0: up to now)."""
+    baseline: _builtins.str
+    """A target's name, as its result is labelled ("live", "uniform", "action:x", "candidate" or the
+    name given): every target is then also estimated minus this one, paired over the same events
+    (SlotEvaluation.versus_baseline). Two policies that agree on most events differ by little on
+    those, so their difference is known far more closely than two separate intervals say.
+    Empty: no differences.
+    """
     @_builtins.property
     def targets(self) -> _containers.RepeatedCompositeFieldContainer[Global___EvaluationTarget]:
         """Empty: the live model and uniform."""
@@ -760,10 +768,11 @@ class EvaluatePolicyRequest(_message.Message):
         since_ms: _builtins.int = ...,
         until_ms: _builtins.int = ...,
         estimators: _abc.Iterable[Global___Estimator.ValueType] | None = ...,
+        baseline: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimators", b"estimators", "name", b"name", "since_ms", b"since_ms", "targets", b"targets", "until_ms", b"until_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "estimators", b"estimators", "name", b"name", "since_ms", b"since_ms", "targets", b"targets", "until_ms", b"until_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -810,6 +819,7 @@ class SlotEvaluation(_message.Message):
     MAX_WEIGHT_FIELD_NUMBER: _builtins.int
     EFFECTIVE_SAMPLE_SIZE_FIELD_NUMBER: _builtins.int
     SUPPORT_FIELD_NUMBER: _builtins.int
+    VERSUS_BASELINE_FIELD_NUMBER: _builtins.int
     slot: _builtins.int
     mean_weight: _builtins.float
     """Of the importance weights (target probability / logged probability of the logged action):
@@ -828,6 +838,10 @@ class SlotEvaluation(_message.Message):
     def snips(self) -> Global___Estimate: ...
     @_builtins.property
     def dr(self) -> Global___Estimate: ...
+    @_builtins.property
+    def versus_baseline(self) -> Global___EstimateDifferences:
+        """Each estimate minus the baseline target's, when the request names one."""
+
     def __init__(
         self,
         *,
@@ -839,14 +853,45 @@ class SlotEvaluation(_message.Message):
         max_weight: _builtins.float = ...,
         effective_sample_size: _builtins.float = ...,
         support: _builtins.float = ...,
+        versus_baseline: Global___EstimateDifferences | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["dr", b"dr", "ips", b"ips", "snips", b"snips"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dr", b"dr", "ips", b"ips", "snips", b"snips", "versus_baseline", b"versus_baseline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dr", b"dr", "effective_sample_size", b"effective_sample_size", "ips", b"ips", "max_weight", b"max_weight", "mean_weight", b"mean_weight", "slot", b"slot", "snips", b"snips", "support", b"support"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dr", b"dr", "effective_sample_size", b"effective_sample_size", "ips", b"ips", "max_weight", b"max_weight", "mean_weight", b"mean_weight", "slot", b"slot", "snips", b"snips", "support", b"support", "versus_baseline", b"versus_baseline"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SlotEvaluation: _TypeAlias = SlotEvaluation  # noqa: Y015
+
+@_typing.final
+class EstimateDifferences(_message.Message):
+    """Estimates of one target minus another's, paired over the same events, with 95% intervals."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IPS_FIELD_NUMBER: _builtins.int
+    SNIPS_FIELD_NUMBER: _builtins.int
+    DR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ips(self) -> Global___Estimate: ...
+    @_builtins.property
+    def snips(self) -> Global___Estimate: ...
+    @_builtins.property
+    def dr(self) -> Global___Estimate: ...
+    def __init__(
+        self,
+        *,
+        ips: Global___Estimate | None = ...,
+        snips: Global___Estimate | None = ...,
+        dr: Global___Estimate | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dr", b"dr", "ips", b"ips", "snips", b"snips"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dr", b"dr", "ips", b"ips", "snips", b"snips"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EstimateDifferences: _TypeAlias = EstimateDifferences  # noqa: Y015
 
 @_typing.final
 class TargetEvaluation(_message.Message):
