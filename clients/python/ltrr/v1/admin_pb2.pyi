@@ -1003,7 +1003,8 @@ class TunePolicyRequest(_message.Message):
     def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___PolicySpec]:
         """Learning configurations to compare (their names are ignored; the policy's actions, join
         rules and description are kept). Empty: the policy's own configuration and one change at a
-        time around it (learning rate, power_t, exploration, interactions).
+        time around it (learning rate, power_t, exploration, interactions, cb_type). The policy's own
+        configuration is replayed and listed even when not named: the others are compared with it.
         """
 
     def __init__(
