@@ -249,6 +249,7 @@ BOUNDS: dict[str, Bound] = {
     "ltrr.v1.EvaluatePolicyRequest.since_ms": _TIME,
     "ltrr.v1.EvaluatePolicyRequest.until_ms": _TIME,
     "ltrr.v1.EvaluatePolicyRequest.estimators": Items(3, each=Enum()),  # at most one of each
+    "ltrr.v1.EvaluatePolicyRequest.baseline": Text(NAME_CHARS),  # a target's name
     "ltrr.v1.EvaluationTarget.name": Text(NAME_CHARS),
     "ltrr.v1.EvaluationTarget.live": Free("a bool"),
     "ltrr.v1.EvaluationTarget.snapshot_id": Free("a snapshot that does not exist is NOT_FOUND"),

@@ -143,6 +143,8 @@ def plan_from_proto(request: admin_pb2.EvaluatePolicyRequest, rt: PolicyRuntime,
             raise InvalidArgument(f"estimators[{i}]", f"unknown estimator {e}")
         names.append(_ESTIMATORS[e])
     targets = _targets(request, rt, limits)
+    if len(request.baseline) > NAME_CHARS:
+        raise InvalidArgument("baseline", f"longer than {NAME_CHARS} characters")
     if request.baseline:
         named = sum(t.name == request.baseline for t in targets)
         if named != 1:
