@@ -3,6 +3,7 @@ difference with the live configuration's replay is above zero for all the candid
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -50,6 +51,22 @@ def test_the_rule(candidates: int, rows: list[tuple[float, float, float]], pick:
     assert why in choice.reason
     assert choice.recommended == (LIVE if pick is None else specs[pick])
     assert [c.estimate.value for c in choice.ranked] == sorted((r[0] for r in rows), reverse=True)
+
+
+def test_a_candidate_exploring_less_is_ranked_but_not_recommended() -> None:
+    """Replay credits a candidate for exploring less and never charges it for what it would not
+    have learned: the same method turned down is set aside, even when it alone passes."""
+    greedier = dataclasses.replace(LIVE, squarecb_gamma_scale=50.0)
+    slower = dataclasses.replace(LIVE, learning_rate=0.25)
+    rows = [(0.28, 0.0, 0.0), (0.30, 0.02, 0.001), (0.29, 0.01, 0.001)]
+    choice = _choose(result(rows), [LIVE, greedier, slower], 0, LIVE, apply=True)
+    assert choice.index == 2 and choice.recommended == slower
+    assert "1 candidate exploring less than the live configuration set aside" in choice.reason
+    assert choice.ranked[0].spec == greedier  # still ranked first by its estimate
+
+    alone = _choose(result(rows[:2]), [LIVE, greedier], 0, LIVE, apply=True)
+    assert alone.index is None and alone.recommended == LIVE
+    assert "live configuration stays" in alone.reason and "set aside" in alone.reason
 
 
 def test_family_z_is_one_sided_bonferroni() -> None:

@@ -1096,8 +1096,10 @@ class TuneResult(_message.Message):
     def recommended(self) -> Global___PolicySpec:
         """What tune recommends, and apply switches to: the candidate with the highest estimate among
         those clearly better than the live configuration (versus_live's lower bound above zero at 95%
-        confidence for all the candidates at once: one-sided, Bonferroni); when none is, the live
-        policy's own configuration. The live configuration is always among the candidates.
+        confidence for all the candidates at once: one-sided, Bonferroni), leaving out those that
+        turn the live policy's own exploration down (replay credits exploring less and never charges
+        for what it would not have learned); when none is, the live policy's own configuration. The
+        live configuration is always among the candidates.
         """
 
     def __init__(
