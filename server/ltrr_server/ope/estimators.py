@@ -20,7 +20,8 @@ of 100 runs of 500 to 10,000 events each (``tests/server/ope/test_estimators.py`
 Two targets estimated over the same events are compared by their paired difference
 (``Terms.minus``): the mean of the per-event differences of their terms, whose standard error
 leaves out what the two share. Two policies that agree on most events differ by little on those
-events, so the paired interval is far narrower than the two separate ones.
+events, so the paired interval is narrower than the two separate ones: 0.71 as wide as the two
+combined in the tests' world, where two targets agree in three context types of four.
 
 >>> import numpy as np
 >>> r, w = np.array([1.0, 0.0, 1.0, 0.0]), np.array([2.0, 0.5, 0.5, 1.0])
