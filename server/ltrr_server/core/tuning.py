@@ -195,10 +195,11 @@ async def tune(policies: PolicyBook, jobs: Jobs, name: str, candidates: list[Pol
     rt = policies.get(name, "name")
     current = rt.spec
     specs = list(candidates or candidate_grid(current))
-    own = [s.learning_params() for s in specs]
-    if current.learning_params() not in own:  # the yardstick: always replayed
+    params = [s.learning_params() for s in specs]
+    if current.learning_params() not in params:  # the yardstick: always replayed
         specs.append(current)
-    own_index = [s.learning_params() for s in specs].index(current.learning_params())
+        params.append(current.learning_params())
+    own_index = params.index(current.learning_params())
     plan = EvaluationPlan(
         policy=name, kind=current.kind, since=since, until=until, estimators=("snips",),
         interactions=current.interactions, baseline=f"candidate {own_index}",

@@ -206,10 +206,12 @@ def evaluate(store: EventLogStore, plan: EvaluationPlan, progress: Progress | No
         return [_slot_terms(plan.estimators, _np(slot_rewards[s]), _np(q_logged[s]), col) for s, col in enumerate(cols)]
 
     names = [tp.name for tp in plan.targets]
-    base = slot_terms(columns[names.index(plan.baseline)]) if plan.baseline in names else None
-    for tp, target, cols in zip(plan.targets, targets, columns, strict=True):
+    base_index = names.index(plan.baseline) if plan.baseline in names else None
+    base = slot_terms(columns[base_index]) if base_index is not None else None
+    for i, (tp, target, cols) in enumerate(zip(plan.targets, targets, columns, strict=True)):
         slots = []
-        for s, (col, terms) in enumerate(zip(cols, slot_terms(cols), strict=True)):
+        own_terms = base if i == base_index and base is not None else slot_terms(cols)
+        for s, (col, terms) in enumerate(zip(cols, own_terms, strict=True)):
             w = _np(col.weights)
             versus = {k: t.minus(base[s][k]) for k, t in terms.items()} if base is not None else {}
             slots.append(SlotResult(s, {k: t.estimate() for k, t in terms.items()}, float(np.mean(w)),
