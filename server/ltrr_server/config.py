@@ -717,9 +717,9 @@ def _flag(text: str) -> bool:
 
 
 ENV_PREFIX = "LTRR_"
-# LTRR_* variables that are not server settings: the clients' own, the writer child's, the
+# LTRR_* variables that are not server settings: the clients' own, the
 # configuration file's, and the test suite's.
-_NOT_SETTINGS = frozenset({"LTRR_TARGET", "LTRR_API_KEY", "LTRR_WRITER_URL", "LTRR_CONFIG", "LTRR_TEST_PG_URL",
+_NOT_SETTINGS = frozenset({"LTRR_TARGET", "LTRR_API_KEY", "LTRR_CONFIG", "LTRR_TEST_PG_URL",
                            "LTRR_REQUIRE_PG"})
 # LTRR_CONFIG's value (or --config's) for the embedded demo configuration.
 DEMO_CONFIG = "demo"

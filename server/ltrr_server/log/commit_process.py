@@ -1,15 +1,61 @@
 """The writer process: ``python -m ltrr_server.log.commit_process FD``, started by ``ProcessCommitter``.
 
-It commits the batches it receives on the socket FD to the database named by ``LTRR_WRITER_URL``
-and answers each after its commit. It ends when the server closes the socket, or dies.
+Its first message on the socket FD is the ``WriterSetup``. It then commits each batch it receives
+and answers ("ok" | "retry" | "refused", message) after the commit; before the first, ("ready", "")
+once the database is open, or ("failed", why). It ends when the server closes the socket, or dies.
+It imports the database's driver and not SQLAlchemy (``driver`` says why), unless the driver is
+one ``driver.DriverCommitter`` does not know.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 from multiprocessing.connection import Connection
+from typing import Protocol
+
+from ltrr_server.log.driver import Batch, DriverCommitter, WriterSetup
+
+
+class _Commits(Protocol):
+    def open(self) -> None: ...
+
+    def commit(self, batch: Batch) -> tuple[str, str]: ...
+
+    def close(self) -> None: ...
+
+
+def serve(conn: Connection) -> None:
+    """The writer process's loop, on the server's end of the socket ``conn``."""
+    try:
+        setup: WriterSetup = conn.recv()
+    except (EOFError, OSError):
+        return  # the server is gone
+    commits: _Commits
+    if setup.connect is not None:
+        commits = DriverCommitter(setup.connect, setup.statements)
+    else:
+        from ltrr_server.log.writer import EngineCommits
+
+        commits = EngineCommits(setup.url, setup.statements)
+    try:
+        commits.open()
+    except Exception as exc:
+        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", ""))
+    while True:
+        try:
+            batch = conn.recv()
+        except (EOFError, OSError):
+            break  # the server is gone
+        if batch is None:
+            break
+        try:
+            conn.send(commits.commit(batch))
+        except OSError:
+            break
+    commits.close()
 
 
 def main() -> None:
@@ -17,12 +63,10 @@ def main() -> None:
     # process before it closes the socket, which ends the loop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from ltrr_server.log.writer import serve_commits
     from ltrr_server.logs import LogSetup
 
     LogSetup.from_env().apply()
-
-    serve_commits(Connection(int(sys.argv[1])), os.environ["LTRR_WRITER_URL"])
+    serve(Connection(int(sys.argv[1])))
 
 
 if __name__ == "__main__":

@@ -10,8 +10,20 @@ from typing import Any
 import sqlalchemy as sa
 
 from ltrr_server.errors import FailedPrecondition
+from ltrr_server.log.driver import DriverConnect
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+# SQLite: a commit survives power loss; a writer waits for a lock instead of failing at once.
+_SQLITE_CONNECT_ARGS = {"check_same_thread": False, "timeout": 30}
+_SQLITE_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA busy_timeout=30000")
+# A server that stops answering is noticed: connecting gives up after 5 s, and TCP keepalives
+# and a user timeout end a connection whose peer is gone without closing it.
+_PG_CONNECT_ARGS = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+                    "keepalives_count": 3, "tcp_user_timeout": 30_000}
+# The DB-API modules of the dialects above, for ``driver_connect``.
+_DRIVERS = {("sqlite", "pysqlite"): "sqlite3", ("postgresql", "psycopg"): "psycopg"}
 
 
 def create_engine(url: str) -> sa.Engine:
@@ -19,22 +31,35 @@ def create_engine(url: str) -> sa.Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
     if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = sa.create_engine(url, connect_args=_SQLITE_CONNECT_ARGS)
 
         @sa.event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")
-            cur.execute("PRAGMA busy_timeout=30000")
+            for pragma in _SQLITE_PRAGMAS:
+                cur.execute(pragma)
             cur.close()
 
         return engine
-    # A server that stops answering is noticed: connecting gives up after 5 s, and TCP keepalives
-    # and a user timeout end a connection whose peer is gone without closing it.
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4, connect_args={
-        "connect_timeout": 5, "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
-        "keepalives_count": 3, "tcp_user_timeout": 30_000})
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4, connect_args=_PG_CONNECT_ARGS)
+
+
+def driver_connect(engine: sa.Engine) -> DriverConnect | None:
+    """How to open ``engine``'s database with its DB-API module alone, with the arguments and
+    settings ``create_engine`` gives it; None for a driver other than sqlite3 and psycopg.
+
+    >>> driver_connect(create_engine("sqlite:////tmp/ltrr.db")).args
+    ('/tmp/ltrr.db',)
+    """
+    module = _DRIVERS.get((engine.dialect.name, engine.dialect.driver))
+    if module is None or in_memory(engine.url):
+        return None
+    args, kwargs = engine.dialect.create_connect_args(engine.url)
+    if module == "sqlite3":
+        return DriverConnect(module, tuple(args), {**kwargs, **_SQLITE_CONNECT_ARGS}, _SQLITE_PRAGMAS)
+    # SQLAlchemy's adapters ("context") are for its own types: the log's rows are plain values.
+    kwargs = {k: v for k, v in kwargs.items() if k != "context"}
+    return DriverConnect(module, tuple(args), {**kwargs, **_PG_CONNECT_ARGS})
 
 
 def migrate(engine: sa.Engine) -> None:

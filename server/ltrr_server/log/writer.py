@@ -22,15 +22,13 @@ import logging
 import math
 import os
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
-from itertools import chain
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,22 +37,13 @@ import sqlalchemy as sa
 
 from ltrr_server.errors import FailedPrecondition, Overloaded
 from ltrr_server.log import db
+from ltrr_server.log.driver import TABLE_ORDER, Batch, InsertStatement, Row, WriterSetup, insert_batch, worth_retrying
 from ltrr_server.log.journal import DamagedFrame, Journal, leftovers, read_segment
-from ltrr_server.log.rows import ROW_TYPES, decision_row
 from ltrr_server.logs import DEFAULT_LOGS, LogSetup
 from ltrr_server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-# A row: one of the named tuples of ``rows``, fields in column order.
-Row = tuple[Any, ...]
-# Tables whose rows may legitimately repeat (idempotent retries): insert-or-ignore.
-_IGNORE_CONFLICTS = {"action_sets", "decisions", "pages", "rewards", "joined"}
-_TABLE_ORDER = ("action_sets", "decisions", "pages", "rewards", "joined", "snapshots")
-# Tables queued as records that become their rows only here, at the commit (off the event loop).
-_ENCODERS: dict[str, Callable[[Sequence[Any]], Row]] = {"decisions": decision_row}
-# Rows in one INSERT statement (fewer where the database bounds the parameters of a statement).
-MAX_ROWS_PER_STATEMENT = 256
 # Seconds a writer process may take to import its driver and open the database.
 _START_TIMEOUT = 120.0
 # Seconds a commit may take before its writer process is taken for hung (a database that stopped
@@ -66,69 +55,6 @@ JOURNAL_SEGMENT_SECONDS = 1.0
 JOURNAL_SEGMENT_BYTES = 64 * 2**20
 
 
-class _InsertStatement:
-    """One table's insert as driver SQL with positional parameters.
-
-    The hot path of the log. SQLAlchemy's per-row parameter processing costs more than the
-    database does, so rows go to the driver as tuples. On SQLite many rows go in one
-    ``INSERT ... VALUES (...), (...)``: its driver lets go of the GIL around every statement it
-    steps, so a row-at-a-time executemany must win the GIL back once per row from a busy event
-    loop (measured: beside a busy thread it fell to a few hundred rows a second), while a
-    statement of 256 rows wins it back once. Those statements are cut in power-of-two row counts,
-    so each table has at most nine SQL texts for the driver to cache. PostgreSQL keeps
-    executemany: psycopg pipelines it, and the long statements measured half as fast there.
-    Tables whose rows may legitimately repeat (idempotent retries) get ON CONFLICT DO NOTHING,
-    which SQLite and PostgreSQL both understand.
-    """
-
-    def __init__(self, dialect: sa.Dialect, name: str, max_rows: int = MAX_ROWS_PER_STATEMENT) -> None:
-        self.columns = list(ROW_TYPES[name]._fields)  # type: ignore[attr-defined]
-        quote = dialect.identifier_preparer.quote
-        cols = ", ".join(quote(c) for c in self.columns)
-        self._head = f"INSERT INTO {name} ({cols}) VALUES "
-        self._tail = " ON CONFLICT DO NOTHING" if name in _IGNORE_CONFLICTS else ""
-        self._mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(dialect.paramstyle, "")
-        # Named styles (no dialect we ship): one row per execution, as dicts.
-        self._named = not self._mark
-        self._named_sql = self._head + "(" + ", ".join(f":{c}" for c in self.columns) + ")" + self._tail
-        self._multi_row = dialect.name == "sqlite"
-        # Bound parameters per statement: SQLite before 3.32 allows 999, later ones 32766.
-        limit = 999 if dialect.name == "sqlite" and sqlite3.sqlite_version_info < (3, 32) else 32766
-        self._max_rows = max(1, min(max_rows, limit // len(self.columns)))
-        self._sql: dict[int, str] = {}
-
-    def sql(self, rows: int) -> str:
-        """The statement inserting ``rows`` rows.
-
-        >>> from sqlalchemy.dialects import sqlite
-        >>> _InsertStatement(sqlite.dialect(), "action_sets").sql(2)
-        'INSERT INTO action_sets ("key", actions, created_at) VALUES (?, ?, ?), (?, ?, ?) ON CONFLICT DO NOTHING'
-        """
-        text = self._sql.get(rows)
-        if text is None:
-            one = "(" + ", ".join([self._mark] * len(self.columns)) + ")"
-            text = self._sql[rows] = self._head + ", ".join([one] * rows) + self._tail
-        return text
-
-    def execute(self, conn: sa.Connection, rows: Sequence[Row]) -> None:
-        if self._named:
-            conn.exec_driver_sql(self._named_sql, [dict(zip(self.columns, r, strict=True)) for r in rows])
-            return
-        if not self._multi_row:
-            conn.exec_driver_sql(self.sql(1), list(rows))
-            return
-        i, n = 0, len(rows)
-        while i < n:
-            # The largest power of two that fits, capped: a few distinct texts, few statements.
-            size = min(self._max_rows, 1 << ((n - i).bit_length() - 1))
-            conn.exec_driver_sql(self.sql(size), tuple(chain.from_iterable(rows[i:i + size])))
-            i += size
-
-
-# Rows of one group commit by table.
-Batch = dict[str, list[Row]]
-
-
 class RetryableWriteError(Exception):
     """The database was away (restarting, locked, network) or the writer process died: try again."""
 
@@ -137,18 +63,27 @@ class WriteRefused(Exception):
     """The database refused the batch itself: retrying cannot help."""
 
 
-def _commit(engine: sa.Engine, statements: dict[str, _InsertStatement], batch: Batch) -> tuple[str, str]:
+class _SqlalchemyCursor:
+    """A SQLAlchemy connection behind a DB-API cursor's two verbs: its errors stay wrapped."""
+
+    def __init__(self, conn: sa.Connection) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, parameters: Any = (), /) -> None:
+        self._conn.exec_driver_sql(sql, parameters)
+
+    def executemany(self, sql: str, seq_of_parameters: Any, /) -> None:
+        self._conn.exec_driver_sql(sql, list(seq_of_parameters))
+
+
+def _commit(engine: sa.Engine, statements: dict[str, InsertStatement], batch: Batch) -> tuple[str, str]:
     """Commits the batch in one transaction: ("ok", ""), or ("retry" | "refused", what went wrong)."""
     try:
         with engine.begin() as conn:
-            for table in _TABLE_ORDER:
-                rows = batch.get(table)
-                if rows:
-                    encode = _ENCODERS.get(table)
-                    statements[table].execute(conn, list(map(encode, rows)) if encode else rows)
-    except sa.exc.OperationalError as exc:  # the database is away: worth retrying
-        return "retry", str(exc)
+            insert_batch(_SqlalchemyCursor(conn), statements, batch)
     except Exception as exc:
+        if worth_retrying(exc):  # the database is away
+            return "retry", str(exc)
         return "refused", f"{type(exc).__name__}: {exc}"
     return "ok", ""
 
@@ -183,7 +118,7 @@ class ThreadCommitter:
 
     def __init__(self, engine: sa.Engine) -> None:
         self._engine = engine
-        self._statements = {name: _InsertStatement(engine.dialect, name) for name in _TABLE_ORDER}
+        self._statements = statements_for(engine.dialect)
 
     def launch(self) -> None:
         pass
@@ -210,13 +145,15 @@ class ProcessCommitter:
 
     A plain interpreter, not a multiprocessing child: a spawned child would import the server's
     main module first (grpc, VW and the rest), and its start would take seconds instead of the
-    ~0.5 s that SQLAlchemy takes. A child that dies is started again and the batch sent again:
+    0.1 s its driver takes (``driver``). Its first message is the ``WriterSetup``: the statements
+    and how to connect. A child that dies is started again and the batch sent again:
     every table the hot path writes ignores repeated rows, so a batch the dead child had
     committed lands once.
     """
 
-    def __init__(self, url: str, commit_timeout: float = COMMIT_TIMEOUT, logs: LogSetup = DEFAULT_LOGS) -> None:
-        self._url = url
+    def __init__(self, setup: WriterSetup, commit_timeout: float = COMMIT_TIMEOUT,
+                 logs: LogSetup = DEFAULT_LOGS) -> None:
+        self._setup = setup
         self._commit_timeout = commit_timeout
         self._logs = logs
         self._process: subprocess.Popen[bytes] | None = None
@@ -233,7 +170,7 @@ class ProcessCommitter:
             return
         ours, theirs = socket.socketpair()
         package_root = str(Path(__file__).resolve().parents[2])
-        env = dict(os.environ, LTRR_WRITER_URL=self._url, **self._logs.env(),
+        env = dict(os.environ, **self._logs.env(),
                    PYTHONPATH=os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p))
         with theirs:
             self._process = subprocess.Popen(
@@ -247,6 +184,10 @@ class ProcessCommitter:
             self._kill_at_exit_registered = True
         self._conn = Connection(ours.detach())
         self._ready = False
+        try:
+            self._conn.send(self._setup)
+        except OSError:
+            pass  # the child is gone already: ``start`` says so
 
     def start(self) -> None:
         """Launches the child if needed and waits until it has opened the database: otherwise the
@@ -347,39 +288,36 @@ def _kill_if_alive(process: subprocess.Popen[bytes]) -> None:
         process.kill()
 
 
-def serve_commits(conn: Connection, url: str) -> None:
-    """The writer process's loop: commits each batch it receives and answers
-    ("ok" | "retry" | "refused", message); first ("ready", "") once the database is open."""
-    from ltrr_server.log import db
+class EngineCommits:
+    """The writer process's commits through SQLAlchemy: for a driver ``driver.DriverCommitter``
+    does not know (it imports SQLAlchemy, so that process starts in about 1 s instead of 0.1 s)."""
 
-    engine = db.create_engine(url)
-    statements = {name: _InsertStatement(engine.dialect, name) for name in _TABLE_ORDER}
-    try:
-        with engine.connect():
+    def __init__(self, url: str, statements: dict[str, InsertStatement]) -> None:
+        self._engine = db.create_engine(url)
+        self._statements = statements
+
+    def open(self) -> None:
+        with self._engine.connect():
             pass
-    except Exception as exc:
-        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
-        return
-    conn.send(("ready", ""))
-    while True:
-        try:
-            batch = conn.recv()
-        except (EOFError, OSError):
-            break  # the server is gone
-        if batch is None:
-            break
-        try:
-            conn.send(_commit(engine, statements, batch))
-        except OSError:
-            break
-    engine.dispose()
+
+    def commit(self, batch: Batch) -> tuple[str, str]:
+        return _commit(self._engine, self._statements, batch)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+
+def statements_for(dialect: sa.Dialect) -> dict[str, InsertStatement]:
+    return {name: InsertStatement(dialect, name) for name in TABLE_ORDER}
 
 
 def committer_for(engine: sa.Engine, process: bool, commit_timeout: float = COMMIT_TIMEOUT,
                   logs: LogSetup = DEFAULT_LOGS) -> Committer:
     """A ``ProcessCommitter`` when asked and the database can be opened by another process."""
     if process and not db.in_memory(engine.url):
-        return ProcessCommitter(engine.url.render_as_string(hide_password=False), commit_timeout, logs)
+        setup = WriterSetup(engine.url.render_as_string(hide_password=False), statements_for(engine.dialect),
+                            db.driver_connect(engine))
+        return ProcessCommitter(setup, commit_timeout, logs)
     return ThreadCommitter(engine)
 
 

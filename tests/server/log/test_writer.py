@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from prometheus_client import CollectorRegistry
 
 from ltrr_server.errors import Overloaded
 from ltrr_server.log import db
+from ltrr_server.log.driver import WriterSetup
 from ltrr_server.log.rows import RewardRow
-from ltrr_server.log.writer import EventLogWriter, ProcessCommitter, ThreadCommitter, committer_for
+from ltrr_server.log.writer import (
+    EventLogWriter,
+    ProcessCommitter,
+    ThreadCommitter,
+    WriteRefused,
+    committer_for,
+    statements_for,
+)
 from ltrr_server.metrics import Metrics
 from tests.helpers import rows
 
@@ -102,7 +115,6 @@ def test_an_in_memory_database_is_written_from_the_thread() -> None:
 
 def test_a_submission_the_database_refuses_fails_alone(db_url: str, process: bool) -> None:
     from ltrr_server.log.rows import SnapshotRow
-    from ltrr_server.log.writer import WriteRefused
 
     engine = db.create_engine(db_url)
     db.migrate(engine)
@@ -135,3 +147,45 @@ def test_a_caller_that_stops_waiting_stops_nothing(sqlite_url: str) -> None:
     assert w.running()
     assert len(rows(sqlite_url, "rewards")) == 51  # the rows of those who left are committed too
     w.close()
+
+
+def test_the_writer_process_commits_with_its_driver_alone(db_url: str, tmp_path: Path) -> None:
+    # What the writer process runs for SQLite and PostgreSQL, in a fresh interpreter: no
+    # SQLAlchemy there (its import made every start and every replaced writer wait ~0.9 s).
+    engine = db.create_engine(db_url)
+    db.migrate(engine)
+    committer = committer_for(engine, process=True)
+    assert isinstance(committer, ProcessCommitter)
+    setup = committer._setup
+    assert setup.connect is not None
+    assert setup.connect.module == ("sqlite3" if db_url.startswith("sqlite") else "psycopg")
+    (tmp_path / "setup.pickle").write_bytes(pickle.dumps(setup))
+    (tmp_path / "batch.pickle").write_bytes(pickle.dumps({"rewards": [tuple(reward(i)) for i in range(3)]}))
+    script = (
+        "import pickle, sys\n"
+        "from ltrr_server.log.driver import DriverCommitter\n"
+        f"setup = pickle.loads(open({str(tmp_path / 'setup.pickle')!r}, 'rb').read())\n"
+        f"batch = pickle.loads(open({str(tmp_path / 'batch.pickle')!r}, 'rb').read())\n"
+        "c = DriverCommitter(setup.connect, setup.statements)\n"
+        "c.open()\n"
+        "print(c.commit(batch), c.commit(batch), 'sqlalchemy' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    # The second commit repeats the rows: ignored, as a resent batch must be.
+    assert out.stdout.split() == ["('ok',", "'')", "('ok',", "'')", "False"], out.stderr
+    assert sorted(int(r["reward_id"]) for r in rows(db_url, "rewards")) == [0, 1, 2]
+    engine.dispose()
+
+
+def test_a_driver_it_does_not_know_is_committed_through_sqlalchemy(db_url: str) -> None:
+    engine = db.create_engine(db_url)
+    db.migrate(engine)
+    setup = WriterSetup(engine.url.render_as_string(hide_password=False), statements_for(engine.dialect), None)
+    committer = ProcessCommitter(setup)
+    committer.start()
+    committer.commit({"rewards": [tuple(reward(i)) for i in range(3)]})
+    with pytest.raises(WriteRefused):
+        committer.commit({"snapshots": [(None, 1, 1, 0, "t", 0.0, 1, b"x")]})
+    committer.close()
+    assert sorted(int(r["reward_id"]) for r in rows(db_url, "rewards")) == [0, 1, 2]
+    engine.dispose()
