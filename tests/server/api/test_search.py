@@ -176,7 +176,7 @@ def test_a_damaged_saved_ranker_is_logged_and_learning_starts_afresh(make_server
     (ranking / "retrieval.vw").write_bytes(b"not a model")
     (ranking / "retrieval.json").write_text('{"version": 5, "examination": {}}')
     s = make_server(settings)
-    resp = _stubs(s)[0].Search(search_request("retrieval", "happy pop songs"))
+    resp = _stubs(s)[0].Search(search_request("retrieval", "happy pop songs", fixed_plan={"lexical": 50}))
     assert resp.results and resp.ranker_version == 0
     assert "could not be read" in caplog.text
 
