@@ -9,7 +9,14 @@ from dataclasses import replace
 from typing import Any
 
 from ltrr_client.simulate import World, run_simulation
-from ltrr_server.config import RetrievalSettings, load_settings
+from ltrr_server.config import RetrievalSettings, Settings, load_settings
+
+
+def _demo_policy_alone(sqlite_url: str) -> Settings:
+    """The demo's policy as configured; its retrieval catalog and autocomplete model are not needed here."""
+    demo = load_settings(env={})
+    return replace(demo, db_url=sqlite_url, grpc_host="127.0.0.1", grpc_port=0, metrics_port=0,
+                   policies=demo.policies[:1], retrieval=RetrievalSettings(), demo_autocomplete_sessions=0)
 
 
 def test_world_has_one_clearly_best_action_per_context() -> None:
@@ -22,11 +29,7 @@ def test_world_has_one_clearly_best_action_per_context() -> None:
 
 
 def test_demo_policy_regret_is_under_30_percent_of_uniform(make_server: Any, sqlite_url: str) -> None:
-    demo = load_settings(env={})
-    # The demo's policy as configured; its retrieval catalog and autocomplete model are not needed here.
-    settings = replace(demo, db_url=sqlite_url, grpc_host="127.0.0.1", grpc_port=0, metrics_port=0,
-                       policies=demo.policies[:1], retrieval=RetrievalSettings(), demo_autocomplete_sessions=0)
-    server = make_server(settings)
+    server = make_server(_demo_policy_alone(sqlite_url))
     out = io.StringIO()
     result = asyncio.run(run_simulation(server.target, "demo", events=20_000, out=out))
     print(out.getvalue())
@@ -37,3 +40,13 @@ def test_demo_policy_regret_is_under_30_percent_of_uniform(make_server: Any, sql
     for gauge in ("ltrr_estimated_regret{policy=\"demo\"}", "ltrr_true_regret_mean{policy=\"demo\"}",
                   "ltrr_true_regret_total{policy=\"demo\"}"):
         assert gauge in text
+
+
+def test_a_run_shorter_than_the_tail_reports_over_the_events_it_ran(make_server: Any, sqlite_url: str) -> None:
+    server = make_server(_demo_policy_alone(sqlite_url))
+    out = io.StringIO()
+    result = asyncio.run(run_simulation(server.target, "demo", events=300, report_every=300, out=out))
+    assert "last 300 events:" in out.getvalue(), out.getvalue()
+    assert result.params["tail"] == 300
+    # The tail is the whole run: its regret is the one window's.
+    assert abs(result.policy_tail_regret - result.rows[-1]["policy_regret"]) < 1e-9

@@ -74,8 +74,9 @@ async def run_simulation(
 ) -> SimulationResult:
     """Drives ``events`` decisions and rewards; returns per-window reward and regret for both arms."""
     rng = random.Random(seed)
+    tail = min(tail, events)
     result = SimulationResult(params={"policy": policy, "events": events, "segments": segments, "seed": seed,
-                                      "tail": min(tail, events)})
+                                      "tail": tail})
     async with AsyncLtrrClient(target, timeout=30) as client:
         info = await client.admin.GetPolicy(admin_pb2.GetPolicyRequest(name=policy))
         action_ids = [a.id for a in info.spec.actions]
