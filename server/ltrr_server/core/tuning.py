@@ -84,14 +84,7 @@ def candidate_grid(spec: PolicySpec) -> list[PolicySpec]:
     changes += list(_EXPLORATIONS)
     changes += [dict(interactions=i) for i in _INTERACTIONS]
     changes += [dict(cb_type=c) for c in _CB_TYPES]
-    out: list[PolicySpec] = []
-    seen: set[tuple[object, ...]] = set()
-    for change in changes:
-        candidate = dataclasses.replace(spec, **change)  # type: ignore[arg-type]
-        if candidate.learning_params() not in seen:
-            seen.add(candidate.learning_params())
-            out.append(candidate)
-    return out
+    return distinct([dataclasses.replace(spec, **change) for change in changes])  # type: ignore[arg-type]
 
 
 @dataclass
@@ -124,6 +117,24 @@ class _Choice:
     index: int | None  # in the specs of the candidate to switch to; None: keep the live configuration
     recommended: PolicySpec
     reason: str
+
+
+def distinct(specs: list[PolicySpec]) -> list[PolicySpec]:
+    """The first of each learning configuration: a repeat would be replayed again for nothing and
+    would widen every candidate's bound (``family_z`` counts candidates).
+
+    >>> from ltrr_server.config import PolicySpec
+    >>> [s.learning_rate for s in distinct([PolicySpec(name="p"), PolicySpec(name="p", learning_rate=0.25),
+    ...                                     PolicySpec(name="p", description="the same again")])]
+    [0.5, 0.25]
+    """
+    out: list[PolicySpec] = []
+    seen: set[tuple[object, ...]] = set()
+    for spec in specs:
+        if spec.learning_params() not in seen:
+            seen.add(spec.learning_params())
+            out.append(spec)
+    return out
 
 
 def family_z(candidates: int) -> float:
@@ -194,7 +205,7 @@ async def tune(policies: PolicyBook, jobs: Jobs, name: str, candidates: list[Pol
     """Progress, then the outcome; with ``apply`` the policy switches when the rule above allows."""
     rt = policies.get(name, "name")
     current = rt.spec
-    specs = list(candidates or candidate_grid(current))
+    specs = distinct(list(candidates) or candidate_grid(current))
     params = [s.learning_params() for s in specs]
     if current.learning_params() not in params:  # the yardstick: always replayed
         specs.append(current)
