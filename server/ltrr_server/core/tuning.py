@@ -167,6 +167,23 @@ def explores_less(candidate: PolicySpec, live: PolicySpec) -> bool:
     return candidate.epsilon < live.epsilon  # epsilon, bag, cover, rnd
 
 
+def _events_to_tell(difference: Estimate, z: float, events: int) -> str:
+    """How long a log would tell a positive ``difference`` apart from zero, were it as large
+    there: its standard error shrinks as one over the root of the events.
+
+    >>> _events_to_tell(Estimate(0.01, 0.0075, 0.0, 0.0), 2.638, 20_000)
+    '; a log about 3.9x as long (~78.3k events) would tell a difference that large'
+    """
+    if not difference.value > 0 or not difference.std_error > 0 or events <= 0:
+        return ""
+    times = (z * difference.std_error / difference.value) ** 2
+    return f"; a log about {times:.2g}x as long (~{_count(times * events)} events) would tell a difference that large"
+
+
+def _count(n: float) -> str:
+    return f"{n / 1e6:.2g}M" if n >= 1e6 else f"{n / 1e3:.3g}k"
+
+
 def _choose(result: EvaluationResult, specs: list[PolicySpec], own_index: int, current: PolicySpec,
             apply: bool) -> _Choice:
     """The candidates ranked, and the one to switch to (see the module's docstring), with why."""
@@ -186,10 +203,11 @@ def _choose(result: EvaluationResult, specs: list[PolicySpec], own_index: int, c
         if order[0] == own_index:
             why = "the best estimate is the policy's own configuration's: the live configuration stays"
         else:
+            top = scored[order[0]].versus_live
             why = (f"no candidate is clearly better than the live configuration's replay: the best estimate's "
-                   f"difference {scored[order[0]].versus_live.value:+.4g} has a lower bound of "
-                   f"{bound[order[0]]:+.4g} (95% for {len(specs) - 1} candidates at once); the live configuration "
-                   f"stays")
+                   f"difference {top.value:+.4g} has a lower bound of {bound[order[0]]:+.4g} (95% for "
+                   f"{len(specs) - 1} candidates at once){_events_to_tell(top, z, result.events)}; the live "
+                   f"configuration stays")
         return _Choice(ranked, None, current, why + set_aside)
     pick = better[0]
     verb = "switched to" if apply else "would switch to (apply to do it)"
