@@ -140,7 +140,8 @@ class DriverConnect:
 
     module: str  # "sqlite3", "psycopg"
     args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    # Not in the repr: it may hold the database's password.
+    kwargs: dict[str, Any] = field(default_factory=dict, repr=False)
     # Run on every new connection (SQLite's journal mode and sync level).
     on_connect: tuple[str, ...] = ()
 
@@ -158,7 +159,9 @@ class DriverConnect:
 class WriterSetup:
     """What the server sends the writer process first, before any batch."""
 
-    url: str  # for SQLAlchemy, when ``connect`` is None (a driver this module does not know)
+    # For SQLAlchemy, when ``connect`` is None (a driver this module does not know). Not in the
+    # repr: it may hold the database's password.
+    url: str = field(repr=False)
     statements: dict[str, InsertStatement]
     connect: DriverConnect | None
 

@@ -189,3 +189,12 @@ def test_a_driver_it_does_not_know_is_committed_through_sqlalchemy(db_url: str) 
     committer.close()
     assert sorted(int(r["reward_id"]) for r in rows(db_url, "rewards")) == [0, 1, 2]
     engine.dispose()
+
+
+def test_the_writer_setup_never_shows_the_password() -> None:
+    # Nothing connects: the setup is only built, as the server builds it before the child starts.
+    committer = committer_for(db.create_engine("postgresql://ltrr:s3cret@127.0.0.1:1/ltrr"), process=True)
+    assert isinstance(committer, ProcessCommitter)
+    setup = committer._setup
+    assert setup.connect is not None and setup.connect.kwargs["password"] == "s3cret"  # noqa: S105
+    assert "s3cret" not in repr(setup)
