@@ -1,8 +1,8 @@
 """The writer process: ``python -m ltrr_server.log.commit_process FD``, started by ``ProcessCommitter``.
 
 Its first message on the socket FD is the ``WriterSetup``. It then commits each batch it receives
-and answers ("ok" | "retry" | "refused", message) after the commit; before the first, ("ready", "")
-once the database is open, or ("failed", why). It ends when the server closes the socket, or dies.
+and answers each after its commit (``driver.Answer``: ok, retry or refused); before the first,
+ready once the database is open, or failed with why. It ends when the server closes the socket, or dies.
 It imports the database's driver and not SQLAlchemy (``driver`` says why), unless the driver is
 one ``driver.DriverCommitter`` does not know.
 """
@@ -14,13 +14,13 @@ import sys
 from multiprocessing.connection import Connection
 from typing import Protocol
 
-from ltrr_server.log.driver import Batch, DriverCommitter, WriterSetup
+from ltrr_server.log.driver import Answer, Batch, DriverCommitter, WriterSetup
 
 
 class _Commits(Protocol):
     def open(self) -> None: ...
 
-    def commit(self, batch: Batch) -> tuple[str, str]: ...
+    def commit(self, batch: Batch) -> Answer: ...
 
     def close(self) -> None: ...
 
@@ -41,9 +41,9 @@ def serve(conn: Connection) -> None:
     try:
         commits.open()
     except Exception as exc:
-        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+        conn.send(Answer("failed", f"{type(exc).__name__}: {exc}"))
         return
-    conn.send(("ready", ""))
+    conn.send(Answer("ready"))
     while True:
         try:
             batch = conn.recv()

@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ltrr_server.log.rows import ROW_TYPES, decision_row
 
@@ -30,6 +30,17 @@ TABLE_ORDER = ("action_sets", "decisions", "pages", "rewards", "joined", "snapsh
 ENCODERS: dict[str, Callable[[Sequence[Any]], Row]] = {"decisions": decision_row}
 # Rows in one INSERT statement (fewer where the database bounds the parameters of a statement).
 MAX_ROWS_PER_STATEMENT = 256
+
+
+class Answer(NamedTuple):
+    """The writer process's answer: to a batch, "ok", "retry" (the database is away) or "refused"
+    (the batch itself is wrong); before the first batch, "ready" or "failed"."""
+
+    kind: str
+    message: str = ""
+
+
+OK = Answer("ok")
 
 
 class Cursor(Protocol):
@@ -178,8 +189,8 @@ class DriverCommitter:
         if self._conn is None:
             self._conn = self._connect.open()
 
-    def commit(self, batch: Batch) -> tuple[str, str]:
-        """Commits the batch in one transaction: ("ok", ""), or ("retry" | "refused", what went wrong)."""
+    def commit(self, batch: Batch) -> Answer:
+        """Commits the batch in one transaction: ok, or retry or refused with what went wrong."""
         try:
             self.open()
             cursor = self._conn.cursor()
@@ -189,8 +200,8 @@ class DriverCommitter:
         except Exception as exc:
             retry = worth_retrying(exc)
             self._abandon() if retry else self._roll_back()
-            return ("retry", f"{type(exc).__name__}: {exc}") if retry else ("refused", f"{type(exc).__name__}: {exc}")
-        return "ok", ""
+            return Answer("retry" if retry else "refused", f"{type(exc).__name__}: {exc}")
+        return OK
 
     def _roll_back(self) -> None:
         try:

@@ -37,7 +37,17 @@ import sqlalchemy as sa
 
 from ltrr_server.errors import FailedPrecondition, Overloaded
 from ltrr_server.log import db
-from ltrr_server.log.driver import TABLE_ORDER, Batch, InsertStatement, Row, WriterSetup, insert_batch, worth_retrying
+from ltrr_server.log.driver import (
+    OK,
+    TABLE_ORDER,
+    Answer,
+    Batch,
+    InsertStatement,
+    Row,
+    WriterSetup,
+    insert_batch,
+    worth_retrying,
+)
 from ltrr_server.log.journal import DamagedFrame, Journal, leftovers, read_segment
 from ltrr_server.logs import DEFAULT_LOGS, LogSetup
 from ltrr_server.metrics import Metrics
@@ -76,23 +86,23 @@ class _SqlalchemyCursor:
         self._conn.exec_driver_sql(sql, list(seq_of_parameters))
 
 
-def _commit(engine: sa.Engine, statements: dict[str, InsertStatement], batch: Batch) -> tuple[str, str]:
-    """Commits the batch in one transaction: ("ok", ""), or ("retry" | "refused", what went wrong)."""
+def _commit(engine: sa.Engine, statements: dict[str, InsertStatement], batch: Batch) -> Answer:
+    """Commits the batch in one transaction: ok, or retry or refused with what went wrong."""
     try:
         with engine.begin() as conn:
             insert_batch(_SqlalchemyCursor(conn), statements, batch)
     except Exception as exc:
         if worth_retrying(exc):  # the database is away
-            return "retry", str(exc)
-        return "refused", f"{type(exc).__name__}: {exc}"
-    return "ok", ""
+            return Answer("retry", str(exc))
+        return Answer("refused", f"{type(exc).__name__}: {exc}")
+    return OK
 
 
-def _raise_for(answer: str, message: str) -> None:
-    if answer == "retry":
-        raise RetryableWriteError(message)
-    if answer == "refused":
-        raise WriteRefused(message)
+def _raise_for(answer: Answer) -> None:
+    if answer.kind == "retry":
+        raise RetryableWriteError(answer.message)
+    if answer.kind == "refused":
+        raise WriteRefused(answer.message)
 
 
 class Committer(Protocol):
@@ -127,7 +137,7 @@ class ThreadCommitter:
         pass
 
     def commit(self, batch: Batch) -> None:
-        _raise_for(*_commit(self._engine, self._statements, batch))
+        _raise_for(_commit(self._engine, self._statements, batch))
 
     def running(self) -> bool:
         return True
@@ -199,11 +209,11 @@ class ProcessCommitter:
         if not self._conn.poll(_START_TIMEOUT):
             raise RuntimeError(f"the writer process did not start within {_START_TIMEOUT:.0f}s")
         try:
-            answer, message = self._conn.recv()
+            answer: Answer = self._conn.recv()
         except (EOFError, OSError) as exc:
             raise RuntimeError("the writer process exited at start; see its error above") from exc
-        if answer != "ready":
-            raise RuntimeError(f"the writer process could not open the database: {message}")
+        if answer.kind != "ready":
+            raise RuntimeError(f"the writer process could not open the database: {answer.message}")
         self._ready = True
 
     def running(self) -> bool:
@@ -244,13 +254,13 @@ class ProcessCommitter:
                           self._commit_timeout)
                 self._stop_child()
                 raise RetryableWriteError(f"no answer from the writer process in {self._commit_timeout:.0f}s")
-            answer, message = self._conn.recv()
+            answer = self._conn.recv()
         except (EOFError, OSError) as exc:
             code = self._process.poll() if self._process is not None else None
             log.error("the writer process exited (code %s); the batch goes to a new one", code)
             self._stop_child()
             raise RetryableWriteError(f"the writer process exited (code {code})") from exc
-        _raise_for(answer, message)
+        _raise_for(answer)
 
     def _stop_child(self) -> None:
         """Forgets the child (killed if still alive); the next commit starts a new one."""
@@ -300,7 +310,7 @@ class EngineCommits:
         with self._engine.connect():
             pass
 
-    def commit(self, batch: Batch) -> tuple[str, str]:
+    def commit(self, batch: Batch) -> Answer:
         return _commit(self._engine, self._statements, batch)
 
     def close(self) -> None:

@@ -168,11 +168,11 @@ def test_the_writer_process_commits_with_its_driver_alone(db_url: str, tmp_path:
         f"batch = pickle.loads(open({str(tmp_path / 'batch.pickle')!r}, 'rb').read())\n"
         "c = DriverCommitter(setup.connect, setup.statements)\n"
         "c.open()\n"
-        "print(c.commit(batch), c.commit(batch), 'sqlalchemy' in sys.modules)\n"
+        "print(c.commit(batch).kind, c.commit(batch).kind, 'sqlalchemy' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
     # The second commit repeats the rows: ignored, as a resent batch must be.
-    assert out.stdout.split() == ["('ok',", "'')", "('ok',", "'')", "False"], out.stderr
+    assert out.stdout.split() == ["ok", "ok", "False"], out.stderr
     assert sorted(int(r["reward_id"]) for r in rows(db_url, "rewards")) == [0, 1, 2]
     engine.dispose()
 
