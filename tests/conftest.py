@@ -64,9 +64,8 @@ def _stop_started_processes() -> Iterator[None]:
     stop_children()
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for one test, dropped afterwards."""
+def _new_pg_database() -> str:
+    """A fresh PostgreSQL database's name (skips, or fails under LTRR_REQUIRE_PG, without a server)."""
     problem = pg_problem()
     if problem:
         if REQUIRE_PG:
@@ -77,14 +76,30 @@ def pg_url() -> Iterator[str]:
     name = f"ltrr_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(PG_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    base = PG_URL.rsplit("/", 1)[0]
-    yield f"{base}/{name}"
+    return name
+
+
+def _drop_pg_database(name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _pg_database_url(name: str) -> str:
+    return f"{PG_URL.rsplit('/', 1)[0]}/{name}"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    name = _new_pg_database()
+    yield _pg_database_url(name)
     # Servers of this test stop (and write their last snapshots) before their database goes.
     while _RUNNING:
         _RUNNING.pop().stop()
     stop_children()
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    _drop_pg_database(name)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -197,3 +212,20 @@ def retrieval_server_settings(db_url: str, data_dir: Path, n_items: int = TEST_I
     retrieval = RetrievalSettings(data_dir=str(data_dir), demo_items=n_items, policies=("retrieval",),
                                   strategies=strategies, cost_per_candidate=0.001)
     return server_settings(db_url, retrieval_policy(), demo_policy(), retrieval=retrieval, **changes)
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def refusing_rserver(request: pytest.FixtureRequest,
+                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    """One retrieval server per database for a module's table of refused requests. A refused
+    request changes nothing (each case checks that nothing was logged), so the cases share it:
+    a retrieval server builds its catalog and indexes at its first start, 2-6 s a case."""
+    folder = tmp_path_factory.mktemp("refusing")
+    pg_name = _new_pg_database() if request.param == "postgres" else None
+    url = _pg_database_url(pg_name) if pg_name else f"sqlite:///{folder / 'ltrr.db'}"
+    # Not in _RUNNING: that list is the current test's, stopped when its own database goes.
+    s = ServerThread(retrieval_server_settings(url, folder / "data"))
+    yield s
+    s.stop()
+    if pg_name:
+        _drop_pg_database(pg_name)

@@ -163,14 +163,14 @@ def _bad(**kw: Any) -> retrieval_pb2.RetrieveRequest:
     (_bad(fixed_plan={"lexical": 0}), grpc.StatusCode.INVALID_ARGUMENT, "fixed_plan"),
 ], ids=["empty", "blank", "no letters", "oversized", "embedding dimension", "NaN embedding", "unknown policy",
         "no policy", "not a retrieval policy", "unknown strategy", "budget off the ladder", "plan runs nothing"])
-def test_bad_retrieve_requests_get_a_clear_status(rserver: ServerThread, req: retrieval_pb2.RetrieveRequest,
+def test_bad_retrieve_requests_get_a_clear_status(refusing_rserver: ServerThread, req: retrieval_pb2.RetrieveRequest,
                                                   code: grpc.StatusCode, field: str) -> None:
-    rs, _ = _stubs(rserver)
+    rs, _ = _stubs(refusing_rserver)
     with pytest.raises(grpc.RpcError) as err:
         rs.Retrieve(req)
     assert err.value.code() == code
     assert (err.value.details() or "").startswith(field) or f"{field}:" in (err.value.details() or "")
-    assert rows(rserver.settings.db_url, "decisions") == []  # nothing logged
+    assert rows(refusing_rserver.settings.db_url, "decisions") == []  # nothing logged
 
 
 def test_retrieve_without_retrieval_configured_is_a_failed_precondition(server: ServerThread) -> None:

@@ -119,8 +119,9 @@ def test_a_learned_page_teaches_the_online_ranker(rserver: ServerThread, world: 
     ({"fixed_plan": {"lexical": 7}}, "fixed_plan.lexical"),
 ], ids=["page too large", "user id too long", "NUL in user id", "empty query", "not a retrieval policy",
         "unknown policy", "unknown order", "budget off the ladder"])
-def test_bad_search_requests_name_the_field(rserver: ServerThread, changes: dict[str, Any], field: str) -> None:
-    ss, _ = _stubs(rserver)
+def test_bad_search_requests_name_the_field(refusing_rserver: ServerThread, changes: dict[str, Any],
+                                            field: str) -> None:
+    ss, _ = _stubs(refusing_rserver)
     base: dict[str, Any] = {"policy": "retrieval", "query": "jazz"} | changes
     plan = base.pop("fixed_plan", None)
     req = search_pb2.SearchRequest(**base)
@@ -131,7 +132,8 @@ def test_bad_search_requests_name_the_field(rserver: ServerThread, changes: dict
     assert err.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
                                 grpc.StatusCode.FAILED_PRECONDITION)
     assert (err.value.details() or "").startswith(field), err.value.details()
-    assert rows(rserver.settings.db_url, "decisions") == [] and rows(rserver.settings.db_url, "pages") == []
+    url = refusing_rserver.settings.db_url
+    assert rows(url, "decisions") == [] and rows(url, "pages") == []
 
 
 def test_search_without_retrieval_configured_is_a_failed_precondition(server: ServerThread) -> None:
