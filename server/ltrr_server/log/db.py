@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ltrr_server.errors import FailedPrecondition
-from ltrr_server.log.driver import DriverConnect
+from ltrr_server.log.driver import DriverConnect, execute_each
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -35,10 +35,7 @@ def create_engine(url: str) -> sa.Engine:
 
         @sa.event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            for pragma in _SQLITE_PRAGMAS:
-                cur.execute(pragma)
-            cur.close()
+            execute_each(dbapi_conn, _SQLITE_PRAGMAS)
 
         return engine
     return sa.create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4, connect_args=_PG_CONNECT_ARGS)

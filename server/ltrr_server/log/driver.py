@@ -158,12 +158,17 @@ class DriverConnect:
 
     def open(self) -> Any:
         conn = importlib.import_module(self.module).connect(*self.args, **self.kwargs)
-        if self.on_connect:
-            cur = conn.cursor()
-            for sql in self.on_connect:
-                cur.execute(sql)
-            cur.close()
+        execute_each(conn, self.on_connect)
         return conn
+
+
+def execute_each(conn: Any, statements: Sequence[str]) -> None:
+    """Runs each statement on a new DB-API connection (SQLite's pragmas, for the server's engine too)."""
+    if statements:
+        cur = conn.cursor()
+        for sql in statements:
+            cur.execute(sql)
+        cur.close()
 
 
 @dataclass(frozen=True)
@@ -198,9 +203,12 @@ class DriverCommitter:
             cursor.close()
             self._conn.commit()
         except Exception as exc:
-            retry = worth_retrying(exc)
-            self._abandon() if retry else self._roll_back()
-            return Answer("retry" if retry else "refused", f"{type(exc).__name__}: {exc}")
+            what = f"{type(exc).__name__}: {exc}"
+            if worth_retrying(exc):
+                self._abandon()
+                return Answer("retry", what)
+            self._roll_back()
+            return Answer("refused", what)
         return OK
 
     def _roll_back(self) -> None:
