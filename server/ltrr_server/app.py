@@ -115,6 +115,8 @@ class LtrrServer:
         """Stops taking calls, lets running ones finish, then snapshots and flushes the log."""
         await self.health.servicer.enter_graceful_shutdown()
         if self._start_up is not None and not self._start_up.done():
+            if self.core is not None:  # a first start's child is stopped, not waited for
+                self.core.stop_opening()
             self._start_up.cancel()
             try:
                 await self._start_up

@@ -17,6 +17,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
 import time
 
 import sqlalchemy as sa
@@ -39,10 +40,18 @@ DEMO_AUTOCOMPLETE = "autocomplete"
 # Below these, the catalog is ingested in the server's process (see ``run``).
 SMALL_CATALOG_ITEMS = 20_000
 SMALL_CATALOG_BYTES = 8 << 20
+# How often the wait for the child looks whether the server is stopping.
+STOP_POLL_SECONDS = 0.1
 
 
 class FirstStartError(RuntimeError):
     """The child process doing a first start's work failed; its log says why."""
+
+
+class FirstStartStopped(RuntimeError):
+    """The server is stopping: the child doing a first start's work was stopped, its work left for the
+    next start (an ingest commits its catalog in one transaction; indexes behind the catalog are
+    built again from it)."""
 
 
 def needs_work(settings: Settings, engine: sa.Engine, registry: ModelRegistry) -> bool:
@@ -58,11 +67,15 @@ def _catalog_to_ingest(settings: Settings, engine: sa.Engine) -> bool:
     return conf.enabled and bool(conf.catalog_path or conf.demo_items) and Catalog.stored_count(engine) == 0
 
 
-def run(settings: Settings, reindex: tuple[str, ...] = ()) -> None:
+def run(settings: Settings, reindex: tuple[str, ...] = (), stop: threading.Event | None = None) -> None:
     """Does the work in a child process and waits for it. Raises FirstStartError if it failed.
 
     ``reindex``: strategies whose index does not match the stored catalog, to build again from it
     (instead of the first start's work).
+
+    ``stop``: set when the server is stopping. The child is then stopped within ``STOP_POLL_SECONDS``
+    and FirstStartStopped raised: a SIGTERM during a first start is honoured at once, not when the
+    work is done (the demo's: about 70 s, more than an orchestrator's usual grace of 30 s).
 
 
     Small work (no demo autocomplete model, a catalog under ``SMALL_CATALOG_ITEMS`` items or
@@ -84,11 +97,16 @@ def run(settings: Settings, reindex: tuple[str, ...] = ()) -> None:
         name="ltrr-first-start")
     child.start()
     try:
-        child.join()
+        while child.is_alive() and not (stop is not None and stop.is_set()):
+            child.join(STOP_POLL_SECONDS)
     finally:
-        if child.is_alive():  # the server is being stopped (Ctrl-C): so is the work
+        stopped = child.is_alive()
+        if stopped:  # the server is being stopped (SIGTERM, Ctrl-C): so is the work
             child.terminate()
             child.join()
+    if stopped:
+        log.info("first start: stopped with the server; the next start does the work")
+        raise FirstStartStopped("the server is stopping")
     if child.exitcode != 0:
         raise FirstStartError(f"the first start's work failed in its process (exit code {child.exitcode}): "
                               "see the log above; the next start does it again")

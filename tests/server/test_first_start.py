@@ -94,3 +94,67 @@ def test_a_failed_first_start_holds_retrieval_down_and_is_tried_again_until_it_w
     resp = retrieval_pb2_grpc.RetrievalServiceStub(s.channel()).Retrieve(
         retrieve_request("retrieval", "café", fixed_plan={"lexical": 10}))
     assert [c.item_id for c in resp.candidates] == ["a"]
+
+
+def _descendants(pid: int) -> set[int]:
+    """The processes under ``pid`` (Linux's /proc children lists)."""
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
+            try:
+                kids = {int(k) for k in (task / "children").read_text().split()}
+            except OSError:  # the task ended meanwhile
+                continue
+            todo.extend(kids - found)
+            found |= kids
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads Linux's /proc")
+def test_sigterm_during_a_first_start_stops_its_child_and_the_server_at_once(tmp_path: Path) -> None:
+    """An orchestrator's SIGTERM (Kubernetes waits 30 s, then SIGKILLs) during the embedded demo's
+    first start, whose child builds for about a minute: the server and every child it started end
+    within seconds, cleanly, and the work is left for the next start."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import free_port
+    from tests.helpers import child, wait_for
+
+    db_url = f"sqlite:///{tmp_path / 'ltrr.db'}"
+    log_path = tmp_path / "server.log"
+    env = {**os.environ, "LTRR_MODEL_DIR": str(tmp_path / "models"),
+           "LTRR_RETRIEVAL__DATA_DIR": str(tmp_path / "data")}
+    env.pop("LTRR_CONFIG", None)  # the embedded demo
+    with open(log_path, "w") as out:
+        proc = child(subprocess.Popen(
+            [sys.executable, "-m", "ltrr_client.cli", "serve", "--db", db_url, "--grpc-port", str(free_port()),
+             "--metrics-port", "-1", "--host", "127.0.0.1"], stdout=out, stderr=subprocess.STDOUT, env=env))
+    # The child is at work once it logs (the server itself logs only when the work is done).
+    wait_for(lambda: "autocomplete demo model" in log_path.read_text(), timeout=90,
+             what="the first start's child at work")
+    assert proc.poll() is None
+    everyone = _descendants(proc.pid)
+
+    t0 = time.monotonic()
+    proc.terminate()
+    code = proc.wait(30)
+    took = time.monotonic() - t0
+    text = log_path.read_text()
+    assert code == 0, text
+    assert took < 10, f"stopping took {took:.1f}s\n{text}"
+    assert "first start: stopped with the server" in text and READY not in text
+    wait_for(lambda: not [p for p in everyone if Path(f"/proc/{p}").exists()
+                          and "zombie" not in Path(f"/proc/{p}/status").read_text()],
+             timeout=5, what="every child of the server to end")
+
+    settings = retrieval_server_settings(db_url, tmp_path / "data", model_dir=str(tmp_path / "models"),
+                                         demo_autocomplete_sessions=300)
+    engine = db.create_engine(db_url)
+    try:  # what the child had not finished is still to do
+        assert first_start.needs_work(settings, engine, ModelRegistry(engine, tmp_path / "models"))
+    finally:
+        engine.dispose()

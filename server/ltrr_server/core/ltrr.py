@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -92,6 +93,10 @@ class Ltrr:
         self.retrieval_problem: str | None = None
         self.supervisor = Supervisor(metrics, on_change=on_component_change)
         self._loops: list[_LoopPart] = []
+        # Set when the server stops: open_models' first-start child is stopped, not waited for.
+        self._stopping = threading.Event()
+        # Held while open_policies or open_models runs: close() waits for them before closing what they open.
+        self._opening = threading.Lock()
 
     def _next_seq(self) -> int:
         return self.rewards.joiner.next_seq
@@ -104,7 +109,15 @@ class Ltrr:
 
     # ------------------------------------------------------------------ start-up
     def open_policies(self) -> None:
-        """Migrates the schema, starts the writer, restores every policy, recovers joins, starts the learner."""
+        """Migrates the schema, starts the writer, restores every policy, recovers joins, starts the learner.
+
+        A server stopping meanwhile (``close``) waits for it: what it starts is then stopped.
+        Once the server is stopping, it does nothing."""
+        with self._opening:
+            if not self._stopping.is_set():
+                self._open_policies()
+
+    def _open_policies(self) -> None:
         self.writer.launch()  # the writer process imports its driver while the rest of the start-up runs
         db.migrate(self.engine)
         journal = db.journal_folder(self.settings.journal_dir, self.engine.url, db.database_id(self.engine))
@@ -128,7 +141,19 @@ class Ltrr:
     def open_models(self) -> None:
         """A first start's work (in a child process), then the live models and the catalog with its
         indexes, each checked against the database: an index that does not hold the catalog is built
-        again from it; a data folder of another database is refused (``retrieval_problem`` says why)."""
+        again from it; a data folder of another database is refused (``retrieval_problem`` says why).
+
+        Raises first_start.FirstStartStopped when ``stop_opening`` was called meanwhile."""
+        with self._opening:
+            if self._stopping.is_set():
+                raise first_start.FirstStartStopped("the server is stopping")
+            self._open_models()
+
+    def stop_opening(self) -> None:
+        """The server is stopping: a first start's work in progress is stopped (see first_start.run)."""
+        self._stopping.set()
+
+    def _open_models(self) -> None:
         conf = self.settings.retrieval
         if conf.enabled:
             try:
@@ -138,7 +163,7 @@ class Ltrr:
         settings = self.settings if self.retrieval_problem is None else \
             dataclasses.replace(self.settings, retrieval=dataclasses.replace(conf, strategies=(), policies=()))
         if first_start.needs_work(settings, self.engine, self.registry):
-            first_start.run(settings)
+            first_start.run(settings, stop=self._stopping)
         self.live_models.load_all()
         if conf.enabled and self.retrieval_problem is None:
             retriever = Retriever(conf, self.engine, self.metrics, live_models=self.live_models)
@@ -147,7 +172,7 @@ class Ltrr:
                 log.warning("indexes behind the catalog of %d items (%s): building them again from it",
                             len(retriever.catalog), ", ".join(f"{n} holds {k}" for n, k in stale.items()))
                 retriever.close()
-                first_start.run(self.settings, reindex=tuple(stale))
+                first_start.run(self.settings, reindex=tuple(stale), stop=self._stopping)
                 retriever = Retriever(conf, self.engine, self.metrics, live_models=self.live_models)
                 stale = retriever.stale_indexes()
             if stale:
@@ -262,6 +287,12 @@ class Ltrr:
 
     def close(self) -> None:
         """Learns what is queued, snapshots every changed policy, commits everything."""
+        self.stop_opening()
+        if self._opening.acquire(timeout=self.settings.shutdown_timeout_seconds):
+            self._opening.release()
+        else:
+            log.error("the catalog and models were still loading after %.0fs: closing without them",
+                      self.settings.shutdown_timeout_seconds)
         self.supervisor.stop()
         self.jobs.stop()
         self.learner.stop()
