@@ -77,7 +77,6 @@ def run(settings: Settings, reindex: tuple[str, ...] = (), stop: threading.Event
     and FirstStartStopped raised: a SIGTERM during a first start is honoured at once, not when the
     work is done (the demo's: about 70 s, more than an orchestrator's usual grace of 30 s).
 
-
     Small work (no demo autocomplete model, a catalog under ``SMALL_CATALOG_ITEMS`` items or
     ``SMALL_CATALOG_BYTES``) is done here: a child's imports (2-3 s) would cost more than the heap
     it saves. So is the work when a strategy kind is registered in this process only (a plug-in),
