@@ -7,6 +7,7 @@ import dataclasses
 import json
 import random
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 
 from ltrr.v1 import models_pb2, models_pb2_grpc
 from ltrr_client.client import LtrrClient, retrieve_request
-from ltrr_server.config import StrategySpec
+from ltrr_server.config import Settings, StrategySpec
 from ltrr_server.core import models as core
 from ltrr_server.demo.music import MusicWorld
 from ltrr_server.log import db
@@ -33,12 +34,26 @@ def world() -> MusicWorld:
 _pairs = xt.demo_pairs
 
 
-def _server(make_server: Any, db_url: str, tmp_path: Path, **changes: Any) -> ServerThread:
+def _settings(db_url: str, tmp_path: Path, **changes: Any) -> Settings:
+    """A retrieval server with an xmr strategy over the model "music"."""
     settings = retrieval_server_settings(db_url, tmp_path / "data", model_dir=str(tmp_path / "models"), **changes)
     r = settings.retrieval
-    settings = dataclasses.replace(settings, retrieval=dataclasses.replace(
+    return dataclasses.replace(settings, retrieval=dataclasses.replace(
         r, strategies=(*r.strategies, StrategySpec("xmr", "xmr", (0, 10), {"model": "music"}))))
-    return make_server(settings)  # type: ignore[no-any-return]
+
+
+def _server(make_server: Any, db_url: str, tmp_path: Path, **changes: Any) -> ServerThread:
+    return make_server(_settings(db_url, tmp_path, **changes))  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def predict_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    """One server for the table of refused predictions: a refused request changes nothing, and a
+    retrieval server's first start (its catalog and indexes) takes 2-6 s."""
+    folder = tmp_path_factory.mktemp("predict")
+    s = ServerThread(_settings(f"sqlite:///{folder / 'ltrr.db'}", folder))
+    yield s
+    s.stop()
 
 
 def _registry(db_url: str, tmp_path: Path) -> ModelRegistry:
@@ -98,11 +113,9 @@ def test_predict_promote_and_serve_inside_plans(make_server: Any, db_url: str, t
     (models_pb2.XmrPredictRequest(model="music", queries=["jazz"] * 1025), grpc.StatusCode.INVALID_ARGUMENT,
      "queries"),
 ], ids=["unknown model", "no model", "no queries", "query without letters", "k too large", "too many queries"])
-def test_bad_predict_requests(make_server: Any, sqlite_url: str, tmp_path: Path, req: Any, code: Any,
-                              field: str) -> None:
-    s = _server(make_server, sqlite_url, tmp_path)
+def test_bad_predict_requests(predict_server: ServerThread, req: Any, code: Any, field: str) -> None:
     with pytest.raises(grpc.RpcError) as err:
-        models_pb2_grpc.ModelServiceStub(s.channel()).XmrPredict(req)
+        models_pb2_grpc.ModelServiceStub(predict_server.channel()).XmrPredict(req)
     assert err.value.code() == code and (err.value.details() or "").startswith(field)
 
 
