@@ -2,7 +2,8 @@
 through the real server, several seeds; regret against uniform random, the best fixed action and
 the oracle, per window and over the last quarter of each run; a table and a plot.
 
-    python -m bench.bench_bandits [--problems logistic10,digits] [--seeds 3] [--candidates default,epsilon]
+    python -m bench.bench_bandits [--problems logistic10,digits] [--seeds 3] [--first-seed 1]
+                                  [--candidates default,epsilon]
                                   [--scale 1.0] [--plot bench/out/bandits.png]
 
 All candidates of a problem run in one server, side by side on the same stream of contexts:
@@ -43,6 +44,7 @@ CANDIDATES: dict[str, str] = {
     "mtr": 'cb_type = "mtr"',
     # The lead of 2026-11-30's tune run: under dm, learning rate 0.25 beat 0.5 on logistic10.
     "lr25": "learning_rate = 0.25",
+    "lr35": "learning_rate = 0.35",
     "cubic_eps": 'exploration = "epsilon"\nepsilon = 0.05',
     "epsilon": 'exploration = "epsilon"\nepsilon = 0.05\ninteractions = ["::"]',
     "squarecb": 'exploration = "squarecb"\ninteractions = ["::"]',
@@ -236,6 +238,7 @@ def main() -> None:
     p.add_argument("--problems", default=",".join(PROBLEMS))
     p.add_argument("--candidates", default=",".join(CANDIDATES))
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=1, help="seeds run from this one on")
     p.add_argument("--scale", type=float, default=1.0, help="share of each problem's events to run")
     p.add_argument("--plot", default=str(OUT / "bandits.png"))
     p.add_argument("--check", type=float, default=None, metavar="RATIO",
@@ -248,7 +251,7 @@ def main() -> None:
     candidates = {n: CANDIDATES[n] for n in names}
     results = []
     for problem in a.problems.split(","):
-        for seed in range(1, a.seeds + 1):
+        for seed in range(a.first_seed, a.first_seed + a.seeds):
             results.append(asyncio.run(run_problem(PROBLEMS[problem], seed, candidates, a.scale)))
     table = summarize(results, names)
     print_table(table, names)
