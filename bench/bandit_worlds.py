@@ -10,7 +10,8 @@ The kinds of problem, after the contextual bandit bake-off (Bietti, Agarwal, Lan
 
 - ``logistic``: clicks from a logistic model with user-by-action and device-by-action effects and
   best-versus-second gaps of a few points, as a search frontend sees them (10 actions, or 50 with
-  shared action features); ``drift`` changes the user effects half-way.
+  shared action features); ``drift`` changes the user effects half-way; ``sparse`` has a fifth of
+  the clicks.
 - supervised data sets shipped inside scikit-learn (no download), turned into bandits: one action
   per class, reward 1 for the true class (Bietti et al.'s conversion).
 - the demo's world (segments by time of day, large gaps).
@@ -53,11 +54,11 @@ class LogisticWorld:
     """
 
     def __init__(self, seed: int, n_actions: int = 10, segments: int = 20, categories: int = 3,
-                 drift_at: int | None = None, name: str = "logistic10") -> None:
+                 drift_at: int | None = None, name: str = "logistic10", base: float = -1.5) -> None:
         rng = np.random.default_rng(seed)
         self.name = name
         self._segments = segments
-        self._base = rng.normal(-1.5, 0.3, n_actions)
+        self._base = rng.normal(base, 0.3, n_actions)
         # Half of a user's taste is for a category, half for the action itself: a model that
         # crosses the user with the action's features learns from every action of a category.
         cats = rng.integers(0, categories, n_actions)
@@ -154,6 +155,9 @@ PROBLEMS: dict[str, Problem] = {p.name: p for p in (
             30_000),
     Problem("drift", lambda s: LogisticWorld(s, drift_at=15_000, name="drift"), 30_000),
     Problem("delayed", lambda s: LogisticWorld(s, name="delayed"), 20_000, delay=2_000, missing=0.3),
+    # Few clicks, as many search and recommendation pages get: logistic10's world with every base
+    # 2 lower in logit (the best action's expected reward 0.067 instead of 0.34), twice as long.
+    Problem("sparse", lambda s: LogisticWorld(s, name="sparse", base=-3.5), 40_000),
     Problem("digits", lambda s: sklearn_world("digits", s), 20_000),
     Problem("wine", lambda s: sklearn_world("wine", s), 5_000),
     Problem("breast_cancer", lambda s: sklearn_world("breast_cancer", s), 5_000),

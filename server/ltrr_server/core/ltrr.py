@@ -291,8 +291,8 @@ class Ltrr:
         if self._opening.acquire(timeout=self.settings.shutdown_timeout_seconds):
             self._opening.release()
         else:
-            log.error("the catalog and models were still loading after %.0fs: closing without them",
-                      self.settings.shutdown_timeout_seconds)
+            log.error("the start-up (restoring policies, or loading the catalog and models) was still running "
+                      "after %.0fs: closing beside it", self.settings.shutdown_timeout_seconds)
         self.supervisor.stop()
         self.jobs.stop()
         self.learner.stop()
