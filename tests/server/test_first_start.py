@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +19,8 @@ from ltrr_server.catalog.catalog import Catalog
 from ltrr_server.demo.music import MusicWorld
 from ltrr_server.log import db
 from ltrr_server.xmr.registry import ModelRegistry
-from tests.conftest import TEST_ITEMS, retrieval_server_settings
+from tests.conftest import TEST_ITEMS, free_port, retrieval_server_settings
+from tests.helpers import child, wait_for
 from tests.server.api.test_retrieval import retrieve_request
 
 READY = "first start: catalog and models ready"
@@ -74,8 +79,6 @@ def test_a_failed_first_start_holds_retrieval_down_and_is_tried_again_until_it_w
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from tests.helpers import wait_for
-
     catalog = tmp_path / "catalog.jsonl"
     catalog.write_bytes(b'{"id": "a", "title": "caf\xe9"}\n')  # Latin-1, not UTF-8
     base = retrieval_server_settings(sqlite_url, tmp_path / "data", first_start_retry_seconds=0.5)
@@ -111,19 +114,19 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a process still running (not ended, not a zombie awaiting its parent)."""
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads Linux's /proc")
 def test_sigterm_during_a_first_start_stops_its_child_and_the_server_at_once(tmp_path: Path) -> None:
     """An orchestrator's SIGTERM (Kubernetes waits 30 s, then SIGKILLs) during the embedded demo's
     first start, whose child builds for about a minute: the server and every child it started end
     within seconds, cleanly, and the work is left for the next start."""
-    import os
-    import subprocess
-    import sys
-    import time
-
-    from tests.conftest import free_port
-    from tests.helpers import child, wait_for
-
     db_url = f"sqlite:///{tmp_path / 'ltrr.db'}"
     log_path = tmp_path / "server.log"
     env = {**os.environ, "LTRR_MODEL_DIR": str(tmp_path / "models"),
@@ -147,9 +150,7 @@ def test_sigterm_during_a_first_start_stops_its_child_and_the_server_at_once(tmp
     assert code == 0, text
     assert took < 10, f"stopping took {took:.1f}s\n{text}"
     assert "first start: stopped with the server" in text and READY not in text
-    wait_for(lambda: not [p for p in everyone if Path(f"/proc/{p}").exists()
-                          and "zombie" not in Path(f"/proc/{p}/status").read_text()],
-             timeout=5, what="every child of the server to end")
+    wait_for(lambda: not [p for p in everyone if _running(p)], timeout=5, what="every child of the server to end")
 
     settings = retrieval_server_settings(db_url, tmp_path / "data", model_dir=str(tmp_path / "models"),
                                          demo_autocomplete_sessions=300)
