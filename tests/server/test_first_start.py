@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from ltrr.v1 import models_pb2, models_pb2_grpc, retrieval_pb2_grpc
@@ -99,30 +100,6 @@ def test_a_failed_first_start_holds_retrieval_down_and_is_tried_again_until_it_w
     assert [c.item_id for c in resp.candidates] == ["a"]
 
 
-def _descendants(pid: int) -> set[int]:
-    """The processes under ``pid`` (Linux's /proc children lists)."""
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
-            try:
-                kids = {int(k) for k in (task / "children").read_text().split()}
-            except OSError:  # the task ended meanwhile
-                continue
-            todo.extend(kids - found)
-            found |= kids
-    return found
-
-
-def _running(pid: int) -> bool:
-    """Whether ``pid`` is a process still running (not ended, not a zombie awaiting its parent)."""
-    try:
-        return "zombie" not in Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads Linux's /proc")
 def test_sigterm_during_a_first_start_stops_its_child_and_the_server_at_once(tmp_path: Path) -> None:
     """An orchestrator's SIGTERM (Kubernetes waits 30 s, then SIGKILLs) during the embedded demo's
     first start, whose child builds for about a minute: the server and every child it started end
@@ -140,7 +117,7 @@ def test_sigterm_during_a_first_start_stops_its_child_and_the_server_at_once(tmp
     wait_for(lambda: "autocomplete demo model" in log_path.read_text(), timeout=90,
              what="the first start's child at work")
     assert proc.poll() is None
-    everyone = _descendants(proc.pid)
+    everyone = psutil.Process(proc.pid).children(recursive=True)
 
     t0 = time.monotonic()
     proc.terminate()
@@ -150,7 +127,8 @@ def test_sigterm_during_a_first_start_stops_its_child_and_the_server_at_once(tmp
     assert code == 0, text
     assert took < 10, f"stopping took {took:.1f}s\n{text}"
     assert "first start: stopped with the server" in text and READY not in text
-    wait_for(lambda: not [p for p in everyone if _running(p)], timeout=5, what="every child of the server to end")
+    _, alive = psutil.wait_procs(everyone, timeout=5)
+    assert not alive, f"still running after the server: {alive}"
 
     settings = retrieval_server_settings(db_url, tmp_path / "data", model_dir=str(tmp_path / "models"),
                                          demo_autocomplete_sessions=300)

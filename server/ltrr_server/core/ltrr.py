@@ -93,7 +93,7 @@ class Ltrr:
         self.retrieval_problem: str | None = None
         self.supervisor = Supervisor(metrics, on_change=on_component_change)
         self._loops: list[_LoopPart] = []
-        # Set when the server stops: open_models' first-start child is stopped, not waited for.
+        # Set when the server stops: start-up work not begun is skipped, a first start's child stopped.
         self._stopping = threading.Event()
         # Held while open_policies or open_models runs: close() waits for them before closing what they open.
         self._opening = threading.Lock()
