@@ -45,6 +45,8 @@ CANDIDATES: dict[str, str] = {
     # The lead of 2026-11-30's tune run: under dm, learning rate 0.25 beat 0.5 on logistic10.
     "lr25": "learning_rate = 0.25",
     "lr35": "learning_rate = 0.35",
+    # Coin betting instead of AdaGrad (VW --coin): better with few clicks in bench_vw_alone.
+    "coin": 'optimizer = "coin"',
     "cubic_eps": 'exploration = "epsilon"\nepsilon = 0.05',
     "epsilon": 'exploration = "epsilon"\nepsilon = 0.05\ninteractions = ["::"]',
     "squarecb": 'exploration = "squarecb"\ninteractions = ["::"]',

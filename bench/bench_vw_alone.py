@@ -7,7 +7,9 @@ deciding and learning in chunks of ``bench_bandits.CHUNK`` events, as the suite 
 the suite's delays and missing rewards. A configuration is VW arguments after
 ``--cb_explore_adf -b 18`` and how each decision is learned (``cb_type``: dm hands VW probability
 1, mtr the logged one, as ``ltrr_server.policy.model`` does). Prints, per configuration and cell,
-the last quarter's regret as a share of uniform random's, mean and worst over the reward streams.
+the last quarter's regret as a share of uniform random's, mean and worst over the reward streams,
+and the mean share the greedy action alone would have had: the rest is what exploring cost, so
+it tells a model that has not learned (greedy close to the total) from one exploring too much.
 ``ridge`` is the issue's reference learner instead of VW (``ridge_tail_ratio``).
 
 It is a screen, not the benchmark: the server publishes models on its own pace, which this does
@@ -41,6 +43,8 @@ CONFIGS: dict[str, tuple[str, str]] = {
     "bag-mtr": ("--bag 4 --epsilon 0.05 " + _LEARNING, "mtr"),
     "cover-dm": ("--cover 4 --epsilon 0.05 " + _LEARNING, "dm"),
     "cover-mtr": ("--cover 4 --epsilon 0.05 " + _LEARNING, "mtr"),
+    # Coin betting (VW --coin) instead of AdaGrad: no learning rate or decay (-l, --power_t ignored).
+    "coin": ("--squarecb --gamma_scale 20.0 -q :: --cubic ::A --coin", "dm"),
 }
 CELLS = ("logistic10:1,logistic10:2,logistic10:3,drift:1,drift:2,drift:3,delayed:1,delayed:2,delayed:3,"
          "logistic50:1,demo:1,demo:2,demo:3,breast_cancer:1,digits:1")
@@ -59,6 +63,13 @@ class Job:
     stream: int
 
 
+@dataclass(frozen=True)
+class Ratios:
+    """The last quarter's regret over uniform random's: of the actions drawn, and of the greedy ones."""
+    drawn: float
+    greedy: float
+
+
 def _ridge_features(features: Features) -> np.ndarray:
     """A logistic world's context as one-hot segment and device, the number, and a bias."""
     v = np.zeros(26)
@@ -68,7 +79,7 @@ def _ridge_features(features: Features) -> np.ndarray:
     return v
 
 
-def ridge_tail_ratio(job: Job, gamma_scale: float = 20.0) -> float:
+def ridge_tail_ratio(job: Job, gamma_scale: float = 20.0) -> Ratios:
     """The reference learner of issue 19: a ridge regression per action (refit every chunk) over a
     logistic world's context, with SquareCB's exploration (gamma = scale * sqrt(t)), as VW's."""
     problem = PROBLEMS[job.problem]
@@ -79,7 +90,7 @@ def ridge_tail_ratio(job: Job, gamma_scale: float = 20.0) -> float:
     weights = np.zeros((k, 26))
     rng = np.random.default_rng(1000 * job.seed + job.stream)
     tail_from = problem.events - problem.events // 4
-    regret = uniform = 0.0
+    regret = greedy = uniform = 0.0
     pending: deque[tuple[np.ndarray, int, float]] = deque()
     for start in range(0, problem.events, CHUNK):
         for t in range(start, start + CHUNK):
@@ -93,6 +104,7 @@ def ridge_tail_ratio(job: Job, gamma_scale: float = 20.0) -> float:
             a = int(rng.choice(k, p=p))
             if t >= tail_from:
                 regret += float(expected.max() - expected[a])
+                greedy += float(expected.max() - expected[best])
                 uniform += float(expected.max() - expected.mean())
             clicked = rng.random() < expected[a] and not (problem.missing and rng.random() < problem.missing)
             pending.append((x, a, 1.0 if clicked else 0.0))
@@ -101,10 +113,10 @@ def ridge_tail_ratio(job: Job, gamma_scale: float = 20.0) -> float:
             gram[a] += np.outer(x, x)
             target[a] += r * x
         weights = np.array([np.linalg.solve(g, b) for g, b in zip(gram, target, strict=True)])
-    return regret / uniform
+    return Ratios(regret / uniform, greedy / uniform)
 
 
-def tail_ratio(job: Job) -> float:
+def tail_ratio(job: Job) -> Ratios:
     """The last quarter's regret of one run over uniform random's."""
     if job.config == "ridge":
         return ridge_tail_ratio(job)
@@ -116,7 +128,7 @@ def tail_ratio(job: Job) -> float:
     actions = [action_line(a, _namespaces(f)) for a, f in world.actions]
     rng = np.random.default_rng(1000 * job.seed + job.stream)
     tail_from = problem.events - problem.events // 4
-    regret = uniform = 0.0
+    regret = greedy = uniform = 0.0
     pending: deque[tuple[str, int, float, float]] = deque()
     for start in range(0, problem.events, CHUNK):
         for t in range(start, start + CHUNK):
@@ -129,6 +141,7 @@ def tail_ratio(job: Job) -> float:
             a = int(rng.choice(len(actions), p=p))
             if t >= tail_from:
                 regret += float(expected.max() - expected[a])
+                greedy += float(expected.max() - expected[int(np.argmax(p))])
                 uniform += float(expected.max() - expected.mean())
             clicked = rng.random() < expected[a] and not (problem.missing and rng.random() < problem.missing)
             pending.append((shared, a, -1.0 if clicked else 0.0, float(p[a]) if cb_type == "mtr" else 1.0))
@@ -136,7 +149,7 @@ def tail_ratio(job: Job) -> float:
             shared, a, cost, prob = pending.popleft()
             lines = [shared] + [f"0:{cost!r}:{prob!r} {line}" if i == a else line for i, line in enumerate(actions)]
             ws.learn_one([parse(line) for line in lines])
-    return regret / uniform
+    return Ratios(regret / uniform, greedy / uniform)
 
 
 def main() -> None:
@@ -156,7 +169,9 @@ def main() -> None:
         row = []
         for prob, seed in cells:
             r = [ratios[Job(n, prob, seed, s)] for s in range(1, a.streams + 1)]
-            row.append(f"{prob}:{seed}={statistics.mean(r):.3f} (worst {max(r):.3f})")
+            drawn = [x.drawn for x in r]
+            row.append(f"{prob}:{seed}={statistics.mean(drawn):.3f} (worst {max(drawn):.3f}, "
+                       f"greedy {statistics.mean(x.greedy for x in r):.3f})")
         print(f"{n:<12} " + "  ".join(row), flush=True)
 
 

@@ -242,6 +242,7 @@ BOUNDS: dict[str, Bound] = {
     "ltrr.v1.PolicySpec.power_t": Number(0, 1),
     "ltrr.v1.PolicySpec.mode": Enum(),
     "ltrr.v1.PolicySpec.cb_type": Enum(),
+    "ltrr.v1.PolicySpec.optimizer": Enum(),
     "ltrr.v1.PolicySpec.retention_days": Number(0, MAX_RETENTION_DAYS),
     # counterfactual evaluation, tuning, import and export
     "ltrr.v1.EvaluatePolicyRequest.name": _ID,

@@ -88,7 +88,8 @@ def test_eval_policy_and_tune(server: ServerThread, tmp_path: Path) -> None:
     table.write_text(json.dumps({"feature": "user.segment", "by_value": {"s1": {"news": 1}}, "default": {"music": 1}}))
 
     out = ltrr("eval", "policy", "demo", "--server", server.target, "--target", "action:news", "--target",
-               f"table:{table}", "--target", "candidate:learning_rate=0.1", "--estimators", "ips,snips")
+               f"table:{table}", "--target", "candidate:learning_rate=0.1", "--target", "candidate:optimizer=coin",
+               "--estimators", "ips,snips")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].startswith("200 joined events of demo")
@@ -96,6 +97,7 @@ def test_eval_policy_and_tune(server: ServerThread, tmp_path: Path) -> None:
     assert float(news.split()[3]) == pytest.approx(1.0)  # news is rewarded 1, always, and nothing else is
     assert any(line.startswith("table:table.json") for line in lines)
     assert any(line.startswith("candidate:learning_rate=0.1") for line in lines)
+    assert any(line.startswith("candidate:optimizer=coin") for line in lines)
     assert "evaluated 200/200 events (100%" in out.stderr
 
     out = ltrr("eval", "policy", "demo", "--json", "--server", server.target)

@@ -186,6 +186,24 @@ def test_cb_type_must_be_one_vw_names() -> None:
         PolicySpec(name="p", cb_type="ips")
 
 
+def test_a_coin_betting_spec_has_no_learning_rate_or_decay() -> None:
+    from ltrr.v1 import admin_pb2
+    from ltrr_server.api.convert import spec_from_proto, spec_to_proto
+
+    coin = PolicySpec(name="p", optimizer="coin")
+    assert coin.vw_args()[-2:] == ["--coin", "--quiet"]
+    assert "-l" not in coin.vw_args() and "--power_t" not in coin.vw_args()
+    # They would change nothing it learns, so they do not start a new lineage; the optimizer does.
+    assert dataclasses.replace(coin, learning_rate=2.0, power_t=0.0).learning_params() == coin.learning_params()
+    assert PolicySpec(name="p").learning_params() != coin.learning_params()
+    said = spec_from_proto(admin_pb2.PolicySpec(name="p", optimizer=admin_pb2.OPTIMIZER_COIN), Limits())
+    assert said.optimizer == "coin" and spec_from_proto(spec_to_proto(said), Limits()) == said
+    assert spec_from_proto(admin_pb2.PolicySpec(name="p"), Limits()).optimizer == "adagrad"
+    assert settings_from_toml('[[policies]]\nname = "p"\noptimizer = "coin"\n').policies[0] == coin
+    with pytest.raises(InvalidArgument, match=r"spec\.optimizer"):
+        PolicySpec(name="p", optimizer="sgd")
+
+
 def test_a_configured_policy_that_says_nothing_gets_the_same_defaults() -> None:
     settings = settings_from_toml('[[policies]]\nname = "p"\n[[policies.actions]]\nid = "a"\n')
     assert settings.policies[0].vw_args() == PolicySpec(name="p").vw_args()

@@ -32,7 +32,8 @@ _SIMPLE = {"live": "live", "uniform": "uniform", "actions": "each_action"}
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _ENUMS = {"kind": ("POLICY_KIND_", admin_pb2.PolicyKind), "exploration": ("EXPLORATION_", admin_pb2.Exploration),
-          "aggregation": ("AGGREGATION_", admin_pb2.Aggregation), "cb_type": ("CB_TYPE_", admin_pb2.CbType)}
+          "aggregation": ("AGGREGATION_", admin_pb2.Aggregation), "cb_type": ("CB_TYPE_", admin_pb2.CbType),
+          "optimizer": ("OPTIMIZER_", admin_pb2.Optimizer)}
 TARGET_HELP = ("live | uniform | actions (each of the policy's actions) | action:ID | snapshot:ID | table:FILE "
                "(JSON {action: weight}, or {\"feature\": \"ns.name\", \"by_value\": {value: {action: weight}}, "
                "\"default\": {...}}) | candidate:FIELD=VALUE,... (the policy's spec with these changes)")
@@ -187,8 +188,11 @@ def describe(spec: admin_pb2.PolicySpec) -> str:
     elif e in ("epsilon", "bag", "cover", "rnd"):
         parts.append(f"epsilon={spec.epsilon:g}")
     cb_type = admin_pb2.CbType.Name(spec.cb_type).removeprefix("CB_TYPE_").lower()
-    parts += [f"learning_rate={spec.learning_rate:g}", f"power_t={spec.power_t:g}", f"cb_type={cb_type}",
-              "interactions=" + "+".join(spec.interactions)]
+    if spec.optimizer == admin_pb2.OPTIMIZER_COIN:
+        parts.append("optimizer=coin")  # it sets its own steps: no learning rate or decay
+    else:
+        parts += [f"learning_rate={spec.learning_rate:g}", f"power_t={spec.power_t:g}"]
+    parts += [f"cb_type={cb_type}", "interactions=" + "+".join(spec.interactions)]
     return ",".join(parts)
 
 

@@ -25,6 +25,7 @@ _AGGREGATIONS = {admin_pb2.AGGREGATION_FIRST: "first", admin_pb2.AGGREGATION_SUM
                  admin_pb2.AGGREGATION_MAX: "max"}
 _MODES = {admin_pb2.POLICY_MODE_ONLINE: "online", admin_pb2.POLICY_MODE_APPRENTICE: "apprentice"}
 _CB_TYPES = {admin_pb2.CB_TYPE_DM: "dm", admin_pb2.CB_TYPE_MTR: "mtr"}
+_OPTIMIZERS = {admin_pb2.OPTIMIZER_ADAGRAD: "adagrad", admin_pb2.OPTIMIZER_COIN: "coin"}
 _STATUS = {
     Outcome.ACCEPTED: feedback_pb2.REWARD_STATUS_ACCEPTED,
     Outcome.DUPLICATE: feedback_pb2.REWARD_STATUS_DUPLICATE,
@@ -127,6 +128,8 @@ def spec_from_proto(s: admin_pb2.PolicySpec, limits: Limits) -> PolicySpec:
         raise InvalidArgument("spec.mode", f"unknown mode {s.mode}")
     if s.cb_type and s.cb_type not in _CB_TYPES:
         raise InvalidArgument("spec.cb_type", f"unknown cb_type {s.cb_type}")
+    if s.optimizer and s.optimizer not in _OPTIMIZERS:
+        raise InvalidArgument("spec.optimizer", f"unknown optimizer {s.optimizer}")
     return PolicySpec(
         name=s.name, kind=kind,
         exploration=_EXPLORATIONS.get(s.exploration, defaults.exploration),
@@ -145,6 +148,7 @@ def spec_from_proto(s: admin_pb2.PolicySpec, limits: Limits) -> PolicySpec:
         learning_rate=s.learning_rate or defaults.learning_rate,
         power_t=s.power_t if s.HasField("power_t") else defaults.power_t,
         cb_type=_CB_TYPES.get(s.cb_type, defaults.cb_type),
+        optimizer=_OPTIMIZERS.get(s.optimizer, defaults.optimizer),
         mode=_MODES.get(s.mode, defaults.mode),
         retention_days=s.retention_days,
     )
@@ -156,6 +160,7 @@ def spec_to_proto(spec: PolicySpec) -> admin_pb2.PolicySpec:
     aggs = {v: k for k, v in _AGGREGATIONS.items()}
     modes = {v: k for k, v in _MODES.items()}
     cb_types = {v: k for k, v in _CB_TYPES.items()}
+    optimizers = {v: k for k, v in _OPTIMIZERS.items()}
     return admin_pb2.PolicySpec(
         name=outside(spec.name), kind=kinds[spec.kind], exploration=expl[spec.exploration], epsilon=spec.epsilon,
         softmax_lambda=spec.softmax_lambda, ensemble_size=spec.ensemble_size,
@@ -165,6 +170,7 @@ def spec_to_proto(spec: PolicySpec) -> admin_pb2.PolicySpec:
         aggregation=aggs[spec.aggregation], slots=spec.slots, description=spec.description, bits=spec.bits,
         learning_rate=spec.learning_rate, power_t=spec.power_t, mode=modes[spec.mode],
         retention_days=spec.retention_days, cb_type=cb_types[spec.cb_type],
+        optimizer=optimizers[spec.optimizer],
     )
 
 

@@ -39,7 +39,7 @@ lambda up) is ranked but never recommended (``explores_less``). The family's bou
 that lean out: in a second run the same gamma scale 50 passed it (+0.0018, standard error
 0.0006) and its true regret was again above the live configuration's (0.157 against 0.149, 8
 live streams). A change of method (epsilon to SquareCB) cannot be ordered so and stays eligible.
-The learning settings (learning rate, power_t, cb_type, interactions) have no such lean.
+The learning settings (learning rate, power_t, cb_type, interactions, optimizer) have no such lean.
 """
 
 from __future__ import annotations
@@ -66,6 +66,9 @@ _EXPLORATIONS: tuple[dict[str, object], ...] = (
 )
 _INTERACTIONS = ((":A",), ("::", ":A"))
 _CB_TYPES = ("dm", "mtr")
+# Coin betting learned better than AdaGrad with few clicks, many actions or late rewards, and worse
+# after an abrupt change (docs/benchmarks.md): which one a policy's traffic is, its log can say.
+_OPTIMIZERS = ("adagrad", "coin")
 
 
 def candidate_grid(spec: PolicySpec) -> list[PolicySpec]:
@@ -74,9 +77,14 @@ def candidate_grid(spec: PolicySpec) -> list[PolicySpec]:
     >>> from ltrr_server.config import PolicySpec
     >>> grid = candidate_grid(PolicySpec(name="p"))
     >>> len(grid), grid[0] == PolicySpec(name="p")
-    (13, True)
+    (14, True)
     >>> sorted({g.learning_rate for g in grid})
     [0.1, 0.25, 0.5, 1.0, 2.0]
+
+    A coin-betting policy has no learning rate or decay to change: those candidates are itself.
+
+    >>> len(candidate_grid(PolicySpec(name="p", optimizer="coin")))
+    8
     """
     changes: list[dict[str, object]] = [{}]
     changes += [dict(learning_rate=lr) for lr in _LEARNING_RATES]
@@ -84,6 +92,7 @@ def candidate_grid(spec: PolicySpec) -> list[PolicySpec]:
     changes += list(_EXPLORATIONS)
     changes += [dict(interactions=i) for i in _INTERACTIONS]
     changes += [dict(cb_type=c) for c in _CB_TYPES]
+    changes += [dict(optimizer=o) for o in _OPTIMIZERS]
     return distinct([dataclasses.replace(spec, **change) for change in changes])  # type: ignore[arg-type]
 
 

@@ -50,9 +50,10 @@ def test_create_describe_list_and_decide_multi_slot(server: ServerThread) -> Non
     (admin_pb2.PolicySpec(name="p", kind=admin_pb2.POLICY_KIND_CB, slots=2), "spec.slots"),
     (admin_pb2.PolicySpec(name="p", bits=40), "spec.bits"),
     (admin_pb2.PolicySpec(name="p", cb_type=7), "spec.cb_type"),  # type: ignore[arg-type]
+    (admin_pb2.PolicySpec(name="p", optimizer=7), "spec.optimizer"),  # type: ignore[arg-type]
     (admin_pb2.PolicySpec(name="demo"), "spec.name"),
 ], ids=["name", "epsilon", "interaction", "duplicate action", "window", "NaN default", "cb slots", "bits",
-        "cb_type", "exists"])
+        "cb_type", "optimizer", "exists"])
 def test_invalid_policy_specs_name_the_field(server: ServerThread, spec: admin_pb2.PolicySpec, field: str) -> None:
     with pytest.raises(grpc.RpcError) as err:
         admin(server).CreatePolicy(admin_pb2.CreatePolicyRequest(spec=spec))

@@ -98,21 +98,36 @@ def test_join_window_default_reward_and_late_rewards(make_server: object, db_url
     assert (stats.rewards_late, stats.joined, stats.joined_default) == (1, 2, 1)
 
 
-def test_policy_learns_from_rewards_within_seconds(server: ServerThread) -> None:
+def _teach_music(server: ServerThread, policy: str) -> None:
+    """1,000 decisions for fans, rewarded 1 when they got music; then music must be the greedy action."""
     dec, fb = _stubs(server)
     ctx = {"user": {"segment": "fans"}}
     start = time.monotonic()
     for _ in range(40):
         events = []
         for _ in range(25):
-            d = dec.Decide(decide_request("demo", ctx))
+            d = dec.Decide(decide_request(policy, ctx))
             events.append(reward_event(d.event_id, 1.0 if d.chosen_action_id == "music" else 0.0))
         list(fb.StreamRewards(iter([R.RewardBatch(events=events)])))
     probs = wait_for(lambda: (lambda r: r if max(r, key=r.get) == "music" else None)(
-        {p.action_id: p.probability for p in dec.Decide(decide_request("demo", ctx)).probabilities}),
+        {p.action_id: p.probability for p in dec.Decide(decide_request(policy, ctx)).probabilities}),
         what="music to become the greedy action")
     assert probs["music"] == pytest.approx(0.9 + 0.1 / 4, abs=1e-6)  # epsilon 0.1 over 4 actions
     assert time.monotonic() - start < 30
+
+
+def test_policy_learns_from_rewards_within_seconds(server: ServerThread) -> None:
+    _teach_music(server, "demo")
+
+
+def test_a_coin_betting_policy_created_over_grpc_learns_as_fast(server: ServerThread) -> None:
+    admin = admin_pb2_grpc.AdminServiceStub(server.channel())
+    spec = admin.GetPolicy(admin_pb2.GetPolicyRequest(name="demo")).spec
+    spec.name, spec.optimizer = "coin", admin_pb2.OPTIMIZER_COIN
+    created = admin.CreatePolicy(admin_pb2.CreatePolicyRequest(spec=spec))
+    assert created.spec.optimizer == admin_pb2.OPTIMIZER_COIN
+    _teach_music(server, "coin")
+    assert admin.GetPolicy(admin_pb2.GetPolicyRequest(name="coin")).spec.optimizer == admin_pb2.OPTIMIZER_COIN
 
 
 def test_write_queue_bound_gives_resource_exhausted(make_server: object, sqlite_url: str) -> None:

@@ -268,7 +268,7 @@ def test_tune_ranks_a_grid_and_switches_only_to_a_clear_winner(ev_server: Server
     """The live policy explores half the time (mean reward about 0.6 here); a squarecb candidate
     replayed over its log exploits what it learns."""
     dry = tune(ev_server)
-    assert len(dry.candidates) == 13 and not dry.applied and "apply" in dry.reason
+    assert len(dry.candidates) == 14 and not dry.applied and "apply" in dry.reason
     values = [c.estimate.value for c in dry.candidates]
     assert values == sorted(values, reverse=True)
     assert dry.logged.value < dry.candidates[0].estimate.lower

@@ -76,6 +76,31 @@ def test_dm_learns_an_explored_click_once_and_mtr_one_over_p_times() -> None:
     assert learned("mtr", 0.01) != learned("dm", 0.01)
 
 
+def test_a_published_coin_betting_copy_learns_on_as_the_original() -> None:
+    # Coin betting keeps a wealth and a gradient sum per weight: the learner publishes copies and
+    # restores snapshots through to_bytes, and a copy that lost them would learn on differently
+    # (it would bet from its starting wealth again).
+    original = PolicyModel.create(PolicySpec(name="p", optimizer="coin"))
+    rng = random.Random(2)
+    steps = [(f"shared |user s=u{i % 5}", rng.randrange(4), -float(rng.random() < 0.3)) for i in range(400)]
+    for shared, idx, cost in steps[:200]:
+        original.learn_one(shared, ACTIONS, [(idx, cost, 1.0)])
+    copy = original.copy()
+    for model in (original, copy):
+        for shared, idx, cost in steps[200:]:
+            model.learn_one(shared, ACTIONS, [(idx, cost, 1.0)])
+    # The same weights (the bytes differ in the header's running statistics, under adagrad too).
+    for u in range(5):
+        shared = f"shared |user s=u{u}"
+        assert copy.predict_one(shared, ACTIONS) == original.predict_one(shared, ACTIONS)
+    # ... and it learned: the action clicked most for u0 is its greedy choice there.
+    clicks = [0.0] * 4
+    for shared, idx, cost in steps:
+        clicks[idx] -= cost if shared.endswith("u0") else 0.0
+    probs = copy.predict_one("shared |user s=u0", ACTIONS)[0]
+    assert probs.index(max(probs)) == clicks.index(max(clicks))
+
+
 def _labelled_lines(model: PolicyModel, shared: str, labels: list[tuple[int, float, float]], slots: int) -> list[str]:
     if model.kind == "cb":
         idx, cost, prob = labels[0]

@@ -132,6 +132,40 @@ Policies stored before this field existed learn this way.
 """
 Global___CbType: _TypeAlias = CbType  # noqa: Y015
 
+class _Optimizer:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OptimizerEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Optimizer.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OPTIMIZER_UNSPECIFIED: _Optimizer.ValueType  # 0
+    """The default: adagrad."""
+    OPTIMIZER_ADAGRAD: _Optimizer.ValueType  # 1
+    """Per-feature adaptive steps, scaled by learning_rate and decaying with power_t (VW's default).
+    Keeps learning after the best actions change.
+    """
+    OPTIMIZER_COIN: _Optimizer.ValueType  # 2
+    """Coin betting (VW --coin): sets its own step sizes; learning_rate and power_t are ignored. On
+    the bandit suite it learned better with few clicks, many actions or late rewards, and worse
+    after an abrupt change (docs/benchmarks.md). One of tune's candidates.
+    """
+
+class Optimizer(_Optimizer, metaclass=_OptimizerEnumTypeWrapper):
+    """How a policy's reward regression moves its weights (VW's update rules)."""
+
+OPTIMIZER_UNSPECIFIED: Optimizer.ValueType  # 0
+"""The default: adagrad."""
+OPTIMIZER_ADAGRAD: Optimizer.ValueType  # 1
+"""Per-feature adaptive steps, scaled by learning_rate and decaying with power_t (VW's default).
+Keeps learning after the best actions change.
+"""
+OPTIMIZER_COIN: Optimizer.ValueType  # 2
+"""Coin betting (VW --coin): sets its own step sizes; learning_rate and power_t are ignored. On
+the bandit suite it learned better with few clicks, many actions or late rewards, and worse
+after an abrupt change (docs/benchmarks.md). One of tune's candidates.
+"""
+Global___Optimizer: _TypeAlias = Optimizer  # noqa: Y015
+
 class _Aggregation:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -198,6 +232,7 @@ class PolicySpec(_message.Message):
     MODE_FIELD_NUMBER: _builtins.int
     RETENTION_DAYS_FIELD_NUMBER: _builtins.int
     CB_TYPE_FIELD_NUMBER: _builtins.int
+    OPTIMIZER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     kind: Global___PolicyKind.ValueType
     exploration: Global___Exploration.ValueType
@@ -234,6 +269,10 @@ class PolicySpec(_message.Message):
     """How the reward regression weighs a learned decision (unset: dm). A learning parameter: a
     change starts a new lineage.
     """
+    optimizer: Global___Optimizer.ValueType
+    """How the reward regression's weights move (unset: adagrad). A learning parameter: a change
+    starts a new lineage.
+    """
     @_builtins.property
     def interactions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Namespace-initial pairs or triples, as VW -q / --cubic ("uA"; ":" stands for any namespace).
@@ -267,10 +306,11 @@ class PolicySpec(_message.Message):
         mode: Global___PolicyMode.ValueType = ...,
         retention_days: _builtins.float = ...,
         cb_type: Global___CbType.ValueType = ...,
+        optimizer: Global___Optimizer.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_epsilon", b"_epsilon", "_power_t", b"_power_t", "epsilon", b"epsilon", "power_t", b"power_t"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_epsilon", b"_epsilon", "_power_t", b"_power_t", "actions", b"actions", "aggregation", b"aggregation", "bits", b"bits", "cb_type", b"cb_type", "default_reward", b"default_reward", "description", b"description", "ensemble_size", b"ensemble_size", "epsilon", b"epsilon", "exploration", b"exploration", "interactions", b"interactions", "join_window_seconds", b"join_window_seconds", "kind", b"kind", "learning_rate", b"learning_rate", "mode", b"mode", "name", b"name", "power_t", b"power_t", "retention_days", b"retention_days", "slots", b"slots", "softmax_lambda", b"softmax_lambda", "squarecb_gamma_scale", b"squarecb_gamma_scale"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_epsilon", b"_epsilon", "_power_t", b"_power_t", "actions", b"actions", "aggregation", b"aggregation", "bits", b"bits", "cb_type", b"cb_type", "default_reward", b"default_reward", "description", b"description", "ensemble_size", b"ensemble_size", "epsilon", b"epsilon", "exploration", b"exploration", "interactions", b"interactions", "join_window_seconds", b"join_window_seconds", "kind", b"kind", "learning_rate", b"learning_rate", "mode", b"mode", "name", b"name", "optimizer", b"optimizer", "power_t", b"power_t", "retention_days", b"retention_days", "slots", b"slots", "softmax_lambda", b"softmax_lambda", "squarecb_gamma_scale", b"squarecb_gamma_scale"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__epsilon: _TypeAlias = _typing.Literal["epsilon"]  # noqa: Y015
     _WhichOneofArgType__epsilon: _TypeAlias = _typing.Literal["_epsilon", b"_epsilon"]  # noqa: Y015
@@ -1004,7 +1044,7 @@ class TunePolicyRequest(_message.Message):
     def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___PolicySpec]:
         """Learning configurations to compare (their names are ignored; the policy's actions, join
         rules and description are kept). Empty: the policy's own configuration and one change at a
-        time around it (learning rate, power_t, exploration, interactions, cb_type). The policy's own
+        time around it (learning rate, power_t, exploration, interactions, cb_type, optimizer). The policy's own
         configuration is replayed and listed even when not named: the others are compared with it.
         """
 
