@@ -37,9 +37,11 @@ def toml_of(spec: admin_pb2.PolicySpec) -> str:
     exploration = admin_pb2.Exploration.Name(spec.exploration).removeprefix("EXPLORATION_").lower()
     interactions = ", ".join(f'"{i}"' for i in spec.interactions)
     cb_type = admin_pb2.CbType.Name(spec.cb_type).removeprefix("CB_TYPE_").lower()
+    optimizer = admin_pb2.Optimizer.Name(spec.optimizer).removeprefix("OPTIMIZER_").lower()
     return (f'exploration = "{exploration}"\nepsilon = {spec.epsilon!r}\n'
             f"squarecb_gamma_scale = {spec.squarecb_gamma_scale!r}\nlearning_rate = {spec.learning_rate!r}\n"
-            f'power_t = {spec.power_t!r}\ninteractions = [{interactions}]\ncb_type = "{cb_type}"')
+            f'power_t = {spec.power_t!r}\ninteractions = [{interactions}]\ncb_type = "{cb_type}"\n'
+            f'optimizer = "{optimizer}"')
 
 
 async def tune_logged(server: LtrrProcess, out: dict[str, Any]) -> None:
@@ -91,7 +93,8 @@ def main() -> None:
                                          before_stop=lambda s, out=tuned: tune_logged(s, out)))
         result = tuned["result"]
         grid = {f"c{i}": toml_of(c.spec) for i, c in enumerate(result.candidates)}
-        streams = [asyncio.run(run_problem(problem, seed + 100 * k, grid, args.scale))
+        # The log's own world, new reward streams: the truth of the traffic tune was given.
+        streams = [asyncio.run(run_problem(problem, seed, grid, args.scale, stream=k))
                    for k in range(1, args.streams + 1)]
         true = {name: statistics.mean(live.tail_ratio(name) for live in streams) for name in grid}
         best = min(true, key=true.__getitem__)
