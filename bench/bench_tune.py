@@ -29,19 +29,16 @@ from bench.bandit_worlds import PROBLEMS
 from bench.bench_bandits import CANDIDATES, run_problem
 from bench.common import LtrrProcess, save
 from ltrr.v1 import admin_pb2, admin_pb2_grpc
-from ltrr_client.evaluation import describe
+from ltrr_client.evaluation import describe, enum_text
 
 
 def toml_of(spec: admin_pb2.PolicySpec) -> str:
     """A candidate's learning fields as a bench_bandits candidate (TOML)."""
-    exploration = admin_pb2.Exploration.Name(spec.exploration).removeprefix("EXPLORATION_").lower()
     interactions = ", ".join(f'"{i}"' for i in spec.interactions)
-    cb_type = admin_pb2.CbType.Name(spec.cb_type).removeprefix("CB_TYPE_").lower()
-    optimizer = admin_pb2.Optimizer.Name(spec.optimizer).removeprefix("OPTIMIZER_").lower()
-    return (f'exploration = "{exploration}"\nepsilon = {spec.epsilon!r}\n'
+    return (f'exploration = "{enum_text(spec, "exploration")}"\nepsilon = {spec.epsilon!r}\n'
             f"squarecb_gamma_scale = {spec.squarecb_gamma_scale!r}\nlearning_rate = {spec.learning_rate!r}\n"
-            f'power_t = {spec.power_t!r}\ninteractions = [{interactions}]\ncb_type = "{cb_type}"\n'
-            f'optimizer = "{optimizer}"')
+            f'power_t = {spec.power_t!r}\ninteractions = [{interactions}]\ncb_type = "{enum_text(spec, "cb_type")}"\n'
+            f'optimizer = "{enum_text(spec, "optimizer")}"')
 
 
 async def tune_logged(server: LtrrProcess, out: dict[str, Any]) -> None:

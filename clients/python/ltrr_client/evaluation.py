@@ -79,6 +79,16 @@ def table_target(data: Any, source: str) -> admin_pb2.TableTarget:
     return admin_pb2.TableTarget(default_weights=weights(data, "the table"))
 
 
+def enum_text(spec: admin_pb2.PolicySpec, name: str) -> str:
+    """An enum field of a spec by the name ``candidate:`` takes (``parse_candidate``'s inverse).
+
+    >>> enum_text(admin_pb2.PolicySpec(cb_type=admin_pb2.CB_TYPE_MTR), "cb_type")
+    'mtr'
+    """
+    prefix, enum = _ENUMS[name]
+    return enum.Name(getattr(spec, name)).removeprefix(prefix).lower()
+
+
 def parse_candidate(text: str, base: admin_pb2.PolicySpec) -> admin_pb2.PolicySpec:
     """``base`` with FIELD=VALUE changes (enums by name, interactions joined by '+')."""
     spec = admin_pb2.PolicySpec()
@@ -181,18 +191,17 @@ def tune_table(result: admin_pb2.TuneResult) -> str:
 
 def describe(spec: admin_pb2.PolicySpec) -> str:
     """The learning settings of a spec, as FIELD=VALUE (the form ``candidate:`` takes)."""
-    e = admin_pb2.Exploration.Name(spec.exploration).removeprefix("EXPLORATION_").lower()
+    e = enum_text(spec, "exploration")
     parts = [f"exploration={e}"]
     if e == "squarecb":
         parts.append(f"squarecb_gamma_scale={spec.squarecb_gamma_scale:g}")
     elif e in ("epsilon", "bag", "cover", "rnd"):
         parts.append(f"epsilon={spec.epsilon:g}")
-    cb_type = admin_pb2.CbType.Name(spec.cb_type).removeprefix("CB_TYPE_").lower()
     if spec.optimizer == admin_pb2.OPTIMIZER_COIN:
         parts.append("optimizer=coin")  # it sets its own steps: no learning rate or decay
     else:
         parts += [f"learning_rate={spec.learning_rate:g}", f"power_t={spec.power_t:g}"]
-    parts += [f"cb_type={cb_type}", "interactions=" + "+".join(spec.interactions)]
+    parts += [f"cb_type={enum_text(spec, 'cb_type')}", "interactions=" + "+".join(spec.interactions)]
     return ",".join(parts)
 
 

@@ -49,7 +49,7 @@ import statistics
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from ltrr_server.config import PolicySpec
+from ltrr_server.config import CB_TYPES, OPTIMIZERS, PolicySpec
 from ltrr_server.core.policies import PolicyBook, PolicyInfo
 from ltrr_server.jobs import Jobs, Progress
 from ltrr_server.ope.estimators import Estimate
@@ -65,10 +65,6 @@ _EXPLORATIONS: tuple[dict[str, object], ...] = (
     dict(exploration="epsilon", epsilon=0.05),
 )
 _INTERACTIONS = ((":A",), ("::", ":A"))
-_CB_TYPES = ("dm", "mtr")
-# Coin betting learned better than AdaGrad with few clicks, many actions or late rewards, and worse
-# after an abrupt change (docs/benchmarks.md): which one a policy's traffic is, its log can say.
-_OPTIMIZERS = ("adagrad", "coin")
 
 
 def candidate_grid(spec: PolicySpec) -> list[PolicySpec]:
@@ -91,8 +87,10 @@ def candidate_grid(spec: PolicySpec) -> list[PolicySpec]:
     changes += [dict(power_t=pt) for pt in _POWER_TS]
     changes += list(_EXPLORATIONS)
     changes += [dict(interactions=i) for i in _INTERACTIONS]
-    changes += [dict(cb_type=c) for c in _CB_TYPES]
-    changes += [dict(optimizer=o) for o in _OPTIMIZERS]
+    changes += [dict(cb_type=c) for c in CB_TYPES]
+    # Coin betting learned better than AdaGrad with few clicks, many actions or late rewards, and
+    # worse after an abrupt change (docs/benchmarks.md): which one a policy's traffic is, its log can say.
+    changes += [dict(optimizer=o) for o in OPTIMIZERS]
     return distinct([dataclasses.replace(spec, **change) for change in changes])  # type: ignore[arg-type]
 
 
