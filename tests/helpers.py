@@ -7,11 +7,12 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 
+from ltrr_server.config import PolicySpec
 from ltrr_server.log.db import create_engine
 
 
@@ -152,3 +153,19 @@ class TcpProxy:
                     s.close()
                 except OSError:
                     pass
+
+
+def poisoned_coin_model(spec: PolicySpec, shared: str, actions: Sequence[str]) -> bytes:
+    """A real model of ``spec`` (coin betting) with NaN weights: VW itself, not ltrr's model,
+    learned ``shared`` with a number ``x`` of 3e-10 in its last namespace, as every coin-betting
+    model did before ``features.COIN_MIN_ABS_VALUE``. Its weights for ``x`` are NaN: it answers
+    NaN probabilities wherever ``x`` is not 0, and finite ones elsewhere."""
+    import vowpal_wabbit_next as vw
+
+    ws = vw.Workspace(spec.vw_args())
+    parse = vw.TextFormatParser(ws).parse_line
+    for i in range(20):
+        lines = [f"{shared} x:3e-10", *actions]
+        lines[1 + i % len(actions)] = f"0:{-float(i % 3 == 0)}:0.25 {lines[1 + i % len(actions)]}"
+        ws.learn_one([parse(line) for line in lines])
+    return bytes(ws.serialize())

@@ -71,6 +71,10 @@ class Metrics:
         self.learned = Counter(
             "ltrr_learned_events", "Joined events learned by the policy's model.", ["policy"], registry=registry,
         )
+        self.models_rejected = Counter(
+            "ltrr_models_rejected", "Learned models not published because a weight was NaN or infinite "
+            "(the learner went back to the last one published).", ["policy"], registry=registry,
+        )
         self.true_regret = Counter(
             "ltrr_true_regret", "Cumulative true regret, from rewards that carry oracle values.",
             ["policy"], registry=registry,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -241,3 +242,50 @@ def test_sigkill_loses_no_answered_decision(tmp_path: Path, db: str, request: py
         iter([feedback_pb2.RewardBatch(events=[reward_event(e, 1.0) for e in answered])]))
     assert {a.status for batch in acks for a in batch.acks} == {feedback_pb2.REWARD_STATUS_ACCEPTED}
     assert second.terminate() == 0
+
+
+def test_a_snapshot_with_nan_weights_is_passed_over_and_not_estimated(make_server: object, sqlite_url: str) -> None:
+    # A coin-betting model that learned a number too small for it (before features.COIN_MIN_ABS_VALUE)
+    # kept NaN weights, and its snapshots with them: after an upgrade the restart must not serve it.
+    import sqlalchemy as sa
+
+    from ltrr_server.features import action_line
+    from ltrr_server.log.db import create_engine
+    from ltrr_server.policy.model import PolicyModel
+    from tests.conftest import demo_policy
+    from tests.helpers import poisoned_coin_model
+
+    spec = demo_policy(exploration="squarecb", interactions=("::", "::A"), optimizer="coin", join_window_seconds=0.3)
+    settings = server_settings(sqlite_url, spec)
+    first = make_server(settings)  # type: ignore[operator]
+    teach(first.channel(), 300)
+    wait_for(lambda: learned_all(first.channel()) and len(rows(sqlite_url, "joined")) == 300, timeout=30,
+             what="every decision joined and learned")
+    admin = admin_pb2_grpc.AdminServiceStub(first.channel())
+    snap = admin.SnapshotPolicy(admin_pb2.SnapshotPolicyRequest(name="demo"), timeout=60)
+    first.stop()
+    lines = [action_line(a.id, a.features) for a in spec.actions]
+    poisoned = poisoned_coin_model(spec, "shared |user segment=s0", lines)
+    probe = {"user": {"segment": "s0", "x": 0.5}}
+    assert not any(math.isfinite(p) for p in PolicyModel.from_bytes(poisoned, "cb", "mtr").predict_one(
+        "shared |user segment=s0 x:0.5", lines)[0])
+    engine = create_engine(sqlite_url)
+    with engine.begin() as conn:
+        assert conn.execute(sa.text("UPDATE snapshots SET model = :m"), {"m": poisoned}).rowcount >= 1
+    engine.dispose()
+
+    second = make_server(settings)  # type: ignore[operator]
+    dec = decisions_pb2_grpc.DecisionServiceStub(second.channel())
+    for ctx in (probe, PROBES[0]):
+        probs = {p.action_id: p.probability for p in dec.Decide(decide_request("demo", ctx)).probabilities}
+        assert all(math.isfinite(p) for p in probs.values()), probs
+    # The lineage was learned again from its events: music, rewarded for s0, is its greedy choice.
+    assert max(probs, key=probs.get) == "music"  # type: ignore[arg-type]
+    # Evaluated as a target, the snapshot says why it has no estimate; the other targets have theirs.
+    admin = admin_pb2_grpc.AdminServiceStub(second.channel())
+    result = list(admin.EvaluatePolicy(admin_pb2.EvaluatePolicyRequest(name="demo", targets=[
+        admin_pb2.EvaluationTarget(snapshot_id=snap.snapshot_id), admin_pb2.EvaluationTarget(uniform=True)]),
+        timeout=120))[-1].result
+    bad, uniform = result.targets
+    assert "NaN or infinite" in bad.problem and not bad.slots
+    assert not uniform.problem and 0 < uniform.slots[0].snips.value < 1

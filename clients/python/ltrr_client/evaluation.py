@@ -169,6 +169,8 @@ def evaluation_table(result: admin_pb2.PolicyEvaluation) -> str:
     rows = [head, f"{'target':<28} {'slot':>4} {'estimator':<6} {'value [95% interval]':>34} {'ess':>9} "
                   f"{'support':>8}" + (f" {'minus the baseline, paired':>34}" if paired else "")]
     for t in result.targets:
+        if t.problem:
+            rows.append(f"{t.name[:28]:<28} not estimated: {t.problem}")
         for s in t.slots:
             for name in ("ips", "snips", "dr"):
                 if s.HasField(name):
@@ -179,11 +181,20 @@ def evaluation_table(result: admin_pb2.PolicyEvaluation) -> str:
 
 
 def tune_table(result: admin_pb2.TuneResult) -> str:
+    """The result as a text table: one row per candidate, best estimate first.
+
+    >>> r = admin_pb2.TuneResult(policy="p", events=100, reason="the live configuration stays")
+    >>> _ = r.candidates.add(spec=admin_pb2.PolicySpec(optimizer=admin_pb2.OPTIMIZER_COIN), problem="its model ...")
+    >>> row = tune_table(r).splitlines()[2]
+    >>> row.split()[1:3], row.endswith("optimizer=coin,cb_type=unspecified,interactions= (its model ...)")
+    (['not', 'estimated'], True)
+    """
     rows = [f"{result.events} joined events of {result.policy}; live policy's mean reward {_interval(result.logged)}",
             f"{'#':>2} {'SNIPS [95% interval]':>34} {'minus the live configuration':>34}  configuration"]
     for i, c in enumerate(result.candidates):
-        rows.append(f"{i + 1:>2} {_interval(c.estimate):>34} {_interval(c.versus_live, signed=True):>34}  "
-                    f"{describe(c.spec)}")
+        figures = (f"{'not estimated':>34} {'':>34}" if c.problem else
+                   f"{_interval(c.estimate):>34} {_interval(c.versus_live, signed=True):>34}")
+        rows.append(f"{i + 1:>2} {figures}  {describe(c.spec)}" + (f" ({c.problem})" if c.problem else ""))
     rows.append(f"recommended: {describe(result.recommended)}")
     rows.append(("applied: " if result.applied else "not applied: ") + result.reason)
     return "\n".join(rows)

@@ -168,7 +168,7 @@ def result_to_proto(r: EvaluationResult) -> admin_pb2.PolicyEvaluation:
         policy=outside(r.policy), events=r.events, first_ms=int(r.first_at * 1000), last_ms=int(r.last_at * 1000),
         logged=_estimate(r.logged), seconds=r.seconds)
     for t in r.targets:
-        te = out.targets.add(name=t.name)
+        te = out.targets.add(name=t.name, problem=t.problem)
         for s in t.slots:
             se = te.slots.add(slot=s.slot, mean_weight=s.mean_weight, max_weight=s.max_weight,
                               effective_sample_size=s.effective_sample_size, support=s.support)
@@ -183,8 +183,11 @@ def tune_to_proto(t: TuneOutcome) -> admin_pb2.TuneResult:
     out = admin_pb2.TuneResult(policy=outside(t.policy), events=t.events, logged=_estimate(t.logged), applied=t.applied,
                                reason=t.reason, seconds=t.seconds, recommended=spec_to_proto(t.recommended))
     for c in t.candidates:
-        out.candidates.add(spec=spec_to_proto(c.spec), estimate=_estimate(c.estimate), support=c.support,
-                           versus_live=_estimate(c.versus_live))
+        if c.problem:
+            out.candidates.add(spec=spec_to_proto(c.spec), problem=c.problem)
+        else:
+            out.candidates.add(spec=spec_to_proto(c.spec), estimate=_estimate(c.estimate), support=c.support,
+                               versus_live=_estimate(c.versus_live))
     if t.info is not None:
         out.policy_after.CopyFrom(policy_to_proto(t.info))
     return out

@@ -21,6 +21,7 @@ from ltrr_server.log.rows import ActionSetRow, DecisionRecord
 from ltrr_server.log.store import EventLogStore
 from ltrr_server.log.writer import EventLogWriter
 from ltrr_server.metrics import Metrics
+from ltrr_server.policy.model import finite_probabilities
 from ltrr_server.policy.runtime import PolicyRuntime, draw_slots
 from ltrr_server.ranking.ranking import MODEL, ORDERS, RANKER, Page, Ranking
 from ltrr_server.retrieval.retriever import ActionSet, RetrievalResult, Retriever
@@ -184,6 +185,10 @@ class Decisions:
             drawn, explored = [(apprentice, 1.0, one_hot)], apprentice != greedy
         elif fixed is None:
             per_slot = rt.serving.predict_one(shared, lines, n_slots)
+            if not finite_probabilities(per_slot):
+                raise Unavailable(f"policy {policy!r} cannot decide: its model gave NaN or infinite probabilities "
+                                  f"(version {rt.model_version}); the learner replaces a model that turns so with its "
+                                  f"last finite one (ltrr_models_rejected)")
             drawn = draw_slots(per_slot, self._rng)
             greedy = max(range(len(per_slot[0])), key=per_slot[0].__getitem__)
             explored = drawn[0][0] != greedy

@@ -45,6 +45,7 @@ The learning settings (learning rate, power_t, cb_type, interactions, optimizer)
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -101,6 +102,12 @@ class CandidateResult:
     support: float
     # Its estimate minus the live configuration's replay, paired over the same events (95%).
     versus_live: Estimate
+    # Why it has no estimate (its replay's model turned NaN or infinite: ``ope.evaluate``): ranked
+    # last, never recommended, and its figures are NaN.
+    problem: str = ""
+
+
+_UNKNOWN = Estimate(math.nan, math.nan, math.nan, math.nan)
 
 
 @dataclass
@@ -195,13 +202,21 @@ def _choose(result: EvaluationResult, specs: list[PolicySpec], own_index: int, c
             apply: bool) -> _Choice:
     """The candidates ranked, and the one to switch to (see the module's docstring), with why."""
     scored = [CandidateResult(spec, t.slots[0].estimates["snips"], t.slots[0].support,
-                              t.slots[0].versus_baseline["snips"])
+                              t.slots[0].versus_baseline.get("snips", _UNKNOWN)) if not t.problem
+              else CandidateResult(spec, _UNKNOWN, 0.0, _UNKNOWN, t.problem)
               for spec, t in zip(specs, result.targets, strict=True)]
-    order = sorted(range(len(scored)), key=lambda i: -scored[i].estimate.value)
+    order = sorted(range(len(scored)), key=lambda i: (bool(scored[i].problem), -scored[i].estimate.value))
     ranked = [scored[i] for i in order]
+    failed = sum(1 for c in scored if c.problem)
+    if scored[own_index].problem:
+        return _Choice(ranked, None, current, f"the live configuration's own replay was not estimated ("
+                                              f"{scored[own_index].problem}): no candidate can be compared with it; "
+                                              f"the live configuration stays")
+    not_estimated = (f"; {failed} candidate{'s' if failed > 1 else ''} not estimated (its replay's model turned NaN or "
+                     f"infinite) ranked last" if failed else "")
     z = family_z(len(specs) - 1)
     bound = {i: scored[i].versus_live.value - z * scored[i].versus_live.std_error for i in order}
-    passed = [i for i in order if i != own_index and bound[i] > 0]
+    passed = [i for i in order if i != own_index and bound[i] > 0]  # NaN compares false
     better = [i for i in passed if not explores_less(specs[i], current)]
     aside = len(passed) - len(better)
     set_aside = (f"; {aside} candidate{'s' if aside > 1 else ''} exploring less than the live configuration set "
@@ -215,14 +230,14 @@ def _choose(result: EvaluationResult, specs: list[PolicySpec], own_index: int, c
                    f"difference {top.value:+.4g} has a lower bound of {bound[order[0]]:+.4g} (95% for "
                    f"{len(specs) - 1} candidates at once){_events_to_tell(top, z, result.events)}; the live "
                    f"configuration stays")
-        return _Choice(ranked, None, current, why + set_aside)
+        return _Choice(ranked, None, current, why + set_aside + not_estimated)
     pick = better[0]
     verb = "switched to" if apply else "would switch to (apply to do it)"
     first = "the best candidate" if pick == order[0] else "the best candidate clearly better than it"
     return _Choice(ranked, pick, specs[pick],
                    f"{verb} {first}: {scored[pick].versus_live.value:+.4g} over the live configuration's replay "
                    f"{scored[own_index].estimate.value:.4g}, lower bound {bound[pick]:+.4g} (95% for "
-                   f"{len(specs) - 1} candidates at once){set_aside}")
+                   f"{len(specs) - 1} candidates at once){set_aside}{not_estimated}")
 
 
 async def tune(policies: PolicyBook, jobs: Jobs, name: str, candidates: list[PolicySpec],

@@ -36,6 +36,7 @@ from ltrr_server.learner import worker
 from ltrr_server.learner.messages import (
     FromLearner,
     LearnEvents,
+    ModelRejected,
     Published,
     SetState,
     SnapshotTaken,
@@ -133,6 +134,7 @@ class Learner:
     def set_state(self, state: LearnerState) -> None:
         """Adds a policy or replaces its lineage (after a reset)."""
         self._kinds[state.policy] = (state.model.kind, state.model.cb_type)
+        self._metrics.models_rejected.labels(state.policy)  # at 0: a first rejection is an increase
         if not self._started:
             self._states[state.policy] = state
             return
@@ -156,8 +158,13 @@ class Learner:
                 target.unsnapshotted += 1
         self._pre_start.clear()
         for state in self._states.values():
-            state.version += 1
             self.learned[state.policy] = self._handed[state.policy] = state.learned
+            if not state.keep_finite():
+                self._rejected(ModelRejected(state.policy, state.lineage, state.version, state.unsnapshotted,
+                                             rolled_back=state.last_good is not None))
+                if state.last_good is None:
+                    continue  # decisions keep the model the policy was installed with
+            state.version += 1
             self._publish(state.policy, state.lineage, state.model.copy(), state.version, 0.0)
 
     def start(self) -> None:
@@ -354,6 +361,8 @@ class Learner:
             self._count_learned(msg.policy, msg.learned)
             self._publish(msg.policy, msg.lineage, PolicyModel.from_bytes(msg.model, *self._kinds[msg.policy]),
                           msg.version, msg.lag)
+        elif isinstance(msg, ModelRejected):
+            self._rejected(msg)
         elif isinstance(msg, SnapshotTaken):
             fut = self._pending_snapshots.pop(msg.request_id, None) if msg.request_id else None
             if msg.error:
@@ -366,6 +375,13 @@ class Learner:
             proc.stopped.set()
             return True
         return False
+
+    def _rejected(self, msg: ModelRejected) -> None:
+        self._metrics.models_rejected.labels(msg.policy).inc()
+        log.error("policy %s: its learned model has NaN or infinite weights and was not served; %s, and the %d joined "
+                  "events learned since are not in it (they stay in the log)", msg.policy,
+                  f"the learner went back to version {msg.version}" if msg.rolled_back
+                  else "there was no finite model to go back to", msg.dropped)
 
     def _count_learned(self, policy: str, learned: int) -> None:
         before = self.learned.get(policy, 0)

@@ -88,6 +88,19 @@ class Published:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelRejected:
+    """A policy's model turned non-finite (NaN or infinite weights) and was not published: the
+    learner went back to the last model it published (``rolled_back``; else there was none), and
+    the ``dropped`` joined events learned since are not in it. Decisions keep the last one served."""
+
+    policy: str
+    lineage: int
+    version: int
+    dropped: int
+    rolled_back: bool
+
+
+@dataclass(frozen=True, slots=True)
 class SnapshotTaken:
     """The answer to ``TakeSnapshot``, or a scheduled or final snapshot (``request_id`` 0); ``error``
     says why there is none (the model is then empty)."""
@@ -108,4 +121,4 @@ class Stopped:
 
 
 ToLearner = LearnEvents | SetState | TakeSnapshot | Stop
-FromLearner = Published | SnapshotTaken | Stopped
+FromLearner = Published | ModelRejected | SnapshotTaken | Stopped

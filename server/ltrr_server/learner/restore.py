@@ -76,9 +76,16 @@ def restore_state(store: EventLogStore, policy: LearnerPolicy, until_seq: int | 
         model = PolicyModel.from_bytes(snap["model"], spec.kind, spec.cb_type)
         last_seq, version = int(snap["last_joined_seq"]), int(snap["model_version"])
         settled = float(snap["created_at"]) - spec.join_window_seconds - 60.0
-    else:
+        if not model.finite():
+            # It would answer NaN probabilities for good: such as a coin-betting model that learned
+            # values too small for it before their floor (features.COIN_MIN_ABS_VALUE) existed.
+            log.error("policy %s: snapshot %s has NaN or infinite weights; the lineage is learned again from its "
+                      "first event instead", spec.name, snap["id"])
+            snap = None
+    if snap is None:
         model, last_seq, version, settled = PolicyModel.create(spec), start_seq - 1, 0, 0.0
-    state = LearnerState(spec.name, policy.lineage, model, last_seq, version, last_snapshot_at=time.time())
+    state = LearnerState(spec.name, policy.lineage, model, last_seq, version, last_snapshot_at=time.time(),
+                         last_good=model.to_bytes())
     replayed = 0
     t0 = time.perf_counter()
     for ev in store.joined_after(spec.name, max(last_seq, start_seq - 1)):

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from ltrr_server.learner.messages import (
     LearnEvents,
+    ModelRejected,
     Published,
     SetState,
     SnapshotTaken,
@@ -67,8 +68,9 @@ def run(conn: Connection, start: WorkerStart, publish_interval: float, snapshot_
 
 
 def _state_of(s: SetState) -> LearnerState:
-    return LearnerState(s.policy, s.lineage, PolicyModel.from_bytes(s.model, s.kind, s.cb_type), s.last_seq, s.version,
-                        s.learned, unsnapshotted=s.unsnapshotted, last_snapshot_at=time.time())
+    model = PolicyModel.from_bytes(s.model, s.kind, s.cb_type)
+    return LearnerState(s.policy, s.lineage, model, s.last_seq, s.version, s.learned, unsnapshotted=s.unsnapshotted,
+                        last_snapshot_at=time.time(), last_good=s.model if model.finite() else None)
 
 
 def _restore(learner: _Worker, plan: RestoreFromLog) -> None:
@@ -148,17 +150,34 @@ class _Worker:
         return False
 
     def publish(self, state: LearnerState) -> None:
+        if not self.finite(state):
+            return
         state.version += 1
         lag = time.time() - state.oldest_unpublished_join if state.unpublished else 0.0
-        self.conn.send(Published(state.policy, state.lineage, state.model.to_bytes(), state.version, lag,
+        model = state.last_good = state.model.to_bytes()
+        self.conn.send(Published(state.policy, state.lineage, model, state.version, lag,
                                  learned=self.consumed.get(state.policy, 0)))
         state.unpublished = 0
+
+    def finite(self, state: LearnerState) -> bool:
+        """Whether the policy's model can be published or snapshotted as it is; if not, it went
+        back to the last model known finite (``LearnerState.keep_finite``) and the server is told."""
+        if state.keep_finite():
+            return True
+        self.conn.send(ModelRejected(state.policy, state.lineage, state.version, state.unpublished,
+                                     rolled_back=state.last_good is not None))
+        state.unpublished = 0
+        return False
 
     def snapshot(self, policy: str, trigger: str, request_id: int) -> None:
         state = self.states.get(policy)
         if state is None:
             self.conn.send(SnapshotTaken(request_id, policy, trigger, lineage=0, model=b"", version=0, last_seq=0,
                                          error=f"policy {policy!r} not found"))
+            return
+        if not self.finite(state) and state.last_good is None:
+            self.conn.send(SnapshotTaken(request_id, policy, trigger, lineage=0, model=b"", version=0, last_seq=0,
+                                         error=f"policy {policy!r} has no finite model to snapshot"))
             return
         self.conn.send(SnapshotTaken(request_id, policy, trigger, state.lineage, state.model.to_bytes(), state.version,
                                      state.last_seq))

@@ -33,7 +33,7 @@ from ltrr_server.ope.targets import (
     Target,
     UniformTarget,
 )
-from ltrr_server.policy.model import PolicyModel
+from ltrr_server.policy.model import PolicyModel, finite_probabilities
 
 # Progress is reported at most this often.
 PROGRESS_SECONDS = 0.5
@@ -90,6 +90,9 @@ class TargetResult:
     slots: list[SlotResult]
     # A replayed candidate's model at the end of the log, when its plan asked to keep it.
     model: bytes | None = None
+    # Why the target has no estimates (then ``slots`` is empty): its model gave NaN or infinite
+    # probabilities (no estimate over the events before would describe it), or has such weights.
+    problem: str = ""
 
 
 @dataclass
@@ -169,6 +172,7 @@ def evaluate(store: EventLogStore, plan: EvaluationPlan, progress: Progress | No
     columns: list[list[_Column]] = [[] for _ in targets]
     first_at, last_at, n = math.inf, -math.inf, 0
     last_report = time.monotonic()
+    problems: dict[int, str] = {}  # by target index
     for ev in read_events(store, plan.policy, plan.since, plan.until):
         if any(p <= 0 for p in ev.logged):
             continue  # not drawn by the logged policy: no importance weight exists
@@ -182,8 +186,14 @@ def evaluate(store: EventLogStore, plan: EvaluationPlan, progress: Progress | No
         for s, (idx, _) in enumerate(zip(ev.chosen, ev.logged, strict=True)):
             slot_rewards[s].append(ev.reward)
             q_logged[s].append(q[idx] if q is not None else 0.0)
-        for target, cols in zip(targets, columns, strict=True):
+        for t, (target, cols) in enumerate(zip(targets, columns, strict=True)):
+            if t in problems:
+                continue
             probs = target.probabilities(ev)
+            if not finite_probabilities(probs):
+                problems[t] = (f"its model gave NaN or infinite probabilities at joined event {n} of {max(total, n)} "
+                               f"(seq {ev.seq}): it is not estimated")
+                continue
             while len(cols) < ev.slots:
                 cols.append(_Column())
             for s, (idx, logged) in enumerate(zip(ev.chosen, ev.logged, strict=True)):
@@ -196,6 +206,11 @@ def evaluate(store: EventLogStore, plan: EvaluationPlan, progress: Progress | No
         if progress is not None and time.monotonic() - last_report >= PROGRESS_SECONDS:
             last_report = time.monotonic()
             progress(n, max(total, n))
+    for t, target in enumerate(targets):
+        # Under epsilon or softmax exploration a model with NaN weights can still give finite
+        # (meaningless) probabilities; its estimate would say nothing, and its warm start would serve them.
+        if t not in problems and isinstance(target, ModelTarget) and not target.model.finite():
+            problems[t] = "its model has NaN or infinite weights: it is not estimated"
     if n == 0:
         raise NotFound(f"policy {plan.policy!r} has no joined decisions made in the range since_ms="
                        f"{plan.since * 1000:.0f}, until_ms={plan.until * 1000:.0f}", field="since_ms")
@@ -207,8 +222,13 @@ def evaluate(store: EventLogStore, plan: EvaluationPlan, progress: Progress | No
 
     names = [tp.name for tp in plan.targets]
     base_index = names.index(plan.baseline) if plan.baseline in names else None
+    if base_index in problems:
+        base_index = None
     base = slot_terms(columns[base_index]) if base_index is not None else None
     for i, (tp, target, cols) in enumerate(zip(plan.targets, targets, columns, strict=True)):
+        if i in problems:
+            result.targets.append(TargetResult(target.name, [], problem=problems[i]))
+            continue
         slots = []
         own_terms = base if i == base_index and base is not None else slot_terms(cols)
         for s, (col, terms) in enumerate(zip(cols, own_terms, strict=True)):

@@ -18,15 +18,17 @@ True
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, cast
 
+import numpy as np
 import vowpal_wabbit_next as vw
 from vowpal_wabbit_next import _core
 
 from ltrr_server.bounds import MAX_ABS_REWARD
 from ltrr_server.config import PolicySpec
-from ltrr_server.features import SLOT_NAMESPACE
+from ltrr_server.features import SLOT_NAMESPACE, without_tiny_values
 
 _ACTION_CACHE_SIZE = 10_000
 
@@ -37,7 +39,7 @@ SlotLabel = tuple[int, float, float]
 class PolicyModel:
     """A contextual-bandit model: cb (one slot) or ccb (several slots of distinct actions)."""
 
-    def __init__(self, workspace: vw.Workspace[Any], kind: str, cb_type: str) -> None:
+    def __init__(self, workspace: vw.Workspace[Any], kind: str, cb_type: str, coin: bool = False) -> None:
         self._ws = workspace
         self._parser = vw.TextFormatParser(workspace)
         self.kind = kind
@@ -45,6 +47,10 @@ class PolicyModel:
         # decision with weight 1 by giving VW probability 1 (config.PolicySpec.cb_type says why).
         self.cb_type = cb_type
         self._weighted = cb_type == "mtr"
+        # Coin betting turns NaN on numeric values too small for float32 (features.COIN_MIN_ABS_VALUE):
+        # its lines have them written as 0. ``coin`` is in the model's own options, so a model
+        # read back from bytes knows it too.
+        self.coin = coin
         # The decision path calls the extension module under the public wrapper: the wrapper's
         # per-call label checks and Example objects cost twice the prediction itself (~7 us of
         # ~11), and every example here comes from this workspace's own parser. Pinned to
@@ -56,7 +62,7 @@ class PolicyModel:
 
     @classmethod
     def create(cls, spec: PolicySpec) -> PolicyModel:
-        return cls(vw.Workspace(spec.vw_args()), spec.kind, spec.cb_type)
+        return cls(vw.Workspace(spec.vw_args()), spec.kind, spec.cb_type, coin=spec.optimizer == "coin")
 
     @classmethod
     def reward_regression(cls, interactions: Sequence[str]) -> PolicyModel:
@@ -70,7 +76,7 @@ class PolicyModel:
 
     @classmethod
     def from_bytes(cls, data: bytes, kind: str, cb_type: str) -> PolicyModel:
-        return cls(vw.Workspace(["--quiet"], model_data=data), kind, cb_type)
+        return cls(vw.Workspace(["--quiet"], model_data=data), kind, cb_type, coin=_learns_by_coin(data))
 
     def to_bytes(self) -> bytes:
         return bytes(self._ws.serialize())
@@ -78,6 +84,22 @@ class PolicyModel:
     def copy(self) -> PolicyModel:
         """An independent model with the same weights (for another thread or process to use)."""
         return PolicyModel.from_bytes(self.to_bytes(), self.kind, self.cb_type)
+
+    def finite(self) -> bool:
+        """Whether every weight (and every optimizer state beside it) is a finite number: a model
+        that is not gives NaN probabilities, and learning never brings it back.
+
+        One dot product of the weights with themselves answers it in a pass over memory (0.04 ms
+        for 2^18 weights, 3 ms for 2^24, against 1 and 60 ms to serialize them): it is finite when
+        every weight is, and NaN or infinite when one is not. Only a finite model whose squared
+        norm overflows float32 needs the second, exact look.
+
+        >>> from ltrr_server.config import PolicySpec
+        >>> PolicyModel.create(PolicySpec(name="p")).finite()
+        True
+        """
+        w = np.asarray(self._ws.weights()).reshape(-1)
+        return math.isfinite(float(np.dot(w, w))) or bool(np.isfinite(w).all())
 
     def _examples(
         self, shared: str, actions: Sequence[str], slots: int, labels: Sequence[SlotLabel]
@@ -105,6 +127,8 @@ class PolicyModel:
         return [parse(line) for line in lines]
 
     def _parse_raw(self, line: str) -> Any:
+        if self.coin:
+            line = without_tiny_values(line)
         return _core._parse_line_text(self._core_ws, line)
 
     def _cached(self, line: str) -> Any:
@@ -143,3 +167,24 @@ class PolicyModel:
     ) -> None:
         """Learns one logged decision: per slot, the chosen action, its cost (-reward) and probability."""
         self._core_ws.learn_multi_ex_one(self._examples(shared, actions, max(slots, len(labels)), labels))
+
+
+def finite_probabilities(per_slot: Sequence[Sequence[float]]) -> bool:
+    """Whether every slot's probabilities are finite numbers (NaN and infinity both carry
+    through a sum: one per slot, not one test per action).
+
+    >>> [finite_probabilities(p) for p in ([[0.5, 0.5]], [[0.5, math.nan]], [[1.0], [math.inf, 0.0]])]
+    [True, False, False]
+    """
+    for probs in per_slot:  # a loop, not all() over a generator: 0.13 us a decision, not 0.27
+        if not math.isfinite(sum(probs)):
+            return False
+    return True
+
+
+def _learns_by_coin(data: bytes) -> bool:
+    """Whether a serialized model learns by coin betting, read from the options in its header
+    (`` --cb_adf --cb_explore_adf ... --coin ...``, NUL-terminated, before any weight)."""
+    start = data.find(b" --")
+    end = data.find(b"\x00", start)
+    return start >= 0 and end > start and b"--coin" in data[start:end].split()

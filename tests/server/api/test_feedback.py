@@ -98,15 +98,19 @@ def test_join_window_default_reward_and_late_rewards(make_server: object, db_url
     assert (stats.rewards_late, stats.joined, stats.joined_default) == (1, 2, 1)
 
 
-def _teach_music(server: ServerThread, policy: str) -> None:
-    """1,000 decisions for fans, rewarded 1 when they got music; then music must be the greedy action."""
+def _teach_music(server: ServerThread, policy: str, score: float = 0.0) -> None:
+    """1,000 decisions for fans, rewarded 1 when they got music; then music must be the greedy
+    action. With ``score``, the context also has a number of about that size (its sign random)."""
     dec, fb = _stubs(server)
-    ctx = {"user": {"segment": "fans"}}
+    ctx: dict[str, dict[str, str | float]] = {"user": {"segment": "fans"}}
     start = time.monotonic()
-    for _ in range(40):
+    for i in range(40):
         events = []
-        for _ in range(25):
+        for j in range(25):
+            if score:
+                ctx["user"]["score"] = score * (1 + j / 25) * (-1) ** (i + j)
             d = dec.Decide(decide_request(policy, ctx))
+            assert all(math.isfinite(p.probability) for p in d.probabilities), (i, j, d.probabilities)
             events.append(reward_event(d.event_id, 1.0 if d.chosen_action_id == "music" else 0.0))
         list(fb.StreamRewards(iter([R.RewardBatch(events=events)])))
     probs = wait_for(lambda: (lambda r: r if max(r, key=r.get) == "music" else None)(
@@ -128,6 +132,24 @@ def test_a_coin_betting_policy_created_over_grpc_learns_as_fast(server: ServerTh
     assert created.spec.optimizer == admin_pb2.OPTIMIZER_COIN
     _teach_music(server, "coin")
     assert admin.GetPolicy(admin_pb2.GetPolicyRequest(name="coin")).spec.optimizer == admin_pb2.OPTIMIZER_COIN
+
+
+@pytest.mark.parametrize("score", [3e-10, 1e-20], ids=["3e-10", "1e-20"])
+def test_a_coin_betting_policy_learns_beside_numbers_too_small_for_coin_betting(server: ServerThread,
+                                                                                score: float) -> None:
+    # VW's coin betting itself answered NaN probabilities within a few events of such a number (277
+    # of 1,000 decisions, found from outside), and tune on such a log failed with INTERNAL.
+    admin = admin_pb2_grpc.AdminServiceStub(server.channel())
+    spec = admin.GetPolicy(admin_pb2.GetPolicyRequest(name="demo")).spec
+    spec.name, spec.optimizer = "coin", admin_pb2.OPTIMIZER_COIN
+    admin.CreatePolicy(admin_pb2.CreatePolicyRequest(spec=spec))
+    _teach_music(server, "coin", score=score)
+    wait_for(lambda: len(rows(server.settings.db_url, "joined", "policy = 'coin'")) >= 1000, timeout=30,
+             what="every decision joined")
+    result = list(admin.TunePolicy(admin_pb2.TunePolicyRequest(name="coin"), timeout=300))[-1].result
+    assert len(result.candidates) == 8
+    assert all(not c.problem and math.isfinite(c.estimate.value) for c in result.candidates), result
+    assert "not estimated" not in result.reason
 
 
 def test_write_queue_bound_gives_resource_exhausted(make_server: object, sqlite_url: str) -> None:

@@ -72,6 +72,31 @@ def test_a_candidate_exploring_less_is_ranked_but_not_recommended() -> None:
     assert "live configuration stays" in alone.reason and "set aside" in alone.reason
 
 
+NOT_ESTIMATED = "its model gave NaN or infinite probabilities at joined event 7 of 20000 (seq 7): it is not estimated"
+
+
+def test_a_candidate_not_estimated_is_ranked_last_and_never_recommended() -> None:
+    # Its replay's model turned NaN or infinite (ope.evaluate): no figures at all.
+    specs = candidate_grid(LIVE)[:3]
+    ok = result([(0.28, 0.0, 0.0), (0.29, 0.01, 0.001), (0.30, 0.02, 0.001)])
+    ok.targets[2] = TargetResult("candidate 2", [], problem=NOT_ESTIMATED)
+    choice = _choose(ok, specs, 0, LIVE, apply=True)
+    assert choice.index == 1 and choice.recommended == specs[1]
+    assert [c.spec for c in choice.ranked] == [specs[1], specs[0], specs[2]]
+    assert choice.ranked[-1].problem == NOT_ESTIMATED and math.isnan(choice.ranked[-1].estimate.value)
+    assert choice.reason.endswith("; 1 candidate not estimated (its replay's model turned NaN or infinite) "
+                                  "ranked last")
+
+    # The live configuration's own replay not estimated: nothing can be compared with it.
+    own = result([(0.28, 0.0, 0.0), (0.29, 0.01, 0.001)])
+    own.targets[0] = TargetResult("candidate 0", [], problem=NOT_ESTIMATED)
+    for target in own.targets[1:]:
+        target.slots[0].versus_baseline.clear()  # evaluate gives no pairing without the baseline
+    kept = _choose(own, specs[:2], 0, LIVE, apply=True)
+    assert kept.index is None and kept.recommended == LIVE
+    assert "the live configuration's own replay was not estimated" in kept.reason
+
+
 def test_family_z_is_one_sided_bonferroni() -> None:
     assert family_z(1) == pytest.approx(1.6448536, abs=1e-6)
     assert family_z(12) == pytest.approx(2.6382573, abs=1e-6)

@@ -11,6 +11,7 @@ import vowpal_wabbit_next as vw
 from ltrr_server.config import PolicySpec
 from ltrr_server.features import SLOT_NAMESPACE
 from ltrr_server.policy.model import PolicyModel
+from tests.helpers import poisoned_coin_model
 
 ACTIONS = ["|A id=a", "|A id=b", "|A id=c", "|A id=d"]
 
@@ -122,3 +123,61 @@ def test_a_cost_past_the_reward_bound_leaves_the_weights_finite(kind: str) -> No
         cost = -1e300 if step == 100 else -float(rng.random() < 0.5)
         model.learn_one(f"shared |user s=u{step % 3} n:{rng.random()!r}", ACTIONS, [(step % 4, cost, 0.25)])
     assert np.isfinite(np.asarray(model._ws.weights())).all()
+
+
+def _poisoned_coin_bytes() -> bytes:
+    return poisoned_coin_model(PolicySpec(name="p", optimizer="coin"), "shared |user s=u0", ACTIONS)
+
+
+@pytest.mark.parametrize("value", ["3e-10", "1e-20", "-7.5e-13"])
+def test_coin_betting_keeps_finite_probabilities_on_tiny_feature_values(value: str) -> None:
+    # VW's own coin betting turns NaN on such values; the model reads them as 0 (and knows it is
+    # coin betting after a round trip through bytes, where the learner's copies come from).
+    poisoned = PolicyModel.from_bytes(_poisoned_coin_bytes(), "cb", "mtr")
+    assert not poisoned.finite() and not np.isfinite(poisoned.predict_one("shared |user s=u0 x:0.5", ACTIONS)[0]).any()
+    original = PolicyModel.create(PolicySpec(name="p", optimizer="coin"))
+    for model in (original, PolicyModel.from_bytes(original.to_bytes(), "cb", "mtr")):
+        assert model.coin
+        rng = random.Random(3)
+        for i in range(300):
+            shared = f"shared |user s=u{i % 3} x:{value} y:{rng.random()!r}"
+            probs = model.predict_one(shared, ACTIONS)[0]
+            assert all(np.isfinite(probs)) and sum(probs) == pytest.approx(1.0), (i, probs)
+            idx = rng.randrange(4)
+            model.learn_one(shared, ACTIONS, [(idx, -float(idx == i % 3), 0.25)])
+        assert model.finite()
+        # It still learned what the other features say: u0's rewarded action is its greedy one.
+        probs = model.predict_one(f"shared |user s=u0 x:{value} y:0.5", ACTIONS)[0]
+        assert probs.index(max(probs)) == 0
+
+
+def test_adagrad_reads_tiny_values_as_they_are() -> None:
+    # AdaGrad learns a feature scaled down to 1e-10 as at 1: its values are not floored.
+    big, tiny = PolicyModel.create(PolicySpec(name="p")), PolicyModel.create(PolicySpec(name="p"))
+    assert not tiny.coin
+    rng = random.Random(4)
+    for _ in range(300):
+        x = rng.uniform(-1, 1)
+        best = 0 if x > 0 else 1
+        idx = rng.randrange(4)
+        big.learn_one(f"shared |user x:{x!r}", ACTIONS, [(idx, -float(idx == best), 0.25)])
+        tiny.learn_one(f"shared |user x:{x * 1e-10!r}", ACTIONS, [(idx, -float(idx == best), 0.25)])
+    for x in (0.8, -0.8):
+        assert (tiny.predict_one(f"shared |user x:{x * 1e-10!r}", ACTIONS)[0]
+                == pytest.approx(big.predict_one(f"shared |user x:{x!r}", ACTIONS)[0], abs=1e-3))
+        probs = tiny.predict_one(f"shared |user x:{x * 1e-10!r}", ACTIONS)[0]
+        assert probs.index(max(probs)) == (0 if x > 0 else 1)
+
+
+def test_a_model_that_turned_non_finite_goes_back_to_the_last_finite_one() -> None:
+    from ltrr_server.learner.state import LearnerState
+
+    good = PolicyModel.create(PolicySpec(name="p", optimizer="coin"))
+    good.learn_one("shared |user s=u0", ACTIONS, [(2, -1.0, 1.0)])
+    state = LearnerState("p", 1, PolicyModel.from_bytes(_poisoned_coin_bytes(), "cb", "mtr"), 0, 3,
+                         last_good=good.to_bytes())
+    assert not state.keep_finite()
+    assert state.model.finite() and state.model.coin
+    probe = "shared |user s=u0 x:0.5"
+    assert state.model.predict_one(probe, ACTIONS) == good.predict_one(probe, ACTIONS)
+    assert state.keep_finite()

@@ -940,7 +940,12 @@ class TargetEvaluation(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     SLOTS_FIELD_NUMBER: _builtins.int
+    PROBLEM_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    problem: _builtins.str
+    """Why the target has no slots (no estimates): its model gave NaN or infinite probabilities,
+    or has NaN or infinite weights.
+    """
     @_builtins.property
     def slots(self) -> _containers.RepeatedCompositeFieldContainer[Global___SlotEvaluation]: ...
     def __init__(
@@ -948,10 +953,11 @@ class TargetEvaluation(_message.Message):
         *,
         name: _builtins.str = ...,
         slots: _abc.Iterable[Global___SlotEvaluation] | None = ...,
+        problem: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "slots", b"slots"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "problem", b"problem", "slots", b"slots"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1073,7 +1079,12 @@ class CandidateEstimate(_message.Message):
     ESTIMATE_FIELD_NUMBER: _builtins.int
     SUPPORT_FIELD_NUMBER: _builtins.int
     VERSUS_LIVE_FIELD_NUMBER: _builtins.int
+    PROBLEM_FIELD_NUMBER: _builtins.int
     support: _builtins.float
+    problem: _builtins.str
+    """Why it has no estimate or versus_live (its replay's model turned NaN or infinite): ranked
+    last and never recommended.
+    """
     @_builtins.property
     def spec(self) -> Global___PolicySpec: ...
     @_builtins.property
@@ -1094,10 +1105,11 @@ class CandidateEstimate(_message.Message):
         estimate: Global___Estimate | None = ...,
         support: _builtins.float = ...,
         versus_live: Global___Estimate | None = ...,
+        problem: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate", "spec", b"spec", "versus_live", b"versus_live"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate", "spec", b"spec", "support", b"support", "versus_live", b"versus_live"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate", "problem", b"problem", "spec", b"spec", "support", b"support", "versus_live", b"versus_live"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
