@@ -222,12 +222,16 @@ def _choose(result: EvaluationResult, specs: list[PolicySpec], own_index: int, c
     set_aside = (f"; {aside} candidate{'s' if aside > 1 else ''} exploring less than the live configuration set "
                  f"aside (replay cannot judge that)") if aside else ""
     if not better:
-        if order[0] == own_index:
-            why = "the best estimate is the policy's own configuration's: the live configuration stays"
+        # The best estimate among the candidates that could be recommended: one set aside for
+        # exploring less may have passed, and quoting its bound would contradict "not clearly better".
+        top_index = next(i for i in order if i == own_index or not explores_less(specs[i], current))
+        if top_index == own_index:
+            best = "the best estimate" if order[0] == own_index else "the best estimate among the rest"
+            why = f"{best} is the policy's own configuration's: the live configuration stays"
         else:
-            top = scored[order[0]].versus_live
+            top = scored[top_index].versus_live
             why = (f"no candidate is clearly better than the live configuration's replay: the best estimate's "
-                   f"difference {top.value:+.4g} has a lower bound of {bound[order[0]]:+.4g} (95% for "
+                   f"difference {top.value:+.4g} has a lower bound of {bound[top_index]:+.4g} (95% for "
                    f"{len(specs) - 1} candidates at once){_events_to_tell(top, z, result.events)}; the live "
                    f"configuration stays")
         return _Choice(ranked, None, current, why + set_aside + not_estimated)

@@ -69,7 +69,14 @@ def test_a_candidate_exploring_less_is_ranked_but_not_recommended() -> None:
 
     alone = _choose(result(rows[:2]), [LIVE, greedier], 0, LIVE, apply=True)
     assert alone.index is None and alone.recommended == LIVE
-    assert "live configuration stays" in alone.reason and "set aside" in alone.reason
+    # Its passing bound is not quoted as the best one that is "not clearly better".
+    assert alone.reason == ("the best estimate among the rest is the policy's own configuration's: the live "
+                            "configuration stays; 1 candidate exploring less than the live configuration set aside "
+                            "(replay cannot judge that)")
+    unclear = _choose(result([*rows[:2], (0.29, 0.01, 0.008)]), [LIVE, greedier, slower], 0, LIVE, apply=True)
+    assert unclear.index is None
+    assert unclear.reason.startswith("no candidate is clearly better than the live configuration's replay: the best "
+                                     "estimate's difference +0.01 has a lower bound of -0.00")
 
 
 NOT_ESTIMATED = "its model gave NaN or infinite probabilities at joined event 7 of 20000 (seq 7): it is not estimated"
