@@ -244,7 +244,7 @@ def test_sigkill_loses_no_answered_decision(tmp_path: Path, db: str, request: py
     assert second.terminate() == 0
 
 
-def test_a_snapshot_with_nan_weights_is_passed_over_and_not_estimated(make_server: object, sqlite_url: str) -> None:
+def test_a_snapshot_with_nan_weights_is_passed_over_and_not_estimated(make_server: object, db_url: str) -> None:
     # A coin-betting model that learned a number too small for it (before features.COIN_MIN_ABS_VALUE)
     # kept NaN weights, and its snapshots with them: after an upgrade the restart must not serve it.
     import sqlalchemy as sa
@@ -256,10 +256,10 @@ def test_a_snapshot_with_nan_weights_is_passed_over_and_not_estimated(make_serve
     from tests.helpers import poisoned_coin_model
 
     spec = demo_policy(exploration="squarecb", interactions=("::", "::A"), optimizer="coin", join_window_seconds=0.3)
-    settings = server_settings(sqlite_url, spec)
+    settings = server_settings(db_url, spec)
     first = make_server(settings)  # type: ignore[operator]
     teach(first.channel(), 300)
-    wait_for(lambda: learned_all(first.channel()) and len(rows(sqlite_url, "joined")) == 300, timeout=30,
+    wait_for(lambda: learned_all(first.channel()) and len(rows(db_url, "joined")) == 300, timeout=30,
              what="every decision joined and learned")
     admin = admin_pb2_grpc.AdminServiceStub(first.channel())
     snap = admin.SnapshotPolicy(admin_pb2.SnapshotPolicyRequest(name="demo"), timeout=60)
@@ -269,7 +269,7 @@ def test_a_snapshot_with_nan_weights_is_passed_over_and_not_estimated(make_serve
     probe = {"user": {"segment": "s0", "x": 0.5}}
     assert not any(math.isfinite(p) for p in PolicyModel.from_bytes(poisoned, "cb", "mtr").predict_one(
         "shared |user segment=s0 x:0.5", lines)[0])
-    engine = create_engine(sqlite_url)
+    engine = create_engine(db_url)
     with engine.begin() as conn:
         assert conn.execute(sa.text("UPDATE snapshots SET model = :m"), {"m": poisoned}).rowcount >= 1
     engine.dispose()
