@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ltrr_server.bounds import ID_CHARS
 from ltrr_server.config import PolicySpec
-from ltrr_server.errors import AlreadyExists, InvalidArgument, NotFound, Overloaded
+from ltrr_server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Overloaded
 from ltrr_server.learner.learner import Learner, LearnerState, SnapshotInfo
 from ltrr_server.learner.restore import LearnerPolicy, restore_state
 from ltrr_server.log.store import EventLogStore
@@ -151,6 +151,9 @@ class PolicyBook:
         lineage = rt.lineage + 1 if reset else rt.lineage
         start = self._next_seq() if reset else rt.lineage_start_seq
         warm_start = warm_start if reset else None
+        if warm_start is not None and not PolicyModel.from_bytes(warm_start, spec.kind, spec.cb_type).finite():
+            raise FailedPrecondition(f"the warm start of policy {spec.name!r} has NaN or infinite weights: it would "
+                                     f"answer NaN probabilities", field="warm_start")
         await asyncio.to_thread(self._store.update_policy, spec, rt.revision + 1, lineage, start, now, warm_start)
         if reset:
             self._install(spec, revision=rt.revision + 1, lineage=lineage, start_seq=start,

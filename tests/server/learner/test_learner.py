@@ -126,3 +126,46 @@ def test_a_learner_given_events_still_writes_its_shutdown_snapshot(make_server: 
     wait_for(lambda: server.core.learner.learned.get("demo", 0) == 20, what="20 events learned")
     server.stop()
     assert [r["trigger"] for r in rows(sqlite_url, "snapshots")] == ["shutdown"]
+
+
+def test_a_model_with_nan_weights_is_never_served_nor_snapshotted(make_server: Any, sqlite_url: str) -> None:
+    # However it got them (here: VW itself, as a coin-betting model that learned a number too small
+    # for it before features.COIN_MIN_ABS_VALUE): no NaN reaches a caller, the log or a new lineage.
+    import dataclasses
+
+    from ltrr_server.errors import FailedPrecondition
+    from ltrr_server.features import action_line
+    from ltrr_server.learner.state import LearnerState
+    from tests.conftest import demo_policy
+    from tests.helpers import poisoned_coin_model
+
+    spec = demo_policy(exploration="squarecb", interactions=("::", "::A"), optimizer="coin")
+    server: ServerThread = make_server(server_settings(sqlite_url, spec))
+    lines = [action_line(a.id, a.features) for a in spec.actions]
+    changed = dataclasses.replace(spec, squarecb_gamma_scale=30.0)  # a new lineage: it takes a warm start
+    with pytest.raises(FailedPrecondition, match="warm start of policy 'demo' has NaN or infinite weights"):
+        server.call(server.core.policies.update(changed, warm_start=poisoned_coin_model(changed, "shared |user "
+                                                                                       "segment=s0", lines)))
+    rt = server.core.policies.get("demo")
+    assert (rt.spec, rt.lineage) == (spec, 1) and rows(sqlite_url, "snapshots") == []
+
+    # Such a model in the decision path (placed there as a publish would) answers no NaN...
+    poisoned = poisoned_coin_model(spec, "shared |user segment=s0", lines)
+    rt.serving = PolicyModel.from_bytes(poisoned, spec.kind, spec.cb_type)
+    ch = server.channel()
+    with pytest.raises(grpc.RpcError) as err:
+        decisions_pb2_grpc.DecisionServiceStub(ch).Decide(decide_request("demo", {"user": {"segment": "s0", "x": 0.5}}))
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "policy 'demo' cannot decide: its model gave NaN or infinite probabilities" in (err.value.details() or "")
+    assert rows(sqlite_url, "decisions") == []
+    # ... and in the learner process it is neither published nor snapshotted, and it says so.
+    server.core.learner.set_state(LearnerState("demo", rt.lineage, PolicyModel.from_bytes(poisoned, spec.kind,
+                                                                                         spec.cb_type), 0, 0))
+    wait_for(lambda: server.registry.get_sample_value("ltrr_models_rejected_total", {"policy": "demo"}) == 1.0,
+             what="ltrr_models_rejected_total{policy=demo} at 1 (its first publish)")
+    with pytest.raises(grpc.RpcError) as err:
+        admin_pb2_grpc.AdminServiceStub(ch).SnapshotPolicy(admin_pb2.SnapshotPolicyRequest(name="demo"), timeout=30)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "policy 'demo' has no finite model to snapshot" in (err.value.details() or "")
+    assert rows(sqlite_url, "snapshots") == []
+    assert server.registry.get_sample_value("ltrr_models_rejected_total", {"policy": "demo"}) == 2.0
