@@ -89,9 +89,10 @@ class PolicyModel:
         """Whether every weight (and every optimizer state beside it) is a finite number: a model
         that is not gives NaN probabilities, and learning never brings it back.
 
-        One dot product of the weights with themselves answers it in a pass over memory (0.04 ms
-        for 2^18 weights, 3 ms for 2^24, against 1 and 60 ms to serialize them): it is finite when
-        every weight is, and NaN or infinite when one is not. Only a finite model whose squared
+        One dot product of the weights with themselves answers it in a pass over memory (after
+        2,000 learned events: 0.13 ms for 2^18 weights, 0.26 ms with coin betting's state, 4.5 ms
+        for 2^24, against 1.1, 1.7 and 58 ms to serialize them for the publish it precedes): it is
+        finite when every weight is, and NaN or infinite when one is not. Only a finite model whose squared
         norm overflows float32 needs the second, exact look.
 
         >>> from ltrr_server.config import PolicySpec
