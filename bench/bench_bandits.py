@@ -4,7 +4,7 @@ the oracle, per window and over the last quarter of each run; a table and a plot
 
     python -m bench.bench_bandits [--problems logistic10,digits] [--seeds 3] [--first-seed 1]
                                   [--streams 1] [--candidates default,epsilon]
-                                  [--scale 1.0] [--plot bench/out/bandits.png]
+                                  [--scale 1.0] [--reward-unit 1.0] [--plot bench/out/bandits.png]
 
 All candidates of a problem run in one server, side by side on the same stream of contexts:
 each event is decided by every candidate's policy, and each is rewarded by its own draw. Each
@@ -15,6 +15,10 @@ uniform's regret, more than most settings differ.
 
 A candidate is a policy spec's learning fields as TOML; ``default`` sets none of them, so it is
 what a policy gets when its spec says nothing.
+
+``--reward-unit U`` reports every click as a reward of U instead of 1 (revenue, dwell seconds),
+and adds the candidate ``scaled``: the default told ``reward_scale = U``. Regret is measured on
+the clicks' probabilities, so the figures compare with the suite's own.
 """
 
 from __future__ import annotations
@@ -112,7 +116,7 @@ class RunResult:
 async def run_problem(problem: Problem, seed: int, candidates: dict[str, str], scale: float = 1.0,
                       windows: int = 10, progress: bool = True,
                       before_stop: Callable[[LtrrProcess], Awaitable[None]] | None = None,
-                      stream: int = 0) -> RunResult:
+                      stream: int = 0, reward_unit: float = 1.0) -> RunResult:
     """One run of world ``seed``, its rewards drawn by reward stream ``stream`` (0: the suite's own,
     as every run before streams existed); ``before_stop`` is given the server once every reward is
     sent (to ask it more)."""
@@ -157,7 +161,7 @@ async def run_problem(problem: Problem, seed: int, candidates: dict[str, str], s
                         if t >= tail_from:
                             tallies[n].tail += regret
                         if rng.random() >= problem.missing:
-                            value = 1.0 if rng.random() < expected[a] else 0.0
+                            value = reward_unit if rng.random() < expected[a] else 0.0
                             pending.append((t + delay, reward_event(resp.event_id, value, oracle_best=best,
                                                                     oracle_chosen=float(expected[a]))))
                 due = []
@@ -278,6 +282,8 @@ def main() -> None:
     p.add_argument("--streams", type=int, default=1,
                    help="reward streams per seed; a seed's figure is their mean (1: the suite's own stream)")
     p.add_argument("--scale", type=float, default=1.0, help="share of each problem's events to run")
+    p.add_argument("--reward-unit", type=float, default=1.0,
+                   help="a click's reward (1: the suite's own); adds the candidate `scaled`, told reward_scale")
     p.add_argument("--plot", default=str(OUT / "bandits.png"))
     p.add_argument("--check", type=float, default=None, metavar="RATIO",
                    help="exit 1 unless, in every run, the default's tail regret is at most RATIO of "
@@ -286,18 +292,20 @@ def main() -> None:
     names = a.candidates.split(",")
     if a.check is not None and "default" not in names:
         p.error("--check judges the default candidate: include it in --candidates")
-    candidates = {n: CANDIDATES[n] for n in names}
+    catalog = CANDIDATES | {"scaled": f"reward_scale = {a.reward_unit!r}"}
+    candidates = {n: catalog[n] for n in names}
     results = []
     for problem in a.problems.split(","):
         for seed in range(a.first_seed, a.first_seed + a.seeds):
             for stream in range(a.streams):
                 results.append(asyncio.run(run_problem(PROBLEMS[problem], seed, candidates, a.scale,
-                                                       stream=stream)))
+                                                       stream=stream, reward_unit=a.reward_unit)))
     table = summarize(results, names)
     print_table(table, names)
     OUT.mkdir(parents=True, exist_ok=True)
     plot(results, names, a.plot)
-    save("bandits", {"scale": a.scale, "seeds": a.seeds, "streams": a.streams, "candidates": candidates,
+    save("bandits", {"scale": a.scale, "reward_unit": a.reward_unit, "seeds": a.seeds, "streams": a.streams,
+                     "candidates": candidates,
                      "table": table,
                      "seconds": round(sum(r.seconds for r in results), 1)})
     if a.check is not None:

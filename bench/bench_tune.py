@@ -38,7 +38,7 @@ def toml_of(spec: admin_pb2.PolicySpec) -> str:
     return (f'exploration = "{enum_text(spec, "exploration")}"\nepsilon = {spec.epsilon!r}\n'
             f"squarecb_gamma_scale = {spec.squarecb_gamma_scale!r}\nlearning_rate = {spec.learning_rate!r}\n"
             f'power_t = {spec.power_t!r}\ninteractions = [{interactions}]\ncb_type = "{enum_text(spec, "cb_type")}"\n'
-            f'optimizer = "{enum_text(spec, "optimizer")}"')
+            f'optimizer = "{enum_text(spec, "optimizer")}"\nreward_scale = {spec.reward_scale or 1.0!r}')
 
 
 async def tune_logged(server: LtrrProcess, out: dict[str, Any]) -> None:

@@ -244,6 +244,7 @@ BOUNDS: dict[str, Bound] = {
     "ltrr.v1.PolicySpec.cb_type": Enum(),
     "ltrr.v1.PolicySpec.optimizer": Enum(),
     "ltrr.v1.PolicySpec.retention_days": Number(0, MAX_RETENTION_DAYS),
+    "ltrr.v1.PolicySpec.reward_scale": Number(0, MAX_ABS_REWARD),
     # counterfactual evaluation, tuning, import and export
     "ltrr.v1.EvaluatePolicyRequest.name": _ID,
     "ltrr.v1.EvaluatePolicyRequest.targets": Items("limits.max_evaluation_targets"),

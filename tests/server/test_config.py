@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import pytest
@@ -184,6 +185,21 @@ def test_a_spec_stored_before_power_t_keeps_its_vw_arguments() -> None:
 def test_cb_type_must_be_one_vw_names() -> None:
     with pytest.raises(InvalidArgument, match=r"spec\.cb_type"):
         PolicySpec(name="p", cb_type="ips")
+
+
+def test_reward_scale_is_a_learning_parameter_and_round_trips() -> None:
+    from ltrr.v1 import admin_pb2
+    from ltrr_server.api.convert import spec_from_proto, spec_to_proto
+
+    revenue = PolicySpec(name="p", reward_scale=100.0)
+    assert revenue.learning_params() != PolicySpec(name="p").learning_params()  # a change starts a new lineage
+    assert settings_from_toml('[[policies]]\nname = "p"\nreward_scale = 100.0\n').policies[0] == revenue
+    said = spec_from_proto(admin_pb2.PolicySpec(name="p", reward_scale=100.0), Limits())
+    assert said == revenue and spec_from_proto(spec_to_proto(said), Limits()) == said
+    assert spec_from_proto(admin_pb2.PolicySpec(name="p"), Limits()).reward_scale == 1.0  # unset: 1
+    for bad in (0.0, -1.0, math.nan, math.inf, 1e7):
+        with pytest.raises(InvalidArgument, match=r"spec\.reward_scale"):
+            PolicySpec(name="p", reward_scale=bad)
 
 
 def test_a_coin_betting_spec_has_no_learning_rate_or_decay() -> None:

@@ -213,6 +213,8 @@ def describe(spec: admin_pb2.PolicySpec) -> str:
     else:
         parts += [f"learning_rate={spec.learning_rate:g}", f"power_t={spec.power_t:g}"]
     parts += [f"cb_type={enum_text(spec, 'cb_type')}", "interactions=" + "+".join(spec.interactions)]
+    if spec.reward_scale not in (0.0, 1.0):  # unset or 1: rewards learned as they come
+        parts.append(f"reward_scale={spec.reward_scale:g}")
     return ",".join(parts)
 
 

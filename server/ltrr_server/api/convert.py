@@ -149,6 +149,7 @@ def spec_from_proto(s: admin_pb2.PolicySpec, limits: Limits) -> PolicySpec:
         power_t=s.power_t if s.HasField("power_t") else defaults.power_t,
         cb_type=_CB_TYPES.get(s.cb_type, defaults.cb_type),
         optimizer=_OPTIMIZERS.get(s.optimizer, defaults.optimizer),
+        reward_scale=s.reward_scale or defaults.reward_scale,
         mode=_MODES.get(s.mode, defaults.mode),
         retention_days=s.retention_days,
     )
@@ -170,7 +171,7 @@ def spec_to_proto(spec: PolicySpec) -> admin_pb2.PolicySpec:
         aggregation=aggs[spec.aggregation], slots=spec.slots, description=spec.description, bits=spec.bits,
         learning_rate=spec.learning_rate, power_t=spec.power_t, mode=modes[spec.mode],
         retention_days=spec.retention_days, cb_type=cb_types[spec.cb_type],
-        optimizer=optimizers[spec.optimizer],
+        optimizer=optimizers[spec.optimizer], reward_scale=spec.reward_scale,
     )
 
 

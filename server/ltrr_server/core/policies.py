@@ -168,7 +168,7 @@ class PolicyBook:
     def _install(self, spec: PolicySpec, revision: int, lineage: int, start_seq: int, created_at: float,
                  now: float, model_data: bytes | None = None) -> None:
         model = (PolicyModel.create(spec) if model_data is None
-                 else PolicyModel.from_bytes(model_data, spec.kind, spec.cb_type))
+                 else PolicyModel.from_bytes(model_data, spec.kind, spec.cb_type, spec.reward_scale))
         old = self.policies.get(spec.name)
         rt = PolicyRuntime(
             spec=spec, revision=revision, lineage=lineage, lineage_start_seq=start_seq, created_at=created_at,

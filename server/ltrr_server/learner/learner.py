@@ -142,8 +142,8 @@ class Learner:
             current = self._current
             if current is not None and (self.alive or current.process is None):  # running, or restarting
                 self._give(current, SetState(state.policy, state.lineage, state.model.kind, state.model.cb_type,
-                                             state.model.to_bytes(),
-                                             state.last_seq, state.version))
+                                             state.model.to_bytes(), state.last_seq, state.version,
+                                             reward_scale=state.model.reward_scale))
             # Otherwise the restart rebuilds the new lineage from the policies it is given.
 
     def drain_before_start(self) -> None:
@@ -169,7 +169,7 @@ class Learner:
 
     def start(self) -> None:
         states = [SetState(s.policy, s.lineage, s.model.kind, s.model.cb_type, s.model.to_bytes(), s.last_seq,
-                           s.version, s.learned, s.unsnapshotted) for s in self._states.values()]
+                           s.version, s.learned, s.unsnapshotted, s.model.reward_scale) for s in self._states.values()]
         proc = self._spawn(worker.WorkerStart(states=states))
         proc.idle = not any(s.unsnapshotted for s in self._states.values())
         self._states.clear()

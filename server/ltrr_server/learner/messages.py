@@ -54,6 +54,8 @@ class SetState:
     # Joined events learned, and learned since the last snapshot (the restored ones' counts).
     learned: int = 0
     unsnapshotted: int = 0
+    # What the model learns is cost / reward_scale (config.PolicySpec.reward_scale).
+    reward_scale: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,7 +73,7 @@ def restore_state(store: EventLogStore, policy: LearnerPolicy, until_seq: int | 
     start_seq = policy.lineage_start_seq
     snap = store.latest_snapshot(spec.name, policy.lineage)
     if snap is not None:
-        model = PolicyModel.from_bytes(snap["model"], spec.kind, spec.cb_type)
+        model = PolicyModel.from_bytes(snap["model"], spec.kind, spec.cb_type, spec.reward_scale)
         last_seq, version = int(snap["last_joined_seq"]), int(snap["model_version"])
         settled = float(snap["created_at"]) - spec.join_window_seconds - 60.0
         if not model.finite():

@@ -39,7 +39,8 @@ SlotLabel = tuple[int, float, float]
 class PolicyModel:
     """A contextual-bandit model: cb (one slot) or ccb (several slots of distinct actions)."""
 
-    def __init__(self, workspace: vw.Workspace[Any], kind: str, cb_type: str, coin: bool = False) -> None:
+    def __init__(self, workspace: vw.Workspace[Any], kind: str, cb_type: str, coin: bool = False,
+                 reward_scale: float = 1.0) -> None:
         self._ws = workspace
         self._parser = vw.TextFormatParser(workspace)
         self.kind = kind
@@ -51,6 +52,8 @@ class PolicyModel:
         # its lines have them written as 0. ``coin`` is in the model's own options, so a model
         # read back from bytes knows it too.
         self.coin = coin
+        # Not in the model's bytes either: it learns cost / reward_scale (config.PolicySpec.reward_scale).
+        self.reward_scale = reward_scale
         # The decision path calls the extension module under the public wrapper: the wrapper's
         # per-call label checks and Example objects cost twice the prediction itself (~7 us of
         # ~11), and every example here comes from this workspace's own parser. Pinned to
@@ -62,7 +65,8 @@ class PolicyModel:
 
     @classmethod
     def create(cls, spec: PolicySpec) -> PolicyModel:
-        return cls(vw.Workspace(spec.vw_args()), spec.kind, spec.cb_type, coin=spec.optimizer == "coin")
+        return cls(vw.Workspace(spec.vw_args()), spec.kind, spec.cb_type, coin=spec.optimizer == "coin",
+                   reward_scale=spec.reward_scale)
 
     @classmethod
     def reward_regression(cls, interactions: Sequence[str]) -> PolicyModel:
@@ -75,15 +79,16 @@ class PolicyModel:
         return cls(vw.Workspace(args), "cb", "dm")
 
     @classmethod
-    def from_bytes(cls, data: bytes, kind: str, cb_type: str) -> PolicyModel:
-        return cls(vw.Workspace(["--quiet"], model_data=data), kind, cb_type, coin=_learns_by_coin(data))
+    def from_bytes(cls, data: bytes, kind: str, cb_type: str, reward_scale: float = 1.0) -> PolicyModel:
+        return cls(vw.Workspace(["--quiet"], model_data=data), kind, cb_type, coin=_learns_by_coin(data),
+                   reward_scale=reward_scale)
 
     def to_bytes(self) -> bytes:
         return bytes(self._ws.serialize())
 
     def copy(self) -> PolicyModel:
         """An independent model with the same weights (for another thread or process to use)."""
-        return PolicyModel.from_bytes(self.to_bytes(), self.kind, self.cb_type)
+        return PolicyModel.from_bytes(self.to_bytes(), self.kind, self.cb_type, self.reward_scale)
 
     def finite(self) -> bool:
         """Whether every weight (and every optimizer state beside it) is a finite number: a model
@@ -111,7 +116,8 @@ class PolicyModel:
         parse = self._parse_raw
         # Rewards past bounds.MAX_ABS_REWARD are refused, but a log written before that bound may
         # hold one, and its cost would overflow the model's weights for good.
-        labels = [(idx, min(max(cost, -MAX_ABS_REWARD), MAX_ABS_REWARD), prob if self._weighted else 1.0)
+        scale = self.reward_scale
+        labels = [(idx, min(max(cost / scale, -MAX_ABS_REWARD), MAX_ABS_REWARD), prob if self._weighted else 1.0)
                   for idx, cost, prob in labels]
         if self.kind == "cb":
             idx, cost, prob = labels[0]

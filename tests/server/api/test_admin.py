@@ -51,9 +51,12 @@ def test_create_describe_list_and_decide_multi_slot(server: ServerThread) -> Non
     (admin_pb2.PolicySpec(name="p", bits=40), "spec.bits"),
     (admin_pb2.PolicySpec(name="p", cb_type=7), "spec.cb_type"),  # type: ignore[arg-type]
     (admin_pb2.PolicySpec(name="p", optimizer=7), "spec.optimizer"),  # type: ignore[arg-type]
+    (admin_pb2.PolicySpec(name="p", reward_scale=-1.0), "spec.reward_scale"),
+    (admin_pb2.PolicySpec(name="p", reward_scale=float("inf")), "spec.reward_scale"),
+    (admin_pb2.PolicySpec(name="p", reward_scale=2e6), "spec.reward_scale"),
     (admin_pb2.PolicySpec(name="demo"), "spec.name"),
 ], ids=["name", "epsilon", "interaction", "duplicate action", "window", "NaN default", "cb slots", "bits",
-        "cb_type", "optimizer", "exists"])
+        "cb_type", "optimizer", "negative reward scale", "infinite reward scale", "reward scale too large", "exists"])
 def test_invalid_policy_specs_name_the_field(server: ServerThread, spec: admin_pb2.PolicySpec, field: str) -> None:
     with pytest.raises(grpc.RpcError) as err:
         admin(server).CreatePolicy(admin_pb2.CreatePolicyRequest(spec=spec))

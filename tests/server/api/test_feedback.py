@@ -98,9 +98,9 @@ def test_join_window_default_reward_and_late_rewards(make_server: object, db_url
     assert (stats.rewards_late, stats.joined, stats.joined_default) == (1, 2, 1)
 
 
-def _teach_music(server: ServerThread, policy: str, score: float = 0.0) -> None:
-    """1,000 decisions for fans, rewarded 1 when they got music; then music must be the greedy
-    action. With ``score``, the context also has a number of about that size (its sign random)."""
+def _teach_music(server: ServerThread, policy: str, score: float = 0.0, reward: float = 1.0) -> None:
+    """1,000 decisions for fans, rewarded ``reward`` when they got music; then music must be the
+    greedy action. With ``score``, the context also has a number of about that size (its sign random)."""
     dec, fb = _stubs(server)
     ctx: dict[str, dict[str, str | float]] = {"user": {"segment": "fans"}}
     start = time.monotonic()
@@ -111,7 +111,7 @@ def _teach_music(server: ServerThread, policy: str, score: float = 0.0) -> None:
                 ctx["user"]["score"] = score * (1 + j / 25) * (-1) ** (i + j)
             d = dec.Decide(decide_request(policy, ctx))
             assert all(math.isfinite(p.probability) for p in d.probabilities), (i, j, d.probabilities)
-            events.append(reward_event(d.event_id, 1.0 if d.chosen_action_id == "music" else 0.0))
+            events.append(reward_event(d.event_id, reward if d.chosen_action_id == "music" else 0.0))
         list(fb.StreamRewards(iter([R.RewardBatch(events=events)])))
     probs = wait_for(lambda: (lambda r: r if max(r, key=r.get) == "music" else None)(
         {p.action_id: p.probability for p in dec.Decide(decide_request(policy, ctx)).probabilities}),
@@ -132,6 +132,36 @@ def test_a_coin_betting_policy_created_over_grpc_learns_as_fast(server: ServerTh
     assert created.spec.optimizer == admin_pb2.OPTIMIZER_COIN
     _teach_music(server, "coin")
     assert admin.GetPolicy(admin_pb2.GetPolicyRequest(name="coin")).spec.optimizer == admin_pb2.OPTIMIZER_COIN
+
+
+def test_a_policy_given_its_reward_scale_learns_revenue_as_fast(server: ServerThread) -> None:
+    admin = admin_pb2_grpc.AdminServiceStub(server.channel())
+    spec = admin.GetPolicy(admin_pb2.GetPolicyRequest(name="demo")).spec
+    spec.name, spec.reward_scale = "revenue", 250.0
+    assert admin.CreatePolicy(admin_pb2.CreatePolicyRequest(spec=spec)).spec.reward_scale == 250.0
+    _teach_music(server, "revenue", reward=250.0)
+    # The log and the policy's window keep the rewards as they came.
+    assert max(r["reward"] for r in rows(server.settings.db_url, "joined", "policy = 'revenue'")) == 250.0
+    stats = admin.GetPolicyStats(admin_pb2.GetPolicyStatsRequest(name="revenue"))
+    assert stats.mean_reward > 1.0
+    # The learner process learned every reward divided by 250: its snapshot is, byte for byte, a
+    # model of that spec taught the log's joined events.
+    from ltrr_server.learner.restore import event_from_rows
+    from ltrr_server.log.db import create_engine
+    from ltrr_server.log.store import EventLogStore
+    from ltrr_server.policy.model import PolicyModel
+
+    wait_for(lambda: (s := admin.GetPolicyStats(admin_pb2.GetPolicyStatsRequest(name="revenue"))).learned == s.joined
+             and s.learner_lag_events == 0, what="every joined event learned")
+    admin.SnapshotPolicy(admin_pb2.SnapshotPolicyRequest(name="revenue"))
+    [snapshot] = rows(server.settings.db_url, "snapshots", "policy = 'revenue'")
+    fresh = PolicyModel.create(server.core.policies.get("revenue").spec)
+    engine = create_engine(server.settings.db_url)
+    for row in EventLogStore(engine).joined_after("revenue", 0):
+        ev = event_from_rows(row, "revenue")
+        fresh.learn_one(ev.shared, ev.actions, [(i, -ev.reward, p) for i, p in ev.chosen])
+    engine.dispose()
+    assert fresh.to_bytes() == snapshot["model"]
 
 
 @pytest.mark.parametrize("score", [3e-10, 1e-20], ids=["3e-10", "1e-20"])

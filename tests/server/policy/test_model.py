@@ -125,6 +125,31 @@ def test_a_cost_past_the_reward_bound_leaves_the_weights_finite(kind: str) -> No
     assert np.isfinite(np.asarray(model._ws.weights())).all()
 
 
+@pytest.mark.parametrize("optimizer", ["adagrad", "coin"])
+def test_a_reward_scale_learns_scaled_rewards_as_rewards_of_one(optimizer: str) -> None:
+    # Revenue of 0 or 250 with reward_scale 250 is learned exactly as clicks of 0 or 1: the same
+    # probabilities, also after a round trip through bytes with the scale given again (the
+    # learner's copies and restores), while unscaled revenue learns another model.
+    clicks = PolicyModel.create(PolicySpec(name="p", optimizer=optimizer))
+    revenue = PolicyModel.create(PolicySpec(name="p", optimizer=optimizer, reward_scale=250.0))
+    unscaled = PolicyModel.create(PolicySpec(name="p", optimizer=optimizer))
+    rng = random.Random(5)
+    for i in range(300):
+        shared, idx = f"shared |user s=u{i % 3}", rng.randrange(4)
+        click = float(idx == i % 3 and rng.random() < 0.7)
+        clicks.learn_one(shared, ACTIONS, [(idx, -click, 0.25)])
+        revenue.learn_one(shared, ACTIONS, [(idx, -250.0 * click, 0.25)])
+        unscaled.learn_one(shared, ACTIONS, [(idx, -250.0 * click, 0.25)])
+        if i == 150:
+            revenue = PolicyModel.from_bytes(revenue.to_bytes(), "cb", "dm", revenue.reward_scale)
+            assert revenue.copy().reward_scale == 250.0
+    for u in range(3):
+        shared = f"shared |user s=u{u}"
+        assert revenue.predict_one(shared, ACTIONS) == clicks.predict_one(shared, ACTIONS)
+    assert any(unscaled.predict_one(f"shared |user s=u{u}", ACTIONS) != clicks.predict_one(f"shared |user s=u{u}",
+                                                                                          ACTIONS) for u in range(3))
+
+
 def _poisoned_coin_bytes() -> bytes:
     return poisoned_coin_model(PolicySpec(name="p", optimizer="coin"), "shared |user s=u0", ACTIONS)
 

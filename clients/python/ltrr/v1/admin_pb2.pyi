@@ -233,6 +233,7 @@ class PolicySpec(_message.Message):
     RETENTION_DAYS_FIELD_NUMBER: _builtins.int
     CB_TYPE_FIELD_NUMBER: _builtins.int
     OPTIMIZER_FIELD_NUMBER: _builtins.int
+    REWARD_SCALE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     kind: Global___PolicyKind.ValueType
     exploration: Global___Exploration.ValueType
@@ -273,6 +274,12 @@ class PolicySpec(_message.Message):
     """How the reward regression's weights move (unset: adagrad). A learning parameter: a change
     starts a new lineage.
     """
+    reward_scale: _builtins.float
+    """What the model learns is reward / reward_scale (unset or 0: 1): the size of a large reward,
+    so that it learns rewards of about 1 as VW's defaults expect (revenue, dwell seconds). The
+    log and evaluation keep rewards as they came. A learning parameter: a change starts a new
+    lineage.
+    """
     @_builtins.property
     def interactions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Namespace-initial pairs or triples, as VW -q / --cubic ("uA"; ":" stands for any namespace).
@@ -307,10 +314,11 @@ class PolicySpec(_message.Message):
         retention_days: _builtins.float = ...,
         cb_type: Global___CbType.ValueType = ...,
         optimizer: Global___Optimizer.ValueType = ...,
+        reward_scale: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_epsilon", b"_epsilon", "_power_t", b"_power_t", "epsilon", b"epsilon", "power_t", b"power_t"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_epsilon", b"_epsilon", "_power_t", b"_power_t", "actions", b"actions", "aggregation", b"aggregation", "bits", b"bits", "cb_type", b"cb_type", "default_reward", b"default_reward", "description", b"description", "ensemble_size", b"ensemble_size", "epsilon", b"epsilon", "exploration", b"exploration", "interactions", b"interactions", "join_window_seconds", b"join_window_seconds", "kind", b"kind", "learning_rate", b"learning_rate", "mode", b"mode", "name", b"name", "optimizer", b"optimizer", "power_t", b"power_t", "retention_days", b"retention_days", "slots", b"slots", "softmax_lambda", b"softmax_lambda", "squarecb_gamma_scale", b"squarecb_gamma_scale"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_epsilon", b"_epsilon", "_power_t", b"_power_t", "actions", b"actions", "aggregation", b"aggregation", "bits", b"bits", "cb_type", b"cb_type", "default_reward", b"default_reward", "description", b"description", "ensemble_size", b"ensemble_size", "epsilon", b"epsilon", "exploration", b"exploration", "interactions", b"interactions", "join_window_seconds", b"join_window_seconds", "kind", b"kind", "learning_rate", b"learning_rate", "mode", b"mode", "name", b"name", "optimizer", b"optimizer", "power_t", b"power_t", "retention_days", b"retention_days", "reward_scale", b"reward_scale", "slots", b"slots", "softmax_lambda", b"softmax_lambda", "squarecb_gamma_scale", b"squarecb_gamma_scale"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__epsilon: _TypeAlias = _typing.Literal["epsilon"]  # noqa: Y015
     _WhichOneofArgType__epsilon: _TypeAlias = _typing.Literal["_epsilon", b"_epsilon"]  # noqa: Y015
