@@ -265,6 +265,9 @@ class Rewards:
             if rt.window_batch:
                 rt.window.add_many(rt.window_batch)
                 rt.window_batch = []
+                if advice := rt.reward_scale_advice():
+                    log.warning("policy %s: %s; the model learns best from rewards of about 1 (README: reward_scale)",
+                                rt.spec.name, advice)
         self._learner.put_many(self._joined_events)
         self._joined_events = []
         counts, self._joined_counts = self._joined_counts, {}
@@ -316,6 +319,9 @@ class Rewards:
                 self._metrics.child(self._metrics.true_regret, ev.policy).inc(max(regret, 0.0))
             idx, prob = ev.chosen[0]
             rt.window_batch.append((ev.action_ids[idx], prob, ev.reward, ev.explored, regret))
+            if ev.reward:
+                rt.nonzero_rewards += 1
+                rt.nonzero_reward_sum += abs(ev.reward)
 
     def recover(self, rt: PolicyRuntime, since: float) -> int:
         """Decisions whose join was not written before a stop: join them now, or wait again."""

@@ -74,6 +74,11 @@ class PolicyRuntime:
     enqueued: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     true_regret_total: float = 0.0
+    # Of this lineage's learned rewards that are not 0: their count and the sum of their sizes
+    # (check_reward_scale), and whether it has said so already.
+    nonzero_rewards: int = 0
+    nonzero_reward_sum: float = 0.0
+    reward_scale_told: bool = False
     last_lag_seconds: float = 0.0
 
     def __post_init__(self) -> None:
@@ -87,3 +92,25 @@ class PolicyRuntime:
 
     def count(self, key: str, n: int = 1) -> None:
         self.counts[key] = self.counts.get(key, 0) + n
+
+    def reward_scale_advice(self, min_rewards: int = 200, factor: float = 10.0) -> str:
+        """Once per lineage, after ``min_rewards`` rewards other than 0: advice when their typical
+        size is ``factor`` or more away from the spec's reward_scale, which the model learns best
+        near 1 (config.PolicySpec.reward_scale); '' otherwise.
+
+        >>> rt = PolicyRuntime(PolicySpec(name="p"), 1, 1, 1, 0.0, 0.0, None, 0, None)
+        >>> rt.nonzero_rewards, rt.nonzero_reward_sum = 200, 200 * 37.5
+        >>> rt.reward_scale_advice()
+        'its rewards other than 0 are 37.5 on average, learned as 37.5 (reward_scale 1): set reward_scale to about 37.5'
+        >>> rt.reward_scale_advice()  # said once
+        ''
+        """
+        if self.reward_scale_told or self.nonzero_rewards < min_rewards:
+            return ""
+        typical = self.nonzero_reward_sum / self.nonzero_rewards
+        scale = self.spec.reward_scale
+        if 1 / factor < typical / scale < factor:
+            return ""
+        self.reward_scale_told = True
+        return (f"its rewards other than 0 are {typical:.3g} on average, learned as {typical / scale:.3g} "
+                f"(reward_scale {scale:g}): set reward_scale to about {typical:.3g}")

@@ -134,7 +134,21 @@ def test_a_coin_betting_policy_created_over_grpc_learns_as_fast(server: ServerTh
     assert admin.GetPolicy(admin_pb2.GetPolicyRequest(name="coin")).spec.optimizer == admin_pb2.OPTIMIZER_COIN
 
 
-def test_a_policy_given_its_reward_scale_learns_revenue_as_fast(server: ServerThread) -> None:
+def test_rewards_far_from_the_reward_scale_are_said_once(server: ServerThread,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    dec, fb = _stubs(server)
+    for _ in range(3):
+        events = [reward_event(dec.Decide(decide_request("demo")).event_id, 40.0 if i % 2 else 0.0)
+                  for i in range(200)]
+        list(fb.StreamRewards(iter([R.RewardBatch(events=events)])))
+    advice = ("policy demo: its rewards other than 0 are 40 on average, learned as 40 (reward_scale 1): set "
+              "reward_scale to about 40; the model learns best from rewards of about 1 (README: reward_scale)")
+    wait_for(lambda: advice in caplog.messages, what="the advice in the log")
+    assert caplog.messages.count(advice) == 1
+
+
+def test_a_policy_given_its_reward_scale_learns_revenue_as_fast(server: ServerThread,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
     admin = admin_pb2_grpc.AdminServiceStub(server.channel())
     spec = admin.GetPolicy(admin_pb2.GetPolicyRequest(name="demo")).spec
     spec.name, spec.reward_scale = "revenue", 250.0
@@ -162,6 +176,7 @@ def test_a_policy_given_its_reward_scale_learns_revenue_as_fast(server: ServerTh
         fresh.learn_one(ev.shared, ev.actions, [(i, -ev.reward, p) for i, p in ev.chosen])
     engine.dispose()
     assert fresh.to_bytes() == snapshot["model"]
+    assert not [m for m in caplog.messages if "set reward_scale" in m]  # told, so nothing to say
 
 
 @pytest.mark.parametrize("score", [3e-10, 1e-20], ids=["3e-10", "1e-20"])
