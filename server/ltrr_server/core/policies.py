@@ -151,13 +151,15 @@ class PolicyBook:
         lineage = rt.lineage + 1 if reset else rt.lineage
         start = self._next_seq() if reset else rt.lineage_start_seq
         warm_start = warm_start if reset else None
-        if warm_start is not None and not PolicyModel.from_bytes(warm_start, spec.kind, spec.cb_type).finite():
+        warm = (None if warm_start is None
+                else PolicyModel.from_bytes(warm_start, spec.kind, spec.cb_type, spec.reward_scale))
+        if warm is not None and not warm.finite():
             raise FailedPrecondition(f"the warm start of policy {spec.name!r} has NaN or infinite weights: it would "
                                      f"answer NaN probabilities", field="warm_start")
         await asyncio.to_thread(self._store.update_policy, spec, rt.revision + 1, lineage, start, now, warm_start)
         if reset:
             self._install(spec, revision=rt.revision + 1, lineage=lineage, start_seq=start,
-                          created_at=rt.created_at, now=now, model_data=warm_start)
+                          created_at=rt.created_at, now=now, model=warm)
         else:
             rt.spec = spec
             rt.revision += 1
@@ -166,9 +168,8 @@ class PolicyBook:
         return self.get_info(spec.name), reset
 
     def _install(self, spec: PolicySpec, revision: int, lineage: int, start_seq: int, created_at: float,
-                 now: float, model_data: bytes | None = None) -> None:
-        model = (PolicyModel.create(spec) if model_data is None
-                 else PolicyModel.from_bytes(model_data, spec.kind, spec.cb_type, spec.reward_scale))
+                 now: float, model: PolicyModel | None = None) -> None:
+        model = PolicyModel.create(spec) if model is None else model
         old = self.policies.get(spec.name)
         rt = PolicyRuntime(
             spec=spec, revision=revision, lineage=lineage, lineage_start_seq=start_seq, created_at=created_at,

@@ -85,7 +85,7 @@ def restore_state(store: EventLogStore, policy: LearnerPolicy, until_seq: int | 
     if snap is None:
         model, last_seq, version, settled = PolicyModel.create(spec), start_seq - 1, 0, 0.0
     state = LearnerState(spec.name, policy.lineage, model, last_seq, version, last_snapshot_at=time.time(),
-                         last_good=model.to_bytes())
+                         last_good=snap["model"] if snap is not None else model.to_bytes())
     replayed = 0
     t0 = time.perf_counter()
     for ev in store.joined_after(spec.name, max(last_seq, start_seq - 1)):
