@@ -255,7 +255,9 @@ def test_a_snapshot_with_nan_weights_is_passed_over_and_not_estimated(make_serve
     from tests.conftest import demo_policy
     from tests.helpers import poisoned_coin_model
 
-    spec = demo_policy(exploration="squarecb", interactions=("::", "::A"), optimizer="coin", join_window_seconds=0.3)
+    # Joined at each first reward (teach() sends them all after its decisions): a window that
+    # closes sooner would join them with the default reward first, and theirs would be late.
+    spec = demo_policy(exploration="squarecb", interactions=("::", "::A"), optimizer="coin", join_window_seconds=60)
     settings = server_settings(db_url, spec)
     first = make_server(settings)  # type: ignore[operator]
     teach(first.channel(), 300)
