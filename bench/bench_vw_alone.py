@@ -45,6 +45,12 @@ CONFIGS: dict[str, tuple[str, str]] = {
     "cover-mtr": ("--cover 4 --epsilon 0.05 " + _LEARNING, "mtr"),
     # Coin betting (VW --coin) instead of AdaGrad: no learning rate or decay (-l, --power_t ignored).
     "coin": ("--squarecb --gamma_scale 20.0 -q :: --cubic ::A --coin", "dm"),
+    # VW's other online updates, and AdaGrad without normalized updates: each worse than the
+    # default on every cell screened (docs/benchmarks.md, "VW's other online updates").
+    "ojanewton": ("--squarecb --gamma_scale 20.0 -q :: --cubic ::A --OjaNewton", "dm"),
+    "ftrl": ("--squarecb --gamma_scale 20.0 -q :: --cubic ::A --ftrl", "dm"),
+    "pistol": ("--squarecb --gamma_scale 20.0 -q :: --cubic ::A --pistol", "dm"),
+    "unnormalized": ("--squarecb --gamma_scale 20.0 " + _LEARNING + " --adaptive --invariant", "dm"),
 }
 CELLS = ("logistic10:1,logistic10:2,logistic10:3,drift:1,drift:2,drift:3,delayed:1,delayed:2,delayed:3,"
          "logistic50:1,demo:1,demo:2,demo:3,breast_cancer:1,digits:1")

@@ -251,7 +251,7 @@ def test_a_snapshot_with_nan_weights_is_passed_over_and_not_estimated(make_serve
 
     from ltrr_server.features import action_line
     from ltrr_server.log.db import create_engine
-    from ltrr_server.policy.model import PolicyModel
+    from ltrr_server.policy.model import ModelFrame, PolicyModel
     from tests.conftest import demo_policy
     from tests.helpers import poisoned_coin_model
 
@@ -269,7 +269,7 @@ def test_a_snapshot_with_nan_weights_is_passed_over_and_not_estimated(make_serve
     lines = [action_line(a.id, a.features) for a in spec.actions]
     poisoned = poisoned_coin_model(spec, "shared |user segment=s0", lines)
     probe = {"user": {"segment": "s0", "x": 0.5}}
-    assert not any(math.isfinite(p) for p in PolicyModel.from_bytes(poisoned, "cb", "mtr").predict_one(
+    assert not any(math.isfinite(p) for p in PolicyModel.from_bytes(poisoned, ModelFrame("cb", "mtr")).predict_one(
         "shared |user segment=s0 x:0.5", lines)[0])
     engine = create_engine(db_url)
     with engine.begin() as conn:

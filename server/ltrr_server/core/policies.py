@@ -18,7 +18,7 @@ from ltrr_server.learner.learner import Learner, LearnerState, SnapshotInfo
 from ltrr_server.learner.restore import LearnerPolicy, restore_state
 from ltrr_server.log.store import EventLogStore
 from ltrr_server.metrics import Metrics
-from ltrr_server.policy.model import PolicyModel
+from ltrr_server.policy.model import ModelFrame, PolicyModel
 from ltrr_server.policy.runtime import PolicyRuntime
 from ltrr_server.regret import RewardWindow
 from ltrr_server.tenancy import tenant_of
@@ -152,7 +152,7 @@ class PolicyBook:
         start = self._next_seq() if reset else rt.lineage_start_seq
         warm_start = warm_start if reset else None
         warm = (None if warm_start is None
-                else PolicyModel.from_bytes(warm_start, spec.kind, spec.cb_type, spec.reward_scale))
+                else PolicyModel.from_bytes(warm_start, ModelFrame.of(spec)))
         if warm is not None and not warm.finite():
             raise FailedPrecondition(f"the warm start of policy {spec.name!r} has NaN or infinite weights: it would "
                                      f"answer NaN probabilities", field="warm_start")

@@ -53,7 +53,7 @@ from ltrr_server.log.rows import SnapshotRow
 from ltrr_server.log.writer import EventLogWriter
 from ltrr_server.logs import DEFAULT_LOGS, LogSetup
 from ltrr_server.metrics import Metrics
-from ltrr_server.policy.model import PolicyModel
+from ltrr_server.policy.model import ModelFrame, PolicyModel
 from ltrr_server.tracing import NO_TRACER, Pending, Tracer
 
 log = logging.getLogger(__name__)
@@ -113,8 +113,8 @@ class Learner:
         self._db_url = db_url
         self._policies = policies
         self._states: dict[str, LearnerState] = {}
-        # Per policy, what its model's bytes do not say: (kind, cb_type).
-        self._kinds: dict[str, tuple[str, str]] = {}
+        # Per policy, what its model's bytes do not say, to read back the models it publishes.
+        self._frames: dict[str, ModelFrame] = {}
         self._pre_start: list[JoinedEvent] = []
         self._pending_snapshots: dict[int, Future[SnapshotInfo]] = {}
         self._request_ids = itertools.count(1)
@@ -133,7 +133,7 @@ class Learner:
     # --- before start: restore in this process ------------------------------------------
     def set_state(self, state: LearnerState) -> None:
         """Adds a policy or replaces its lineage (after a reset)."""
-        self._kinds[state.policy] = (state.model.kind, state.model.cb_type)
+        self._frames[state.policy] = state.model.frame
         self._metrics.models_rejected.labels(state.policy)  # at 0: a first rejection is an increase
         if not self._started:
             self._states[state.policy] = state
@@ -141,9 +141,8 @@ class Learner:
         with self._lock:
             current = self._current
             if current is not None and (self.alive or current.process is None):  # running, or restarting
-                self._give(current, SetState(state.policy, state.lineage, state.model.kind, state.model.cb_type,
-                                             state.model.to_bytes(), state.last_seq, state.version,
-                                             reward_scale=state.model.reward_scale))
+                self._give(current, SetState(state.policy, state.lineage, state.model.frame, state.model.to_bytes(),
+                                             state.last_seq, state.version))
             # Otherwise the restart rebuilds the new lineage from the policies it is given.
 
     def drain_before_start(self) -> None:
@@ -168,8 +167,8 @@ class Learner:
             self._publish(state.policy, state.lineage, state.model.copy(), state.version, 0.0)
 
     def start(self) -> None:
-        states = [SetState(s.policy, s.lineage, s.model.kind, s.model.cb_type, s.model.to_bytes(), s.last_seq,
-                           s.version, s.learned, s.unsnapshotted, s.model.reward_scale) for s in self._states.values()]
+        states = [SetState(s.policy, s.lineage, s.model.frame, s.model.to_bytes(), s.last_seq, s.version, s.learned,
+                           s.unsnapshotted) for s in self._states.values()]
         proc = self._spawn(worker.WorkerStart(states=states))
         proc.idle = not any(s.unsnapshotted for s in self._states.values())
         self._states.clear()
@@ -359,7 +358,7 @@ class Learner:
         """Acts on one message from the learner process; True once it has stopped."""
         if isinstance(msg, Published):
             self._count_learned(msg.policy, msg.learned)
-            self._publish(msg.policy, msg.lineage, PolicyModel.from_bytes(msg.model, *self._kinds[msg.policy]),
+            self._publish(msg.policy, msg.lineage, PolicyModel.from_bytes(msg.model, self._frames[msg.policy]),
                           msg.version, msg.lag)
         elif isinstance(msg, ModelRejected):
             self._rejected(msg)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ltrr_server.log.joiner import JoinedEvent
+    from ltrr_server.policy.model import ModelFrame
 
 # What crosses the pipe per event, no more than learning needs:
 # (seq, policy, lineage, shared, actions, chosen, reward, joined_at).
@@ -46,16 +47,13 @@ class SetState:
 
     policy: str
     lineage: int
-    kind: str
-    cb_type: str
+    frame: ModelFrame  # what the model's bytes do not say
     model: bytes
     last_seq: int
     version: int
     # Joined events learned, and learned since the last snapshot (the restored ones' counts).
     learned: int = 0
     unsnapshotted: int = 0
-    # What the model learns is cost / reward_scale (config.PolicySpec.reward_scale).
-    reward_scale: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from ltrr_server.features import action_line, namespaces_from_json, shared_line
 from ltrr_server.learner.state import LearnerState
 from ltrr_server.log.joiner import JoinedEvent
 from ltrr_server.log.store import EventLogStore
-from ltrr_server.policy.model import PolicyModel
+from ltrr_server.policy.model import ModelFrame, PolicyModel
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def restore_state(store: EventLogStore, policy: LearnerPolicy, until_seq: int | 
     start_seq = policy.lineage_start_seq
     snap = store.latest_snapshot(spec.name, policy.lineage)
     if snap is not None:
-        model = PolicyModel.from_bytes(snap["model"], spec.kind, spec.cb_type, spec.reward_scale)
+        model = PolicyModel.from_bytes(snap["model"], ModelFrame.of(spec))
         last_seq, version = int(snap["last_joined_seq"]), int(snap["model_version"])
         settled = float(snap["created_at"]) - spec.join_window_seconds - 60.0
         if not model.finite():

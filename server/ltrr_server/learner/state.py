@@ -41,6 +41,5 @@ class LearnerState:
         if self.model.finite():
             return True
         if self.last_good is not None:
-            self.model = PolicyModel.from_bytes(self.last_good, self.model.kind, self.model.cb_type,
-                                                self.model.reward_scale)
+            self.model = PolicyModel.from_bytes(self.last_good, self.model.frame)
         return False

@@ -68,7 +68,7 @@ def run(conn: Connection, start: WorkerStart, publish_interval: float, snapshot_
 
 
 def _state_of(s: SetState) -> LearnerState:
-    model = PolicyModel.from_bytes(s.model, s.kind, s.cb_type, s.reward_scale)
+    model = PolicyModel.from_bytes(s.model, s.frame)
     return LearnerState(s.policy, s.lineage, model, s.last_seq, s.version, s.learned, unsnapshotted=s.unsnapshotted,
                         last_snapshot_at=time.time(), last_good=s.model if model.finite() else None)
 

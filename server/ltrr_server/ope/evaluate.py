@@ -33,7 +33,7 @@ from ltrr_server.ope.targets import (
     Target,
     UniformTarget,
 )
-from ltrr_server.policy.model import PolicyModel, finite_probabilities
+from ltrr_server.policy.model import ModelFrame, PolicyModel, finite_probabilities
 
 # Progress is reported at most this often.
 PROGRESS_SECONDS = 0.5
@@ -126,8 +126,10 @@ class RewardModel:
             self._model.learn_one(event.shared, event.action_lines, [(idx, -event.reward, prob)])
 
 
-# A stored model evaluated as it is never learns, so how it would weigh a decision does not matter.
-_PREDICTS_ONLY = "dm"
+def _predicts_only(kind: str) -> ModelFrame:
+    """A stored model evaluated as it is never learns, so how it would weigh a decision and
+    the size of its rewards do not matter."""
+    return ModelFrame(kind, "dm")
 
 
 def build_target(plan: TargetPlan, store: EventLogStore, policy: str, kind: str) -> Target:
@@ -140,12 +142,12 @@ def build_target(plan: TargetPlan, store: EventLogStore, policy: str, kind: str)
     if plan.candidate is not None:
         return ReplayTarget(plan.candidate, plan.name)
     if plan.model is not None:
-        return ModelTarget(PolicyModel.from_bytes(plan.model, kind, _PREDICTS_ONLY), plan.name)
+        return ModelTarget(PolicyModel.from_bytes(plan.model, _predicts_only(kind)), plan.name)
     if plan.snapshot_id is not None:
         data = store.snapshot_model(plan.snapshot_id)
         if data is None or data[0] != policy:
             raise NotFound(f"snapshot {plan.snapshot_id} of this policy not found", field="targets")
-        return ModelTarget(PolicyModel.from_bytes(data[1], kind, _PREDICTS_ONLY), plan.name)
+        return ModelTarget(PolicyModel.from_bytes(data[1], _predicts_only(kind)), plan.name)
     raise InvalidArgument("targets", f"target {plan.name!r} names nothing to evaluate")
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
@@ -36,24 +37,41 @@ _ACTION_CACHE_SIZE = 10_000
 SlotLabel = tuple[int, float, float]
 
 
+@dataclass(frozen=True, slots=True)
+class ModelFrame:
+    """What a model's bytes do not say, so whoever reads them back (another thread, the learner
+    process, a restore, an evaluation) must be told: one record, handed on whole, so a setting
+    added here reaches every reader at once.
+
+    >>> from ltrr_server.config import PolicySpec
+    >>> ModelFrame.of(PolicySpec(name="p", reward_scale=40.0))
+    ModelFrame(kind='cb', cb_type='dm', reward_scale=40.0)
+    """
+
+    kind: str  # "cb" (one slot) or "ccb" (several slots of distinct actions)
+    # VW itself only offers mtr with squarecb: "dm" learns every decision with weight 1 by giving
+    # VW probability 1 (config.PolicySpec.cb_type says why).
+    cb_type: str
+    # The model learns cost / reward_scale (config.PolicySpec.reward_scale).
+    reward_scale: float = 1.0
+
+    @classmethod
+    def of(cls, spec: PolicySpec) -> ModelFrame:
+        return cls(spec.kind, spec.cb_type, spec.reward_scale)
+
+
 class PolicyModel:
     """A contextual-bandit model: cb (one slot) or ccb (several slots of distinct actions)."""
 
-    def __init__(self, workspace: vw.Workspace[Any], kind: str, cb_type: str, coin: bool = False,
-                 reward_scale: float = 1.0) -> None:
+    def __init__(self, workspace: vw.Workspace[Any], frame: ModelFrame, coin: bool = False) -> None:
         self._ws = workspace
         self._parser = vw.TextFormatParser(workspace)
-        self.kind = kind
-        # Not in the model's bytes (VW itself only offers mtr with squarecb): "dm" learns every
-        # decision with weight 1 by giving VW probability 1 (config.PolicySpec.cb_type says why).
-        self.cb_type = cb_type
-        self._weighted = cb_type == "mtr"
+        self.frame = frame
+        self._weighted = frame.cb_type == "mtr"
         # Coin betting turns NaN on numeric values too small for float32 (features.COIN_MIN_ABS_VALUE):
         # its lines have them written as 0. ``coin`` is in the model's own options, so a model
         # read back from bytes knows it too.
         self.coin = coin
-        # Not in the model's bytes either: it learns cost / reward_scale (config.PolicySpec.reward_scale).
-        self.reward_scale = reward_scale
         # The decision path calls the extension module under the public wrapper: the wrapper's
         # per-call label checks and Example objects cost twice the prediction itself (~7 us of
         # ~11), and every example here comes from this workspace's own parser. Pinned to
@@ -65,8 +83,7 @@ class PolicyModel:
 
     @classmethod
     def create(cls, spec: PolicySpec) -> PolicyModel:
-        return cls(vw.Workspace(spec.vw_args()), spec.kind, spec.cb_type, coin=spec.optimizer == "coin",
-                   reward_scale=spec.reward_scale)
+        return cls(vw.Workspace(spec.vw_args()), ModelFrame.of(spec), coin=spec.optimizer == "coin")
 
     @classmethod
     def reward_regression(cls, interactions: Sequence[str]) -> PolicyModel:
@@ -76,19 +93,18 @@ class PolicyModel:
         args = ["--cb_adf", "--cb_type", "dm", "--quiet"]
         for inter in interactions:
             args += ["-q" if len(inter) == 2 else "--cubic", inter]
-        return cls(vw.Workspace(args), "cb", "dm")
+        return cls(vw.Workspace(args), ModelFrame("cb", "dm"))
 
     @classmethod
-    def from_bytes(cls, data: bytes, kind: str, cb_type: str, reward_scale: float = 1.0) -> PolicyModel:
-        return cls(vw.Workspace(["--quiet"], model_data=data), kind, cb_type, coin=_learns_by_coin(data),
-                   reward_scale=reward_scale)
+    def from_bytes(cls, data: bytes, frame: ModelFrame) -> PolicyModel:
+        return cls(vw.Workspace(["--quiet"], model_data=data), frame, coin=_learns_by_coin(data))
 
     def to_bytes(self) -> bytes:
         return bytes(self._ws.serialize())
 
     def copy(self) -> PolicyModel:
         """An independent model with the same weights (for another thread or process to use)."""
-        return PolicyModel.from_bytes(self.to_bytes(), self.kind, self.cb_type, self.reward_scale)
+        return PolicyModel.from_bytes(self.to_bytes(), self.frame)
 
     def finite(self) -> bool:
         """Whether every weight (and every optimizer state beside it) is a finite number: a model
@@ -116,10 +132,10 @@ class PolicyModel:
         parse = self._parse_raw
         # Rewards past bounds.MAX_ABS_REWARD are refused, but a log written before that bound may
         # hold one, and its cost would overflow the model's weights for good.
-        scale = self.reward_scale
+        scale = self.frame.reward_scale
         labels = [(idx, min(max(cost / scale, -MAX_ABS_REWARD), MAX_ABS_REWARD), prob if self._weighted else 1.0)
                   for idx, cost, prob in labels]
-        if self.kind == "cb":
+        if self.frame.kind == "cb":
             idx, cost, prob = labels[0]
             lines = [shared, *actions]
             lines[idx + 1] = f"0:{cost!r}:{prob!r} {actions[idx]}"
@@ -149,14 +165,14 @@ class PolicyModel:
     def predict_one(self, shared: str, actions: Sequence[str], slots: int = 1) -> list[list[float]]:
         """Per slot, the probability of every action (by action index; 0 for actions not eligible)."""
         parse = self._parse_raw
-        if self.kind == "cb":
+        if self.frame.kind == "cb":
             examples = [parse(shared)] + [self._cached(a) for a in actions]
         else:
             examples = ([parse(f"ccb {shared}")] + [self._cached(f"ccb action {a}") for a in actions]
                         + [parse(f"ccb slot |{SLOT_NAMESPACE} slot={s}") for s in range(slots)])
         pred = self._core_ws.predict_multi_ex_one(examples)
         n = len(actions)
-        if self.kind == "cb":
+        if self.frame.kind == "cb":
             probs = [0.0] * n
             for idx, p in cast(list[tuple[int, float]], pred):
                 probs[idx] = float(p)

@@ -17,7 +17,7 @@ from ltrr_client.client import decide_request, reward_event
 from ltrr_server.learner.restore import event_from_rows
 from ltrr_server.log.db import create_engine
 from ltrr_server.log.store import EventLogStore
-from ltrr_server.policy.model import PolicyModel
+from ltrr_server.policy.model import ModelFrame, PolicyModel
 from tests.conftest import ServerThread, server_settings
 from tests.helpers import rows, wait_for
 
@@ -151,7 +151,7 @@ def test_a_model_with_nan_weights_is_never_served_nor_snapshotted(make_server: A
 
     # Such a model in the decision path (placed there as a publish would) answers no NaN...
     poisoned = poisoned_coin_model(spec, "shared |user segment=s0", lines)
-    rt.serving = PolicyModel.from_bytes(poisoned, spec.kind, spec.cb_type)
+    rt.serving = PolicyModel.from_bytes(poisoned, ModelFrame.of(spec))
     ch = server.channel()
     with pytest.raises(grpc.RpcError) as err:
         decisions_pb2_grpc.DecisionServiceStub(ch).Decide(decide_request("demo", {"user": {"segment": "s0", "x": 0.5}}))
@@ -159,8 +159,8 @@ def test_a_model_with_nan_weights_is_never_served_nor_snapshotted(make_server: A
     assert "policy 'demo' cannot decide: its model gave NaN or infinite probabilities" in (err.value.details() or "")
     assert rows(sqlite_url, "decisions") == []
     # ... and in the learner process it is neither published nor snapshotted, and it says so.
-    server.core.learner.set_state(LearnerState("demo", rt.lineage, PolicyModel.from_bytes(poisoned, spec.kind,
-                                                                                         spec.cb_type), 0, 0))
+    poisoned_model = PolicyModel.from_bytes(poisoned, ModelFrame.of(spec))
+    server.core.learner.set_state(LearnerState("demo", rt.lineage, poisoned_model, 0, 0))
     wait_for(lambda: server.registry.get_sample_value("ltrr_models_rejected_total", {"policy": "demo"}) == 1.0,
              what="ltrr_models_rejected_total{policy=demo} at 1 (its first publish)")
     with pytest.raises(grpc.RpcError) as err:

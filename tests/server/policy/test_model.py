@@ -10,7 +10,7 @@ import vowpal_wabbit_next as vw
 
 from ltrr_server.config import PolicySpec
 from ltrr_server.features import SLOT_NAMESPACE
-from ltrr_server.policy.model import PolicyModel
+from ltrr_server.policy.model import ModelFrame, PolicyModel
 from tests.helpers import poisoned_coin_model
 
 ACTIONS = ["|A id=a", "|A id=b", "|A id=c", "|A id=d"]
@@ -18,7 +18,7 @@ ACTIONS = ["|A id=a", "|A id=b", "|A id=c", "|A id=d"]
 
 def wrapper_predict(model: PolicyModel, shared: str, slots: int) -> object:
     parse = model._parser.parse_line
-    if model.kind == "cb":
+    if model.frame.kind == "cb":
         return model._ws.predict_one([parse(shared)] + [parse(a) for a in ACTIONS])
     return model._ws.predict_one([parse(f"ccb {shared}")] + [parse(f"ccb action {a}") for a in ACTIONS]
                                  + [parse(f"ccb slot |{SLOT_NAMESPACE} slot={s}") for s in range(slots)])
@@ -70,7 +70,7 @@ def test_dm_learns_an_explored_click_once_and_mtr_one_over_p_times() -> None:
     def learned(cb_type: str, prob: float) -> bytes:
         model = PolicyModel.create(PolicySpec(name="p", cb_type=cb_type))
         model.learn_one("shared |user s=a", ACTIONS, [(2, -1.0, prob)])
-        assert model.copy().cb_type == cb_type
+        assert model.copy().frame.cb_type == cb_type
         return model.to_bytes()
 
     assert learned("dm", 0.01) == learned("mtr", 1.0) == learned("dm", 1.0)
@@ -103,7 +103,7 @@ def test_a_published_coin_betting_copy_learns_on_as_the_original() -> None:
 
 
 def _labelled_lines(model: PolicyModel, shared: str, labels: list[tuple[int, float, float]], slots: int) -> list[str]:
-    if model.kind == "cb":
+    if model.frame.kind == "cb":
         idx, cost, prob = labels[0]
         lines = [shared, *ACTIONS]
         lines[idx + 1] = f"0:{cost!r}:{prob!r} {ACTIONS[idx]}"
@@ -141,8 +141,8 @@ def test_a_reward_scale_learns_scaled_rewards_as_rewards_of_one(optimizer: str) 
         revenue.learn_one(shared, ACTIONS, [(idx, -250.0 * click, 0.25)])
         unscaled.learn_one(shared, ACTIONS, [(idx, -250.0 * click, 0.25)])
         if i == 150:
-            revenue = PolicyModel.from_bytes(revenue.to_bytes(), "cb", "dm", revenue.reward_scale)
-            assert revenue.copy().reward_scale == 250.0
+            revenue = PolicyModel.from_bytes(revenue.to_bytes(), revenue.frame)
+            assert revenue.copy().frame == ModelFrame("cb", "dm", 250.0)
     for u in range(3):
         shared = f"shared |user s=u{u}"
         assert revenue.predict_one(shared, ACTIONS) == clicks.predict_one(shared, ACTIONS)
@@ -158,10 +158,10 @@ def _poisoned_coin_bytes() -> bytes:
 def test_coin_betting_keeps_finite_probabilities_on_tiny_feature_values(value: str) -> None:
     # VW's own coin betting turns NaN on such values; the model reads them as 0 (and knows it is
     # coin betting after a round trip through bytes, where the learner's copies come from).
-    poisoned = PolicyModel.from_bytes(_poisoned_coin_bytes(), "cb", "mtr")
+    poisoned = PolicyModel.from_bytes(_poisoned_coin_bytes(), ModelFrame("cb", "mtr"))
     assert not poisoned.finite() and not np.isfinite(poisoned.predict_one("shared |user s=u0 x:0.5", ACTIONS)[0]).any()
     original = PolicyModel.create(PolicySpec(name="p", optimizer="coin"))
-    for model in (original, PolicyModel.from_bytes(original.to_bytes(), "cb", "mtr")):
+    for model in (original, PolicyModel.from_bytes(original.to_bytes(), ModelFrame("cb", "mtr"))):
         assert model.coin
         rng = random.Random(3)
         for i in range(300):
@@ -199,7 +199,7 @@ def test_a_model_that_turned_non_finite_goes_back_to_the_last_finite_one() -> No
 
     good = PolicyModel.create(PolicySpec(name="p", optimizer="coin"))
     good.learn_one("shared |user s=u0", ACTIONS, [(2, -1.0, 1.0)])
-    state = LearnerState("p", 1, PolicyModel.from_bytes(_poisoned_coin_bytes(), "cb", "mtr"), 0, 3,
+    state = LearnerState("p", 1, PolicyModel.from_bytes(_poisoned_coin_bytes(), ModelFrame("cb", "mtr")), 0, 3,
                          last_good=good.to_bytes())
     assert not state.keep_finite()
     assert state.model.finite() and state.model.coin
