@@ -51,6 +51,8 @@ CONFIGS: dict[str, tuple[str, str]] = {
     "ftrl": ("--squarecb --gamma_scale 20.0 -q :: --cubic ::A --ftrl", "dm"),
     "pistol": ("--squarecb --gamma_scale 20.0 -q :: --cubic ::A --pistol", "dm"),
     "unnormalized": ("--squarecb --gamma_scale 20.0 " + _LEARNING + " --adaptive --invariant", "dm"),
+    # VW's online search over interactions (--automl, the ChaCha algorithm): 4 live configurations.
+    "automl": ("--squarecb --gamma_scale 20.0 " + _LEARNING + " --automl 4 --interaction_type cubic", "dm"),
 }
 CELLS = ("logistic10:1,logistic10:2,logistic10:3,drift:1,drift:2,drift:3,delayed:1,delayed:2,delayed:3,"
          "logistic50:1,demo:1,demo:2,demo:3,breast_cancer:1,digits:1")

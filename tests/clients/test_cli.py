@@ -161,6 +161,56 @@ def test_import_and_export_dsjson(server: ServerThread, tmp_path: Path) -> None:
     assert json.loads(out.stdout) == {"imported": 0, "duplicates": 8, "skipped": 0}  # event ids are global
 
 
+def test_import_takes_dsjson_files_as_tools_write_them(server: ServerThread, tmp_path: Path) -> None:
+    # Found from outside: a byte order mark lost the first line, a blank line failed --strict,
+    # a line not UTF-8 or over 1,000,000 characters ended the whole import, so did lines of a few
+    # KB (Personalizer's) at the default --batch (RESOURCE_EXHAUSTED), and --strict could not
+    # read standard input twice.
+    from ltrr.v1 import admin_pb2
+    from ltrr_client.client import LtrrClient
+
+    fixture = (Path(__file__).parents[1] / "fixtures" / "dsjson" / "dsjson_cb.json").read_text().splitlines()
+
+    def renamed(i: int, prefix: str, pad: int = 0) -> bytes:  # pad: as many more numbers in the context
+        d = json.loads(fixture[i % len(fixture)])
+        d["EventId"] = f"{prefix}{i}"
+        if pad:
+            d["c"]["FromUrl"][0].update({f"k{j}": 0.25 for j in range(pad)})
+        return json.dumps(d).encode()
+
+    with LtrrClient(server.target) as c:
+        for name in ("coffee", "wide"):
+            c.create_policy(admin_pb2.PolicySpec(name=name, exploration=admin_pb2.EXPLORATION_EPSILON))
+    odd = tmp_path / "odd.json"
+    odd.write_bytes(b"\xef\xbb\xbf" + b"\r\n".join([
+        renamed(0, "odd"), renamed(1, "odd"), b"", b"  ",  # lines 1-4
+        renamed(2, "odd").replace(b"FromUrl", b"From\xfeUrl"),  # 5: not UTF-8
+        renamed(3, "odd"), b"{oops",  # 6, 7: the server names 7
+        json.dumps({"EventId": "long", "c": "x" * 1_000_001}).encode(),  # 8: too long to send
+        renamed(4, "odd"), b"", b""]))
+
+    out = ltrr("import", "dsjson", str(odd), "--policy", "coffee", "--strict", "--target", server.target)
+    assert out.returncode == 1 and "3 bad lines: nothing imported" in out.stderr, out.stderr
+    assert rows(server.settings.db_url, "decisions", "policy = 'coffee'") == []
+    out = ltrr("import", "dsjson", str(odd), "--policy", "coffee", "--target", server.target)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"imported": 4, "duplicates": 0, "skipped": 3}
+    named = sorted(line.split(":")[1].strip() for line in out.stderr.splitlines() if line.startswith("ltrr import: l"))
+    assert named == ["line 5", "line 7", "line 8"], out.stderr  # the file's own numbers
+    assert "line 5: line: not UTF-8 (byte 0xfe at byte" in out.stderr
+    assert "line 8: line: 1,000,0" in out.stderr and "more than the 1,000,000 a line may have" in out.stderr
+    assert sorted(r["event_id"] for r in rows(server.settings.db_url, "decisions", "policy = 'coffee'")) == [
+        "odd0", "odd1", "odd3", "odd4"]
+
+    wide = b"\n".join(renamed(i, "wide", pad=350) for i in range(800)) + b"\n"
+    assert len(wide) > 4 * 1024 * 1024  # above the server's request limit at --batch's default
+    out = subprocess.run([sys.executable, "-m", "ltrr_client.cli", "import", "dsjson", "-", "--policy", "wide",
+                          "--strict", "--target", server.target], capture_output=True, input=wide, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"imported": 800, "duplicates": 0, "skipped": 0}
+    assert len(rows(server.settings.db_url, "decisions", "policy = 'wide'")) == 800
+
+
 @pytest.mark.parametrize("args,names", [
     (["decide", "--context", "{not json"], "--context"),
     (["decide", "--context", '["a", "list"]'], "--context"),

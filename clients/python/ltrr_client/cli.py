@@ -11,11 +11,13 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import IO, Any
 
 from google.protobuf.json_format import MessageToDict
 
@@ -445,20 +447,85 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _import_batches(path: str, size: int) -> Iterator[tuple[int, list[str]]]:
-    """(first line number, lines) of a DSJSON file, skipping blank lines."""
-    batch: list[str] = []
-    first = 1
-    with open(path, encoding="utf-8") if path != "-" else sys.stdin as f:
-        for number, text in enumerate(f, 1):
+# ImportBatch.lines: at most this many characters a line (protos/ltrr/v1/admin.proto); a longer
+# line is reported and skipped here, since the server refuses the whole batch that carries it.
+DSJSON_LINE_CHARS = 1_000_000
+# Bytes of lines per batch: a batch is one request, and the server refuses a request over its
+# limits.max_request_bytes (4 MiB by default). Personalizer's lines carry a few KB each, so 1,000
+# of them (--batch's default) would pass it: 1,200 lines of 5.6 KB ended a whole import with
+# RESOURCE_EXHAUSTED before this bound.
+IMPORT_BATCH_BYTES = 1 << 20
+
+
+class _ImportFile:
+    """A DSJSON file's lines, numbered as in the file, read once per pass (``--strict`` reads it
+    twice, so standard input is kept, in memory up to 64 MiB and on disk past it).
+
+    Blank lines are passed over and a byte order mark at the start dropped (Windows tools write
+    one). A line that cannot be sent (not UTF-8, or longer than ``DSJSON_LINE_CHARS``) is named
+    on stderr and counted in ``bad``, as the server's answers count the lines it skips.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._kept: IO[bytes] | None = None
+        if path == "-":
+            self._kept = tempfile.SpooledTemporaryFile(max_size=64 << 20)
+            shutil.copyfileobj(sys.stdin.buffer, self._kept)
+        self.bad = 0
+
+    def lines(self) -> Iterator[tuple[int, str | None]]:
+        """(line number, text) per line to send; text None where the file cannot be sent on
+        as it is (already reported): a batch ends there, so its lines stay consecutive."""
+        self.bad = 0
+        if self._kept is not None:
+            self._kept.seek(0)
+            yield from self._read(self._kept)
+            return
+        with open(self._path, "rb") as f:
+            yield from self._read(f)
+
+    def _read(self, f: IO[bytes]) -> Iterator[tuple[int, str | None]]:
+        for number, raw in enumerate(f, 1):
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            if not raw.strip():
+                yield number, None
+                continue
+            try:
+                text = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                self._skip(number, f"line: not UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1})")
+                yield number, None
+                continue
+            if len(text) > DSJSON_LINE_CHARS:
+                self._skip(number, f"line: {len(text):,} characters, more than the {DSJSON_LINE_CHARS:,} a line "
+                                   "may have")
+                yield number, None
+                continue
+            yield number, text
+
+    def _skip(self, number: int, why: str) -> None:
+        self.bad += 1
+        print(f"ltrr import: line {number}: {why}", file=sys.stderr)
+
+    def batches(self, size: int, max_bytes: int = IMPORT_BATCH_BYTES) -> Iterator[tuple[int, list[str]]]:
+        """(first line number, consecutive lines), at most ``size`` lines and, unless one line
+        alone is more, ``max_bytes`` of them."""
+        batch: list[str] = []
+        first = held = 0
+        for number, text in self.lines():
+            if batch and (text is None or len(batch) >= size or held + len(text) > max_bytes):
+                yield first, batch
+                batch, held = [], 0
+            if text is None:
+                continue
             if not batch:
                 first = number
-            batch.append(text.rstrip("\n"))
-            if len(batch) >= size:
-                yield first, batch
-                batch = []
-    if batch:
-        yield first, batch
+            batch.append(text)
+            held += len(text.encode())
+        if batch:
+            yield first, batch
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -466,10 +533,12 @@ def cmd_import(args: argparse.Namespace) -> int:
     or with --strict, checked first and nothing imported if any is bad."""
     from ltrr.v1 import admin_pb2
 
+    source = _ImportFile(args.file)
+
     def send(validate_only: bool) -> tuple[int, int, int]:
         imported = duplicates = bad = 0
         batches = (admin_pb2.ImportBatch(policy=args.policy, lines=lines, first_line=first, validate_only=validate_only)
-                   for first, lines in _import_batches(args.file, args.batch))
+                   for first, lines in source.batches(args.batch))
         line = _ProgressLine("checked" if validate_only else "imported")
         try:
             for result in c.admin.ImportEvents(batches, timeout=args.timeout):
@@ -477,10 +546,10 @@ def cmd_import(args: argparse.Namespace) -> int:
                     bad + len(result.errors)
                 for error in result.errors:
                     print(f"ltrr import: line {error.line}: {error.message}", file=sys.stderr)
-                line.show(imported + duplicates + bad, 0)
+                line.show(imported + duplicates + bad + source.bad, 0)
         finally:
             line.close()
-        return imported, duplicates, bad
+        return imported, duplicates, bad + source.bad
 
     with _client(args) as c:
         if args.strict:
