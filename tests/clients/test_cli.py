@@ -202,13 +202,21 @@ def test_import_takes_dsjson_files_as_tools_write_them(server: ServerThread, tmp
     assert sorted(r["event_id"] for r in rows(server.settings.db_url, "decisions", "policy = 'coffee'")) == [
         "odd0", "odd1", "odd3", "odd4"]
 
-    wide = b"\n".join(renamed(i, "wide", pad=350) for i in range(800)) + b"\n"
-    assert len(wide) > 4 * 1024 * 1024  # above the server's request limit at --batch's default
+    # Lines of 11 KB (a context of 900 numbers): 600 of them pass the server's 4 MiB request
+    # limit at --batch's default, and 500 (an export's message) the client's.
+    wide = b"\n".join(renamed(i, "wide", pad=900) for i in range(600)) + b"\n"
+    assert len(wide) > 6 * 1024 * 1024
     out = subprocess.run([sys.executable, "-m", "ltrr_client.cli", "import", "dsjson", "-", "--policy", "wide",
                           "--strict", "--target", server.target], capture_output=True, input=wide, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == {"imported": 800, "duplicates": 0, "skipped": 0}
-    assert len(rows(server.settings.db_url, "decisions", "policy = 'wide'")) == 800
+    assert json.loads(out.stdout) == {"imported": 600, "duplicates": 0, "skipped": 0}
+    assert len(rows(server.settings.db_url, "decisions", "policy = 'wide'")) == 600
+    exported = tmp_path / "wide.dsjson"
+    out = ltrr("export", "dsjson", "wide", "--output", str(exported), "--target", server.target)
+    assert out.returncode == 0, out.stderr
+    lines = exported.read_text().splitlines()
+    assert sorted(json.loads(line)["EventId"] for line in lines) == sorted(f"wide{i}" for i in range(600))
+    assert all(len(json.loads(line)["c"]["FromUrl"]) > 900 for line in lines)
 
 
 @pytest.mark.parametrize("args,names", [

@@ -10,8 +10,13 @@ from ltrr_server.log.dsjson import ExportedEvent, multi_json, to_line
 from ltrr_server.log.events import actions_of, count_events, read_events
 from ltrr_server.log.store import EventLogStore
 
-# Lines per message: about 0.5 MB of a typical context, well under gRPC's 4 MB.
+# Lines per message: about 0.5 MB of a typical context. And characters per message, unless one
+# line alone is more: a client refuses a message over 4 MiB by default (grpc's
+# max_receive_message_length), and 500 lines of 11 KB (a context of 900 numbers; VW's own
+# fixtures carry up to 15 KB a line) ended an export with RESOURCE_EXHAUSTED before this bound.
+# A million characters are at most 4,000,000 bytes in UTF-8.
 CHUNK_LINES = 500
+CHUNK_CHARS = 1_000_000
 
 
 @lru_cache(maxsize=1024)
@@ -38,12 +43,17 @@ class ExportJob:
     def run(self, store: EventLogStore, send: Callable[[object], None]) -> None:
         total = count_events(store, self.policy, self.since, self.until)
         lines: list[str] = []
-        done = 0
+        done = held = 0
         for ev in read_events(store, self.policy, self.since, self.until):
-            lines.append(to_line(ExportedEvent(ev.event_id, ev.created_at, ev.context, [], ev.probabilities,
-                                               ev.chosen, ev.reward), _multi(ev.actions_text)))
+            line = to_line(ExportedEvent(ev.event_id, ev.created_at, ev.context, [], ev.probabilities, ev.chosen,
+                                         ev.reward), _multi(ev.actions_text))
+            if lines and held + len(line) > CHUNK_CHARS:
+                send(Lines(lines, done, max(total, done)))
+                lines, held = [], 0
+            lines.append(line)
+            held += len(line)
             done += 1
             if len(lines) >= CHUNK_LINES:
                 send(Lines(lines, done, max(total, done)))
-                lines = []
+                lines, held = [], 0
         send(Lines(lines, done, max(total, done)))
