@@ -50,20 +50,28 @@ def test_errors_are_reported_with_their_status(server: ServerThread) -> None:
 def test_stream_rewards_from_jsonl_reports_bad_lines(server: ServerThread, tmp_path: Path) -> None:
     ids = [json.loads(ltrr("decide", "--target", server.target).stdout)["event_id"] for _ in range(3)]
     f = tmp_path / "rewards.jsonl"
-    f.write_text("\n".join([
-        json.dumps({"event_id": ids[0], "value": 1}),
-        "{not json",
-        json.dumps({"event_id": ids[1], "value": 0.5, "reward_id": "click"}),
-        json.dumps({"value": 1}),
-        json.dumps({"event_id": "ghost", "value": 1}),
-        json.dumps({"event_id": ids[2], "value": 0}),
-    ]) + "\n")
+    # As a Windows tool writes it (a byte order mark, CRLF). Found from outside: a line not
+    # UTF-8 or not a JSON object ended the whole stream (UNKNOWN), and the mark cost line 1.
+    f.write_bytes(b"\xef\xbb\xbf" + b"\r\n".join([
+        json.dumps({"event_id": ids[0], "value": 1}).encode(),
+        b"{not json",
+        json.dumps({"event_id": ids[1], "value": 0.5, "reward_id": "click"}).encode(),
+        json.dumps({"value": 1}).encode(),
+        b"[1, 2]",
+        b'{"event_id": "\xff"}',
+        json.dumps({"event_id": ids[1], "value": 1, "reward_id": "buy", "engaged_item_ids": 5}).encode(),
+        b"",
+        json.dumps({"event_id": "ghost", "value": 1}).encode(),
+        json.dumps({"event_id": ids[2], "value": 0}).encode(),
+    ]) + b"\r\n")
     out = ltrr("stream-rewards", "--target", server.target, "--batch", "2", str(f))
     assert out.returncode == 1  # some lines could not be read
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary == {"acks": {"REWARD_STATUS_ACCEPTED": 3, "REWARD_STATUS_UNKNOWN_EVENT": 1},
-                       "unreadable_lines": 2}
-    assert f"{f}:2" in out.stderr and f"{f}:4" in out.stderr
+                       "unreadable_lines": 5}, out.stderr
+    assert [line.split(": ")[0] for line in out.stderr.splitlines() if line.startswith("skipped")] == [
+        f"skipped {f}:{n}" for n in (2, 4, 5, 6, 7)]
+    assert "not UTF-8" in out.stderr and "a JSON object is needed, got list" in out.stderr
     assert len(rows(server.settings.db_url, "rewards")) == 3
 
 

@@ -213,13 +213,36 @@ def cmd_reward(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lines_of(f: IO[bytes]) -> Iterator[tuple[int, str | None, str]]:
+    """(line number, text, problem) per line of a UTF-8 file, as tools write them: a byte order
+    mark before line 1 (Windows tools write one) and line ends (LF or CRLF) dropped; text None
+    for a blank line (problem '') and for one that is not UTF-8 (problem says where)."""
+    for number, raw in enumerate(f, 1):
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        if not raw.strip():
+            yield number, None, ""
+            continue
+        try:
+            yield number, raw.decode("utf-8").rstrip("\r\n"), ""
+        except UnicodeDecodeError as exc:
+            yield number, None, f"line: not UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1})"
+
+
 def _read_rewards(path: str, bad: list[str]) -> Iterator[feedback_pb2.RewardEvent]:
-    with (sys.stdin if path == "-" else open(path)) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
+    """The reward events of a JSONL file; a line that is not one is named in ``bad`` and skipped
+    (until 2026-12-01, a line not UTF-8 or not a JSON object ended the whole stream)."""
+    with (sys.stdin.buffer if path == "-" else open(path, "rb")) as f:
+        for lineno, line, problem in _lines_of(f):
+            if line is None:
+                if problem:
+                    bad.append(f"{path}:{lineno}: {problem}")
                 continue
             try:
-                d = json.loads(line)
+                parsed = json.loads(line)
+                if not isinstance(parsed, dict):
+                    raise TypeError(f"a JSON object is needed, got {type(parsed).__name__}")
+                d: Any = parsed
                 value = float(d.get("value", d.get("reward", 0.0)))
                 if not math.isfinite(value):
                     raise ValueError(f"value is not finite: {value}")
@@ -486,23 +509,12 @@ class _ImportFile:
             yield from self._read(f)
 
     def _read(self, f: IO[bytes]) -> Iterator[tuple[int, str | None]]:
-        for number, raw in enumerate(f, 1):
-            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            if not raw.strip():
-                yield number, None
-                continue
-            try:
-                text = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as exc:
-                self._skip(number, f"line: not UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1})")
-                yield number, None
-                continue
-            if len(text) > DSJSON_LINE_CHARS:
-                self._skip(number, f"line: {len(text):,} characters, more than the {DSJSON_LINE_CHARS:,} a line "
-                                   "may have")
-                yield number, None
-                continue
+        for number, text, problem in _lines_of(f):
+            if text is not None and len(text) > DSJSON_LINE_CHARS:
+                problem, text = (f"line: {len(text):,} characters, more than the {DSJSON_LINE_CHARS:,} a line may "
+                                 "have"), None
+            if problem:
+                self._skip(number, problem)
             yield number, text
 
     def _skip(self, number: int, why: str) -> None:
