@@ -93,7 +93,9 @@ def test_eval_policy_and_tune(server: ServerThread, tmp_path: Path) -> None:
         list(client.stream_rewards([events]))
     wait_for(lambda: len(rows(server.settings.db_url, "joined")) >= 200, timeout=30, what="joins")
     table = tmp_path / "table.json"
-    table.write_text(json.dumps({"feature": "user.segment", "by_value": {"s1": {"news": 1}}, "default": {"music": 1}}))
+    # With a byte order mark, as Notepad writes it (refused as not JSON before 2026-12-01).
+    table.write_bytes(b"\xef\xbb\xbf" + json.dumps(
+        {"feature": "user.segment", "by_value": {"s1": {"news": 1}}, "default": {"music": 1}}).encode())
 
     out = ltrr("eval", "policy", "demo", "--server", server.target, "--target", "action:news", "--target",
                f"table:{table}", "--target", "candidate:learning_rate=0.1", "--target", "candidate:optimizer=coin",
@@ -132,6 +134,9 @@ def test_eval_policy_and_tune(server: ServerThread, tmp_path: Path) -> None:
     (live,) = [line for line in ranked if "learning_rate=0.5" in line and "epsilon=0.1" in line]
     assert "+0.0000 [+0.0000, +0.0000]" in live, out.stdout
 
+    out = ltrr("eval", "policy", "demo", "--server", server.target, "--target", "action:nwes", "--target", "uniform")
+    assert out.returncode == 0, out.stderr
+    assert "action:nwes                  not estimated: action 'nwes' was offered by none of the 200 events" in out.stdout
     out = ltrr("eval", "policy", "demo", "--server", server.target, "--target", "bogus")
     assert out.returncode == 2 and "unknown target 'bogus'" in out.stderr
     out = ltrr("eval", "policy", "demo", "--server", server.target, "--since", "yesterday")

@@ -64,7 +64,8 @@ def parse_time(text: str, now: float | None = None) -> int:
 def table_target(data: Any, source: str) -> admin_pb2.TableTarget:
     """A table target from its JSON form (see TARGET_HELP)."""
     def weights(obj: Any, where: str) -> list[admin_pb2.ActionWeight]:
-        if not isinstance(obj, dict) or not all(isinstance(v, int | float) for v in obj.values()):
+        if not isinstance(obj, dict) or not all(isinstance(v, int | float) and not isinstance(v, bool)
+                                                for v in obj.values()):
             raise ValueError(f"{source}: {where} must map action ids to numbers")
         return [admin_pb2.ActionWeight(action=str(k), weight=float(v)) for k, v in obj.items()]
 
@@ -136,8 +137,8 @@ def parse_target(text: str, base: admin_pb2.PolicySpec | None = None) -> admin_p
         return admin_pb2.EvaluationTarget(snapshot_id=int(rest))
     if kind == "table":
         try:
-            data = json.loads(Path(rest).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+            data = json.loads(Path(rest).read_text(encoding="utf-8-sig"))  # with a byte order mark or without
+        except (OSError, ValueError) as exc:  # and not JSON, or not UTF-8
             raise ValueError(f"table {rest}: {exc}") from None
         return admin_pb2.EvaluationTarget(name=f"table:{Path(rest).name}", table=table_target(data, rest))
     if kind == "candidate":

@@ -213,6 +213,8 @@ def evaluate(store: EventLogStore, plan: EvaluationPlan, progress: Progress | No
         # (meaningless) probabilities; its estimate would say nothing, and its warm start would serve them.
         if t not in problems and isinstance(target, ModelTarget) and not target.model.finite():
             problems[t] = "its model has NaN or infinite weights: it is not estimated"
+        if t not in problems and n and (why := target.unmatched(n)):
+            problems[t] = f"{why}: it is not estimated"
     if n == 0:
         raise NotFound(f"policy {plan.policy!r} has no joined decisions made in the range since_ms="
                        f"{plan.since * 1000:.0f}, until_ms={plan.until * 1000:.0f}", field="since_ms")

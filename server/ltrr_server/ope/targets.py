@@ -38,6 +38,12 @@ class Target:
     def learn(self, event: LoggedEvent) -> None:
         """Shown each event's outcome after ``probabilities``; only a replayed candidate learns."""
 
+    def unmatched(self, events: int) -> str:
+        """After ``events`` events, why its estimate would only be another target's ('' when it
+        is its own): an action or a table that no event offered falls back to uniform on each,
+        and a typo in an action id would otherwise get uniform's figures under its own name."""
+        return ""
+
 
 def _uniform_over(n: int, excluded: set[int]) -> list[float]:
     left = n - len(excluded)
@@ -69,15 +75,23 @@ class ConstantTarget(Target):
     def __init__(self, action_id: str) -> None:
         self.action_id = action_id
         self.name = f"action:{action_id}"
+        self.offered = 0  # events that offered it
 
     def probabilities(self, event: LoggedEvent) -> list[list[float]]:
         ids = event.action_ids
         if self.action_id in ids:
+            self.offered += 1
             first = [0.0] * len(ids)
             first[ids.index(self.action_id)] = 1.0
         else:
             first = _uniform_over(len(ids), set())
         return _slotted(event, first)
+
+    def unmatched(self, events: int) -> str:
+        if self.offered:
+            return ""
+        return (f"action {self.action_id!r} was offered by none of the {events:,} events: its estimate would be "
+                "uniform's")
 
 
 class TableTarget(Target):
@@ -91,6 +105,7 @@ class TableTarget(Target):
         self.feature = feature
         self.by_value = {k: dict(v) for k, v in (by_value or {}).items()}
         self.name = name
+        self.weighed = 0  # events that offered an action it gives weight to
 
     def probabilities(self, event: LoggedEvent) -> list[list[float]]:
         table = self.default
@@ -100,8 +115,20 @@ class TableTarget(Target):
                 table = self.by_value[value]
         weights = [table.get(a, 0.0) for a in event.action_ids]
         total = sum(weights)
-        first = [w / total for w in weights] if total > 0 else _uniform_over(len(weights), set())
+        if total > 0:
+            self.weighed += 1
+            first = [w / total for w in weights]
+        else:
+            first = _uniform_over(len(weights), set())
         return _slotted(event, first)
+
+    def unmatched(self, events: int) -> str:
+        if self.weighed:
+            return ""
+        named = sorted({a for t in (self.default, *self.by_value.values()) for a, w in t.items() if w > 0})
+        listed = ", ".join(repr(a) for a in named[:5]) + (", ..." if len(named) > 5 else "")
+        return (f"none of the {events:,} events offered an action it gives weight to ({listed or 'none'}): its "
+                "estimate would be uniform's")
 
 
 class ModelTarget(Target):

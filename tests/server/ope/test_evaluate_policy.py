@@ -104,6 +104,26 @@ def target(**kw: Any) -> admin_pb2.EvaluationTarget:
     return admin_pb2.EvaluationTarget(**kw)
 
 
+def test_an_action_or_a_table_that_no_event_offered_is_not_estimated(ev_server: ServerThread) -> None:
+    # Found from outside: action:ghost (a typo) and a table of unknown ids fell back to uniform on
+    # every event and so were answered with uniform's figures under their own names.
+    ghost_by_segment = admin_pb2.TableTarget(
+        feature="u.seg", by_value=[admin_pb2.FeatureTable(value="x", weights=weights({"ghost": 1.0}))])
+    _, result = evaluate(ev_server, targets=[
+        target(action="ghost"), target(table=admin_pb2.TableTarget(default_weights=weights({"ghost": 2.0}))),
+        target(table=admin_pb2.TableTarget(default_weights=weights({"a": 0.0})), name="zero"),
+        target(table=ghost_by_segment, name="by segment"), target(action="a"), target(uniform=True)],
+        estimators=[admin_pb2.ESTIMATOR_SNIPS])
+    problems = {t.name: t.problem for t in result.targets}
+    assert problems["action:ghost"] == ("action 'ghost' was offered by none of the 600 events: its estimate would "
+                                        "be uniform's: it is not estimated")
+    assert problems["table"] == ("none of the 600 events offered an action it gives weight to ('ghost'): its "
+                                 "estimate would be uniform's: it is not estimated")
+    assert "to (none)" in problems["zero"] and "('ghost')" in problems["by segment"]
+    assert [t.name for t in result.targets if t.slots] == ["action:a", "uniform"]
+    assert not any(t.slots for t in result.targets if t.problem)
+
+
 def test_estimates_equal_the_formulas_over_the_logged_rows(ev_server: ServerThread) -> None:
     table = admin_pb2.TableTarget(
         feature="u.seg", default_weights=weights({"c": 1.0}),

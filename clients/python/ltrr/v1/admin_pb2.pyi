@@ -952,7 +952,9 @@ class TargetEvaluation(_message.Message):
     name: _builtins.str
     problem: _builtins.str
     """Why the target has no slots (no estimates): its model gave NaN or infinite probabilities,
-    or has NaN or infinite weights.
+    or has NaN or infinite weights; or it is an action (or a table) that no event offered (an
+    action a decision does not offer falls back to uniform there, so its figures would only be
+    uniform's).
     """
     @_builtins.property
     def slots(self) -> _containers.RepeatedCompositeFieldContainer[Global___SlotEvaluation]: ...
