@@ -285,10 +285,21 @@ async def build_server(settings: Settings, registry: CollectorRegistry | None = 
     ring = KeyRing(settings.limits)
     services = [DECISIONS, FEEDBACK, ADMIN, RETRIEVAL, SEARCH, MODELS]
     interceptors = [AuthInterceptor(ring, method_roles(services), metrics)] if settings.auth == "keys" else []
+    keepalive_ms = max(1, round(settings.keepalive_seconds * 1000))
     options = [
         ("grpc.max_receive_message_length", settings.limits.max_request_bytes),
         ("grpc.max_send_message_length", 64 * 1024 * 1024),
         ("grpc.so_reuseport", 0),
+        # Settings.keepalive_seconds and client_ping_min_seconds say why.
+        ("grpc.keepalive_time_ms", keepalive_ms),
+        ("grpc.keepalive_timeout_ms", min(20_000, keepalive_ms)),
+        # Any ping of its own (flow control's too) unanswered as long closes the connection: the
+        # keepalive ping waits behind one already in flight (grpc allows one), which would
+        # otherwise hold the connection open for grpc's default of a minute.
+        ("grpc.http2.ping_timeout_ms", min(20_000, keepalive_ms)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),  # the server's own pings, on a quiet stream too
+        ("grpc.http2.min_ping_interval_without_data_ms", max(1, round(settings.client_ping_min_seconds * 1000))),
     ]
     server = grpc.aio.server(options=options, interceptors=interceptors)
     # With admin_port, the admin service is served there only (health and reflection on both).

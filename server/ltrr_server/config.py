@@ -564,6 +564,17 @@ class Settings:
     tls_client_ca: str = ""
     # Serve the metrics endpoint over HTTPS too, with the same certificate (read at the start).
     metrics_tls: bool = False
+    # Keepalive (HTTP/2 pings). The server pings a connection quiet for this long and closes it
+    # when no answer comes within 20 s (or this long, if shorter): a client gone without a word
+    # (a partition, a pod killed) frees its streams in about 80 s instead of TCP's hours.
+    keepalive_seconds: float = 60.0
+    # Clients may ping this often, with calls open or not. grpc's own floor is 5 minutes, past
+    # which it answers GOAWAY too_many_pings: a client pinging more often (grpc-go and Envoy
+    # configurations commonly do) lost its idle reward stream after its third ping. ltrr's own
+    # TypeScript client pings every 30 s: its idle StreamRewards ended after 2 minutes
+    # (RESOURCE_EXHAUSTED "Bandwidth exhausted"); a Python one pinging every second, after 3 s
+    # (UNAVAILABLE "Too many pings"). ltrr's Python client stops after 2 pings without data.
+    client_ping_min_seconds: float = 10.0
     snapshot_interval_seconds: float = 60.0
     # How often the learner hands the decision path a fresh model copy (a copy costs ~10 ms of CPU).
     publish_interval_seconds: float = 0.25
@@ -663,7 +674,8 @@ class Settings:
             if not (math.isfinite(value) and 0 <= value <= 1):
                 raise InvalidArgument(f"server.{name}", f"must be in [0, 1], got {value}")
         for name in ("snapshot_interval_seconds", "publish_interval_seconds", "shutdown_timeout_seconds",
-                     "commit_stall_seconds", "commit_timeout_seconds", "first_start_retry_seconds"):
+                     "commit_stall_seconds", "commit_timeout_seconds", "first_start_retry_seconds",
+                     "keepalive_seconds", "client_ping_min_seconds"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise InvalidArgument(f"server.{name}", f"must be a positive number, got {value}")

@@ -136,7 +136,8 @@ def test_eval_policy_and_tune(server: ServerThread, tmp_path: Path) -> None:
 
     out = ltrr("eval", "policy", "demo", "--server", server.target, "--target", "action:nwes", "--target", "uniform")
     assert out.returncode == 0, out.stderr
-    assert "action:nwes                  not estimated: action 'nwes' was offered by none of the 200 events" in out.stdout
+    assert ("action:nwes                  not estimated: action 'nwes' was offered by none of the 200 "
+            "events") in out.stdout
     out = ltrr("eval", "policy", "demo", "--server", server.target, "--target", "bogus")
     assert out.returncode == 2 and "unknown target 'bogus'" in out.stderr
     out = ltrr("eval", "policy", "demo", "--server", server.target, "--since", "yesterday")
