@@ -215,6 +215,9 @@ def test_import_takes_dsjson_files_as_tools_write_them(server: ServerThread, tmp
     assert "line 8: line: 1,000,0" in out.stderr and "more than the 1,000,000 a line may have" in out.stderr
     assert sorted(r["event_id"] for r in rows(server.settings.db_url, "decisions", "policy = 'coffee'")) == [
         "odd0", "odd1", "odd3", "odd4"]
+    out = subprocess.run([sys.executable, "-m", "ltrr_client.cli", "import", "dsjson", "-", "--policy", "wide",
+                          "--target", server.target], capture_output=True, input=odd.read_bytes(), timeout=60)
+    assert json.loads(out.stdout) == {"imported": 0, "duplicates": 4, "skipped": 3}  # event ids are global
 
     # Lines of 11 KB (a context of 900 numbers): 600 of them pass the server's 4 MiB request
     # limit at --batch's default, and 500 (an export's message) the client's.

@@ -482,17 +482,17 @@ IMPORT_BATCH_BYTES = 1 << 20
 
 class _ImportFile:
     """A DSJSON file's lines, numbered as in the file, read once per pass (``--strict`` reads it
-    twice, so standard input is kept, in memory up to 64 MiB and on disk past it).
+    twice, so there standard input is kept, in memory up to 64 MiB and on disk past it).
 
     Blank lines are passed over and a byte order mark at the start dropped (Windows tools write
     one). A line that cannot be sent (not UTF-8, or longer than ``DSJSON_LINE_CHARS``) is named
     on stderr and counted in ``bad``, as the server's answers count the lines it skips.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, twice: bool) -> None:
         self._path = path
         self._kept: IO[bytes] | None = None
-        if path == "-":
+        if path == "-" and twice:
             self._kept = tempfile.SpooledTemporaryFile(max_size=64 << 20)
             shutil.copyfileobj(sys.stdin.buffer, self._kept)
         self.bad = 0
@@ -504,6 +504,9 @@ class _ImportFile:
         if self._kept is not None:
             self._kept.seek(0)
             yield from self._read(self._kept)
+            return
+        if self._path == "-":
+            yield from self._read(sys.stdin.buffer)
             return
         with open(self._path, "rb") as f:
             yield from self._read(f)
@@ -545,7 +548,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     or with --strict, checked first and nothing imported if any is bad."""
     from ltrr.v1 import admin_pb2
 
-    source = _ImportFile(args.file)
+    source = _ImportFile(args.file, twice=args.strict)
 
     def send(validate_only: bool) -> tuple[int, int, int]:
         imported = duplicates = bad = 0
