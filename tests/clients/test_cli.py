@@ -146,6 +146,37 @@ def test_eval_policy_and_tune(server: ServerThread, tmp_path: Path) -> None:
     assert out.returncode == 1 and "NOT_FOUND" in out.stderr
 
 
+def test_a_tuning_schedule_outlives_a_failed_run(server: ServerThread) -> None:
+    # Until 2026-12-01, with --every, the first run that failed (here: no joined decisions yet;
+    # in production, a server restarting) ended the schedule for good.
+    from ltrr.v1 import admin_pb2
+    from ltrr_client.client import LtrrClient, reward_event
+    from tests.helpers import wait_for
+
+    with LtrrClient(server.target) as client:
+        client.create_policy(admin_pb2.PolicySpec(name="sched", actions=[{"id": "a"}, {"id": "b"}]))
+    proc = subprocess.Popen([sys.executable, "-m", "ltrr_client.cli", "tune", "sched", "--every", "1s", "--candidate",
+                             "learning_rate=1.0", "--server", server.target],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None and proc.stdout is not None
+        first = next(line for line in proc.stderr if "ltrr tune:" in line)  # after its progress line
+        assert "ltrr tune: this run failed, NOT_FOUND: policy 'sched' has no joined decisions" in first, first
+        assert first.rstrip().endswith("trying again in 1 s"), first
+        with LtrrClient(server.target) as client:
+            events = [reward_event(client.decide("sched", {"user": {"segment": "s1"}}).event_id, 1.0)
+                      for _ in range(30)]
+            list(client.stream_rewards([events]))
+        wait_for(lambda: len(rows(server.settings.db_url, "joined", "policy = 'sched'")) >= 30, timeout=30,
+                 what="joins")
+        table = proc.stdout.readline()
+        assert "joined events of sched" in table, table
+        assert proc.poll() is None  # and it goes on
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
 def test_import_and_export_dsjson(server: ServerThread, tmp_path: Path) -> None:
     from ltrr.v1 import admin_pb2
     from ltrr_client.client import LtrrClient
@@ -286,6 +317,7 @@ _NOWHERE = "127.0.0.1:1"
     (["eval", "policy"], "NAME"),
     (["eval", "xmr", "--limit", "-1"], "--limit"),
     (["tune", "p", "--since", "banana", "--server", _NOWHERE], "ISO 8601"),
+    (["tune", "p", "--every", "soon", "--server", _NOWHERE], "--every"),
     (["models", "promote", "--target", _NOWHERE], "NAME VERSION"),
     (["models", "promote", "m", "-2", "--target", _NOWHERE], "version"),
     (["xmr", "--target", _NOWHERE], "queries"),

@@ -422,11 +422,24 @@ def cmd_eval_policy(args: argparse.Namespace) -> int:
     return 0
 
 
+# With --every, a run that fails for one of these reasons ends the schedule (trying again would
+# fail the same way); any other failure (the server restarting, busy, a range with no joined
+# decisions yet) is reported and the schedule goes on, trying again within a minute.
+_TUNE_FATAL = frozenset({"INVALID_ARGUMENT", "UNAUTHENTICATED", "PERMISSION_DENIED", "UNIMPLEMENTED"})
+TUNE_RETRY_SECONDS = 60.0
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     """Candidate configurations replayed over the log (TunePolicy); ``--every`` repeats it."""
+    import grpc
+
     from ltrr.v1 import admin_pb2
     from ltrr_client.evaluation import parse_candidate, parse_duration, tune_table
 
+    every = parse_duration(args.every) if args.every else 0.0
+    if every is None:
+        print(f"ltrr tune: --every needs a duration such as 24h, got {args.every!r}", file=sys.stderr)
+        return 2
     with _client(args) as c:
         while True:
             try:
@@ -434,17 +447,23 @@ def cmd_tune(args: argparse.Namespace) -> int:
                 candidates = [parse_candidate(text, base) for text in args.candidate]
                 request = admin_pb2.TunePolicyRequest(name=args.name, candidates=candidates, apply=args.apply,
                                                       **_time_range(args))
-                every = parse_duration(args.every) if args.every else 0.0
-                if every is None:
-                    raise ValueError(f"--every needs a duration such as 24h, got {args.every!r}")
+                result = _streamed(c.admin.TunePolicy(request, timeout=args.timeout), "replayed", args.json)
             except ValueError as exc:
                 print(f"ltrr tune: {exc}", file=sys.stderr)
                 return 2
-            result = _streamed(c.admin.TunePolicy(request, timeout=args.timeout), "replayed", args.json)
+            except grpc.RpcError as exc:
+                if not every or exc.code().name in _TUNE_FATAL:
+                    raise
+                wait = min(every, TUNE_RETRY_SECONDS)
+                print(f"ltrr tune: this run failed, {exc.code().name}: {exc.details()}; trying again in "
+                      f"{wait:g} s", file=sys.stderr, flush=True)
+                time.sleep(wait)
+                continue
             if args.json:
                 _print(result)
             else:
-                print(tune_table(result), flush=True)
+                print(tune_table(result))
+            sys.stdout.flush()  # a schedule's reader (a log, a pipe) sees each run as it ends
             if not every:
                 return 0
             time.sleep(every)
