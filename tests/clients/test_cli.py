@@ -224,8 +224,12 @@ def test_import_takes_dsjson_files_as_tools_write_them(server: ServerThread, tmp
         return json.dumps(d).encode()
 
     with LtrrClient(server.target) as c:
-        for name in ("coffee", "wide"):
-            c.create_policy(admin_pb2.PolicySpec(name=name, exploration=admin_pb2.EXPLORATION_EPSILON))
+        c.create_policy(admin_pb2.PolicySpec(name="coffee", exploration=admin_pb2.EXPLORATION_EPSILON))
+        # Crossing a context of 900 numbers with itself (the default interactions) makes learning
+        # each wide line take seconds, and the server's stop waits up to a minute for the learner
+        # to finish them: this policy crosses nothing (no namespace z).
+        c.create_policy(admin_pb2.PolicySpec(name="wide", exploration=admin_pb2.EXPLORATION_EPSILON,
+                                             interactions=["zA"]))
     odd = tmp_path / "odd.json"
     odd.write_bytes(b"\xef\xbb\xbf" + b"\r\n".join([
         renamed(0, "odd"), renamed(1, "odd"), b"", b"  ",  # lines 1-4
