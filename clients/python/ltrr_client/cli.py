@@ -494,8 +494,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 DSJSON_LINE_CHARS = 1_000_000
 # Bytes of lines per batch: a batch is one request, and the server refuses a request over its
 # limits.max_request_bytes (4 MiB by default). Personalizer's lines carry a few KB each, so 1,000
-# of them (--batch's default) would pass it: 1,200 lines of 5.6 KB ended a whole import with
-# RESOURCE_EXHAUSTED before this bound.
+# of them (--batch's default) can be more than that: 1,200 lines of 5.6 KB ended a whole import
+# with RESOURCE_EXHAUSTED before this bound.
 IMPORT_BATCH_BYTES = 1 << 20
 
 

@@ -169,3 +169,45 @@ def test_a_model_with_nan_weights_is_never_served_nor_snapshotted(make_server: A
     assert "policy 'demo' has no finite model to snapshot" in (err.value.details() or "")
     assert rows(sqlite_url, "snapshots") == []
     assert server.registry.get_sample_value("ltrr_models_rejected_total", {"policy": "demo"}) == 2.0
+
+
+def test_a_stop_leaves_a_learning_backlog_to_the_next_start(make_server: Any, sqlite_url: str) -> None:
+    # 1,000 imported decisions with contexts of 900 numbers, crossed with themselves by the
+    # default interactions, are ~20 s of learning. A stop used to learn all of it first: with
+    # 3,000 (`ltrr serve`, SIGTERM) it took 63 s and then killed the learner, long after docker
+    # (10 s) or the Helm chart (30 s) would have killed the server before it saved its rankers
+    # and committed the log's last rows. Now it snapshots what was learned and stops; the next
+    # start learns the rest from the log.
+    import json
+    from pathlib import Path
+
+    from ltrr_server.config import PolicySpec
+    from tests.conftest import demo_policy
+
+    settings = server_settings(sqlite_url, demo_policy(), PolicySpec(name="wide", exploration="epsilon", epsilon=0.1))
+    server: ServerThread = make_server(settings)
+    fixture = (Path(__file__).parents[2] / "fixtures" / "dsjson" / "dsjson_cb.json").read_text().splitlines()
+    lines = []
+    for i in range(1000):
+        d = json.loads(fixture[i % len(fixture)])
+        d["EventId"] = f"wide{i}"
+        d["c"]["FromUrl"][0].update({f"k{j}": 0.25 for j in range(900)})
+        lines.append(json.dumps(d))
+    admin = admin_pb2_grpc.AdminServiceStub(server.channel())
+    results = list(admin.ImportEvents(admin_pb2.ImportBatch(policy="wide", lines=lines[i:i + 100], first_line=i + 1)
+                                      for i in range(0, 1000, 100)))
+    assert sum(r.imported for r in results) == 1000
+    assert server.core.learner.backlog("wide") > 300  # learning lags far behind
+
+    started = time.monotonic()
+    server.stop()
+    assert time.monotonic() - started < 10
+    [final] = rows(sqlite_url, "snapshots", "policy = 'wide'")
+    last = max(r["seq"] for r in rows(sqlite_url, "joined", "policy = 'wide'"))
+    assert final["trigger"] == "shutdown" and final["last_joined_seq"] < last
+
+    again: ServerThread = make_server(settings)
+    admin = admin_pb2_grpc.AdminServiceStub(again.channel())
+    admin.SnapshotPolicy(admin_pb2.SnapshotPolicyRequest(name="wide"), timeout=60)
+    latest = max(rows(sqlite_url, "snapshots", "policy = 'wide'"), key=lambda r: r["id"])
+    assert latest["last_joined_seq"] == last  # every event left at the stop learned at the start
