@@ -47,13 +47,10 @@ class ExportJob:
         for ev in read_events(store, self.policy, self.since, self.until):
             line = to_line(ExportedEvent(ev.event_id, ev.created_at, ev.context, [], ev.probabilities, ev.chosen,
                                          ev.reward), _multi(ev.actions_text))
-            if lines and held + len(line) > CHUNK_CHARS:
+            if lines and (len(lines) >= CHUNK_LINES or held + len(line) > CHUNK_CHARS):
                 send(Lines(lines, done, max(total, done)))
                 lines, held = [], 0
             lines.append(line)
             held += len(line)
             done += 1
-            if len(lines) >= CHUNK_LINES:
-                send(Lines(lines, done, max(total, done)))
-                lines, held = [], 0
         send(Lines(lines, done, max(total, done)))

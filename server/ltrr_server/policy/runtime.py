@@ -75,7 +75,7 @@ class PolicyRuntime:
     counts: dict[str, int] = field(default_factory=dict)
     true_regret_total: float = 0.0
     # Of this lineage's learned rewards that are not 0: their count and the sum of their sizes
-    # (check_reward_scale), and whether it has said so already.
+    # (reward_scale_advice), and whether it has said so already.
     nonzero_rewards: int = 0
     nonzero_reward_sum: float = 0.0
     reward_scale_told: bool = False
