@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import signal
 import struct
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -169,3 +171,42 @@ def poisoned_coin_model(spec: PolicySpec, shared: str, actions: Sequence[str]) -
         lines[1 + i % len(actions)] = f"0:{-float(i % 3 == 0)}:0.25 {lines[1 + i % len(actions)]}"
         ws.learn_one([parse(line) for line in lines])
     return bytes(ws.serialize())
+
+
+def taught_from_log(db_url: str, spec: PolicySpec) -> tuple[bytes, int]:
+    """A fresh model of ``spec`` taught every joined event of its policy in the log, once, in log
+    order, as the test itself reads them: (its bytes, how many events). A learner's snapshot that
+    equals it learned each event exactly once."""
+    from ltrr_server.learner.restore import event_from_rows
+    from ltrr_server.log.store import EventLogStore
+    from ltrr_server.policy.model import PolicyModel
+
+    fresh = PolicyModel.create(spec)
+    engine = create_engine(db_url)
+    try:
+        events = [event_from_rows(row, spec.name) for row in EventLogStore(engine).joined_after(spec.name, 0)]
+    finally:
+        engine.dispose()
+    for ev in events:
+        fresh.learn_one(ev.shared, ev.actions, [(i, -ev.reward, p) for i, p in ev.chosen])
+    return fresh.to_bytes(), len(events)
+
+
+DSJSON_FIXTURE = Path(__file__).parent / "fixtures" / "dsjson" / "dsjson_cb.json"
+
+
+@functools.cache
+def _dsjson_fixture() -> tuple[str, ...]:
+    return tuple(DSJSON_FIXTURE.read_text().splitlines())
+
+
+def dsjson_line(i: int, event_id: str, numbers: int = 0) -> str:
+    """Line ``i`` (cycling) of VW's DSJSON fixture under a new event id; with ``numbers``, its
+    context carries that many more numeric features (900 make a line of about 11 KB)."""
+    import json
+
+    fixture = _dsjson_fixture()
+    d = json.loads(fixture[i % len(fixture)])
+    d["EventId"] = event_id
+    d["c"]["FromUrl"][0].update({f"k{j}": 0.25 for j in range(numbers)})
+    return json.dumps(d)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ServerThread, retrieval_server_settings
-from tests.helpers import rows
+from tests.helpers import dsjson_line, rows
 
 
 def ltrr(*args: str, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -214,14 +214,8 @@ def test_import_takes_dsjson_files_as_tools_write_them(server: ServerThread, tmp
     from ltrr.v1 import admin_pb2
     from ltrr_client.client import LtrrClient
 
-    fixture = (Path(__file__).parents[1] / "fixtures" / "dsjson" / "dsjson_cb.json").read_text().splitlines()
-
-    def renamed(i: int, prefix: str, pad: int = 0) -> bytes:  # pad: as many more numbers in the context
-        d = json.loads(fixture[i % len(fixture)])
-        d["EventId"] = f"{prefix}{i}"
-        if pad:
-            d["c"]["FromUrl"][0].update({f"k{j}": 0.25 for j in range(pad)})
-        return json.dumps(d).encode()
+    def renamed(i: int, prefix: str, numbers: int = 0) -> bytes:
+        return dsjson_line(i, f"{prefix}{i}", numbers).encode()
 
     with LtrrClient(server.target) as c:
         c.create_policy(admin_pb2.PolicySpec(name="coffee", exploration=admin_pb2.EXPLORATION_EPSILON))
@@ -256,7 +250,7 @@ def test_import_takes_dsjson_files_as_tools_write_them(server: ServerThread, tmp
 
     # Lines of 11 KB (a context of 900 numbers): 600 of them pass the server's 4 MiB request
     # limit at --batch's default, and 500 (an export's message) the client's.
-    wide = b"\n".join(renamed(i, "wide", pad=900) for i in range(600)) + b"\n"
+    wide = b"\n".join(renamed(i, "wide", numbers=900) for i in range(600)) + b"\n"
     assert len(wide) > 6 * 1024 * 1024
     out = subprocess.run([sys.executable, "-m", "ltrr_client.cli", "import", "dsjson", "-", "--policy", "wide",
                           "--strict", "--target", server.target], capture_output=True, input=wide, timeout=120)

@@ -12,7 +12,7 @@ import pytest
 from ltrr.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2_grpc, feedback_pb2, feedback_pb2_grpc
 from ltrr_client.client import decide_request, reward_event
 from tests.conftest import ServerThread, demo_policy, server_settings
-from tests.helpers import rows, wait_for
+from tests.helpers import rows, taught_from_log, wait_for
 
 R = feedback_pb2
 
@@ -160,22 +160,12 @@ def test_a_policy_given_its_reward_scale_learns_revenue_as_fast(server: ServerTh
     assert stats.mean_reward > 1.0
     # The learner process learned every reward divided by 250: its snapshot is, byte for byte, a
     # model of that spec taught the log's joined events.
-    from ltrr_server.learner.restore import event_from_rows
-    from ltrr_server.log.db import create_engine
-    from ltrr_server.log.store import EventLogStore
-    from ltrr_server.policy.model import PolicyModel
-
     wait_for(lambda: (s := admin.GetPolicyStats(admin_pb2.GetPolicyStatsRequest(name="revenue"))).learned == s.joined
              and s.learner_lag_events == 0, what="every joined event learned")
     admin.SnapshotPolicy(admin_pb2.SnapshotPolicyRequest(name="revenue"))
     [snapshot] = rows(server.settings.db_url, "snapshots", "policy = 'revenue'")
-    fresh = PolicyModel.create(server.core.policies.get("revenue").spec)
-    engine = create_engine(server.settings.db_url)
-    for row in EventLogStore(engine).joined_after("revenue", 0):
-        ev = event_from_rows(row, "revenue")
-        fresh.learn_one(ev.shared, ev.actions, [(i, -ev.reward, p) for i, p in ev.chosen])
-    engine.dispose()
-    assert fresh.to_bytes() == snapshot["model"]
+    taught, _ = taught_from_log(server.settings.db_url, server.core.policies.get("revenue").spec)
+    assert taught == snapshot["model"]
     assert not [m for m in caplog.messages if "set reward_scale" in m]  # told, so nothing to say
 
 

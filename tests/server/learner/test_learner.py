@@ -14,12 +14,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ltrr.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2_grpc, feedback_pb2, feedback_pb2_grpc
 from ltrr_client.client import decide_request, reward_event
-from ltrr_server.learner.restore import event_from_rows
-from ltrr_server.log.db import create_engine
-from ltrr_server.log.store import EventLogStore
 from ltrr_server.policy.model import ModelFrame, PolicyModel
 from tests.conftest import ServerThread, server_settings
-from tests.helpers import rows, wait_for
+from tests.helpers import dsjson_line, rows, taught_from_log, wait_for
 
 
 def test_learning_runs_in_another_process(server: ServerThread) -> None:
@@ -74,12 +71,7 @@ def test_a_killed_learner_is_back_within_5s_and_learns_every_event_exactly_once(
     admin.SnapshotPolicy(admin_pb2.SnapshotPolicyRequest(name="demo"))
     [snapshot] = rows(db_url, "snapshots")
     assert snapshot["last_joined_seq"] == 350
-    fresh = PolicyModel.create(server.core.policies.get("demo").spec)
-    events = [event_from_rows(ev, "demo") for ev in EventLogStore(create_engine(db_url)).joined_after("demo", 0)]
-    assert len(events) == 350
-    for ev in events:
-        fresh.learn_one(ev.shared, ev.actions, [(i, -ev.reward, p) for i, p in ev.chosen])
-    assert fresh.to_bytes() == snapshot["model"]
+    assert taught_from_log(db_url, server.core.policies.get("demo").spec) == (snapshot["model"], 350)
 
 
 def test_a_learner_that_keeps_dying_holds_the_feedback_service_down_and_comes_back(
@@ -178,21 +170,12 @@ def test_a_stop_leaves_a_learning_backlog_to_the_next_start(make_server: Any, sq
     # (10 s) or the Helm chart (30 s) would have killed the server before it saved its rankers
     # and committed the log's last rows. Now it snapshots what was learned and stops; the next
     # start learns the rest from the log.
-    import json
-    from pathlib import Path
-
     from ltrr_server.config import PolicySpec
     from tests.conftest import demo_policy
 
     settings = server_settings(sqlite_url, demo_policy(), PolicySpec(name="wide", exploration="epsilon", epsilon=0.1))
     server: ServerThread = make_server(settings)
-    fixture = (Path(__file__).parents[2] / "fixtures" / "dsjson" / "dsjson_cb.json").read_text().splitlines()
-    lines = []
-    for i in range(1000):
-        d = json.loads(fixture[i % len(fixture)])
-        d["EventId"] = f"wide{i}"
-        d["c"]["FromUrl"][0].update({f"k{j}": 0.25 for j in range(900)})
-        lines.append(json.dumps(d))
+    lines = [dsjson_line(i, f"wide{i}", numbers=900) for i in range(1000)]
     admin = admin_pb2_grpc.AdminServiceStub(server.channel())
     results = list(admin.ImportEvents(admin_pb2.ImportBatch(policy="wide", lines=lines[i:i + 100], first_line=i + 1)
                                       for i in range(0, 1000, 100)))
