@@ -489,8 +489,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-# ImportBatch.lines: at most this many characters a line (protos/ltrr/v1/admin.proto); a longer
-# line is reported and skipped here, since the server refuses the whole batch that carries it.
+# ImportBatch.lines: at most this many characters a line (protos/ltrr/v1/admin.proto). A longer
+# line is reported and skipped here, unsent: the server would skip it too, and a line of over
+# 4 MiB would pass the request limit, which ends the stream.
 DSJSON_LINE_CHARS = 1_000_000
 # Bytes of lines per batch: a batch is one request, and the server refuses a request over its
 # limits.max_request_bytes (4 MiB by default). Personalizer's lines carry a few KB each, so 1,000

@@ -20,7 +20,6 @@ from ltrr_server.api.routes import Undecodable
 from ltrr_server.api.status import Ctx
 from ltrr_server.api.streams import answered_in_order
 from ltrr_server.audit import AuditLog
-from ltrr_server.bounds import DSJSON_LINE_CHARS
 from ltrr_server.config import Limits, PolicySpec, check_name
 from ltrr_server.core.imports import ImportResult, Imports
 from ltrr_server.core.policies import PolicyBook
@@ -150,9 +149,6 @@ class AdminServicer:
     async def _submit_import(self, batch: admin_pb2.ImportBatch | Undecodable) -> Awaitable[ImportResult]:
         if isinstance(batch, Undecodable):
             raise batch.error
-        for i, line in enumerate(batch.lines):
-            if len(line) > DSJSON_LINE_CHARS:
-                raise InvalidArgument(f"lines[{i}]", f"longer than {DSJSON_LINE_CHARS} characters")
         return await self._imports.submit(inside(caller().tenant, batch.policy, "policy"), list(batch.lines),
                                           batch.first_line, batch.validate_only)
 

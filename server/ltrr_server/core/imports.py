@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
-from ltrr_server.bounds import ID_CHARS
+from ltrr_server.bounds import DSJSON_LINE_CHARS, ID_CHARS
 from ltrr_server.config import Limits
 from ltrr_server.core.policies import PolicyBook
 from ltrr_server.core.rewards import Rewards
@@ -47,13 +47,23 @@ class ImportResult:
 
 def parse_batch(lines: list[str], first_line: int, kind: str, limits: Limits
                 ) -> tuple[list[tuple[int, ImportedEvent]], list[tuple[int, str]]]:
-    """The batch's lines as events, and the errors of the lines that are not (by line number)."""
+    """The batch's lines as events, and the errors of the lines that are not (by line number).
+
+    Lines come as tools write files: a blank line is passed over (no decision, no error), and a
+    byte order mark before a line dropped. A line over ``DSJSON_LINE_CHARS`` is one bad line: it
+    ended the whole stream until 2026-12-01, as clients other than ltrr's still sent it."""
     events: list[tuple[int, ImportedEvent]] = []
     errors: list[tuple[int, str]] = []
     seen: set[str] = set()
     for i, text in enumerate(lines):
         number = first_line + i
+        text = text.removeprefix("\ufeff")
+        if not text.strip():
+            continue
         try:
+            if len(text) > DSJSON_LINE_CHARS:
+                raise InvalidArgument(f"lines[{i}]", f"{len(text):,} characters, more than the {DSJSON_LINE_CHARS:,} "
+                                                     "a line may have")
             ev = parse_line(text, limits.max_actions, limits.max_features)
             if len(ev.event_id) > ID_CHARS or "\x00" in ev.event_id:
                 raise InvalidArgument("EventId", f"longer than {ID_CHARS} characters, or holds a NUL")

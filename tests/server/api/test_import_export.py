@@ -100,6 +100,20 @@ def test_bad_lines_are_named_and_skipped(server: ServerThread) -> None:
     assert len(rows(server.settings.db_url, "decisions", "policy = 'coffee'")) == 3
 
 
+def test_lines_come_as_tools_write_them_and_a_long_one_is_only_skipped(server: ServerThread) -> None:
+    # Found from outside with grpc-js: blank lines and a byte order mark were bad lines, and a line
+    # over 1,000,000 characters ended the whole stream (INVALID_ARGUMENT lines[0]).
+    create(server, "coffee")
+    lines = (FIXTURES / "dsjson_cb.json").read_text().splitlines()[:4]
+    sent = ["\ufeff" + lines[0], "", "   ", lines[1], "x" * 1_000_001, lines[2], "", lines[3]]
+    for validate_only in (True, False):
+        results = import_lines(server, "coffee", sent, batch=3, validate_only=validate_only)
+        assert [(e.line, e.message) for r in results for e in r.errors] == [
+            (5, "lines[1]: 1,000,001 characters, more than the 1,000,000 a line may have")]
+        assert sum(r.imported for r in results) == 4  # the batches after it too
+    assert len(rows(server.settings.db_url, "decisions", "policy = 'coffee'")) == 4
+
+
 def test_multi_slot_lines_need_a_multi_slot_policy(server: ServerThread) -> None:
     create(server, "coffee")
     create(server, "rows", kind=admin_pb2.POLICY_KIND_CCB, slots=2)

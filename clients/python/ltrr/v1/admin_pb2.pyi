@@ -1229,9 +1229,10 @@ class ImportBatch(_message.Message):
     validate_only: _builtins.bool
     @_builtins.property
     def lines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """DSJSON lines, one decision each, of at most 1,000,000 characters: a batch holding a longer
-        line is refused whole (INVALID_ARGUMENT), so a client skips such a line itself. The batch
-        is one request, under the server's limits.max_request_bytes (4 MiB by default).
+        """DSJSON lines, one decision each, of at most 1,000,000 characters (a longer one is named in
+        the errors and skipped). Blank lines are passed over, and a byte order mark before a line is
+        dropped. The batch is one request, under the server's limits.max_request_bytes (4 MiB by
+        default).
         """
 
     def __init__(
