@@ -116,9 +116,15 @@ class SnapshotTaken:
 
 
 @dataclass(frozen=True, slots=True)
+class Restored:
+    """A replacement learner process has rebuilt every policy from the log (``RestoreFromLog``):
+    from now on its state holds more than the snapshots and the log, and is worth a final snapshot."""
+
+
+@dataclass(frozen=True, slots=True)
 class Stopped:
     """The last message of a learner process that was told to ``Stop``."""
 
 
 ToLearner = LearnEvents | SetState | TakeSnapshot | Stop
-FromLearner = Published | ModelRejected | SnapshotTaken | Stopped
+FromLearner = Published | ModelRejected | SnapshotTaken | Restored | Stopped

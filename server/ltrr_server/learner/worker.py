@@ -16,6 +16,7 @@ from ltrr_server.learner.messages import (
     LearnEvents,
     ModelRejected,
     Published,
+    Restored,
     SetState,
     SnapshotTaken,
     Stop,
@@ -64,6 +65,7 @@ def run(conn: Connection, start: WorkerStart, publish_interval: float, snapshot_
         learner.consumed[s.policy] = s.learned
     if start.restore is not None:
         _restore(learner, start.restore)
+        conn.send(Restored())
     learner.loop()
 
 
