@@ -79,7 +79,8 @@ def magnitude_problem(value: float, limit: float) -> str:
         return f"must be within +-{limit:g}, got {value:.10g}"
     return ""
 
-# Policy specs.
+# Policy specs; the paths an UpdatePolicy's mask may name (PolicySpec's fields, with room to grow).
+SPEC_FIELDS = 64
 DESCRIPTION_CHARS = 1024
 INTERACTIONS = 64
 MAX_SLOTS = 64
@@ -220,6 +221,8 @@ BOUNDS: dict[str, Bound] = {
     # admin
     "ltrr.v1.CreatePolicyRequest.spec": Nested(),
     "ltrr.v1.UpdatePolicyRequest.spec": Nested(),
+    "ltrr.v1.UpdatePolicyRequest.update_mask": Nested(),
+    "google.protobuf.FieldMask.paths": Items(SPEC_FIELDS, each=Text(ID_CHARS)),
     "ltrr.v1.GetPolicyRequest.name": _ID,
     "ltrr.v1.SnapshotPolicyRequest.name": _ID,
     "ltrr.v1.GetPolicyStatsRequest.name": _ID,

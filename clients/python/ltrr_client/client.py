@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.field_mask_pb2 import FieldMask
 
 from ltrr.v1 import (
     admin_pb2,
@@ -311,8 +312,11 @@ class LtrrClient:
     def create_policy(self, spec: admin_pb2.PolicySpec) -> admin_pb2.Policy:
         return self.admin.CreatePolicy(admin_pb2.CreatePolicyRequest(spec=spec), timeout=self.timeout)
 
-    def update_policy(self, spec: admin_pb2.PolicySpec) -> admin_pb2.UpdatePolicyResponse:
-        return self.admin.UpdatePolicy(admin_pb2.UpdatePolicyRequest(spec=spec), timeout=self.timeout)
+    def update_policy(self, spec: admin_pb2.PolicySpec, update_mask: Sequence[str] = ()
+                      ) -> admin_pb2.UpdatePolicyResponse:
+        """Changes the fields ``update_mask`` names (none: the fields ``spec`` sets; ``["*"]``: all)."""
+        request = admin_pb2.UpdatePolicyRequest(spec=spec, update_mask=FieldMask(paths=list(update_mask)))
+        return self.admin.UpdatePolicy(request, timeout=self.timeout)
 
     def snapshot(self, name: str) -> admin_pb2.Snapshot:
         return self.admin.SnapshotPolicy(admin_pb2.SnapshotPolicyRequest(name=name), timeout=60)

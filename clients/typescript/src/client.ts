@@ -219,8 +219,9 @@ export class LtrrClient {
     return this.call(this.admin, this.admin.CreatePolicy, { spec });
   }
 
-  updatePolicy(spec: PolicySpec): Promise<v1.UpdatePolicyResponse> {
-    return this.call(this.admin, this.admin.UpdatePolicy, { spec });
+  /** Changes the fields `updateMask` names (none: the fields `spec` sets; `["*"]`: all of them). */
+  updatePolicy(spec: PolicySpec, updateMask: string[] = []): Promise<v1.UpdatePolicyResponse> {
+    return this.call(this.admin, this.admin.UpdatePolicy, { spec, update_mask: { paths: updateMask } });
   }
 
   snapshot(name: string): Promise<v1.Snapshot> {

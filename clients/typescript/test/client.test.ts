@@ -76,6 +76,12 @@ test("policies are created, listed, described and evaluated from their log", asy
   let updates = 0;
   const evaluation = await client.evaluate({ name: "ts-made" }, () => { updates++; });
   assert.ok(updates >= 1 && evaluation.targets.length >= 2);
+  // An update changes what it sets (or its mask names) and keeps the rest: the actions here.
+  const described = await client.updatePolicy({ name: "ts-made", description: "two actions" });
+  assert.deepEqual(described.policy?.spec?.actions.map((a) => a.id), ["a", "b"]);
+  assert.equal(described.model_reset, false);
+  const cleared = await client.updatePolicy({ name: "ts-made" }, ["description"]);
+  assert.equal(cleared.policy?.spec?.description, "");
 });
 
 test("bad input gets a status naming the field; a value the API cannot carry is refused here", async () => {

@@ -68,8 +68,10 @@ class AdminServicer:
     async def UpdatePolicy(  # noqa: N802
         self, request: admin_pb2.UpdatePolicyRequest, context: Ctx
     ) -> admin_pb2.UpdatePolicyResponse:
-        spec = self._spec(request.spec)
-        before = self._policies.get(spec.name, "spec.name").spec
+        check_name(request.spec.name, "spec.name")
+        paths = convert.update_paths(request.spec, request.update_mask.paths)
+        before = self._policy(request.spec.name, "spec.name").spec
+        spec = self._spec(convert.spec_update(before, request.spec, paths))
         info, reset = await self._policies.update(spec)
         await asyncio.to_thread(self._audit.record, caller(), "policy.reset" if reset else "policy.update",
                                 spec.name, before.to_dict(), info.spec.to_dict())

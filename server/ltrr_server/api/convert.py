@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from google.protobuf.message import Message
+
 from ltrr.v1 import admin_pb2, common_pb2, decisions_pb2, feedback_pb2
-from ltrr_server.bounds import REQUEST_ID_CHARS
+from ltrr_server.bounds import ID_CHARS, REQUEST_ID_CHARS, SPEC_FIELDS
 from ltrr_server.config import ActionSpec, Limits, PolicySpec
 from ltrr_server.core.decisions import Decision
 from ltrr_server.core.policies import PolicyInfo
@@ -173,6 +175,61 @@ def spec_to_proto(spec: PolicySpec) -> admin_pb2.PolicySpec:
         retention_days=spec.retention_days, cb_type=cb_types[spec.cb_type],
         optimizer=optimizers[spec.optimizer], reward_scale=spec.reward_scale,
     )
+
+
+def update_paths(change: admin_pb2.PolicySpec, paths: Sequence[str]) -> tuple[str, ...] | None:
+    """The fields an UpdatePolicy changes (AIP-134's update mask): those ``paths`` names; no paths,
+    those ``change`` sets; ``None`` for ``["*"]``, the whole spec.
+
+    >>> update_paths(admin_pb2.PolicySpec(name="p", mode=admin_pb2.POLICY_MODE_ONLINE), [])
+    ('name', 'mode')
+    >>> update_paths(admin_pb2.PolicySpec(name="p"), ["model"])
+    Traceback (most recent call last):
+    ...
+    ltrr_server.errors.InvalidArgument: update_mask.paths[0]: 'model' is not a PolicySpec field ...
+    """
+    if len(paths) > SPEC_FIELDS:
+        raise InvalidArgument("update_mask.paths", f"{len(paths)} paths, more than PolicySpec's {SPEC_FIELDS} fields")
+    fields = admin_pb2.PolicySpec.DESCRIPTOR.fields_by_name
+    for i, path in enumerate(paths):
+        if len(path) > ID_CHARS:
+            raise InvalidArgument(f"update_mask.paths[{i}]", f"{len(path)} characters, more than {ID_CHARS}")
+        if path not in fields and not (path == "*" and len(paths) == 1):
+            raise InvalidArgument(f"update_mask.paths[{i}]", f"{path!r} is not a PolicySpec field ("
+                                  f"{', '.join(fields)}; or \"*\" alone: the whole spec)")
+    if list(paths) == ["*"]:
+        return None
+    return tuple(paths) if paths else tuple(f.name for f, _ in change.ListFields())
+
+
+def spec_update(current: PolicySpec, change: admin_pb2.PolicySpec, paths: Sequence[str] | None
+                ) -> admin_pb2.PolicySpec:
+    """``current`` with the fields ``paths`` names taken from ``change`` (``None``: ``change``).
+
+    A caller switching an apprentice online sends ``{name, mode}``: replacing the whole spec with
+    it dropped the policy's actions, and reset a model learned under non-default settings.
+
+    >>> live = PolicySpec(name="p", learning_rate=0.1, actions=(ActionSpec("a"), ActionSpec("b")))
+    >>> out = spec_update(live, admin_pb2.PolicySpec(name="p", mode=admin_pb2.POLICY_MODE_ONLINE), ["mode"])
+    >>> [a.id for a in out.actions], out.learning_rate, out.mode == admin_pb2.POLICY_MODE_ONLINE
+    (['a', 'b'], 0.1, True)
+    >>> len(spec_update(live, admin_pb2.PolicySpec(name="p"), ["actions"]).actions)
+    0
+    """
+    if paths is None:
+        return change
+    fields = admin_pb2.PolicySpec.DESCRIPTOR.fields_by_name
+    out = spec_to_proto(current)
+    message: Message = out  # paths are field names checked against the descriptor (update_paths)
+    for path in paths:
+        if path == "name":
+            continue
+        message.ClearField(path)
+        if fields[path].is_repeated:
+            getattr(out, path).extend(getattr(change, path))
+        elif not fields[path].has_presence or change.HasField(path):  # type: ignore[arg-type]
+            setattr(out, path, getattr(change, path))
+    return out
 
 
 def policy_to_proto(info: PolicyInfo) -> admin_pb2.Policy:

@@ -93,6 +93,51 @@ def test_update_live_fields_and_learning_fields(server: ServerThread) -> None:
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_an_update_changes_what_it_names_and_keeps_the_rest(server: ServerThread) -> None:
+    a = admin(server)
+    a.CreatePolicy(admin_pb2.CreatePolicyRequest(spec=ccb_spec(description="rows of the home page")))
+
+    def update(paths: list[str], **fields: object) -> admin_pb2.UpdatePolicyResponse:
+        spec = admin_pb2.PolicySpec(name="rows", **fields)  # type: ignore[arg-type]
+        return a.UpdatePolicy(admin_pb2.UpdatePolicyRequest(spec=spec, update_mask={"paths": paths}))
+
+    # No mask: the fields the request sets. Replacing the whole spec with {name, join window}
+    # made this multi-slot policy a one-slot cb policy without actions, on a new model.
+    got = update([], join_window_seconds=30)
+    kept = got.policy.spec
+    assert (got.model_reset, got.policy.lineage, kept.join_window_seconds) == (False, 1, 30)
+    assert (kept.kind, kept.slots, kept.epsilon, kept.aggregation) == (
+        admin_pb2.POLICY_KIND_CCB, 3, 0.2, admin_pb2.AGGREGATION_SUM)
+    assert ([x.id for x in kept.actions], kept.description) == (["a", "b", "c", "d"], "rows of the home page")
+    assert len(decisions_pb2_grpc.DecisionServiceStub(server.channel()).Decide(decide_request("rows")).slots) == 3
+    # A mask names fields to clear, and replaces a list whole.
+    got = update(["description", "actions"], actions=[common_pb2.Action(id=x) for x in ("c", "e", "f")])
+    assert (got.policy.spec.description, [x.id for x in got.policy.spec.actions]) == ("", ["c", "e", "f"])
+    assert (got.model_reset, got.policy.spec.slots) == (False, 3)
+    # A learning parameter named and unset goes back to its default: a new lineage.
+    got = update(["epsilon"])
+    assert (got.model_reset, got.policy.spec.epsilon, got.policy.lineage) == (True, 0.05, 2)
+    # "*": the request is the whole spec.
+    got = update(["*"], kind=admin_pb2.POLICY_KIND_CCB, actions=[common_pb2.Action(id="a")])
+    assert (got.policy.spec.slots, got.policy.spec.aggregation, got.policy.spec.join_window_seconds) == (
+        2, admin_pb2.AGGREGATION_FIRST, 10)
+
+
+@pytest.mark.parametrize("paths,field", [
+    (["ghost"], "update_mask.paths[0]"),
+    (["mode", "*"], "update_mask.paths[1]"),
+    (["actions.id"], "update_mask.paths[0]"),
+    (["name"] * 65, "update_mask.paths"),
+], ids=["unknown field", "star among fields", "nested path", "too many"])
+def test_bad_update_masks_name_the_path(server: ServerThread, paths: list[str], field: str) -> None:
+    request = admin_pb2.UpdatePolicyRequest(spec=admin_pb2.PolicySpec(name="demo", description="changed"),
+                                            update_mask={"paths": paths})
+    with pytest.raises(grpc.RpcError) as err:
+        admin(server).UpdatePolicy(request)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in err.value.details()
+    assert admin(server).GetPolicy(admin_pb2.GetPolicyRequest(name="demo")).spec.description != "changed"
+
+
 def test_policies_and_changes_persist_across_restart(make_server: object, db_url: str) -> None:
     first = make_server(server_settings(db_url))  # type: ignore[operator]
     a = admin(first)

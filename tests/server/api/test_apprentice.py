@@ -20,6 +20,7 @@ BASELINE = {"x": "a", "y": "b"}
 
 def spec(**kw: object) -> admin_pb2.PolicySpec:
     fields: dict[str, object] = dict(name="app", mode=admin_pb2.POLICY_MODE_APPRENTICE, join_window_seconds=60,
+                                     learning_rate=0.25,
                                      actions=[common_pb2.Action(id=a) for a in ("a", "b", "c")])
     return admin_pb2.PolicySpec(**(fields | kw))  # type: ignore[arg-type]
 
@@ -52,8 +53,10 @@ def test_apprentice_serves_the_baseline_learns_and_switches_online(server: Serve
         # The first action is the baseline when a request names none.
         assert c.decisions.Decide(decide_request("app", {"u": {"seg": "y"}})).chosen_action_id == "a"
 
-        switched = c.update_policy(spec(mode=admin_pb2.POLICY_MODE_ONLINE))
+        # One UpdatePolicy naming the mode alone: the actions, the learning rate and the model stay.
+        switched = c.update_policy(admin_pb2.PolicySpec(name="app", mode=admin_pb2.POLICY_MODE_ONLINE))
         assert not switched.model_reset and switched.policy.lineage == 1
+        assert switched.policy.spec.learning_rate == 0.25 and len(switched.policy.spec.actions) == 3
         picks = [c.decisions.Decide(_request("x", "")) for _ in range(60)]
         assert any(p.probability < 1.0 for p in picks)  # drawn from the policy now
         assert sum(p.chosen_action_id == "a" for p in picks) > 40  # what it learned as an apprentice

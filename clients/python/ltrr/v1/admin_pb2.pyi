@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
@@ -389,25 +390,36 @@ Global___CreatePolicyRequest: _TypeAlias = CreatePolicyRequest  # noqa: Y015
 
 @_typing.final
 class UpdatePolicyRequest(_message.Message):
-    """Replaces the spec of the policy named spec.name. Changes to join window,
-    default reward, aggregation, slots, actions and description apply live;
-    changes to learning parameters (kind, exploration, interactions, bits,
-    learning rate) start a new model lineage, which model_reset reports.
+    """Changes the spec of the policy named spec.name: the fields update_mask names, taken from spec
+    (AIP-134). Changes to join window, default reward, aggregation, slots, actions, description,
+    mode and retention apply live; changes to learning parameters (kind, exploration,
+    interactions, bits, learning rate, power_t, cb_type, optimizer, reward_scale) start a new
+    model lineage, which model_reset reports.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     SPEC_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def spec(self) -> Global___PolicySpec: ...
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """PolicySpec's field names ("mode", "actions"); a named field that spec leaves unset is reset
+        to its default, and a named list replaced whole. Empty: the fields spec sets (a non-zero
+        number, a non-empty string or list), so {name, mode} changes the mode and keeps the rest.
+        "*": spec replaces the whole spec, every unset field back to its default.
+        """
+
     def __init__(
         self,
         *,
         spec: Global___PolicySpec | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec", "update_mask", b"update_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
