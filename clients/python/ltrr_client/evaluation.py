@@ -167,8 +167,11 @@ def evaluation_table(result: admin_pb2.PolicyEvaluation) -> str:
             f"{_when(result.first_ms)} .. {_when(result.last_ms)}; logged policy's mean reward "
             f"{_interval(result.logged)}")
     paired = any(s.HasField("versus_baseline") for t in result.targets for s in t.slots)
+    # Only a log that did not explore has the column (and its note): most never do.
+    unlogged = any(s.unlogged_share > 0 for t in result.targets for s in t.slots)
     rows = [head, f"{'target':<28} {'slot':>4} {'estimator':<6} {'value [95% interval]':>34} {'ess':>9} "
-                  f"{'support':>8}" + (f" {'minus the baseline, paired':>34}" if paired else "")]
+                  f"{'support':>8}" + (f" {'unlogged':>8}" if unlogged else "")
+                  + (f" {'minus the baseline, paired':>34}" if paired else "")]
     for t in result.targets:
         if t.problem:
             rows.append(f"{t.name[:28]:<28} not estimated: {t.problem}")
@@ -176,8 +179,13 @@ def evaluation_table(result: admin_pb2.PolicyEvaluation) -> str:
             for name in ("ips", "snips", "dr"):
                 if s.HasField(name):
                     versus = f" {_interval(getattr(s.versus_baseline, name), signed=True):>34}" if paired else ""
+                    hole = f" {s.unlogged_share:>8.3f}" if unlogged else ""
                     rows.append(f"{t.name[:28]:<28} {s.slot:>4} {name:<6} {_interval(getattr(s, name)):>34} "
-                                f"{s.effective_sample_size:>9.0f} {s.support:>8.3f}{versus}")
+                                f"{s.effective_sample_size:>9.0f} {s.support:>8.3f}{hole}{versus}")
+    if unlogged:
+        rows.append("unlogged: the share of a target's choices on actions the logged decisions gave probability 0 "
+                    "(they did not explore). No estimate sees what those choices would have earned: where it is "
+                    "above 0, the figures leave them out.")
     return "\n".join(rows)
 
 
@@ -195,7 +203,9 @@ def tune_table(result: admin_pb2.TuneResult) -> str:
     for i, c in enumerate(result.candidates):
         figures = (f"{'not estimated':>34} {'':>34}" if c.problem else
                    f"{_interval(c.estimate):>34} {_interval(c.versus_live, signed=True):>34}")
-        rows.append(f"{i + 1:>2} {figures}  {describe(c.spec)}" + (f" ({c.problem})" if c.problem else ""))
+        note = (f" ({c.problem})" if c.problem else
+                f" ({c.unlogged_share:.0%} of its choices unlogged)" if c.unlogged_share >= 0.005 else "")
+        rows.append(f"{i + 1:>2} {figures}  {describe(c.spec)}{note}")
     rows.append(f"recommended: {describe(result.recommended)}")
     rows.append(("applied: " if result.applied else "not applied: ") + result.reason)
     return "\n".join(rows)

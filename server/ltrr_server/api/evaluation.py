@@ -171,7 +171,8 @@ def result_to_proto(r: EvaluationResult) -> admin_pb2.PolicyEvaluation:
         te = out.targets.add(name=t.name, problem=t.problem)
         for s in t.slots:
             se = te.slots.add(slot=s.slot, mean_weight=s.mean_weight, max_weight=s.max_weight,
-                              effective_sample_size=s.effective_sample_size, support=s.support)
+                              effective_sample_size=s.effective_sample_size, support=s.support,
+                              unlogged_share=s.unlogged_share)
             for name, estimate in s.estimates.items():
                 getattr(se, name).CopyFrom(_estimate(estimate))
             for name, estimate in s.versus_baseline.items():
@@ -187,7 +188,7 @@ def tune_to_proto(t: TuneOutcome) -> admin_pb2.TuneResult:
             out.candidates.add(spec=spec_to_proto(c.spec), problem=c.problem)
         else:
             out.candidates.add(spec=spec_to_proto(c.spec), estimate=_estimate(c.estimate), support=c.support,
-                               versus_live=_estimate(c.versus_live))
+                               versus_live=_estimate(c.versus_live), unlogged_share=c.unlogged_share)
     if t.info is not None:
         out.policy_after.CopyFrom(policy_to_proto(t.info))
     return out

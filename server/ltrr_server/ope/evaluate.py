@@ -82,6 +82,10 @@ class SlotResult:
     support: float
     # Each estimate minus the plan's baseline target's, with the paired interval; empty without one.
     versus_baseline: dict[str, Estimate] = field(default_factory=dict)
+    # The target's mean probability on actions the logged policy gave probability 0 (a log that
+    # did not explore: apprentice mode, imported deterministic decisions). No estimator sees what
+    # those choices would have earned: above 0, every estimate here leaves that share out.
+    unlogged_share: float = 0.0
 
 
 @dataclass
@@ -157,6 +161,7 @@ class _Column:
     def __init__(self) -> None:
         self.weights = array("d")
         self.q_target = array("d")
+        self.unlogged = 0.0  # the sum over events of the target's probability on unlogged actions
 
 
 def evaluate(store: EventLogStore, plan: EvaluationPlan, progress: Progress | None = None) -> EvaluationResult:
@@ -188,6 +193,8 @@ def evaluate(store: EventLogStore, plan: EvaluationPlan, progress: Progress | No
         for s, (idx, _) in enumerate(zip(ev.chosen, ev.logged, strict=True)):
             slot_rewards[s].append(ev.reward)
             q_logged[s].append(q[idx] if q is not None else 0.0)
+        # Per slot, the actions the logged policy could not have taken: none when it explored.
+        holes = [() if min(p) > 0 else tuple(a for a, pa in enumerate(p) if pa <= 0) for p in ev.probabilities]
         for t, (target, cols) in enumerate(zip(targets, columns, strict=True)):
             if t in problems:
                 continue
@@ -201,6 +208,8 @@ def evaluate(store: EventLogStore, plan: EvaluationPlan, progress: Progress | No
             for s, (idx, logged) in enumerate(zip(ev.chosen, ev.logged, strict=True)):
                 dist = probs[s] if s < len(probs) else [0.0] * len(ev.action_ids)
                 cols[s].weights.append(dist[idx] / logged)
+                if holes[s]:
+                    cols[s].unlogged += sum(dist[a] for a in holes[s])
                 cols[s].q_target.append(sum(p * qa for p, qa in zip(dist, q, strict=True)) if q is not None else 0.0)
             target.learn(ev)
         if reward_model is not None:
@@ -215,6 +224,9 @@ def evaluate(store: EventLogStore, plan: EvaluationPlan, progress: Progress | No
             problems[t] = "its model has NaN or infinite weights: it is not estimated"
         if t not in problems and n and (why := target.unmatched(n)):
             problems[t] = f"{why}: it is not estimated"
+        if t not in problems and columns[t] and all(c.unlogged >= len(c.weights) * (1 - 1e-9) for c in columns[t]):
+            problems[t] = ("the logged decisions gave probability 0 to every choice it makes (they did not explore): "
+                           "no event says what it would earn: it is not estimated")
     if n == 0:
         raise NotFound(f"policy {plan.policy!r} has no joined decisions made in the range since_ms="
                        f"{plan.since * 1000:.0f}, until_ms={plan.until * 1000:.0f}", field="since_ms")
@@ -240,7 +252,7 @@ def evaluate(store: EventLogStore, plan: EvaluationPlan, progress: Progress | No
             versus = {k: t.minus(base[s][k]) for k, t in terms.items()} if base is not None else {}
             slots.append(SlotResult(s, {k: t.estimate() for k, t in terms.items()}, float(np.mean(w)),
                                     float(np.max(w)), estimators.effective_sample_size(w), float(np.mean(w > 0)),
-                                    versus))
+                                    versus, col.unlogged / len(w)))
         model = target.model.to_bytes() if tp.keep_model and isinstance(target, ReplayTarget) else None
         result.targets.append(TargetResult(target.name, slots, model))
     if progress is not None:

@@ -79,6 +79,23 @@ def test_a_candidate_exploring_less_is_ranked_but_not_recommended() -> None:
                                      "estimate's difference +0.01 has a lower bound of -0.00")
 
 
+def test_a_candidate_choosing_what_the_log_never_took_is_not_recommended() -> None:
+    """On a log that did not explore, a replay's choices off the logged actions weigh nothing:
+    its estimate is the reward where it agreed with the log. Over 1% of such choices, it is set aside."""
+    faster, slower = (dataclasses.replace(LIVE, learning_rate=r) for r in (1.0, 0.25))
+    rows = [(0.28, 0.0, 0.0), (0.80, 0.02, 0.001), (0.29, 0.01, 0.001)]
+    unseen = result(rows)
+    unseen.targets[1].slots[0].unlogged_share = 0.4
+    unseen.targets[2].slots[0].unlogged_share = 0.01  # at the bound: still eligible
+    choice = _choose(unseen, [LIVE, faster, slower], 0, LIVE, apply=True)
+    assert choice.index == 2 and choice.recommended == slower
+    assert choice.ranked[0].spec == faster and choice.ranked[0].unlogged_share == 0.4
+    assert ("1 candidate choosing actions the log never took (over 1% of its choices) set aside (the log did not "
+            "explore: what they would have earned is unknown)") in choice.reason
+    unseen.targets[2].slots[0].unlogged_share = 0.02
+    assert _choose(unseen, [LIVE, faster, slower], 0, LIVE, apply=True).index is None
+
+
 NOT_ESTIMATED = "its model gave NaN or infinite probabilities at joined event 7 of 20000 (seq 7): it is not estimated"
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from ltrr.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 from ltrr_client.client import LtrrClient, reward_event
-from ltrr_client.evaluation import describe
+from ltrr_client.evaluation import describe, evaluation_table
 from tests.conftest import ServerThread, server_settings
 from tests.helpers import rows, wait_for
 
@@ -122,6 +122,43 @@ def test_an_action_or_a_table_that_no_event_offered_is_not_estimated(ev_server: 
     assert "to (none)" in problems["zero"] and "('ghost')" in problems["by segment"]
     assert [t.name for t in result.targets if t.slots] == ["action:a", "uniform"]
     assert not any(t.slots for t in result.targets if t.problem)
+
+
+def test_a_log_that_did_not_explore_says_what_it_cannot_see(ev_server: ServerThread) -> None:
+    """An apprentice's log holds one action per decision, with probability 1: what the others would
+    have earned is in no event. Found from outside: uniform was estimated at a third of the logged
+    mean with an interval that excluded the truth, and tune rated every candidate at about three
+    times the live policy, with nothing to say the log could not tell."""
+    stub = admin_pb2_grpc.AdminServiceStub(ev_server.channel())
+    some = [target(uniform=True), target(action="a"), target(action="c")]
+    explored = list(stub.EvaluatePolicy(admin_pb2.EvaluatePolicyRequest(name="ev", targets=some)))[-1].result
+    assert all(s.unlogged_share == 0 for t in explored.targets for s in t.slots)
+    assert "unlogged" not in evaluation_table(explored)
+
+    baseline = {"x": "a", "y": "b"}  # the caller's own logic: one action per segment
+    with LtrrClient(ev_server.target) as client:
+        client.create_policy(spec("app", mode=admin_pb2.POLICY_MODE_APPRENTICE))
+        rng = random.Random(5)
+        events = []
+        for i in range(300):
+            seg = SEGMENTS[i % 2]
+            resp = client.decide("app", {"u": {"seg": seg}}, baseline=baseline[seg])
+            events.append(reward_event(resp.event_id, float(rng.random() < MEANS[seg][resp.chosen_action_id])))
+        list(client.stream_rewards([events]))
+        wait_for(lambda: client.stats("app").joined >= 300, timeout=30, what="the apprentice's rewards joined")
+    result = list(stub.EvaluatePolicy(admin_pb2.EvaluatePolicyRequest(name="app", targets=some)))[-1].result
+    by_name = {t.name: t for t in result.targets}
+    assert by_name["uniform"].slots[0].unlogged_share == pytest.approx(2 / 3)
+    assert by_name["action:a"].slots[0].unlogged_share == pytest.approx(0.5)  # a was never shown on y
+    assert by_name["action:c"].problem.startswith("the logged decisions gave probability 0 to every choice it makes")
+    table = evaluation_table(result)
+    assert "unlogged" in table.splitlines()[1] and "No estimate sees what those choices would have earned" in table
+
+    tuned = list(stub.TunePolicy(admin_pb2.TunePolicyRequest(name="app", apply=True)))[-1].result
+    with LtrrClient(ev_server.target) as client:
+        assert not tuned.applied and describe(tuned.recommended) == describe(client.get_policy("app").spec)
+    # Every candidate's replay strays from the baseline while it learns.
+    assert all(c.unlogged_share > 0.01 for c in tuned.candidates), [c.unlogged_share for c in tuned.candidates]
 
 
 def test_estimates_equal_the_formulas_over_the_logged_rows(ev_server: ServerThread) -> None:

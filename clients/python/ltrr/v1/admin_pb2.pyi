@@ -881,6 +881,7 @@ class SlotEvaluation(_message.Message):
     EFFECTIVE_SAMPLE_SIZE_FIELD_NUMBER: _builtins.int
     SUPPORT_FIELD_NUMBER: _builtins.int
     VERSUS_BASELINE_FIELD_NUMBER: _builtins.int
+    UNLOGGED_SHARE_FIELD_NUMBER: _builtins.int
     slot: _builtins.int
     mean_weight: _builtins.float
     """Of the importance weights (target probability / logged probability of the logged action):
@@ -891,6 +892,13 @@ class SlotEvaluation(_message.Message):
     effective_sample_size: _builtins.float
     support: _builtins.float
     """Share of events in which the target could take the logged action at all."""
+    unlogged_share: _builtins.float
+    """The target's mean probability on actions the logged policy gave probability 0: a log that
+    did not explore (apprentice mode, a baseline order, imported decisions logged with
+    probability 1). No estimator sees what those choices would have earned, so above 0 every
+    estimate leaves that share of the target out (IPS and DR count it as earning nothing or the
+    reward model's guess, SNIPS as earning what the rest did).
+    """
     @_builtins.property
     def ips(self) -> Global___Estimate:
         """Each set when asked for."""
@@ -915,10 +923,11 @@ class SlotEvaluation(_message.Message):
         effective_sample_size: _builtins.float = ...,
         support: _builtins.float = ...,
         versus_baseline: Global___EstimateDifferences | None = ...,
+        unlogged_share: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["dr", b"dr", "ips", b"ips", "snips", b"snips", "versus_baseline", b"versus_baseline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dr", b"dr", "effective_sample_size", b"effective_sample_size", "ips", b"ips", "max_weight", b"max_weight", "mean_weight", b"mean_weight", "slot", b"slot", "snips", b"snips", "support", b"support", "versus_baseline", b"versus_baseline"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dr", b"dr", "effective_sample_size", b"effective_sample_size", "ips", b"ips", "max_weight", b"max_weight", "mean_weight", b"mean_weight", "slot", b"slot", "snips", b"snips", "support", b"support", "unlogged_share", b"unlogged_share", "versus_baseline", b"versus_baseline"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1102,11 +1111,14 @@ class CandidateEstimate(_message.Message):
     SUPPORT_FIELD_NUMBER: _builtins.int
     VERSUS_LIVE_FIELD_NUMBER: _builtins.int
     PROBLEM_FIELD_NUMBER: _builtins.int
+    UNLOGGED_SHARE_FIELD_NUMBER: _builtins.int
     support: _builtins.float
     problem: _builtins.str
     """Why it has no estimate or versus_live (its replay's model turned NaN or infinite): ranked
     last and never recommended.
     """
+    unlogged_share: _builtins.float
+    """As SlotEvaluation.unlogged_share: above 1%, never recommended."""
     @_builtins.property
     def spec(self) -> Global___PolicySpec: ...
     @_builtins.property
@@ -1128,10 +1140,11 @@ class CandidateEstimate(_message.Message):
         support: _builtins.float = ...,
         versus_live: Global___Estimate | None = ...,
         problem: _builtins.str = ...,
+        unlogged_share: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate", "spec", b"spec", "versus_live", b"versus_live"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate", "problem", b"problem", "spec", b"spec", "support", b"support", "versus_live", b"versus_live"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate", "problem", b"problem", "spec", b"spec", "support", b"support", "unlogged_share", b"unlogged_share", "versus_live", b"versus_live"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
