@@ -228,6 +228,12 @@ def _choose(result: EvaluationResult, specs: list[PolicySpec], own_index: int, c
         return _Choice(ranked, None, current, f"the live configuration's own replay was not estimated ("
                                               f"{scored[own_index].problem}): no candidate can be compared with it; "
                                               f"the live configuration stays")
+    own_unlogged = scored[own_index].unlogged_share
+    if own_unlogged > UNLOGGED_MAX:
+        why = (f"the log did not explore: {own_unlogged:.0%} of the live configuration's replayed choices are "
+               f"actions it never took, whose reward no event says; replay cannot compare configurations on it; "
+               f"the live configuration stays")
+        return _Choice(ranked, None, current, why)
     not_estimated = (f"; {failed} candidate{'s' if failed > 1 else ''} not estimated (its replay's model turned NaN or "
                      f"infinite) ranked last" if failed else "")
     z = family_z(len(specs) - 1)

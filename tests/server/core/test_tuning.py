@@ -94,6 +94,10 @@ def test_a_candidate_choosing_what_the_log_never_took_is_not_recommended() -> No
             "explore: what they would have earned is unknown)") in choice.reason
     unseen.targets[2].slots[0].unlogged_share = 0.02
     assert _choose(unseen, [LIVE, faster, slower], 0, LIVE, apply=True).index is None
+    # The live configuration's own replay strays from the log: nothing can be compared there.
+    unseen.targets[0].slots[0].unlogged_share = 0.67
+    kept = _choose(unseen, [LIVE, faster, slower], 0, LIVE, apply=True)
+    assert kept.index is None and kept.reason.startswith("the log did not explore: 67% of the live configuration's")
 
 
 NOT_ESTIMATED = "its model gave NaN or infinite probabilities at joined event 7 of 20000 (seq 7): it is not estimated"
