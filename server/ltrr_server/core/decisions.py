@@ -184,14 +184,20 @@ class Decisions:
             one_hot[apprentice] = 1.0
             drawn, explored = [(apprentice, 1.0, one_hot)], apprentice != greedy
         elif fixed is None:
-            per_slot = rt.serving.predict_one(shared, lines, n_slots)
-            if not finite_probabilities(per_slot):
-                raise Unavailable(f"policy {policy!r} cannot decide: its model gave NaN or infinite probabilities "
-                                  f"(version {rt.model_version}); the learner replaces a model that turns so with its "
-                                  f"last finite one (ltrr_models_rejected)")
-            drawn = draw_slots(per_slot, self._rng)
-            greedy = max(range(len(per_slot[0])), key=per_slot[0].__getitem__)
-            explored = drawn[0][0] != greedy
+            model = rt.serving
+
+            def slot_probs(slot: int, taken: list[int]) -> list[float]:
+                probs = (model.predict_one(shared, lines)[0] if model.frame.kind == "cb"
+                         else model.predict_slot(shared, lines, slot, taken))
+                if not finite_probabilities([probs]):
+                    raise Unavailable(f"policy {policy!r} cannot decide: its model gave NaN or infinite probabilities "
+                                      f"(version {rt.model_version}); the learner replaces a model that turns so with "
+                                      f"its last finite one (ltrr_models_rejected)")
+                return probs
+
+            drawn = draw_slots(slot_probs, n_slots, self._rng)
+            first = drawn[0][2]
+            explored = drawn[0][0] != max(range(len(first)), key=first.__getitem__)
         else:
             one_hot = [0.0] * len(lines)
             one_hot[fixed] = 1.0

@@ -139,7 +139,8 @@ class ModelTarget(Target):
         self.name = name
 
     def probabilities(self, event: LoggedEvent) -> list[list[float]]:
-        return self.model.predict_one(event.shared, event.action_lines, event.slots)
+        # A later slot's distribution is over the actions the logged earlier slots left.
+        return self.model.predict_one(event.shared, event.action_lines, event.slots, event.chosen)
 
 
 class ReplayTarget(ModelTarget):

@@ -162,28 +162,38 @@ class PolicyModel:
             ex = self._action_cache[line] = self._parse_raw(line)
         return ex
 
-    def predict_one(self, shared: str, actions: Sequence[str], slots: int = 1) -> list[list[float]]:
-        """Per slot, the probability of every action (by action index; 0 for actions not eligible)."""
-        parse = self._parse_raw
-        if self.frame.kind == "cb":
-            examples = [parse(shared)] + [self._cached(a) for a in actions]
-        else:
-            examples = ([parse(f"ccb {shared}")] + [self._cached(f"ccb action {a}") for a in actions]
-                        + [parse(f"ccb slot |{SLOT_NAMESPACE} slot={s}") for s in range(slots)])
-        pred = self._core_ws.predict_multi_ex_one(examples)
-        n = len(actions)
-        if self.frame.kind == "cb":
-            probs = [0.0] * n
-            for idx, p in cast(list[tuple[int, float]], pred):
-                probs[idx] = float(p)
-            return [probs]
-        out = []
-        for slot_pred in cast(list[list[tuple[int, float]]], pred):
-            probs = [0.0] * n
-            for idx, p in slot_pred:
-                probs[idx] = float(p)
-            out.append(probs)
-        return out
+    def predict_one(self, shared: str, actions: Sequence[str], slots: int = 1,
+                    given: Sequence[int] = ()) -> list[list[float]]:
+        """Per slot, the probability of every action (by action index; 0 for actions not eligible).
+        A multi-slot model's slot s is predicted without the actions ``given`` to slots 0..s-1
+        (``predict_slot``): ``given`` holds at least ``slots - 1`` of them."""
+        if self.frame.kind != "cb":
+            if len(given) < slots - 1:
+                raise ValueError(f"{slots} slots need the actions of the first {slots - 1}, got {len(given)}")
+            return [self.predict_slot(shared, actions, s, given[:s]) for s in range(slots)]
+        examples = [self._parse_raw(shared)] + [self._cached(a) for a in actions]
+        probs = [0.0] * len(actions)
+        for idx, p in cast(list[tuple[int, float]], self._core_ws.predict_multi_ex_one(examples)):
+            probs[idx] = float(p)
+        return [probs]
+
+    def predict_slot(self, shared: str, actions: Sequence[str], slot: int, taken: Sequence[int]) -> list[float]:
+        """A multi-slot model's probability of every action for slot ``slot``, over the actions
+        not ``taken`` by the slots before it (0 for those).
+
+        VW's own prediction of several slots leaves out of each later slot the action it ranked
+        first in the earlier ones, not the one the server drew there: whenever the first slot
+        explored, the action VW ranked first was in no slot of the page. So each slot is asked
+        for on its own, with the actions still free (VW's include list).
+        """
+        free = ",".join(str(i) for i in range(len(actions)) if i not in taken)
+        examples = ([self._parse_raw(f"ccb {shared}")] + [self._cached(f"ccb action {a}") for a in actions]
+                    + [self._parse_raw(f"ccb slot {free} |{SLOT_NAMESPACE} slot={slot}")])
+        probs = [0.0] * len(actions)
+        (pred,) = cast(list[list[tuple[int, float]]], self._core_ws.predict_multi_ex_one(examples))
+        for idx, p in pred:
+            probs[idx] = float(p)
+        return probs
 
     def learn_one(
         self, shared: str, actions: Sequence[str], labels: Sequence[SlotLabel], slots: int = 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ltrr_server.config import ActionSpec, PolicySpec
@@ -32,16 +32,24 @@ def sample(probs: Sequence[float], u: float) -> int:
     return last
 
 
-def draw_slots(per_slot: list[list[float]], rng: random.Random) -> list[tuple[int, float, list[float]]]:
-    """Draws one distinct action per slot; each slot's distribution is renormalized over the
-    actions still free. Returns (chosen index, its probability, the slot's distribution)."""
-    if len(per_slot) == 1:  # one slot: VW's distribution as it is
-        probs = per_slot[0]
+def draw_slots(slot_probs: Callable[[int, list[int]], list[float]], slots: int, rng: random.Random
+               ) -> list[tuple[int, float, list[float]]]:
+    """Draws one distinct action per slot, in order: ``slot_probs(s, taken)`` is slot s's
+    distribution given the actions drawn for the slots before it, renormalized over the actions
+    still free. Returns (chosen index, its probability, the slot's distribution).
+
+    >>> rng = random.Random(1)
+    >>> [(i, round(p, 2)) for i, p, _ in draw_slots(lambda s, taken: [0.5, 0.25, 0.25], 3, rng)]
+    [(0, 0.5), (2, 0.5), (1, 1.0)]
+    """
+    if slots == 1:  # one slot: the model's distribution as it is
+        probs = slot_probs(0, [])
         idx = sample(probs, rng.random())
         return [(idx, probs[idx], probs)]
-    taken: set[int] = set()
+    taken: list[int] = []
     out = []
-    for probs in per_slot:
+    for s in range(slots):
+        probs = slot_probs(s, taken)
         free = [0.0 if i in taken else p for i, p in enumerate(probs)]
         total = sum(free)
         if total <= 0:  # nothing left with mass: uniform over what is free
@@ -49,7 +57,7 @@ def draw_slots(per_slot: list[list[float]], rng: random.Random) -> list[tuple[in
             total = sum(free)
         dist = [p / total for p in free]
         idx = sample(dist, rng.random())
-        taken.add(idx)
+        taken.append(idx)
         out.append((idx, dist[idx], dist))
     return out
 

@@ -16,11 +16,11 @@ def admin(server: ServerThread) -> admin_pb2_grpc.AdminServiceStub:
 
 
 def ccb_spec(name: str = "rows", **kw: object) -> admin_pb2.PolicySpec:
-    return admin_pb2.PolicySpec(
+    fields: dict[str, object] = dict(
         name=name, kind=admin_pb2.POLICY_KIND_CCB, exploration=admin_pb2.EXPLORATION_EPSILON, epsilon=0.2,
         actions=[common_pb2.Action(id=a) for a in ("a", "b", "c", "d")], slots=3, join_window_seconds=5,
-        aggregation=admin_pb2.AGGREGATION_SUM, **kw,  # type: ignore[arg-type]
-    )
+        aggregation=admin_pb2.AGGREGATION_SUM)
+    return admin_pb2.PolicySpec(**(fields | kw))  # type: ignore[arg-type]
 
 
 def test_create_describe_list_and_decide_multi_slot(server: ServerThread) -> None:
@@ -37,6 +37,23 @@ def test_create_describe_list_and_decide_multi_slot(server: ServerThread) -> Non
         assert sum(p.probability for p in slot.probabilities) == pytest.approx(1.0)
         assert slot.probability == pytest.approx(
             {p.action_id: p.probability for p in slot.probabilities}[slot.chosen_action_id])
+
+
+def test_every_action_left_off_the_earlier_slots_can_fill_the_next(server: ServerThread) -> None:
+    """VW's own multi-slot prediction leaves out of later slots the action it ranked first in the
+    earlier ones, not the one drawn there: whenever the first slot explored, that action, the one
+    the model rates best, could be in no slot of the page."""
+    a = admin(server)
+    a.CreatePolicy(admin_pb2.CreatePolicyRequest(spec=ccb_spec(actions=[common_pb2.Action(id=x) for x in "abcde"])))
+    dec = decisions_pb2_grpc.DecisionServiceStub(server.channel())
+    for _ in range(40):
+        resp = dec.Decide(decide_request("rows"))
+        shown: list[str] = []
+        for slot in resp.slots:
+            dist = {p.action_id: p.probability for p in slot.probabilities}
+            # epsilon 0.2 over what is left: each free action at least 0.2 / 5.
+            assert {x for x, p in dist.items() if p > 0} == set("abcde") - set(shown), (shown, dist)
+            shown.append(slot.chosen_action_id)
 
 
 @pytest.mark.parametrize("spec,field", [

@@ -34,15 +34,20 @@ def test_direct_prediction_matches_the_public_api(kind: str, slots: int) -> None
         labels = [(rng.randrange(4), -float(rng.random() < 0.5), 0.25) for _ in range(slots)]
         model.learn_one(shared, ACTIONS, labels if kind == "ccb" else labels[:1], slots)
         if step % 50 == 0:
-            ours = model.predict_one(shared, ACTIONS, slots)
+            given = [2, 0]  # the actions of the first two slots, as drawn or logged
+            ours = model.predict_one(shared, ACTIONS, slots, given)
             theirs = wrapper_predict(model, shared, slots)
-            # CCB: VW draws which action later slots exclude, so only the first slot is deterministic.
+            # CCB: VW leaves out of later slots the actions it put in the earlier ones, not the
+            # ones given, so only the first slot is the same.
             first = theirs if kind == "cb" else theirs[0]  # type: ignore[index]
             expected = [0.0] * 4
             for idx, p in first:  # type: ignore[attr-defined]
                 expected[idx] = p
             assert ours[0] == pytest.approx(expected)
             assert len(ours) == slots and all(sum(s) == pytest.approx(1.0) for s in ours)
+            # Each later slot: every action not given to an earlier one, and only those.
+            for s in range(1, slots):
+                assert [p > 0 for p in ours[s]] == [i not in given[:s] for i in range(4)], (s, ours[s])
     assert vw.__version__ == "0.7.0", "the direct calls are checked against this version only"
 
 
