@@ -81,6 +81,25 @@ def test_policies_stats(server: ServerThread) -> None:
     assert json.loads(out.stdout)["policy"] == "demo"
 
 
+def test_policies_update_changes_the_fields_named(server: ServerThread) -> None:
+    out = ltrr("policies", "update", "demo", "mode=apprentice", "description=shadowing the frontend",
+               "--target", server.target)
+    assert out.returncode == 0, out.stderr
+    changed = json.loads(out.stdout)
+    assert changed["spec"]["mode"] == "POLICY_MODE_APPRENTICE" and changed["spec"]["description"] == (
+        "shadowing the frontend")
+    assert len(changed["spec"]["actions"]) == 4 and changed["lineage"] == "1"  # the rest kept
+    assert "model kept" in out.stderr
+    out = ltrr("policies", "update", "demo", "learning_rate=0.25", "--target", server.target)
+    assert json.loads(out.stdout)["lineage"] == "2" and "model reset" in out.stderr
+    for bad, says in ((["mode=sleepy"], "unknown mode 'sleepy' (one of online, apprentice)"),
+                      (["learning_rate=fast"], "learning_rate must be a number"),
+                      (["colour=red"], "'colour=red' is not FIELD=VALUE with a PolicySpec field"),
+                      ([], "ltrr policies update NAME FIELD=VALUE")):
+        out = ltrr("policies", "update", "demo", *bad, "--target", server.target)
+        assert out.returncode == 2 and says in out.stderr, out.stderr
+
+
 def test_eval_policy_and_tune(server: ServerThread, tmp_path: Path) -> None:
     from ltrr_client.client import LtrrClient, reward_event
     from tests.helpers import wait_for

@@ -337,6 +337,24 @@ def cmd_policies(args: argparse.Namespace) -> int:
             _print(c.stats(args.name))
         elif args.action == "snapshot":
             _print(c.snapshot(args.name))
+        elif args.action == "update":
+            from ltrr.v1 import admin_pb2
+            from ltrr_client.spec_text import set_field
+
+            spec = admin_pb2.PolicySpec(name=args.name)
+            try:
+                named = [set_field(spec, part) for part in args.changes]
+            except ValueError as exc:
+                print(f"ltrr policies update: {exc}", file=sys.stderr)
+                return 2
+            if not named:
+                print("ltrr policies update NAME FIELD=VALUE ... (mode=online, description=..., actions=a+b+c)",
+                      file=sys.stderr)
+                return 2
+            changed = c.update_policy(spec, update_mask=named)
+            _print(changed.policy)
+            print("model reset: a learning setting changed, a new lineage starts from scratch" if changed.model_reset
+                  else "model kept: the change applies live", file=sys.stderr)
     return 0
 
 
@@ -747,10 +765,13 @@ def build_parser() -> argparse.ArgumentParser:
     _timeout_flag(imp)
     imp.set_defaults(fn=cmd_import)
 
-    pol = client_cmd("policies", "list, describe, snapshot or show statistics of policies")
-    pol.add_argument("action", choices=["list", "get", "stats", "snapshot"],
-                     help='list every policy; get, stats or snapshot one')
+    pol = client_cmd("policies", "list, describe, snapshot, change or show statistics of policies")
+    pol.add_argument("action", choices=["list", "get", "stats", "snapshot", "update"],
+                     help='list every policy; get, stats, snapshot or update one')
     pol.add_argument("name", nargs="?", default="demo", help='the policy (default %(default)s)')
+    pol.add_argument("changes", nargs="*", metavar="FIELD=VALUE",
+                     help="update: the spec fields to change, the rest kept (mode=online, learning_rate=0.25, "
+                          "actions=a+b+c, description=...); a learning setting starts a new model")
     pol.set_defaults(fn=cmd_policies)
     for plugin in plugins:
         plugin.add_commands(sub, client_cmd)

@@ -27,13 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from ltrr.v1 import admin_pb2
+from ltrr_client.spec_text import enum_text, set_field
 
 _SIMPLE = {"live": "live", "uniform": "uniform", "actions": "each_action"}
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_ENUMS = {"kind": ("POLICY_KIND_", admin_pb2.PolicyKind), "exploration": ("EXPLORATION_", admin_pb2.Exploration),
-          "aggregation": ("AGGREGATION_", admin_pb2.Aggregation), "cb_type": ("CB_TYPE_", admin_pb2.CbType),
-          "optimizer": ("OPTIMIZER_", admin_pb2.Optimizer)}
 TARGET_HELP = ("live | uniform | actions (each of the policy's actions) | action:ID | snapshot:ID | table:FILE "
                "(JSON {action: weight}, or {\"feature\": \"ns.name\", \"by_value\": {value: {action: weight}}, "
                "\"default\": {...}}) | candidate:FIELD=VALUE,... (the policy's spec with these changes)")
@@ -80,43 +78,18 @@ def table_target(data: Any, source: str) -> admin_pb2.TableTarget:
     return admin_pb2.TableTarget(default_weights=weights(data, "the table"))
 
 
-def enum_text(spec: admin_pb2.PolicySpec, name: str) -> str:
-    """An enum field of a spec by the name ``candidate:`` takes (``parse_candidate``'s inverse).
-
-    >>> enum_text(admin_pb2.PolicySpec(cb_type=admin_pb2.CB_TYPE_MTR), "cb_type")
-    'mtr'
-    """
-    prefix, enum = _ENUMS[name]
-    return enum.Name(getattr(spec, name)).removeprefix(prefix).lower()
-
-
 def parse_candidate(text: str, base: admin_pb2.PolicySpec) -> admin_pb2.PolicySpec:
-    """``base`` with FIELD=VALUE changes (enums by name, interactions joined by '+')."""
+    """``base`` with FIELD=VALUE changes (``spec_text.set_field``: enums by name, interactions
+    joined by '+')."""
     spec = admin_pb2.PolicySpec()
     spec.CopyFrom(base)
     for part in filter(None, text.split(",")):
-        name, eq, value = part.partition("=")
-        name = name.strip()
-        if not eq or name not in admin_pb2.PolicySpec.DESCRIPTOR.fields_by_name:
-            raise ValueError(f"candidate: {part!r} is not FIELD=VALUE with a PolicySpec field")
-        if name in _ENUMS:
-            prefix, enum = _ENUMS[name]
-            try:
-                setattr(spec, name, enum.Value(prefix + value.strip().upper()))
-            except ValueError:
-                raise ValueError(f"candidate: unknown {name} {value!r}") from None
-        elif name == "interactions":
-            del spec.interactions[:]
-            spec.interactions.extend(filter(None, value.split("+")))
-        elif name in ("actions", "name"):
-            raise ValueError(f"candidate: {name} is the policy's, not a learning setting")
-        else:
-            field = admin_pb2.PolicySpec.DESCRIPTOR.fields_by_name[name]
-            try:
-                number = float(value) if field.cpp_type == field.CPPTYPE_DOUBLE else int(value)
-            except ValueError:
-                raise ValueError(f"candidate: {name} must be a number, got {value!r}") from None
-            setattr(spec, name, number)
+        if part.partition("=")[0].strip() in ("actions", "name", "description", "mode", "retention_days"):
+            raise ValueError(f"candidate: {part.partition('=')[0].strip()} is the policy's, not a learning setting")
+        try:
+            set_field(spec, part)
+        except ValueError as exc:
+            raise ValueError(f"candidate: {exc}") from None
     return spec
 
 
