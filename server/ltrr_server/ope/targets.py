@@ -97,15 +97,31 @@ class ConstantTarget(Target):
 class TableTarget(Target):
     """A stochastic policy given as action id -> weight (normalized over the actions a decision
     offers), optionally one table per value of one context feature, with ``default`` for others.
-    A decision offering none of a table's actions gets the uniform distribution."""
+    A decision offering none of a table's actions gets the uniform distribution.
+
+    A number feature's value is matched as a number: "2" and "2.0" both name 2.0 (a log keeps
+    numbers as Python prints them, and a table written by hand says "2").
+
+    >>> TableTarget({}, ("n", "age"), {"2": {"x": 1.0}}).by_value["2.0"]
+    {'x': 1.0}
+    """
 
     def __init__(self, default: Mapping[str, float], feature: tuple[str, str] | None = None,
                  by_value: Mapping[str, Mapping[str, float]] | None = None, name: str = "table") -> None:
         self.default = dict(default)
         self.feature = feature
         self.by_value = {k: dict(v) for k, v in (by_value or {}).items()}
+        for key, table in list(self.by_value.items()):
+            try:
+                number = float(key)
+            except ValueError:
+                continue
+            self.by_value.setdefault(repr(number), table)  # a key written as the log writes it wins
+        self.named_values = sorted(by_value or {})
         self.name = name
         self.weighed = 0  # events that offered an action it gives weight to
+        self.keyed = 0  # events whose feature had one of its values
+        self.seen: set[str] = set()  # a few values the events had, for the message when none matched
 
     def probabilities(self, event: LoggedEvent) -> list[list[float]]:
         table = self.default
@@ -113,6 +129,9 @@ class TableTarget(Target):
             value = event.feature(*self.feature)
             if value is not None and value in self.by_value:
                 table = self.by_value[value]
+                self.keyed += 1
+            elif len(self.seen) < 3:
+                self.seen.add("(none)" if value is None else value)
         weights = [table.get(a, 0.0) for a in event.action_ids]
         total = sum(weights)
         if total > 0:
@@ -127,8 +146,13 @@ class TableTarget(Target):
             return ""
         named = sorted({a for t in (self.default, *self.by_value.values()) for a, w in t.items() if w > 0})
         listed = ", ".join(repr(a) for a in named[:5]) + (", ..." if len(named) > 5 else "")
-        return (f"none of the {events:,} events offered an action it gives weight to ({listed or 'none'}): its "
-                "estimate would be uniform's")
+        why = f"none of the {events:,} events offered an action it gives weight to ({listed or 'none'})"
+        if self.feature is not None and self.named_values and not self.keyed:
+            values = ", ".join(repr(v) for v in self.named_values[:5]) + (", ..." if len(self.named_values) > 5 else "")
+            had = ", ".join(repr(v) for v in sorted(self.seen))
+            why = (f"no event's {'.'.join(self.feature)} was one of its values ({values}; the events had {had}, ...), "
+                   f"and its default gives weight to no action they offered")
+        return f"{why}: its estimate would be uniform's"
 
 
 class ModelTarget(Target):

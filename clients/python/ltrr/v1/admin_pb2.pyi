@@ -687,7 +687,7 @@ class FeatureTable(_message.Message):
     VALUE_FIELD_NUMBER: _builtins.int
     WEIGHTS_FIELD_NUMBER: _builtins.int
     value: _builtins.str
-    """The context feature's value (numbers as Python prints them: "3.0")."""
+    """The context feature's value; a number feature's as a number ("3", "3.0" and "3e0" all name 3.0)."""
     @_builtins.property
     def weights(self) -> _containers.RepeatedCompositeFieldContainer[Global___ActionWeight]: ...
     def __init__(
