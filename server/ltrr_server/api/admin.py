@@ -70,12 +70,12 @@ class AdminServicer:
     ) -> admin_pb2.UpdatePolicyResponse:
         check_name(request.spec.name, "spec.name")
         paths = convert.update_paths(request.spec, request.update_mask.paths)
-        before = self._policy(request.spec.name, "spec.name").spec
-        spec = self._spec(convert.spec_update(before, request.spec, paths))
-        info, reset = await self._policies.update(spec)
-        await asyncio.to_thread(self._audit.record, caller(), "policy.reset" if reset else "policy.update",
-                                spec.name, before.to_dict(), info.spec.to_dict())
-        return admin_pb2.UpdatePolicyResponse(policy=convert.policy_to_proto(info), model_reset=reset)
+        name = inside(caller().tenant, request.spec.name, "spec.name")
+        changed = await self._policies.update(
+            name, lambda before: self._spec(convert.spec_update(before, request.spec, paths)))
+        await asyncio.to_thread(self._audit.record, caller(), "policy.reset" if changed.reset else "policy.update",
+                                name, changed.before.to_dict(), changed.info.spec.to_dict())
+        return admin_pb2.UpdatePolicyResponse(policy=convert.policy_to_proto(changed.info), model_reset=changed.reset)
 
     async def ListPolicies(  # noqa: N802
         self, request: admin_pb2.ListPoliciesRequest, context: Ctx

@@ -36,6 +36,15 @@ class PolicyInfo:
     updated_at: float
 
 
+@dataclass(frozen=True)
+class PolicyChange:
+    """What an update did: the policy now, its spec before, and whether a new lineage started."""
+
+    info: PolicyInfo
+    before: PolicySpec
+    reset: bool
+
+
 class PolicyBook:
     """Every policy by name: the decision path reads ``get``; the learner publishes into it."""
 
@@ -51,6 +60,8 @@ class PolicyBook:
         self._next_seq = next_seq
         self._metrics_window = metrics_window
         self.policies: dict[str, PolicyRuntime] = {}
+        # Held by whatever creates or changes a policy (``update``).
+        self._changing = asyncio.Lock()
 
     def get(self, name: str, field: str = "policy") -> PolicyRuntime:
         """The policy named ``name``; errors name the request's ``field``."""
@@ -130,6 +141,10 @@ class PolicyBook:
         return self.info(self.get(name, field))
 
     async def create(self, spec: PolicySpec) -> PolicyInfo:
+        async with self._changing:
+            return await self._create(spec)
+
+    async def _create(self, spec: PolicySpec) -> PolicyInfo:
         if spec.name in self.policies:
             raise AlreadyExists(f"spec.name: policy {spec.name!r} exists already", field="spec.name")
         tenant = tenant_of(spec.name)
@@ -142,10 +157,26 @@ class PolicyBook:
         self._install(spec, revision=1, lineage=1, start_seq=start, created_at=now, now=now)
         return self.get_info(spec.name)
 
-    async def update(self, spec: PolicySpec, warm_start: bytes | None = None) -> tuple[PolicyInfo, bool]:
-        """A changed spec; a change to its learning parameters starts a new lineage: a fresh model,
-        or ``warm_start`` (a model of the new parameters, such as a tuning replay's)."""
-        rt = self.get(spec.name)
+    async def update(self, name: str, change: Callable[[PolicySpec], PolicySpec], warm_start: bytes | None = None,
+                     field: str = "spec.name") -> PolicyChange:
+        """Policy ``name``'s spec becomes ``change(its spec)``; a change to its learning parameters
+        starts a new lineage: a fresh model, or ``warm_start`` (a model of the new parameters, such
+        as a tuning replay's).
+
+        One change at a time, each reading the spec the one before wrote: two partial updates at
+        once (an admin's and a scheduled tune's) each read the same spec, and the second write
+        undid the first; two resets both took the next lineage number, for different specs.
+        """
+        async with self._changing:
+            rt = self.get(name, field)
+            before = rt.spec
+            spec = change(before)
+            if spec.name != name:
+                raise InvalidArgument(field, f"a change of policy {name!r} named {spec.name!r}")
+            info, reset = await self._update(rt, spec, warm_start)
+            return PolicyChange(info, before, reset)
+
+    async def _update(self, rt: PolicyRuntime, spec: PolicySpec, warm_start: bytes | None) -> tuple[PolicyInfo, bool]:
         reset = spec.learning_params() != rt.spec.learning_params()
         now = time.time()
         lineage = rt.lineage + 1 if reset else rt.lineage

@@ -298,13 +298,24 @@ async def tune(policies: PolicyBook, jobs: Jobs, name: str, candidates: list[Pol
         choice = _choose(item, specs, own_index, current, apply)
         switch, reason, info = apply and choice.index is not None, choice.reason, None
         if switch and choice.index is not None:
-            if policies.get(name, "name").spec != current:
-                switch, reason = False, "the policy was changed while the candidates were replayed: not applied"
-            else:
-                spec = dataclasses.replace(specs[choice.index], **{f: getattr(current, f) for f in _LIVE_FIELDS})
-                info, _ = await policies.update(spec, warm_start=item.targets[choice.index].model)
+            chosen = dataclasses.replace(specs[choice.index], **{f: getattr(current, f) for f in _LIVE_FIELDS})
+
+            def change(live: PolicySpec, chosen: PolicySpec = chosen) -> PolicySpec:
+                if live != current:
+                    raise _Changed("the policy was changed while the candidates were replayed: not applied")
+                return chosen
+
+            try:
+                info = (await policies.update(name, change, warm_start=item.targets[choice.index].model,
+                                              field="name")).info
+            except _Changed as exc:
+                switch, reason = False, str(exc)
         yield TuneOutcome(name, item.events, item.logged, choice.ranked, choice.recommended, switch, reason, info,
                           item.seconds)
+
+
+class _Changed(Exception):
+    """The policy changed between a tuning's replay and its switch."""
 
 
 # Fields a tuning never changes: they are the policy's, not its learning configuration's.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import grpc
 import pytest
 
@@ -138,6 +140,32 @@ def test_an_update_changes_what_it_names_and_keeps_the_rest(server: ServerThread
     got = update(["*"], kind=admin_pb2.POLICY_KIND_CCB, actions=[common_pb2.Action(id="a")])
     assert (got.policy.spec.slots, got.policy.spec.aggregation, got.policy.spec.join_window_seconds) == (
         2, admin_pb2.AGGREGATION_FIRST, 10)
+
+
+def test_updates_at_once_each_keep_the_others_change(server: ServerThread) -> None:
+    """Each partial update read the spec, then awaited its write: one sent meanwhile read the same
+    spec, and whichever wrote last undid the other's change."""
+    a = admin(server)
+    changes: list[dict[str, object]] = [
+        dict(description="seen by a second admin"), dict(join_window_seconds=77), dict(default_reward=0.25),
+        dict(retention_days=30), dict(aggregation=admin_pb2.AGGREGATION_MAX),
+        dict(mode=admin_pb2.POLICY_MODE_APPRENTICE),
+    ]
+
+    def send(fields: dict[str, object]) -> int:
+        spec = admin_pb2.PolicySpec(name="demo", **fields)  # type: ignore[arg-type]
+        return a.UpdatePolicy(admin_pb2.UpdatePolicyRequest(spec=spec)).policy.revision
+
+    for round_ in range(3):
+        with ThreadPoolExecutor(len(changes)) as pool:
+            revisions = sorted(pool.map(send, changes))
+        first = 2 + round_ * (len(changes) + 1)
+        assert revisions == list(range(first, first + len(changes)))  # each its own revision
+        got = a.GetPolicy(admin_pb2.GetPolicyRequest(name="demo")).spec
+        for fields in changes:
+            assert all(getattr(got, k) == v for k, v in fields.items()), (round_, fields, got)
+        a.UpdatePolicy(admin_pb2.UpdatePolicyRequest(spec=admin_pb2.PolicySpec(name="demo"), update_mask={"paths": [
+            k for fields in changes for k in fields]}))  # back to the defaults, for the next round
 
 
 @pytest.mark.parametrize("paths,field", [

@@ -59,10 +59,10 @@ def test_policy_book_creates_and_resets_lineages(core: Ltrr) -> None:
     with pytest.raises(AlreadyExists):
         asyncio.run(core.policies.create(spec))
     # A description is not a learning parameter: same lineage. A learning rate is: a new one.
-    same, reset = asyncio.run(core.policies.update(replace(spec, description="x")))
-    assert (same.lineage, reset) == (1, False)
-    new, reset = asyncio.run(core.policies.update(replace(spec, learning_rate=0.2)))
-    assert (new.lineage, new.revision, reset) == (2, 3, True)
+    same = asyncio.run(core.policies.update("p2", lambda live: replace(live, description="x")))
+    assert (same.info.lineage, same.reset, same.before) == (1, False, spec)
+    new = asyncio.run(core.policies.update("p2", lambda live: replace(live, learning_rate=0.2)))
+    assert (new.info.lineage, new.info.revision, new.reset, new.before.description) == (2, 3, True, "x")
     assert [(r["name"], r["lineage"]) for r in rows(core.settings.db_url, "policies", "name = 'p2'")] == [("p2", 2)]
 
 

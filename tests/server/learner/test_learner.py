@@ -136,8 +136,8 @@ def test_a_model_with_nan_weights_is_never_served_nor_snapshotted(make_server: A
     lines = [action_line(a.id, a.features) for a in spec.actions]
     changed = dataclasses.replace(spec, squarecb_gamma_scale=30.0)  # a new lineage: it takes a warm start
     with pytest.raises(FailedPrecondition, match="warm start of policy 'demo' has NaN or infinite weights"):
-        server.call(server.core.policies.update(changed, warm_start=poisoned_coin_model(changed, "shared |user "
-                                                                                       "segment=s0", lines)))
+        server.call(server.core.policies.update("demo", lambda live: changed, warm_start=poisoned_coin_model(
+            changed, "shared |user segment=s0", lines)))
     rt = server.core.policies.get("demo")
     assert (rt.spec, rt.lineage) == (spec, 1) and rows(sqlite_url, "snapshots") == []
 
