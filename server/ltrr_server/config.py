@@ -710,6 +710,9 @@ class Settings:
                 raise InvalidArgument(f"retrieval.policies[{i}]", f"no policy {name!r} in [[policies]]")
             if spec.kind != "cb":
                 raise InvalidArgument(f"retrieval.policies[{i}]", f"policy {name!r} must be of kind cb (plans)")
+            if spec.mode == "apprentice":
+                raise InvalidArgument(f"retrieval.policies[{i}]", f"policy {name!r} is an apprentice, but Retrieve "
+                                                                  f"and Search requests name no baseline to serve")
 
     @property
     def bind_host(self) -> str:

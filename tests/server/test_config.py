@@ -84,6 +84,8 @@ features = { item = { genre = "jazz", year = 1959 } }
     ('[retrieval]\npolicies = ["r"]\n[retrieval.strategies.lexical]\nbudgets = [0, 10]', "retrieval.policies[0]"),
     ('[[policies]]\nname = "r"\nkind = "ccb"\n[retrieval]\npolicies = ["r"]\n'
      '[retrieval.strategies.lexical]\nbudgets = [0, 10]', "retrieval.policies[0]"),
+    ('[[policies]]\nname = "r"\nmode = "apprentice"\n[retrieval]\npolicies = ["r"]\n'
+     '[retrieval.strategies.lexical]\nbudgets = [0, 10]', "retrieval.policies[0]"),
 ], ids=lambda v: v if "." in v or v in ("whatever", "config") else None)
 def test_invalid_configuration_names_the_field(toml: str, field: str) -> None:
     with pytest.raises(InvalidArgument) as err:

@@ -74,7 +74,7 @@ class Ltrr:
         )
         retrieval_policies = settings.retrieval.policies
         self.policies = PolicyBook(self.store, metrics, self.learner, self._next_seq, settings.metrics_window,
-                                   settings.limits.max_policies)
+                                   settings.limits.max_policies, retrieval_policies)
         self.rewards = Rewards(self.policies, self.writer, self.store, self.learner, metrics, settings.limits,
                                retrieval_policies)
         self.decisions = Decisions(self.policies, self.rewards.joiner, self.writer, self.learner, self.store,

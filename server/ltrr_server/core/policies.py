@@ -50,9 +50,11 @@ class PolicyBook:
 
     def __init__(
         self, store: EventLogStore, metrics: Metrics, learner: Learner, next_seq: Callable[[], int],
-        metrics_window: int, max_policies: int = 100,
+        metrics_window: int, max_policies: int = 100, retrieval_policies: Sequence[str] = (),
     ) -> None:
         self._store = store
+        # Their plans are drawn for Retrieve and Search, whose requests carry no baseline.
+        self._retrieval_policies = frozenset(retrieval_policies)
         self._max_policies = max_policies
         self._metrics = metrics
         self._learner = learner
@@ -144,7 +146,13 @@ class PolicyBook:
         async with self._changing:
             return await self._create(spec)
 
+    def _check_mode(self, spec: PolicySpec) -> None:
+        if spec.mode == "apprentice" and spec.name in self._retrieval_policies:
+            raise InvalidArgument("spec.mode", f"policy {spec.name!r} draws plans for Retrieve and Search, whose "
+                                               f"requests name no baseline to serve: it cannot be an apprentice")
+
     async def _create(self, spec: PolicySpec) -> PolicyInfo:
+        self._check_mode(spec)
         if spec.name in self.policies:
             raise AlreadyExists(f"spec.name: policy {spec.name!r} exists already", field="spec.name")
         tenant = tenant_of(spec.name)
@@ -173,6 +181,7 @@ class PolicyBook:
             spec = change(before)
             if spec.name != name:
                 raise InvalidArgument(field, f"a change of policy {name!r} named {spec.name!r}")
+            self._check_mode(spec)
             info, reset = await self._update(rt, spec, warm_start)
             return PolicyChange(info, before, reset)
 

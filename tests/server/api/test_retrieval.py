@@ -173,6 +173,19 @@ def test_bad_retrieve_requests_get_a_clear_status(refusing_rserver: ServerThread
     assert rows(refusing_rserver.settings.db_url, "decisions") == []  # nothing logged
 
 
+def test_a_retrieval_policy_cannot_become_an_apprentice(rserver: ServerThread) -> None:
+    """Found from outside: the update was accepted ("the change applies live") and Retrieve went
+    on drawing plans: its requests name no baseline for an apprentice to serve."""
+    admin = admin_pb2_grpc.AdminServiceStub(rserver.channel())
+    with pytest.raises(grpc.RpcError) as err:
+        admin.UpdatePolicy(admin_pb2.UpdatePolicyRequest(spec=admin_pb2.PolicySpec(
+            name="retrieval", mode=admin_pb2.POLICY_MODE_APPRENTICE)))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.value.details() or "").startswith("spec.mode: policy 'retrieval' draws plans for Retrieve and Search")
+    spec = admin.GetPolicy(admin_pb2.GetPolicyRequest(name="retrieval")).spec
+    assert spec.mode == admin_pb2.POLICY_MODE_ONLINE
+
+
 def test_retrieve_without_retrieval_configured_is_a_failed_precondition(server: ServerThread) -> None:
     rs = retrieval_pb2_grpc.RetrievalServiceStub(server.channel())
     with pytest.raises(grpc.RpcError) as err:
