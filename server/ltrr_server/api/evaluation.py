@@ -108,8 +108,9 @@ def _targets(request: admin_pb2.EvaluatePolicyRequest, rt: PolicyRuntime, limits
             plans.append(TargetPlan(t.name or "candidate", candidate=spec))
         elif which == "each_action":
             if not rt.spec.actions:
-                raise InvalidArgument(f"{field}.each_action", "the policy's spec has no actions: name them with "
-                                                              "action targets")
+                raise InvalidArgument(f"{field}.each_action", "the policy's spec has no actions (a retrieval "
+                                                              "policy's are its plans): name them with action targets "
+                                                              "(action:lexical:10+vector:50)")
             plans += [TargetPlan(f"action:{a.id}", action=a.id) for a in rt.spec.actions]
         else:
             raise InvalidArgument(field, "names no target (live, snapshot_id, action, uniform, table, candidate "

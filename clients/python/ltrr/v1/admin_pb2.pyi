@@ -759,7 +759,9 @@ class EvaluationTarget(_message.Message):
     uniform: _builtins.bool
     """Uniform over each decision's actions."""
     each_action: _builtins.bool
-    """One constant-action target per action of the policy's spec (a retrieval policy's plans)."""
+    """One constant-action target per action of the policy's spec. A retrieval policy's spec has
+    none (its plans are made from the strategies' budgets): name plans with action targets.
+    """
     @_builtins.property
     def table(self) -> Global___TableTarget: ...
     @_builtins.property
