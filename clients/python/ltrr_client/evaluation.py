@@ -172,10 +172,11 @@ def tune_table(result: admin_pb2.TuneResult) -> str:
     (['not', 'estimated'], True)
     """
     rows = [f"{result.events} joined events of {result.policy}; live policy's mean reward {_interval(result.logged)}",
-            f"{'#':>2} {'SNIPS [95% interval]':>34} {'minus the live configuration':>34}  configuration"]
+            f"{'#':>2} {'SNIPS [95% interval]':>34} {'minus the live configuration':>34} {'ess':>7}  configuration"]
     for i, c in enumerate(result.candidates):
-        figures = (f"{'not estimated':>34} {'':>34}" if c.problem else
-                   f"{_interval(c.estimate):>34} {_interval(c.versus_live, signed=True):>34}")
+        figures = (f"{'not estimated':>34} {'':>34} {'':>7}" if c.problem else
+                   f"{_interval(c.estimate):>34} {_interval(c.versus_live, signed=True):>34} "
+                   f"{c.effective_sample_size:>7.0f}")
         note = (f" ({c.problem})" if c.problem else
                 f" ({c.unlogged_share:.0%} of its choices unlogged)" if c.unlogged_share >= 0.005 else "")
         rows.append(f"{i + 1:>2} {figures}  {describe(c.spec)}{note}")

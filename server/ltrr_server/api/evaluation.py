@@ -189,7 +189,8 @@ def tune_to_proto(t: TuneOutcome) -> admin_pb2.TuneResult:
             out.candidates.add(spec=spec_to_proto(c.spec), problem=c.problem)
         else:
             out.candidates.add(spec=spec_to_proto(c.spec), estimate=_estimate(c.estimate), support=c.support,
-                               versus_live=_estimate(c.versus_live), unlogged_share=c.unlogged_share)
+                               versus_live=_estimate(c.versus_live), unlogged_share=c.unlogged_share,
+                               effective_sample_size=c.effective_sample_size)
     if t.info is not None:
         out.policy_after.CopyFrom(policy_to_proto(t.info))
     return out

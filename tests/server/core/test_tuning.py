@@ -23,7 +23,7 @@ def estimate(value: float, se: float) -> Estimate:
 def result(rows: list[tuple[float, float, float]], logged: float = 0.30) -> EvaluationResult:
     """One target per row: (its estimate, its difference with the live replay, that difference's
     standard error); every estimate's own standard error is 0.01."""
-    targets = [TargetResult(f"candidate {i}", [SlotResult(0, {"snips": estimate(v, 0.01)}, 1.0, 5.0, 100.0, 1.0,
+    targets = [TargetResult(f"candidate {i}", [SlotResult(0, {"snips": estimate(v, 0.01)}, 1.0, 5.0, 15_000.0, 1.0,
                                                           {"snips": estimate(d, se)})])
                for i, (v, d, se) in enumerate(rows)]
     return EvaluationResult("p", 20_000, 0.0, 1.0, estimate(logged, 0.003), targets)
@@ -98,6 +98,22 @@ def test_a_candidate_choosing_what_the_log_never_took_is_not_recommended() -> No
     unseen.targets[0].slots[0].unlogged_share = 0.67
     kept = _choose(unseen, [LIVE, faster, slower], 0, LIVE, apply=True)
     assert kept.index is None and kept.reason.startswith("the log did not explore: 67% of the live configuration's")
+
+
+def test_a_candidate_resting_on_few_events_is_not_recommended() -> None:
+    """Found from outside on the demo's retrieval policy (epsilon 0.02 over ~140 plans): a learning
+    rate of 2 had an effective sample size of 2 of 3,003 events and cleared the family's bound."""
+    faster, slower = (dataclasses.replace(LIVE, learning_rate=r) for r in (2.0, 0.25))
+    thin = result([(0.88, 0.0, 0.0), (0.98, 0.098, 0.012), (0.89, 0.01, 0.002)])
+    thin.targets[1].slots[0].effective_sample_size = 2.0
+    choice = _choose(thin, [LIVE, faster, slower], 0, LIVE, apply=True)
+    assert choice.index == 2 and choice.ranked[0].spec == faster and choice.ranked[0].effective_sample_size == 2.0
+    assert ("1 candidate resting on under 10% of the events (effective sample size under 2000) set aside (an "
+            "interval on a few heavily weighted events is not to be trusted)") in choice.reason
+    thin.targets[2].slots[0].effective_sample_size = 1999.0
+    assert _choose(thin, [LIVE, faster, slower], 0, LIVE, apply=True).index is None
+    thin.targets[2].slots[0].effective_sample_size = 2000.0
+    assert _choose(thin, [LIVE, faster, slower], 0, LIVE, apply=True).index == 2
 
 
 NOT_ESTIMATED = "its model gave NaN or infinite probabilities at joined event 7 of 20000 (seq 7): it is not estimated"

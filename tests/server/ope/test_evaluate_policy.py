@@ -332,6 +332,9 @@ def test_tune_ranks_a_grid_and_switches_only_to_a_clear_winner(ev_server: Server
     assert dry.logged.value < dry.candidates[0].estimate.lower
     assert dry.candidates[0].spec.exploration != admin_pb2.EXPLORATION_EPSILON or dry.candidates[0].spec.epsilon < 0.5
     assert dry.recommended == dry.candidates[0].spec
+    # A log exploring half the time: each replay rests on a large part of its 600 events.
+    assert all(60 < c.effective_sample_size <= 600 for c in dry.candidates), [
+        c.effective_sample_size for c in dry.candidates]
     # Each candidate is also given against the live configuration's replay, over the same events.
     with LtrrClient(ev_server.target) as client:
         live_spec = describe(client.get_policy("ev").spec)

@@ -1114,6 +1114,7 @@ class CandidateEstimate(_message.Message):
     VERSUS_LIVE_FIELD_NUMBER: _builtins.int
     PROBLEM_FIELD_NUMBER: _builtins.int
     UNLOGGED_SHARE_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_SAMPLE_SIZE_FIELD_NUMBER: _builtins.int
     support: _builtins.float
     problem: _builtins.str
     """Why it has no estimate or versus_live (its replay's model turned NaN or infinite): ranked
@@ -1121,6 +1122,10 @@ class CandidateEstimate(_message.Message):
     """
     unlogged_share: _builtins.float
     """As SlotEvaluation.unlogged_share: above 1%, never recommended."""
+    effective_sample_size: _builtins.float
+    """As SlotEvaluation.effective_sample_size: under a tenth of the events, never recommended (an
+    interval on a few heavily weighted events is not to be trusted).
+    """
     @_builtins.property
     def spec(self) -> Global___PolicySpec: ...
     @_builtins.property
@@ -1143,10 +1148,11 @@ class CandidateEstimate(_message.Message):
         versus_live: Global___Estimate | None = ...,
         problem: _builtins.str = ...,
         unlogged_share: _builtins.float = ...,
+        effective_sample_size: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate", "spec", b"spec", "versus_live", b"versus_live"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate", "problem", b"problem", "spec", b"spec", "support", b"support", "unlogged_share", b"unlogged_share", "versus_live", b"versus_live"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective_sample_size", b"effective_sample_size", "estimate", b"estimate", "problem", b"problem", "spec", b"spec", "support", b"support", "unlogged_share", b"unlogged_share", "versus_live", b"versus_live"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
