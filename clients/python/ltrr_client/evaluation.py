@@ -30,9 +30,9 @@ from ltrr.v1 import admin_pb2
 from ltrr_client.spec_text import enum_text, set_field
 
 _SIMPLE = {"live": "live", "uniform": "uniform", "actions": "each_action"}
-# An estimate on an effective sample size under this share of the events is flagged (as tune's
-# MIN_ESS_SHARE sets such a candidate aside).
-FEW_EVENTS = 0.1
+# An estimate on an effective sample size under this is flagged (as tune sets such a candidate
+# aside: ltrr_server.core.tuning.MIN_ESS).
+FEW_EVENTS = 100.0
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 TARGET_HELP = ("live | uniform | actions (each of the policy's actions) | action:ID | snapshot:ID | table:FILE "
@@ -144,7 +144,7 @@ def evaluation_table(result: admin_pb2.PolicyEvaluation) -> str:
     >>> slot = r.targets.add(name="live").slots.add(effective_sample_size=2.0, support=1.0)
     >>> slot.snips.value = 0.98
     >>> table = evaluation_table(r).splitlines()
-    >>> table[2].split()[-2:], table[-1].startswith("ess!: the estimate rests on under 10% of the events")
+    >>> table[2].split()[-2:], table[-1].startswith("ess!: the estimate rests on fewer than 100 events")
     (['2!', '1.000'], True)
     """
     head = (f"{result.events} joined events of {result.policy}, "
@@ -164,12 +164,12 @@ def evaluation_table(result: admin_pb2.PolicyEvaluation) -> str:
                 if s.HasField(name):
                     versus = f" {_interval(getattr(s.versus_baseline, name), signed=True):>34}" if paired else ""
                     hole = f" {s.unlogged_share:>8.3f}" if unlogged else ""
-                    few = "!" if s.effective_sample_size < FEW_EVENTS * result.events else " "
+                    few = "!" if s.effective_sample_size < FEW_EVENTS else " "
                     rows.append(f"{t.name[:28]:<28} {s.slot:>4} {name:<6} {_interval(getattr(s, name)):>34} "
                                 f"{s.effective_sample_size:>8.0f}{few} {s.support:>8.3f}{hole}{versus}")
-    if any(s.effective_sample_size < FEW_EVENTS * result.events for t in result.targets for s in t.slots):
-        rows.append(f"ess!: the estimate rests on under {FEW_EVENTS:.0%} of the events (their importance weights are "
-                    f"uneven): its interval is not to be trusted, however narrow.")
+    if any(s.effective_sample_size < FEW_EVENTS for t in result.targets for s in t.slots):
+        rows.append(f"ess!: the estimate rests on fewer than {FEW_EVENTS:.0f} events, as its importance weights count "
+                    f"them: its interval is not to be trusted, however narrow.")
     if unlogged:
         rows.append("unlogged: the share of a target's choices on actions the logged decisions gave probability 0 "
                     "(they did not explore). No estimate sees what those choices would have earned: where it is "

@@ -108,11 +108,12 @@ def test_a_candidate_resting_on_few_events_is_not_recommended() -> None:
     thin.targets[1].slots[0].effective_sample_size = 2.0
     choice = _choose(thin, [LIVE, faster, slower], 0, LIVE, apply=True)
     assert choice.index == 2 and choice.ranked[0].spec == faster and choice.ranked[0].effective_sample_size == 2.0
-    assert ("1 candidate resting on under 10% of the events (effective sample size under 2000) set aside (an "
-            "interval on a few heavily weighted events is not to be trusted)") in choice.reason
-    thin.targets[2].slots[0].effective_sample_size = 1999.0
+    assert ("1 candidate resting on fewer than 100 events (effective sample size) set aside (an interval on a few "
+            "heavily weighted events is not to be trusted)") in choice.reason
+    thin.targets[2].slots[0].effective_sample_size = 99.0
     assert _choose(thin, [LIVE, faster, slower], 0, LIVE, apply=True).index is None
-    thin.targets[2].slots[0].effective_sample_size = 2000.0
+    # The floor is not a share of the log: SquareCB's logs of 20k events kept candidates 181 to 3,488.
+    thin.targets[2].slots[0].effective_sample_size = 181.0
     assert _choose(thin, [LIVE, faster, slower], 0, LIVE, apply=True).index == 2
 
 

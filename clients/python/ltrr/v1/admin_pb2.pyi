@@ -1123,8 +1123,8 @@ class CandidateEstimate(_message.Message):
     unlogged_share: _builtins.float
     """As SlotEvaluation.unlogged_share: above 1%, never recommended."""
     effective_sample_size: _builtins.float
-    """As SlotEvaluation.effective_sample_size: under a tenth of the events, never recommended (an
-    interval on a few heavily weighted events is not to be trusted).
+    """As SlotEvaluation.effective_sample_size: under 100, never recommended (an interval on a few
+    heavily weighted events is not to be trusted).
     """
     @_builtins.property
     def spec(self) -> Global___PolicySpec: ...
