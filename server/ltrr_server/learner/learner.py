@@ -95,6 +95,8 @@ class _Process:
     restoring: bool = False
     # Its exit was asked for (stop), or it was replaced: not the crash it would look like.
     expected_exit: bool = False
+    # Set by stop(): the child leaves what it has not learned yet, even in the batch at hand.
+    leave: Any = None
 
 
 def _drop_learning(outbox: queue.SimpleQueue[ToLearner | None]) -> int:
@@ -203,9 +205,10 @@ class Learner:
     def _spawn(self, start: worker.WorkerStart) -> _Process:
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe()
+        leave = ctx.Event()
         process = ctx.Process(
             target=worker.run, name="ltrr-learner", daemon=True,
-            args=(child, start, self._publish_interval, self._snapshot_interval, self._nice, self._logs),
+            args=(child, start, self._publish_interval, self._snapshot_interval, self._nice, self._logs, leave),
         )
         process.start()
         # The child ignores SIGTERM (the server stops it after its final snapshots), so a program
@@ -213,7 +216,7 @@ class Learner:
         # it had not snapshotted is replayed from the log at the next start.
         atexit.register(_kill_if_alive, process)
         child.close()
-        return _Process(process, parent)
+        return _Process(process, parent, leave=leave)
 
     def _attach(self, proc: _Process) -> None:
         """Makes ``proc`` the learner (under the lock) and starts its threads."""
@@ -311,7 +314,8 @@ class Learner:
     def stop(self, timeout: float = 60.0) -> None:
         """Writes a final snapshot of every changed policy and stops the process.
 
-        Joined events handed over but not yet sent to the child are not learned first: a backlog
+        Joined events handed over but not learned yet are not learned first (those not yet sent to
+        the child, and, through ``leave``, those it holds, even in the batch at hand): a backlog
         (after a bulk import, or of wide contexts) took minutes to learn, while a container is
         killed 10 s (docker) or 30 s (the Helm chart) after it is asked to stop, before the
         rankers were saved or the log's last rows committed. They are in the log, after the final
@@ -336,6 +340,8 @@ class Learner:
             proc.stopped.set()
             _kill_if_alive(proc.process)
         elif self.alive:
+            if proc.leave is not None:
+                proc.leave.set()
             if left := _drop_learning(proc.outbox):
                 log.info("stopping: %d joined events not learned yet are left to the next start, which learns "
                          "them from the log", left)
