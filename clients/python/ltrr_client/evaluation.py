@@ -87,8 +87,8 @@ def parse_candidate(text: str, base: admin_pb2.PolicySpec) -> admin_pb2.PolicySp
     spec = admin_pb2.PolicySpec()
     spec.CopyFrom(base)
     for part in filter(None, text.split(",")):
-        if part.partition("=")[0].strip() in ("actions", "name", "description", "mode", "retention_days"):
-            raise ValueError(f"candidate: {part.partition('=')[0].strip()} is the policy's, not a learning setting")
+        if (name := part.partition("=")[0].strip()) in ("actions", "name", "description", "mode", "retention_days"):
+            raise ValueError(f"candidate: {name} is the policy's, not a learning setting")
         try:
             set_field(spec, part)
         except ValueError as exc:

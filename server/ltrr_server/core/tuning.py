@@ -257,11 +257,16 @@ def _choose(result: EvaluationResult, specs: list[PolicySpec], own_index: int, c
     z = family_z(len(specs) - 1)
     bound = {i: scored[i].versus_live.value - z * scored[i].versus_live.std_error for i in order}
     passed = [i for i in order if i != own_index and bound[i] > 0]  # NaN compares false
-    min_ess = MIN_ESS
+
+    def eligible(i: int) -> bool:
+        return (scored[i].unlogged_share <= UNLOGGED_MAX and scored[i].effective_sample_size >= MIN_ESS
+                and not explores_less(specs[i], current))
+
+    better = [i for i in passed if eligible(i)]
+    # Why the others that passed were set aside, each named once (the first reason that holds).
     unseen = [i for i in passed if scored[i].unlogged_share > UNLOGGED_MAX]
-    thin = [i for i in passed if i not in unseen and not scored[i].effective_sample_size >= min_ess]
-    timid = [i for i in passed if i not in unseen and i not in thin and explores_less(specs[i], current)]
-    better = [i for i in passed if i not in unseen and i not in thin and i not in timid]
+    thin = [i for i in passed if i not in unseen and not scored[i].effective_sample_size >= MIN_ESS]
+    timid = [i for i in passed if i not in unseen and i not in thin and not eligible(i)]
     set_aside = "".join(
         f"; {len(aside)} candidate{'s' if len(aside) > 1 else ''} {what} set aside ({why})"
         for aside, what, why in (
@@ -271,10 +276,6 @@ def _choose(result: EvaluationResult, specs: list[PolicySpec], own_index: int, c
             (thin, f"resting on fewer than {MIN_ESS:.0f} events (effective sample size)",
              "an interval on a few heavily weighted events is not to be trusted"))
         if aside)
-
-    def eligible(i: int) -> bool:
-        return (not explores_less(specs[i], current) and scored[i].unlogged_share <= UNLOGGED_MAX
-                and scored[i].effective_sample_size >= min_ess)
 
     if not better:
         # The best estimate among the candidates that could be recommended: one set aside may

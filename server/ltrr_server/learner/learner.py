@@ -343,8 +343,8 @@ class Learner:
             if proc.leave is not None:
                 proc.leave.set()
             if left := _drop_learning(proc.outbox):
-                log.info("stopping: %d joined events not learned yet are left to the next start, which learns "
-                         "them from the log", left)
+                log.info("stopping: %d joined events not yet sent to the learner (and what it had not learned of its "
+                         "batch at hand) are left to the next start, which learns them from the log", left)
             proc.outbox.put(Stop())
             if not proc.stopped.wait(timeout):
                 log.error("learner did not stop within %.0fs; killing it", timeout)
