@@ -8,8 +8,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from ltrr_server.bounds import ID_CHARS
 from ltrr_server.config import PolicySpec
@@ -24,6 +25,7 @@ from ltrr_server.regret import RewardWindow
 from ltrr_server.tenancy import tenant_of
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -143,6 +145,9 @@ class PolicyBook:
         return self.info(self.get(name, field))
 
     async def create(self, spec: PolicySpec) -> PolicyInfo:
+        return await _finished(self._locked_create(spec))
+
+    async def _locked_create(self, spec: PolicySpec) -> PolicyInfo:
         async with self._changing:
             return await self._create(spec)
 
@@ -175,6 +180,10 @@ class PolicyBook:
         once (an admin's and a scheduled tune's) each read the same spec, and the second write
         undid the first; two resets both took the next lineage number, for different specs.
         """
+        return await _finished(self._locked_update(name, change, warm_start, field))
+
+    async def _locked_update(self, name: str, change: Callable[[PolicySpec], PolicySpec], warm_start: bytes | None,
+                             field: str) -> PolicyChange:
         async with self._changing:
             rt = self.get(name, field)
             before = rt.spec
@@ -257,3 +266,17 @@ class PolicyBook:
             "learner_lag_events": self._learner.backlog(name),
             "last_snapshot_id": last_snapshot,
         }
+
+
+async def _finished(work: Coroutine[Any, Any, T]) -> T:
+    """``work``, carried to its end even when its caller leaves (a deadline, a cancelled call).
+
+    A policy change writes the database, then the serving state: cancelled between the two (an
+    UpdatePolicy whose deadline passed while SQLite was busy), the database held the new spec and
+    lineage and the server went on serving the old one, until a restart switched it. The caller
+    still gets its cancellation; the change is whole either way.
+    """
+    task = asyncio.ensure_future(work)
+    # Its outcome once nobody waits for it: retrieved here, or asyncio reports it as lost.
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    return await asyncio.shield(task)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import grpc
 import pytest
@@ -166,6 +169,31 @@ def test_updates_at_once_each_keep_the_others_change(server: ServerThread) -> No
             assert all(getattr(got, k) == v for k, v in fields.items()), (round_, fields, got)
         a.UpdatePolicy(admin_pb2.UpdatePolicyRequest(spec=admin_pb2.PolicySpec(name="demo"), update_mask={"paths": [
             k for fields in changes for k in fields]}))  # back to the defaults, for the next round
+
+
+def test_an_update_whose_caller_leaves_is_made_whole(make_server: Any, sqlite_url: str) -> None:
+    """Found from outside: an UpdatePolicy whose deadline passed while SQLite was busy wrote the
+    new spec and lineage to the database, but the server went on serving the old ones (revision
+    300, lineage 1 served; 301, lineage 2 stored), until a restart would switch them."""
+    server: ServerThread = make_server(server_settings(sqlite_url))
+    a = admin(server)
+    busy = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None, check_same_thread=False)
+    busy.execute("BEGIN EXCLUSIVE")  # another writer holds the database
+    threading.Timer(1.5, busy.execute, ["COMMIT"]).start()
+    spec = admin_pb2.PolicySpec(name="demo", description="its caller left", learning_rate=0.25)
+    with pytest.raises(grpc.RpcError) as err:
+        a.UpdatePolicy(admin_pb2.UpdatePolicyRequest(spec=spec), timeout=0.5)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+    def stored() -> tuple[int, int]:
+        [row] = rows(sqlite_url, "policies", "name = 'demo'")
+        return row["revision"], row["lineage"]
+
+    wait_for(lambda: stored() == (2, 2), what="the change written once the database is free")
+    served = wait_for(lambda: (p := a.GetPolicy(admin_pb2.GetPolicyRequest(name="demo"))).revision == 2 and p,
+                      what="the change served as it is stored")
+    assert (served.lineage, served.spec.description, served.spec.learning_rate) == (2, "its caller left", 0.25)
+    busy.close()
 
 
 @pytest.mark.parametrize("paths,field", [
