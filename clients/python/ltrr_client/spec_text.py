@@ -24,7 +24,8 @@ _ENUMS: dict[str, tuple[str, Any]] = {
     "kind": ("POLICY_KIND_", admin_pb2.PolicyKind), "exploration": ("EXPLORATION_", admin_pb2.Exploration),
     "aggregation": ("AGGREGATION_", admin_pb2.Aggregation), "cb_type": ("CB_TYPE_", admin_pb2.CbType),
     "optimizer": ("OPTIMIZER_", admin_pb2.Optimizer), "mode": ("POLICY_MODE_", admin_pb2.PolicyMode)}
-_FIELDS = admin_pb2.PolicySpec.DESCRIPTOR.fields_by_name
+# By name, as a plain dict: the descriptor's own map reads a name only up to a NUL ("name\x00").
+_FIELDS = {f.name: f for f in admin_pb2.PolicySpec.DESCRIPTOR.fields}
 
 
 def enum_text(spec: admin_pb2.PolicySpec, name: str) -> str:

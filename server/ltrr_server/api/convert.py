@@ -177,12 +177,21 @@ def spec_to_proto(spec: PolicySpec) -> admin_pb2.PolicySpec:
     )
 
 
+# PolicySpec's field names, as a plain dict: the descriptor's own map reads a name only up to a
+# NUL, so it took "name\x00" for "name" (found from outside: INTERNAL instead of naming the path).
+_SPEC_FIELD_NAMES = dict.fromkeys(f.name for f in admin_pb2.PolicySpec.DESCRIPTOR.fields)
+
+
 def update_paths(change: admin_pb2.PolicySpec, paths: Sequence[str]) -> tuple[str, ...] | None:
     """The fields an UpdatePolicy changes (AIP-134's update mask): those ``paths`` names; no paths,
     those ``change`` sets; ``None`` for ``["*"]``, the whole spec.
 
     >>> update_paths(admin_pb2.PolicySpec(name="p", mode=admin_pb2.POLICY_MODE_ONLINE), [])
     ('name', 'mode')
+    >>> update_paths(admin_pb2.PolicySpec(name="p"), ["name\\x00"])
+    Traceback (most recent call last):
+    ...
+    ltrr_server.errors.InvalidArgument: update_mask.paths[0]: 'name\\x00' is not a PolicySpec field ...
     >>> update_paths(admin_pb2.PolicySpec(name="p"), ["model"])
     Traceback (most recent call last):
     ...
@@ -190,13 +199,12 @@ def update_paths(change: admin_pb2.PolicySpec, paths: Sequence[str]) -> tuple[st
     """
     if len(paths) > SPEC_FIELDS:
         raise InvalidArgument("update_mask.paths", f"{len(paths)} paths, more than PolicySpec's {SPEC_FIELDS} fields")
-    fields = admin_pb2.PolicySpec.DESCRIPTOR.fields_by_name
     for i, path in enumerate(paths):
         if len(path) > ID_CHARS:
             raise InvalidArgument(f"update_mask.paths[{i}]", f"{len(path)} characters, more than {ID_CHARS}")
-        if path not in fields and not (path == "*" and len(paths) == 1):
+        if path not in _SPEC_FIELD_NAMES and not (path == "*" and len(paths) == 1):
             raise InvalidArgument(f"update_mask.paths[{i}]", f"{path!r} is not a PolicySpec field ("
-                                  f"{', '.join(fields)}; or \"*\" alone: the whole spec)")
+                                  f"{', '.join(_SPEC_FIELD_NAMES)}; or \"*\" alone: the whole spec)")
     if list(paths) == ["*"]:
         return None
     return tuple(paths) if paths else tuple(f.name for f, _ in change.ListFields())

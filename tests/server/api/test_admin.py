@@ -200,8 +200,9 @@ def test_an_update_whose_caller_leaves_is_made_whole(make_server: Any, sqlite_ur
     (["ghost"], "update_mask.paths[0]"),
     (["mode", "*"], "update_mask.paths[1]"),
     (["actions.id"], "update_mask.paths[0]"),
+    (["mode", "name\x00"], "update_mask.paths[1]"),  # found from outside: INTERNAL
     (["name"] * 65, "update_mask.paths"),
-], ids=["unknown field", "star among fields", "nested path", "too many"])
+], ids=["unknown field", "star among fields", "nested path", "a field's name and a NUL", "too many"])
 def test_bad_update_masks_name_the_path(server: ServerThread, paths: list[str], field: str) -> None:
     request = admin_pb2.UpdatePolicyRequest(spec=admin_pb2.PolicySpec(name="demo", description="changed"),
                                             update_mask={"paths": paths})
