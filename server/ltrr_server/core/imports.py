@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 
 from ltrr_server.bounds import DSJSON_LINE_CHARS, ID_CHARS
@@ -45,9 +45,14 @@ class ImportResult:
     errors: list[tuple[int, str]] = field(default_factory=list)
 
 
-def parse_batch(lines: list[str], first_line: int, kind: str, limits: Limits
+def parse_batch(lines: list[str], first_line: int, kind: str, limits: Limits, policy_actions: Sequence[str] = ()
                 ) -> tuple[list[tuple[int, ImportedEvent]], list[tuple[int, str]]]:
     """The batch's lines as events, and the errors of the lines that are not (by line number).
+
+    A policy with configured actions (``policy_actions``) takes a line that offers at least one
+    of them; a line offering none is another problem's log (a file imported into the wrong
+    policy), and learning it would teach the policy actions it never serves. Until 2026-12-01
+    such lines were imported. A line may offer others beside them, as Decide's own candidates may.
 
     Lines come as tools write files: a blank line is passed over (no decision, no error), and a
     byte order mark before a line dropped. A line over ``DSJSON_LINE_CHARS`` is one bad line: it
@@ -55,6 +60,7 @@ def parse_batch(lines: list[str], first_line: int, kind: str, limits: Limits
     events: list[tuple[int, ImportedEvent]] = []
     errors: list[tuple[int, str]] = []
     seen: set[str] = set()
+    own = frozenset(policy_actions)
     for i, text in enumerate(lines):
         number = first_line + i
         text = text.removeprefix("\ufeff")
@@ -69,6 +75,9 @@ def parse_batch(lines: list[str], first_line: int, kind: str, limits: Limits
                 raise InvalidArgument("EventId", f"longer than {ID_CHARS} characters, or holds a NUL")
             if kind == "cb" and len(ev.chosen) > 1:
                 raise InvalidArgument("_outcomes", "a multi-slot decision, and the policy is a cb policy")
+            if own and own.isdisjoint(ev.action_ids):
+                raise InvalidArgument("c._multi", f"none of its actions ({_some(ev.action_ids)}) is one of the "
+                                                  f"policy's ({_some(policy_actions)}): is it this policy's log?")
             if ev.event_id in seen:
                 raise InvalidArgument("EventId", f"{ev.event_id!r} comes twice in this batch")
         except LtrrError as exc:
@@ -81,6 +90,16 @@ def parse_batch(lines: list[str], first_line: int, kind: str, limits: Limits
         seen.add(ev.event_id)
         events.append((number, ev))
     return events, errors
+
+
+def _some(ids: Sequence[str], shown: int = 4) -> str:
+    """Up to ``shown`` ids, quoted.
+
+    >>> _some(["a", "b"]), _some(["a", "b", "c", "d", "e", "f"])
+    ("'a', 'b'", "'a', 'b', 'c', 'd' and 2 more")
+    """
+    head = ", ".join(repr(i) for i in ids[:shown])
+    return head if len(ids) <= shown else f"{head} and {len(ids) - shown} more"
 
 
 class Imports:
@@ -117,7 +136,8 @@ class Imports:
             raise InvalidArgument("lines", f"{len(lines)} lines in one batch, more than limits.max_reward_batch="
                                            f"{self._limits.max_reward_batch}")
         first_line = first_line or 1
-        events, errors = await asyncio.to_thread(parse_batch, lines, first_line, rt.spec.kind, self._limits)
+        events, errors = await asyncio.to_thread(parse_batch, lines, first_line, rt.spec.kind, self._limits,
+                                             rt.action_ids)
         known, _ = await asyncio.to_thread(self._store.lookup_events, [(ev.event_id, "") for _, ev in events])
         joiner = self._rewards.joiner
         fresh = [(n, ev) for n, ev in events

@@ -133,3 +133,21 @@ def test_a_batch_the_server_cannot_take_ends_the_stream(server: ServerThread) ->
     with pytest.raises(grpc.RpcError) as err:
         import_lines(server, "nope", ["{}"])
     assert err.value.code() == grpc.StatusCode.NOT_FOUND and "nope" in err.value.details()
+
+
+def test_a_policy_with_actions_of_its_own_refuses_another_problems_log(server: ServerThread) -> None:
+    # Found from outside: VW's coffee log imported into a policy whose actions are songs was taken
+    # whole, and the policy learned 23 decisions among actions it never serves.
+    from ltrr.v1 import common_pb2
+
+    lines = (FIXTURES / "dsjson_cb.json").read_text().splitlines()
+    create(server, "songs", actions=[common_pb2.Action(id=f"song-{i}") for i in range(6)])
+    results = import_lines(server, "songs", lines)
+    errors = [e for r in results for e in r.errors]
+    assert len(errors) == len(lines) and sum(r.imported for r in results) == 0
+    assert errors[0].line == 1 and errors[0].message.startswith("c._multi: none of its actions ('Cappucino', ")
+    assert "'song-0', 'song-1', 'song-2', 'song-3' and 2 more" in errors[0].message
+    assert rows(server.settings.db_url, "decisions", "policy = 'songs'") == []
+    # A policy whose actions the log offers takes it, other actions beside them and all.
+    create(server, "menu", actions=[common_pb2.Action(id=a) for a in ("Cappucino", "Latte")])
+    assert sum(r.imported for r in import_lines(server, "menu", lines)) == len(lines)
