@@ -12,6 +12,16 @@ truth and may be negative (the contextual policy beats every fixed action).
 >>> s = w.stats()
 >>> s["mean_reward"], s["estimated_regret"], s["exploration_share"], s["greedy_mean_reward"]
 (0.5, 0.5, 0.5, 1.0)
+
+An action served at probability 1 that was not the policy's greedy choice (an apprentice
+serving its caller's baseline) is not exploration; the greedy share counts it as not greedy:
+
+>>> w = RewardWindow(size=100, min_support=1)
+>>> w.add("a", 1.0, 1.0, explored=True, true_regret=None)
+>>> w.add("b", 1.0, 0.0, explored=False, true_regret=None)
+>>> s = w.stats()
+>>> s["exploration_share"], s["greedy_share"], s["greedy_mean_reward"]
+(0.0, 0.5, 0.0)
 """
 
 from __future__ import annotations
@@ -28,7 +38,12 @@ class RewardWindow:
         self._min_support = min_support
         self._events: deque[tuple[str, float, float, bool, float | None]] = deque()
         self._reward_sum = 0.0
+        # Drawn at a probability below 1 and not the policy's greedy choice: exploration.
         self._explored = 0
+        # Served at probability 1 and not its greedy choice (an apprentice serving its baseline):
+        # not exploration, though the policy's greedy choice was not served either. Until
+        # 2026-12-01 an apprentice's disagreement with its baseline was shown as exploration.
+        self._disagreed = 0
         # Reward of the events whose action was the policy's greedy choice (not explored).
         self._greedy_reward_sum = 0.0
         self._regret_sum = 0.0
@@ -46,6 +61,7 @@ class RewardWindow:
         with self._lock:
             ips, window, size = self._ips, self._events, self._size
             reward_sum, explored_n, greedy_sum = self._reward_sum, self._explored, self._greedy_reward_sum
+            disagreed_n = self._disagreed
             regret_sum, regret_n = self._regret_sum, self._regret_n
             for ev in events:
                 window.append(ev)
@@ -59,14 +75,17 @@ class RewardWindow:
                     if acc[2] == 0:
                         del ips[action]
                     reward_sum += sign * reward
-                    if explored:
-                        explored_n += sign
-                    else:
+                    if not explored:
                         greedy_sum += sign * reward
+                    elif prob < 1.0:
+                        explored_n += sign
+                    else:  # served at probability 1 and not its greedy choice: an apprentice's baseline
+                        disagreed_n += sign
                     if regret is not None:
                         regret_sum += sign * regret
                         regret_n += sign
             self._reward_sum, self._explored, self._greedy_reward_sum = reward_sum, explored_n, greedy_sum
+            self._disagreed = disagreed_n
             self._regret_sum, self._regret_n = regret_sum, regret_n
 
     def stats(self) -> dict[str, float]:
@@ -74,8 +93,9 @@ class RewardWindow:
             n = len(self._events)
             if n == 0:
                 return {"mean_reward": 0.0, "estimated_regret": 0.0, "true_regret_mean": 0.0,
-                        "exploration_share": 0.0, "greedy_mean_reward": 0.0, "events": 0.0}
+                        "exploration_share": 0.0, "greedy_share": 0.0, "greedy_mean_reward": 0.0, "events": 0.0}
             mean = self._reward_sum / n
+            not_greedy = self._explored + self._disagreed
             values = [a[0] / a[1] for a in self._ips.values() if a[2] >= self._min_support and a[1] > 0]
             best = max(values) if values else mean
             return {
@@ -83,6 +103,7 @@ class RewardWindow:
                 "estimated_regret": best - mean,
                 "true_regret_mean": self._regret_sum / self._regret_n if self._regret_n else 0.0,
                 "exploration_share": self._explored / n,
-                "greedy_mean_reward": self._greedy_reward_sum / (n - self._explored) if n > self._explored else 0.0,
+                "greedy_share": (n - not_greedy) / n,
+                "greedy_mean_reward": self._greedy_reward_sum / (n - not_greedy) if n > not_greedy else 0.0,
                 "events": float(n),
             }

@@ -260,7 +260,7 @@ class PolicyBook:
             "estimated_regret": w["estimated_regret"],
             "true_regret_total": rt.true_regret_total,
             "exploration_share": w["exploration_share"],
-            "greedy_share": 1.0 - w["exploration_share"] if w["events"] else 0.0,
+            "greedy_share": w["greedy_share"],
             "greedy_mean_reward": w["greedy_mean_reward"],
             "learner_lag_seconds": rt.last_lag_seconds,
             "learner_lag_events": self._learner.backlog(name),

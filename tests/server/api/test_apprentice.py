@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import urllib.request
 
 import grpc
 import pytest
@@ -39,6 +40,13 @@ def test_apprentice_serves_the_baseline_learns_and_switches_online(server: Serve
         wait_for(lambda: c.stats("app").learned >= 300, timeout=30, what="the baseline's rewards learned")
         # Untrained, its greedy choice was the first action: it agreed on segment x only.
         assert c.stats("app").greedy_share == pytest.approx(0.5)
+        # Serving its baseline at probability 1 is no exploration, whatever it would have chosen:
+        # until 2026-12-01 its disagreement (0.5 here) was shown as its exploration share.
+        assert c.stats("app").exploration_share == 0.0
+        with urllib.request.urlopen(server.metrics_url, timeout=5) as r:  # noqa: S310 - a local test server
+            text = r.read().decode()
+        assert 'ltrr_explored_decisions_total{policy="app"} 0.0' in text
+        assert 'ltrr_decisions_total{policy="app"} 300.0' in text
         # It learned the baseline's value where it was shown, and now agrees with it.
         later = [c.decisions.Decide(_request(seg, BASELINE[seg])).event_id for seg in "xy" * 50]
         list(c.stream_rewards([[reward_event(e, 1.0) for e in later]]))
