@@ -29,7 +29,7 @@ from ltrr_server.core.sessions import Sessions
 from ltrr_server.errors import FailedPrecondition
 from ltrr_server.heap import release_free_memory
 from ltrr_server.jobs import Jobs
-from ltrr_server.keys import REFRESH_SECONDS, KeyRing, KeyStore
+from ltrr_server.keys import REFRESH_SECONDS, Identity, KeyRing, KeyStore
 from ltrr_server.learner.learner import Learner, LearnerPolicy
 from ltrr_server.log import db, retention
 from ltrr_server.log.journal import Journal
@@ -40,6 +40,7 @@ from ltrr_server.policy.model import PolicyModel
 from ltrr_server.ranking.ranking import Ranking
 from ltrr_server.retrieval.retriever import Retriever
 from ltrr_server.supervisor import FunctionPart, OnChange, Supervisor
+from ltrr_server.tenancy import tenant_of
 from ltrr_server.tracing import NO_TRACER, Tracer
 from ltrr_server.xmr.live import LiveModels
 from ltrr_server.xmr.registry import ModelRegistry
@@ -130,6 +131,11 @@ class Ltrr:
             recovered = self.rewards.recover(rt, since)
             if recovered:
                 log.info("policy %s: recovered %d decisions whose join was not written", rt.spec.name, recovered)
+        for change in self.policies.restore_changes:
+            # The file's changes, or a stored spec mended: made by the server as it started.
+            who = Identity("", tenant_of(change.info.spec.name), frozenset(), name="server start")
+            self.audit.record(who, "policy.reset" if change.reset else "policy.update", change.info.spec.name,
+                              change.before.to_dict(), change.info.spec.to_dict())
         self.learner.drain_before_start()
         self.learner.start()
         sup = self.supervisor

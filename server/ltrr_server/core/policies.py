@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -66,6 +67,8 @@ class PolicyBook:
         self.policies: dict[str, PolicyRuntime] = {}
         # Held by whatever creates or changes a policy (``update``).
         self._changing = asyncio.Lock()
+        # The changes restore_all made (from the config file, or mending a stored spec).
+        self.restore_changes: list[PolicyChange] = []
 
     def get(self, name: str, field: str = "policy") -> PolicyRuntime:
         """The policy named ``name``; errors name the request's ``field``."""
@@ -80,21 +83,62 @@ class PolicyBook:
 
     # ------------------------------------------------------------------ restore
     def restore_all(self, configured: Sequence[PolicySpec]) -> list[tuple[PolicyRuntime, float]]:
-        """Stores configured policies the database does not know, then restores every stored one
-        (snapshot + replay). Returns each with the time before which its decisions were joined
-        before its snapshot (the recovery of unjoined decisions starts there)."""
+        """Stores configured policies the database does not know, applies to the others what the
+        config file changed since it was last read (``from_config``), then restores every stored
+        one (snapshot + replay). Returns each with the time before which its decisions were
+        joined before its snapshot (the recovery of unjoined decisions starts there).
+
+        What it changed is in ``restore_changes`` (for the audit trail)."""
         stored = {row["name"]: row for row in self._store.load_policies()}
         now = time.time()
+        self.restore_changes = []
         for spec in configured:
-            if spec.name not in stored:
+            row = stored.get(spec.name)
+            if row is None:
                 start = self._next_seq()
-                self._store.insert_policy(spec, 1, 1, start, now)
+                self._store.insert_policy(spec, 1, 1, start, now, from_config=True)
                 stored[spec.name] = dict(spec=spec, revision=1, lineage=1, lineage_start_seq=start,
                                          created_at=now, updated_at=now)
-            elif stored[spec.name]["spec"] != spec:
-                log.info("policy %s: the database holds an admin-changed spec; the config file's is ignored",
-                         spec.name)
+                continue
+            held, last = row["spec"], row["config_spec"]
+            assert isinstance(held, PolicySpec) and (last is None or isinstance(last, PolicySpec))
+            try:
+                spec_now = from_config(held, last, spec)
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"policies.{spec.name}", f"the config file's changes since it was last read "
+                                      f"({', '.join(changed_fields(last or spec, spec))}) do not go with the "
+                                      f"database's spec: {exc.message}") from None
+            if spec_now != held:
+                log.warning("policy %s: the config file changed %s since the server last read it: the database's "
+                            "spec takes them", spec.name, ", ".join(changed_fields(held, spec_now)))
+                self._restore_update(row, spec_now, now)
+            kept = changed_fields(spec_now, spec)
+            if kept:
+                log.warning("policy %s: %s changed in the database (by an admin or a tuning) since the config file "
+                            "last changed them: the config file's are ignored", spec.name, ", ".join(kept))
+            if last != spec:
+                self._store.note_config_spec(spec)
+        for row in stored.values():
+            held = row["spec"]
+            assert isinstance(held, PolicySpec)
+            if held.mode == "apprentice" and held.name in self._retrieval_policies:
+                # Switched so before UpdatePolicy refused it: it served as online all along.
+                log.warning("policy %s: stored as an apprentice, but it draws plans for Retrieve and Search, whose "
+                            "requests name no baseline: its mode is set online, as it has served", held.name)
+                self._restore_update(row, dataclasses.replace(held, mode="online"), now)
         return [self._restore(row) for row in stored.values()]
+
+    def _restore_update(self, row: dict[str, Any], spec: PolicySpec, now: float) -> None:
+        """A change made while restoring, before anything serves: stored, and noted in ``row``."""
+        before = row["spec"]
+        assert isinstance(before, PolicySpec)
+        reset = spec.learning_params() != before.learning_params()
+        revision, lineage = int(row["revision"]) + 1, int(row["lineage"]) + reset
+        start = self._next_seq() if reset else int(row["lineage_start_seq"])
+        self._store.update_policy(spec, revision, lineage, start, now)
+        row.update(spec=spec, revision=revision, lineage=lineage, lineage_start_seq=start, updated_at=now)
+        info = PolicyInfo(spec, revision, lineage, 0, float(row["created_at"]), now)
+        self.restore_changes.append(PolicyChange(info, before, reset))
 
     def _restore(self, row: dict[str, object]) -> tuple[PolicyRuntime, float]:
         spec = row["spec"]
@@ -280,3 +324,34 @@ async def _finished(work: Coroutine[Any, Any, T]) -> T:
     # Its outcome once nobody waits for it: retrieved here, or asyncio reports it as lost.
     task.add_done_callback(lambda t: t.cancelled() or t.exception())
     return await asyncio.shield(task)
+
+
+def changed_fields(a: PolicySpec, b: PolicySpec) -> list[str]:
+    """The names of the fields in which two specs differ.
+
+    >>> changed_fields(PolicySpec("p"), PolicySpec("p", learning_rate=0.1, mode="apprentice"))
+    ['learning_rate', 'mode']
+    """
+    return [f.name for f in dataclasses.fields(PolicySpec) if getattr(a, f.name) != getattr(b, f.name)]
+
+
+def from_config(held: PolicySpec, last: PolicySpec | None, config: PolicySpec) -> PolicySpec:
+    """The spec a configured policy takes at a start: the database's (``held``), with each field
+    the config file changed since it was last read (``last``) taken from the file. An admin's
+    change stays until the file changes that field itself. ``last`` None (a policy created over
+    the API, or a database from before 2026-12-01): the database's as it is.
+
+    Until 2026-12-01 the database's spec was kept whole: a field edited in the file and restarted
+    was ignored for good.
+
+    >>> held = PolicySpec("p", mode="online", learning_rate=0.5)  # an admin switched it online
+    >>> last = PolicySpec("p", mode="apprentice", learning_rate=0.5)
+    >>> spec = from_config(held, last, PolicySpec("p", mode="apprentice", learning_rate=0.1))
+    >>> spec.mode, spec.learning_rate
+    ('online', 0.1)
+    """
+    if last is None:
+        return held
+    taken = {name: getattr(config, name) for name in changed_fields(last, config)}
+    return dataclasses.replace(held, **taken) if taken else held
+

@@ -22,6 +22,9 @@ policies = sa.Table(
     sa.Column("lineage_start_seq", sa.BigInteger, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
+    # The spec the config file declared when last read (NULL: created over the API): a restart
+    # applies the fields the file changed since, and keeps those an admin changed.
+    sa.Column("config_spec", sa.Text, nullable=True),
 )
 
 decisions = sa.Table(

@@ -37,14 +37,25 @@ class EventLogStore:
     def load_policies(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(t.policies).order_by(t.policies.c.name)).mappings().all()
-        return [dict(r) | {"spec": _stored_spec(json.loads(r["spec"]))} for r in rows]
+        return [dict(r) | {"spec": _stored_spec(json.loads(r["spec"])),
+                           "config_spec": _stored_spec(json.loads(r["config_spec"])) if r["config_spec"] else None}
+                for r in rows]
 
-    def insert_policy(self, spec: PolicySpec, revision: int, lineage: int, lineage_start_seq: int, now: float) -> None:
+    def insert_policy(self, spec: PolicySpec, revision: int, lineage: int, lineage_start_seq: int, now: float,
+                      from_config: bool = False) -> None:
+        """A new policy; ``from_config``: declared in the config file (its spec is noted as the file's)."""
         with self.engine.begin() as conn:
             conn.execute(t.policies.insert().values(
                 name=spec.name, spec=json.dumps(spec.to_dict()), revision=revision, lineage=lineage,
                 lineage_start_seq=lineage_start_seq, created_at=now, updated_at=now,
+                config_spec=json.dumps(spec.to_dict()) if from_config else None,
             ))
+
+    def note_config_spec(self, spec: PolicySpec) -> None:
+        """Notes ``spec`` as what the config file declares for its policy now."""
+        with self.engine.begin() as conn:
+            conn.execute(t.policies.update().where(t.policies.c.name == spec.name).values(
+                config_spec=json.dumps(spec.to_dict())))
 
     def update_policy(self, spec: PolicySpec, revision: int, lineage: int, lineage_start_seq: int, now: float,
                       warm_start: bytes | None = None) -> None:

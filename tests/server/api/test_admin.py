@@ -12,7 +12,7 @@ import pytest
 
 from ltrr.v1 import admin_pb2, admin_pb2_grpc, common_pb2, decisions_pb2_grpc, feedback_pb2_grpc
 from ltrr_client.client import decide_request, reward_event
-from tests.conftest import ServerThread, server_settings
+from tests.conftest import ServerThread, demo_policy, server_settings
 from tests.helpers import rows, wait_for
 
 
@@ -226,6 +226,40 @@ def test_policies_and_changes_persist_across_restart(make_server: object, db_url
     assert {p.spec.name for p in b.ListPolicies(admin_pb2.ListPoliciesRequest()).policies} == {"demo", "rows"}
     demo = b.GetPolicy(admin_pb2.GetPolicyRequest(name="demo"))
     assert (demo.spec.description, demo.revision) == ("changed by admin", 2)
+
+
+def test_a_config_file_edit_applies_at_restart_and_an_admins_change_stays(
+        make_server: Any, db_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    # Found from outside: once an admin had changed a policy declared in the config file, every
+    # edit of it in the file was ignored at restart for good (only an INFO line said so).
+    first = make_server(server_settings(db_url, demo_policy()))
+    a = admin(first)
+    spec = a.GetPolicy(admin_pb2.GetPolicyRequest(name="demo")).spec
+    spec.description = "changed by admin"
+    a.UpdatePolicy(admin_pb2.UpdatePolicyRequest(spec=spec))
+    first.stop()
+
+    # The same file: the admin's change stays, and the log says the file's is ignored.
+    second = make_server(server_settings(db_url, demo_policy()))
+    demo = admin(second).GetPolicy(admin_pb2.GetPolicyRequest(name="demo"))
+    assert (demo.spec.description, demo.revision, demo.lineage) == ("changed by admin", 2, 1)
+    assert "policy demo: description changed in the database" in caplog.text
+    assert "the config file's are ignored" in caplog.text
+    second.stop()
+
+    # The file edited: the field it changed applies (a learning rate: a new lineage), the admin's stays.
+    edited = server_settings(db_url, demo_policy(learning_rate=0.2, epsilon=0.2))
+    third = make_server(edited)
+    demo = admin(third).GetPolicy(admin_pb2.GetPolicyRequest(name="demo"))
+    assert (demo.spec.description, demo.spec.learning_rate, demo.spec.epsilon) == ("changed by admin", 0.2, 0.2)
+    assert (demo.revision, demo.lineage) == (3, 2)
+    [entry] = [e for e in admin(third).ListAudit(admin_pb2.ListAuditRequest()).entries if e.actor == "server start"]
+    assert (entry.action, entry.target) == ("policy.reset", "demo")
+    third.stop()
+
+    # Read once: the next start with the same file changes nothing.
+    fourth = make_server(edited)
+    assert admin(fourth).GetPolicy(admin_pb2.GetPolicyRequest(name="demo")).revision == 3
 
 
 def test_snapshot_now_and_stats(server: ServerThread) -> None:

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from ltrr_server.config import ActionSpec, Limits, PolicySpec
 from ltrr_server.core.ltrr import Ltrr
+from ltrr_server.core.policies import PolicyBook
 from ltrr_server.core.rewards import RewardInput
 from ltrr_server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Overloaded
 from ltrr_server.log import db
@@ -141,6 +142,30 @@ def test_unjoined_decisions_are_recovered_by_a_new_core(core: Ltrr, sqlite_url: 
     assert (ev.event_id, ev.reward) == (d.event_id, 2.0)
     again.writer.close()
     core.writer = again.writer  # the fixture closes this one
+
+
+def test_a_retrieval_policy_stored_as_an_apprentice_is_restored_online(
+        core: Ltrr, caplog: pytest.LogCaptureFixture) -> None:
+    # Switched so before UpdatePolicy refused it, it stayed so in its database (it served as online).
+    asyncio.run(core.policies.update("demo", lambda live: replace(live, mode="apprentice")))
+    book = PolicyBook(core.store, Metrics(CollectorRegistry()), core.learner, lambda: 1, 100,
+                      retrieval_policies=("demo",))
+    [(rt, _)] = book.restore_all(core.settings.policies)
+    assert (rt.spec.mode, rt.revision, rt.lineage) == ("online", 3, 1)
+    assert [(c.before.mode, c.info.spec.mode, c.reset) for c in book.restore_changes] == [
+        ("apprentice", "online", False)]
+    assert "policy demo: stored as an apprentice, but it draws plans for Retrieve and Search" in caplog.text
+    [row] = rows(core.settings.db_url, "policies", "name = 'demo'")
+    assert '"mode": "online"' in row["spec"] and row["revision"] == 3
+
+
+def test_a_config_file_change_that_does_not_go_with_the_stored_spec_is_named(core: Ltrr) -> None:
+    # An admin made it multi-slot; the file then asks for an apprentice (cb policies only).
+    asyncio.run(core.policies.update("demo", lambda live: replace(live, kind="ccb", slots=2)))
+    book = PolicyBook(core.store, Metrics(CollectorRegistry()), core.learner, lambda: 1, 100)
+    with pytest.raises(InvalidArgument, match=r"^policies\.demo: the config file's changes since it was last "
+                                              r"read \(mode\) do not go with the database's spec: "):
+        book.restore_all([replace(core.settings.policies[0], mode="apprentice")])
 
 
 def test_models_check_the_request_before_looking_the_model_up(core: Ltrr) -> None:
