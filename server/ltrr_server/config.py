@@ -573,7 +573,7 @@ class Settings:
     # configurations commonly do) lost its idle reward stream after its third ping. ltrr's own
     # TypeScript client pings every 30 s: its idle StreamRewards ended after 2 minutes
     # (RESOURCE_EXHAUSTED "Bandwidth exhausted"); a Python one pinging every second, after 3 s
-    # (UNAVAILABLE "Too many pings"). ltrr's Python client stops after 2 pings without data.
+    # (UNAVAILABLE "Too many pings"). ltrr's Python client pings every 30 s, on quiet streams too.
     client_ping_min_seconds: float = 10.0
     snapshot_interval_seconds: float = 60.0
     # How often the learner hands the decision path a fresh model copy (a copy costs ~10 ms of CPU).

@@ -214,7 +214,14 @@ def channel_options(keepalive_ms: int = 30_000, retries: int = 4) -> list[tuple[
     options: list[tuple[str, Any]] = [("grpc.enable_retries", 1 if retries > 1 else 0),
                                       ("grpc.service_config", json.dumps(config))]
     if keepalive_ms > 0:
-        options += [("grpc.keepalive_time_ms", keepalive_ms), ("grpc.keepalive_timeout_ms", 10_000)]
+        # On a quiet stream too: grpc stops after 2 pings without data by default, and an idle
+        # reward stream whose server vanished then waited for its acks until TCP gave up (hours).
+        # The server lets a client ping every 10 s (its client_ping_min_seconds).
+        # Any ping unanswered as long ends the connection: a keepalive ping waits behind one
+        # already in flight (flow control's), which grpc otherwise gives a minute.
+        timeout_ms = min(10_000, keepalive_ms)
+        options += [("grpc.keepalive_time_ms", keepalive_ms), ("grpc.keepalive_timeout_ms", timeout_ms),
+                    ("grpc.http2.ping_timeout_ms", timeout_ms), ("grpc.http2.max_pings_without_data", 0)]
     return options
 
 

@@ -128,3 +128,27 @@ def test_keepalive_settings_must_be_positive(name: str, bad: float, sqlite_url: 
 
     with pytest.raises(InvalidArgument, match=rf"server\.{name}"):
         server_settings(sqlite_url, **{name: bad})
+
+
+def test_ltrrs_python_client_finds_a_dead_connection_under_an_idle_stream(make_server: Any, sqlite_url: str) -> None:
+    # Found from outside: grpc stops a client's keepalive pings after 2 without data, so an idle
+    # reward stream of ltrr's Python client whose server then vanished (a partition, a machine
+    # gone) waited for its acks until TCP gave up, hours later. Here scaled down: pings every
+    # second, idle for 4 s (3 pings and more), then the connection goes silent.
+    from ltrr_client.client import LtrrClient
+
+    server: ServerThread = make_server(server_settings(sqlite_url, client_ping_min_seconds=0.5))
+    proxy = _FreezingProxy(server.target)
+    client = LtrrClient(proxy.target, keepalive_ms=1000)
+    stream = _RewardStream(client.channel)
+    try:
+        assert isinstance(stream.reward_one(), feedback_pb2.RewardAckBatch)
+        time.sleep(4)
+        proxy.frozen.set()
+        started = time.monotonic()
+        ended = stream.acks.get(timeout=20)
+        assert isinstance(ended, grpc.RpcError) and ended.code() == grpc.StatusCode.UNAVAILABLE, ended
+        assert time.monotonic() - started < 5
+    finally:
+        stream.close()
+        client.close()
