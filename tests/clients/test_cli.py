@@ -403,3 +403,18 @@ def test_a_reader_that_goes_away_ends_the_output_without_a_traceback(server: Ser
     cli.stdout.close()  # as `| head -0` does
     err = cli.stderr.read().decode()
     assert cli.wait(60) == 0 and "Traceback" not in err, err
+
+
+def test_import_batches_weigh_lines_in_bytes_as_read(tmp_path: Path) -> None:
+    # A line of 600 ASCII characters, then lines of 300 two-byte ones (602 bytes each): until
+    # 2026-12-01 a batch weighed the next line in characters (902 of 1,000 here, so 1,202 bytes
+    # went together), and encoded each line again to weigh it.
+    from ltrr_client.cli import _ImportFile
+
+    ascii_line, wide_line = '"' + "a" * 598 + '"', '"' + "é" * 300 + '"'
+    path = tmp_path / "wide.json"
+    path.write_text(f"{ascii_line}\r\n{wide_line}\r\n{wide_line}\n", encoding="utf-8")
+    assert list(_ImportFile(str(path), twice=False).batches(100, max_bytes=1000)) == [
+        (1, [ascii_line]), (2, [wide_line]), (3, [wide_line])]
+    assert list(_ImportFile(str(path), twice=False).batches(100, max_bytes=1300)) == [
+        (1, [ascii_line, wide_line]), (3, [wide_line])]

@@ -213,27 +213,29 @@ def cmd_reward(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lines_of(f: IO[bytes]) -> Iterator[tuple[int, str | None, str]]:
-    """(line number, text, problem) per line of a UTF-8 file, as tools write them: a byte order
-    mark before line 1 (Windows tools write one) and line ends (LF or CRLF) dropped; text None
-    for a blank line (problem '') and for one that is not UTF-8 (problem says where)."""
+def _lines_of(f: IO[bytes]) -> Iterator[tuple[int, str | None, str, int]]:
+    """(line number, text, problem, size) per line of a UTF-8 file, as tools write them: a byte
+    order mark before line 1 (Windows tools write one) and line ends (LF or CRLF) dropped; text
+    None for a blank line (problem '') and for one that is not UTF-8 (problem says where); size
+    in bytes as read, what a request carrying it weighs. A tuple: one is made per line."""
     for number, raw in enumerate(f, 1):
         if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]
         if not raw.strip():
-            yield number, None, ""
+            yield number, None, "", 0
             continue
+        raw = raw.rstrip(b"\r\n")
         try:
-            yield number, raw.decode("utf-8").rstrip("\r\n"), ""
+            yield number, raw.decode("utf-8"), "", len(raw)
         except UnicodeDecodeError as exc:
-            yield number, None, f"line: not UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1})"
+            yield number, None, f"line: not UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1})", 0
 
 
 def _read_rewards(path: str, bad: list[str]) -> Iterator[feedback_pb2.RewardEvent]:
     """The reward events of a JSONL file; a line that is not one is named in ``bad`` and skipped
     (until 2026-12-01, a line not UTF-8 or not a JSON object ended the whole stream)."""
     with (sys.stdin.buffer if path == "-" else open(path, "rb")) as f:
-        for lineno, line, problem in _lines_of(f):
+        for lineno, line, problem, _ in _lines_of(f):
             if line is None:
                 if problem:
                     bad.append(f"{path}:{lineno}: {problem}")
@@ -535,9 +537,9 @@ class _ImportFile:
             shutil.copyfileobj(sys.stdin.buffer, self._kept)
         self.bad = 0
 
-    def lines(self) -> Iterator[tuple[int, str | None]]:
-        """(line number, text) per line to send; text None where the file cannot be sent on
-        as it is (already reported): a batch ends there, so its lines stay consecutive."""
+    def lines(self) -> Iterator[tuple[int, str | None, int]]:
+        """(line number, text, size in bytes) per line to send; text None where the file cannot be
+        sent on as it is (already reported): a batch ends there, so its lines stay consecutive."""
         self.bad = 0
         if self._kept is not None:
             self._kept.seek(0)
@@ -549,26 +551,27 @@ class _ImportFile:
         with open(self._path, "rb") as f:
             yield from self._read(f)
 
-    def _read(self, f: IO[bytes]) -> Iterator[tuple[int, str | None]]:
-        for number, text, problem in _lines_of(f):
+    def _read(self, f: IO[bytes]) -> Iterator[tuple[int, str | None, int]]:
+        for number, text, problem, size in _lines_of(f):
             if text is not None and len(text) > DSJSON_LINE_CHARS:
                 problem, text = (f"line: {len(text):,} characters, more than the {DSJSON_LINE_CHARS:,} a line may "
                                  "have"), None
             if problem:
                 self._skip(number, problem)
-            yield number, text
+            yield number, text, size
 
     def _skip(self, number: int, why: str) -> None:
         self.bad += 1
         print(f"ltrr import: line {number}: {why}", file=sys.stderr)
 
-    def batches(self, size: int, max_bytes: int = IMPORT_BATCH_BYTES) -> Iterator[tuple[int, list[str]]]:
-        """(first line number, consecutive lines), at most ``size`` lines and, unless one line
-        alone is more, ``max_bytes`` of them."""
+    def batches(self, size_limit: int, max_bytes: int = IMPORT_BATCH_BYTES) -> Iterator[tuple[int, list[str]]]:
+        """(first line number, consecutive lines), at most ``size_limit`` lines and, unless one line
+        alone is more, ``max_bytes`` of them (weighed as read: until 2026-12-01 each line was
+        encoded again to weigh it)."""
         batch: list[str] = []
         first = held = 0
-        for number, text in self.lines():
-            if batch and (text is None or len(batch) >= size or held + len(text) > max_bytes):
+        for number, text, size in self.lines():
+            if batch and (text is None or len(batch) >= size_limit or held + size > max_bytes):
                 yield first, batch
                 batch, held = [], 0
             if text is None:
@@ -576,7 +579,7 @@ class _ImportFile:
             if not batch:
                 first = number
             batch.append(text)
-            held += len(text.encode())
+            held += size
         if batch:
             yield first, batch
 
