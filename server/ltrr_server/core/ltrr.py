@@ -126,7 +126,8 @@ class Ltrr:
         if journal is not None:
             # Before anything reads the log: decisions a killed server answered are in it again.
             self.writer.replay(journal)
-        self.rewards.joiner.next_seq = self.store.max_joined_seq() + 1
+        log_end = self.store.max_joined_seq()
+        self.rewards.joiner.next_seq = log_end + 1
         for rt, since in self.policies.restore_all(self.settings.policies):
             recovered = self.rewards.recover(rt, since)
             if recovered:
@@ -137,7 +138,7 @@ class Ltrr:
             self.audit.record(who, "policy.reset" if change.reset else "policy.update", change.info.spec.name,
                               change.before.to_dict(), change.info.spec.to_dict())
         self.learner.drain_before_start()
-        self.learner.start()
+        self.learner.start(log_end)
         sup = self.supervisor
         sup.watch(FunctionPart("writer", self.writer.running, self.writer.restart))
         sup.watch(FunctionPart("writer_process", self.writer.committer_running, self.writer.restart_committer))

@@ -17,7 +17,7 @@ from ltrr_server.bounds import ID_CHARS
 from ltrr_server.config import PolicySpec
 from ltrr_server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Overloaded
 from ltrr_server.learner.learner import Learner, LearnerState, SnapshotInfo
-from ltrr_server.learner.restore import LearnerPolicy, restore_state
+from ltrr_server.learner.restore import RESTORE_SECONDS, LearnerPolicy, restore_state
 from ltrr_server.log.store import EventLogStore
 from ltrr_server.metrics import Metrics
 from ltrr_server.policy.model import ModelFrame, PolicyModel
@@ -126,7 +126,8 @@ class PolicyBook:
                 log.warning("policy %s: stored as an apprentice, but it draws plans for Retrieve and Search, whose "
                             "requests name no baseline: its mode is set online, as it has served", held.name)
                 self._restore_update(row, dataclasses.replace(held, mode="online"), now)
-        return [self._restore(row) for row in stored.values()]
+        deadline = time.monotonic() + RESTORE_SECONDS
+        return [self._restore(row, deadline) for row in stored.values()]
 
     def _restore_update(self, row: dict[str, Any], spec: PolicySpec, now: float) -> None:
         """A change made while restoring, before anything serves: stored, and noted in ``row``."""
@@ -140,13 +141,13 @@ class PolicyBook:
         info = PolicyInfo(spec, revision, lineage, 0, float(row["created_at"]), now)
         self.restore_changes.append(PolicyChange(info, before, reset))
 
-    def _restore(self, row: dict[str, object]) -> tuple[PolicyRuntime, float]:
+    def _restore(self, row: dict[str, object], deadline: float) -> tuple[PolicyRuntime, float]:
         spec = row["spec"]
         assert isinstance(spec, PolicySpec)
         lineage = int(row["lineage"])  # type: ignore[call-overload]
         start_seq = int(row["lineage_start_seq"])  # type: ignore[call-overload]
         t0 = time.perf_counter()
-        restored = restore_state(self._store, LearnerPolicy(spec, lineage, start_seq))
+        restored = restore_state(self._store, LearnerPolicy(spec, lineage, start_seq), deadline=deadline)
         state = restored.state
         rt = PolicyRuntime(
             spec=spec, revision=int(row["revision"]), lineage=lineage,  # type: ignore[call-overload]
@@ -155,9 +156,13 @@ class PolicyBook:
             window=RewardWindow(self._metrics_window),
         )
         self._register(rt)
-        self._learner.set_state(state)
+        self._learner.set_state(state, rebuild=not restored.complete)
         log.info("policy %s: lineage %d, snapshot %s, replayed %d joined events in %.2fs", spec.name, lineage,
                  restored.snapshot_id or "none", restored.replayed, time.perf_counter() - t0)
+        if not restored.complete:
+            log.warning("policy %s: the log holds more joined events after its snapshot than a start replays in "
+                        "%.0f s (a stop left the learner behind): it serves what was replayed, and the learner "
+                        "process replays the rest, then publishes and snapshots it", spec.name, RESTORE_SECONDS)
         return rt, restored.joins_settled_before
 
     def learner_policies(self) -> list[LearnerPolicy]:

@@ -142,6 +142,10 @@ class Learner:
         # Per policy, what its model's bytes do not say, to read back the models it publishes.
         self._frames: dict[str, ModelFrame] = {}
         self._pre_start: list[JoinedEvent] = []
+        # Policies whose start-up replay stopped at its deadline: the process replays them from the
+        # log when it starts; the recovered joins among ``_pre_start`` wait for it in ``_after_start``.
+        self._rebuild: set[str] = set()
+        self._after_start: list[JoinedEvent] = []
         self._pending_snapshots: dict[int, Future[SnapshotInfo]] = {}
         self._request_ids = itertools.count(1)
         # Held while events are handed over and while a restart takes its cut.
@@ -157,12 +161,18 @@ class Learner:
         self.alive = False
 
     # --- before start: restore in this process ------------------------------------------
-    def set_state(self, state: LearnerState) -> None:
-        """Adds a policy or replaces its lineage (after a reset)."""
+    def set_state(self, state: LearnerState, rebuild: bool = False) -> None:
+        """Adds a policy or replaces its lineage (after a reset). Before the start, ``rebuild``:
+        ``state`` is incomplete (the start-up replay stopped at its deadline), and the process
+        replays the policy from the log when it starts, before it learns anything new of it."""
         self._frames[state.policy] = state.model.frame
         self._metrics.models_rejected.labels(state.policy)  # at 0: a first rejection is an increase
         if not self._started:
             self._states[state.policy] = state
+            if rebuild:
+                self._rebuild.add(state.policy)
+            else:
+                self._rebuild.discard(state.policy)
             return
         with self._lock:
             current = self._current
@@ -177,6 +187,9 @@ class Learner:
         for state in self._states.values():
             state.learned = 0  # counts what this process learns of its own joins, not the replay
         for ev in self._pre_start:
+            if ev.policy in self._rebuild:
+                self._after_start.append(ev)  # after the process's replay, which ends before it
+                continue
             target = self._states.get(ev.policy)
             if target is not None and target.lineage == ev.lineage:
                 target.learn_event(ev)
@@ -192,15 +205,26 @@ class Learner:
             state.version += 1
             self._publish(state.policy, state.lineage, state.model.copy(), state.version, 0.0)
 
-    def start(self) -> None:
+    def start(self, log_end: int = 0) -> None:
+        """Starts the process with the states restored here; those left to rebuild are replayed
+        from the log there, up to ``log_end`` (the last joined event logged before the start)."""
         states = [SetState(s.policy, s.lineage, s.model.frame, s.model.to_bytes(), s.last_seq, s.version, s.learned,
                            s.unsnapshotted) for s in self._states.values()]
-        proc = self._spawn(worker.WorkerStart(states=states))
-        proc.idle = not any(s.unsnapshotted for s in self._states.values())
+        restore = None
+        if self._rebuild:
+            assert self._policies is not None and self._db_url, "a rebuild needs the log and its policies"
+            restore = worker.RestoreFromLog(self._db_url, [p for p in self._policies() if p.spec.name in self._rebuild],
+                                            log_end, {})
+        proc = self._spawn(worker.WorkerStart(states=states, restore=restore))
+        proc.idle = restore is None and not any(s.unsnapshotted for s in self._states.values())
+        proc.restoring = restore is not None
         self._states.clear()
+        self._rebuild.clear()
         self._started = True
         with self._lock:
             self._attach(proc)
+        after, self._after_start = self._after_start, []
+        self.put_many(after)
 
     def _spawn(self, start: worker.WorkerStart) -> _Process:
         ctx = multiprocessing.get_context("spawn")

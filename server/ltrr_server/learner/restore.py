@@ -1,8 +1,9 @@
 """A policy's learning state rebuilt from the log: its latest snapshot plus a replay of what followed.
 
 The same code restores a policy when the server starts (in the server's process, before any
-call is served) and when a learner process that died is replaced (in the new process, so that
-the replay's VW calls do not take the decision path's interpreter lock).
+call is served, for up to ``RESTORE_SECONDS``: the learner process replays what is left, while
+the policy serves) and when a learner process that died is replaced (in the new process, so
+that the replay's VW calls do not take the decision path's interpreter lock).
 """
 
 from __future__ import annotations
@@ -20,6 +21,13 @@ from ltrr_server.log.store import EventLogStore
 from ltrr_server.policy.model import ModelFrame, PolicyModel
 
 log = logging.getLogger(__name__)
+
+# How long a start replays the log in the server's process before it serves. A stop leaves what
+# the learner had not learned to the next start (learner.Learner.stop): 1,000 events of wide
+# contexts are 20 s of learning, and the start replayed them all before it served a call, long
+# past a container's start-up probe. What is left past this is replayed by the learner process
+# while the policy serves the model replayed so far.
+RESTORE_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,8 @@ class Restored:
     replayed: int
     # Decisions made before this time were joined before the snapshot was taken (with margin).
     joins_settled_before: float
+    # False when the replay stopped at its deadline: the events after ``state.last_seq`` are not in it.
+    complete: bool = True
 
 
 def event_from_rows(ev: dict[str, object], policy: str) -> JoinedEvent:
@@ -62,9 +72,11 @@ def event_from_rows(ev: dict[str, object], policy: str) -> JoinedEvent:
     )
 
 
-def restore_state(store: EventLogStore, policy: LearnerPolicy, until_seq: int | None = None) -> Restored:
+def restore_state(store: EventLogStore, policy: LearnerPolicy, until_seq: int | None = None,
+                  deadline: float | None = None) -> Restored:
     """The policy's latest snapshot of its lineage, then every joined event after it (up to
-    ``until_seq``, inclusive), each learned once.
+    ``until_seq``, inclusive), each learned once; with ``deadline`` (``time.monotonic``), the
+    replay stops there, incomplete.
 
     Its version is at least the snapshot's plus the events replayed: every published version
     learned at least one event, so no version served before is ever served again.
@@ -87,9 +99,13 @@ def restore_state(store: EventLogStore, policy: LearnerPolicy, until_seq: int | 
     state = LearnerState(spec.name, policy.lineage, model, last_seq, version, last_snapshot_at=time.time(),
                          last_good=snap["model"] if snap is not None else model.to_bytes())
     replayed = 0
+    complete = True
     t0 = time.perf_counter()
     for ev in store.joined_after(spec.name, max(last_seq, start_seq - 1)):
         if until_seq is not None and int(ev["seq"]) > until_seq:
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            complete = False
             break
         if ev["lineage"] != policy.lineage:
             continue
@@ -99,4 +115,4 @@ def restore_state(store: EventLogStore, policy: LearnerPolicy, until_seq: int | 
     state.version = max(state.version + replayed, policy.model_version)
     log.debug("policy %s: snapshot %s, replayed %d joined events in %.2fs", spec.name,
               snap["id"] if snap else "none", replayed, time.perf_counter() - t0)
-    return Restored(state, int(snap["id"]) if snap else None, replayed, settled)
+    return Restored(state, int(snap["id"]) if snap else None, replayed, settled, complete)

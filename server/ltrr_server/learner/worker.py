@@ -34,9 +34,10 @@ if TYPE_CHECKING:  # imported by the process that restores from the log only: it
 
 @dataclass(frozen=True)
 class RestoreFromLog:
-    """What a replacement learner process rebuilds by itself: each policy from its latest snapshot
-    and the joined events after it, up to ``until_seq``; ``consumed`` counts, per policy, the events
-    handed to the processes before it (its backlog is measured from there)."""
+    """What a learner process rebuilds by itself (a replacement: every policy; a first one: those
+    whose start-up replay ran out of time): each policy from its latest snapshot and the joined
+    events after it, up to ``until_seq``; ``consumed`` counts, per policy, the events handed to the
+    processes before it (its backlog is measured from there)."""
 
     db_url: str
     policies: list[LearnerPolicy]
@@ -78,8 +79,9 @@ def _state_of(s: SetState) -> LearnerState:
 
 
 def _restore(learner: _Worker, plan: RestoreFromLog) -> None:
-    """Rebuilds every policy from the log, then publishes it (a decision path that kept serving
-    the dead process's last model gets the rebuilt one)."""
+    """Rebuilds the plan's policies from the log, then publishes each (a decision path that kept
+    serving the dead process's last model, or a start's partial replay, gets the rebuilt one) and
+    snapshots it."""
     from ltrr_server.learner.restore import restore_state
     from ltrr_server.log import db
     from ltrr_server.log.store import EventLogStore
@@ -94,6 +96,9 @@ def _restore(learner: _Worker, plan: RestoreFromLog) -> None:
             learner.states[name] = state
             learner.consumed[name] = state.learned
             learner.publish(state)
+            if state.unsnapshotted:
+                # A stop before the next scheduled snapshot would leave the whole replay to the next start again.
+                learner.snapshot(name, "restore", 0)
     finally:
         engine.dispose()
 

@@ -12,7 +12,15 @@ import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ltrr.v1 import admin_pb2, admin_pb2_grpc, decisions_pb2_grpc, feedback_pb2, feedback_pb2_grpc
+from ltrr.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    common_pb2,
+    decisions_pb2,
+    decisions_pb2_grpc,
+    feedback_pb2,
+    feedback_pb2_grpc,
+)
 from ltrr_client.client import decide_request, reward_event
 from ltrr_server.policy.model import ModelFrame, PolicyModel
 from tests.conftest import ServerThread, server_settings
@@ -69,7 +77,9 @@ def test_a_killed_learner_is_back_within_5s_and_learns_every_event_exactly_once(
     # Exactly once, in log order: the learner's model is byte for byte a fresh model taught every
     # joined event of the log once.
     admin.SnapshotPolicy(admin_pb2.SnapshotPolicyRequest(name="demo"))
-    [snapshot] = rows(db_url, "snapshots")
+    # The replacement snapshotted what it rebuilt ("restore"), then the admin's call all of it.
+    restore, snapshot = sorted(rows(db_url, "snapshots"), key=lambda r: r["id"])
+    assert restore["trigger"] == "restore" and 150 <= restore["last_joined_seq"] <= 250
     assert snapshot["last_joined_seq"] == 350
     assert taught_from_log(db_url, server.core.policies.get("demo").spec) == (snapshot["model"], 350)
 
@@ -204,8 +214,19 @@ def test_a_stop_leaves_a_learning_backlog_to_the_next_start(make_server: Any, sq
     else:
         assert snapshots == []  # what it was rebuilding is the snapshots and the log already
 
+    # The next start serves within seconds: it replayed the whole backlog first until 2026-12-01
+    # (21-22 s here, the Decide below waiting behind it). The learner process replays what a
+    # start's 2 s left, then publishes and snapshots it.
+    left = last - (snapshots[0]["last_joined_seq"] if snapshots else 0)
+    started = time.monotonic()
     again: ServerThread = make_server(settings)
-    admin = admin_pb2_grpc.AdminServiceStub(again.channel())
-    admin.SnapshotPolicy(admin_pb2.SnapshotPolicyRequest(name="wide"), timeout=60)
-    latest = max(rows(sqlite_url, "snapshots", "policy = 'wide'"), key=lambda r: r["id"])
-    assert latest["last_joined_seq"] == last  # every event left at the stop learned at the start
+    chosen = decisions_pb2_grpc.DecisionServiceStub(again.channel()).Decide(
+        decisions_pb2.DecideRequest(policy="wide", actions=[common_pb2.Action(id="a"), common_pb2.Action(id="b")]),
+        timeout=30)
+    took = time.monotonic() - started
+    print(f"{left} events left; the next start answered a Decide after {took:.1f} s")
+    assert chosen.chosen_action_id in ("a", "b") and took < 6
+    restored = wait_for(lambda: [r for r in rows(sqlite_url, "snapshots", "policy = 'wide'")
+                                 if r["trigger"] == "restore"],
+                        timeout=120, what="the learner process's replay of the rest, snapshotted")
+    assert restored[0]["last_joined_seq"] == last  # every event left at the stop learned
