@@ -156,13 +156,15 @@ class PolicyBook:
             window=RewardWindow(self._metrics_window),
         )
         self._register(rt)
-        self._learner.set_state(state, rebuild=not restored.complete)
+        left = 0 if restored.complete else self._store.count_joined_after(spec.name, state.last_seq)
+        self._learner.set_state(state, replay_left=left)
         log.info("policy %s: lineage %d, snapshot %s, replayed %d joined events in %.2fs", spec.name, lineage,
                  restored.snapshot_id or "none", restored.replayed, time.perf_counter() - t0)
-        if not restored.complete:
-            log.warning("policy %s: the log holds more joined events after its snapshot than a start replays in "
-                        "%.0f s (a stop left the learner behind): it serves what was replayed, and the learner "
-                        "process replays the rest, then publishes and snapshots it", spec.name, RESTORE_SECONDS)
+        if left:
+            log.warning("policy %s: %d joined events after its snapshot are left past the %.0f s a start replays "
+                        "(a stop left the learner behind): it serves the model replayed so far, and the learner "
+                        "process replays the rest (ltrr_learner_lag_events), then publishes and snapshots it",
+                        spec.name, left, RESTORE_SECONDS)
         return rt, restored.joins_settled_before
 
     def learner_policies(self) -> list[LearnerPolicy]:

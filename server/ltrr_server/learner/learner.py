@@ -146,6 +146,8 @@ class Learner:
         # log when it starts; the recovered joins among ``_pre_start`` wait for it in ``_after_start``.
         self._rebuild: set[str] = set()
         self._after_start: list[JoinedEvent] = []
+        # Per policy being rebuilt, the joined events its replay has to learn (in its backlog).
+        self._replay_left: dict[str, int] = {}
         self._pending_snapshots: dict[int, Future[SnapshotInfo]] = {}
         self._request_ids = itertools.count(1)
         # Held while events are handed over and while a restart takes its cut.
@@ -161,18 +163,21 @@ class Learner:
         self.alive = False
 
     # --- before start: restore in this process ------------------------------------------
-    def set_state(self, state: LearnerState, rebuild: bool = False) -> None:
-        """Adds a policy or replaces its lineage (after a reset). Before the start, ``rebuild``:
-        ``state`` is incomplete (the start-up replay stopped at its deadline), and the process
-        replays the policy from the log when it starts, before it learns anything new of it."""
+    def set_state(self, state: LearnerState, replay_left: int = 0) -> None:
+        """Adds a policy or replaces its lineage (after a reset). Before the start, ``replay_left``:
+        ``state`` lacks that many joined events of the log (the start-up replay stopped at its
+        deadline), which the process replays when it starts, before it learns anything new of
+        the policy; they count in its backlog until then."""
         self._frames[state.policy] = state.model.frame
         self._metrics.models_rejected.labels(state.policy)  # at 0: a first rejection is an increase
         if not self._started:
             self._states[state.policy] = state
-            if rebuild:
+            if replay_left > 0:
                 self._rebuild.add(state.policy)
+                self._replay_left[state.policy] = replay_left
             else:
                 self._rebuild.discard(state.policy)
+                self._replay_left.pop(state.policy, None)
             return
         with self._lock:
             current = self._current
@@ -318,8 +323,11 @@ class Learner:
             # A dead process: they are in the log, and its replacement replays them from there.
 
     def backlog(self, policy: str) -> int:
-        """Joined events handed over and not yet learned; 0 while no learner runs to take them."""
-        return max(0, self._handed.get(policy, 0) - self.learned.get(policy, 0)) if self.alive else 0
+        """Joined events handed over and not yet learned, and those a start left it to replay; 0
+        while no learner runs to take them."""
+        if not self.alive:
+            return 0
+        return max(0, self._handed.get(policy, 0) - self.learned.get(policy, 0)) + self._replay_left.get(policy, 0)
 
     def snapshot(self, policy: str, trigger: str = "admin") -> Future[SnapshotInfo]:
         """A snapshot of the policy's learning model; the future resolves once it is committed
@@ -440,6 +448,7 @@ class Learner:
             self._write_snapshot(msg, fut)
         elif isinstance(msg, Restored):
             proc.restoring = False
+            self._replay_left.clear()
         elif isinstance(msg, Stopped):
             proc.stopped.set()
             return True

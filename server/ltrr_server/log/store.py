@@ -108,6 +108,13 @@ class EventLogStore:
             for row in result:
                 yield self.resolve_actions(lookup, dict(row))
 
+    def count_joined_after(self, policy: str, seq: int) -> int:
+        """How many joined events of a policy follow ``seq`` (the learned and the others)."""
+        j = t.joined
+        q = sa.select(sa.func.count()).select_from(j).where(j.c.policy == policy, j.c.seq > seq)
+        with self.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
     def unjoined_decisions(self, policy: str, since: float) -> list[dict[str, Any]]:
         """Decisions made since ``since`` whose join has not been written, oldest first."""
         d, j = t.decisions, t.joined

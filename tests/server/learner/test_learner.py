@@ -226,6 +226,8 @@ def test_a_stop_leaves_a_learning_backlog_to_the_next_start(make_server: Any, sq
     took = time.monotonic() - started
     print(f"{left} events left; the next start answered a Decide after {took:.1f} s")
     assert chosen.chosen_action_id in ("a", "b") and took < 6
+    # What is left to replay is in its lag meanwhile, as the dashboard shows it.
+    assert again.core.learner.backlog("wide") > 0
     restored = wait_for(lambda: [r for r in rows(sqlite_url, "snapshots", "policy = 'wide'")
                                  if r["trigger"] == "restore"],
                         timeout=120, what="the learner process's replay of the rest, snapshotted")
