@@ -628,6 +628,10 @@ class Settings:
     tracing_sample_ratio: float = 1.0
     limits: Limits = field(default_factory=Limits)
     policies: tuple[PolicySpec, ...] = ()
+    # Per configured policy, the fields its [[policies]] table sets (the rest are defaults, which
+    # a later version may change); a policy not here sets them all. A start compares these with
+    # what the file set when the server last read it (core.policies.from_config).
+    policy_fields: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
 
     def __post_init__(self) -> None:
@@ -797,7 +801,7 @@ def _env_value(text: str, default: Any, var: str) -> Any:
 def _env_sections() -> dict[str, dict[str, Any]]:
     """Per section, each setting's default, by key (policies come from the file only)."""
     server = {f.name: getattr(Settings(), f.name) for f in dataclasses.fields(Settings)
-              if f.name not in ("limits", "policies", "retrieval")}
+              if f.name not in ("limits", "policies", "policy_fields", "retrieval")}
     return {"server": server,
             "limits": {f.name: getattr(Limits(), f.name) for f in dataclasses.fields(Limits)},
             "retrieval": {f.name: getattr(RetrievalSettings(), f.name) for f in dataclasses.fields(RetrievalSettings)}}
@@ -845,7 +849,7 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
     if unknown:
         raise InvalidArgument(unknown[0], "unknown configuration section")
     server = dict(data.get("server", {}))
-    known = {f.name for f in dataclasses.fields(Settings)} - {"limits", "policies", "retrieval"}
+    known = {f.name for f in dataclasses.fields(Settings)} - {"limits", "policies", "policy_fields", "retrieval"}
     for key in server:
         if key not in known:
             raise InvalidArgument(f"server.{key}", "unknown setting")
@@ -857,8 +861,10 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
     policies = tuple(
         PolicySpec.from_dict(p, field_prefix=f"policies[{i}]") for i, p in enumerate(data.get("policies", []))
     )
+    fields = {spec.name: tuple(sorted(p)) for spec, p in zip(policies, data.get("policies", []), strict=True)}
     retrieval = RetrievalSettings.from_mapping(data.get("retrieval", {}))
-    return Settings(limits=Limits(**limits_data), policies=policies, retrieval=retrieval, **server)
+    return Settings(limits=Limits(**limits_data), policies=policies, policy_fields=fields, retrieval=retrieval,
+                    **server)
 
 
 def load_settings(

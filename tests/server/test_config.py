@@ -17,6 +17,9 @@ def test_embedded_demo_config_is_valid() -> None:
     assert (s.db_url, s.grpc_port, s.metrics_port) == ("sqlite:///ltrr.db", 50051, 9464)
     assert [p.name for p in s.policies] == ["demo", "retrieval"]
     assert [a.id for a in s.policies[0].actions] == ["news", "sports", "music", "movies"]
+    # What each table sets: a restart applies the file's changes to those, not to defaults.
+    assert set(s.policy_fields) == {"demo", "retrieval"}
+    assert {"name", "actions"} <= set(s.policy_fields["demo"]) and "power_t" not in s.policy_fields["demo"]
     r = s.retrieval
     assert r.enabled and r.policies == ("retrieval",) and r.demo_items == 100_000
     assert [(st.name, st.budgets) for st in r.strategies] == [

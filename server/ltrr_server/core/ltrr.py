@@ -128,7 +128,7 @@ class Ltrr:
             self.writer.replay(journal)
         log_end = self.store.max_joined_seq()
         self.rewards.joiner.next_seq = log_end + 1
-        for rt, since in self.policies.restore_all(self.settings.policies):
+        for rt, since in self.policies.restore_all(self.settings.policies, self.settings.policy_fields):
             recovered = self.rewards.recover(rt, since)
             if recovered:
                 log.info("policy %s: recovered %d decisions whose join was not written", rt.spec.name, recovered)

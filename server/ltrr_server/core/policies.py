@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -82,42 +83,45 @@ class PolicyBook:
         return rt
 
     # ------------------------------------------------------------------ restore
-    def restore_all(self, configured: Sequence[PolicySpec]) -> list[tuple[PolicyRuntime, float]]:
+    def restore_all(self, configured: Sequence[PolicySpec], config_fields: Mapping[str, Sequence[str]] | None = None
+                    ) -> list[tuple[PolicyRuntime, float]]:
         """Stores configured policies the database does not know, applies to the others what the
-        config file changed since it was last read (``from_config``), then restores every stored
-        one (snapshot + replay). Returns each with the time before which its decisions were
-        joined before its snapshot (the recovery of unjoined decisions starts there).
+        config file changed since it was last read (``from_config``; ``config_fields``: per
+        policy, the fields its table sets, default all), then restores every stored one
+        (snapshot + replay). Returns each with the time before which its decisions were joined
+        before its snapshot (the recovery of unjoined decisions starts there).
 
         What it changed is in ``restore_changes`` (for the audit trail)."""
         stored = {row["name"]: row for row in self._store.load_policies()}
         now = time.time()
         self.restore_changes = []
         for spec in configured:
+            declared = config_part(spec, (config_fields or {}).get(spec.name))
             row = stored.get(spec.name)
             if row is None:
                 start = self._next_seq()
-                self._store.insert_policy(spec, 1, 1, start, now, from_config=True)
+                self._store.insert_policy(spec, 1, 1, start, now, config_fields=declared)
                 stored[spec.name] = dict(spec=spec, revision=1, lineage=1, lineage_start_seq=start,
                                          created_at=now, updated_at=now)
                 continue
             held, last = row["spec"], row["config_spec"]
-            assert isinstance(held, PolicySpec) and (last is None or isinstance(last, PolicySpec))
+            assert isinstance(held, PolicySpec)
             try:
-                spec_now = from_config(held, last, spec)
+                spec_now = from_config(held, last, spec, declared)
             except InvalidArgument as exc:
                 raise InvalidArgument(f"policies.{spec.name}", f"the config file's changes since it was last read "
-                                      f"({', '.join(changed_fields(last or spec, spec))}) do not go with the "
+                                      f"({', '.join(config_changes(last or {}, declared))}) do not go with the "
                                       f"database's spec: {exc.message}") from None
             if spec_now != held:
                 log.warning("policy %s: the config file changed %s since the server last read it: the database's "
                             "spec takes them", spec.name, ", ".join(changed_fields(held, spec_now)))
                 self._restore_update(row, spec_now, now)
-            kept = changed_fields(spec_now, spec)
+            kept = [name for name in changed_fields(spec_now, spec) if name in declared]
             if kept:
                 log.warning("policy %s: %s changed in the database (by an admin or a tuning) since the config file "
                             "last changed them: the config file's are ignored", spec.name, ", ".join(kept))
-            if last != spec:
-                self._store.note_config_spec(spec)
+            if last != declared:
+                self._store.note_config_spec(spec.name, declared)
         for row in stored.values():
             held = row["spec"]
             assert isinstance(held, PolicySpec)
@@ -342,23 +346,49 @@ def changed_fields(a: PolicySpec, b: PolicySpec) -> list[str]:
     return [f.name for f in dataclasses.fields(PolicySpec) if getattr(a, f.name) != getattr(b, f.name)]
 
 
-def from_config(held: PolicySpec, last: PolicySpec | None, config: PolicySpec) -> PolicySpec:
+def config_part(spec: PolicySpec, fields: Sequence[str] | None = None) -> dict[str, Any]:
+    """The fields of ``spec`` its config table sets (None: all), as stored (JSON values).
+
+    >>> config_part(PolicySpec("p", interactions=("uA",)), ["name", "interactions"])
+    {'interactions': ['uA'], 'name': 'p'}
+    """
+    whole = json.loads(json.dumps(spec.to_dict()))
+    return {name: whole[name] for name in sorted(whole) if fields is None or name in fields}
+
+
+def from_config(held: PolicySpec, last: Mapping[str, Any] | None, config: PolicySpec,
+                declared: Mapping[str, Any]) -> PolicySpec:
     """The spec a configured policy takes at a start: the database's (``held``), with each field
-    the config file changed since it was last read (``last``) taken from the file. An admin's
-    change stays until the file changes that field itself. ``last`` None (a policy created over
-    the API, or a database from before 2026-12-01): the database's as it is.
+    the config file changed since it was last read taken from the file. ``last`` and ``declared``
+    are what the file set then and sets now (``config_part``): a field it sets now and did not,
+    or no longer sets (its default now), is a change too; a field it never set is not, so a
+    default changed by a new version of ltrr does not change a policy that learned with the old
+    one. An admin's change stays until the file changes that field itself. ``last`` None (a
+    policy created over the API, or a database from before 2026-12-01): the database's as it is.
 
     Until 2026-12-01 the database's spec was kept whole: a field edited in the file and restarted
     was ignored for good.
 
     >>> held = PolicySpec("p", mode="online", learning_rate=0.5)  # an admin switched it online
-    >>> last = PolicySpec("p", mode="apprentice", learning_rate=0.5)
-    >>> spec = from_config(held, last, PolicySpec("p", mode="apprentice", learning_rate=0.1))
+    >>> last = {"name": "p", "mode": "apprentice", "learning_rate": 0.5}
+    >>> config = PolicySpec("p", mode="apprentice", learning_rate=0.1)
+    >>> spec = from_config(held, last, config, config_part(config, ["name", "mode", "learning_rate"]))
     >>> spec.mode, spec.learning_rate
     ('online', 0.1)
     """
     if last is None:
         return held
-    taken = {name: getattr(config, name) for name in changed_fields(last, config)}
+    taken = {name: getattr(config, name) for name in config_changes(last, declared)}
     return dataclasses.replace(held, **taken) if taken else held
 
+
+def config_changes(last: Mapping[str, Any], declared: Mapping[str, Any]) -> list[str]:
+    """The fields the config file changed between two reads (``config_part``): set anew, set no
+    more, or set otherwise.
+
+    >>> config_changes({"name": "p", "epsilon": 0.1}, {"name": "p", "mode": "online"})
+    ['epsilon', 'mode']
+    """
+    known = {f.name for f in dataclasses.fields(PolicySpec)}
+    return [name for name in sorted((set(last) | set(declared)) & known)
+            if name not in last or name not in declared or last[name] != declared[name]]

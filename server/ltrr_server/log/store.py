@@ -38,24 +38,24 @@ class EventLogStore:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(t.policies).order_by(t.policies.c.name)).mappings().all()
         return [dict(r) | {"spec": _stored_spec(json.loads(r["spec"])),
-                           "config_spec": _stored_spec(json.loads(r["config_spec"])) if r["config_spec"] else None}
+                           "config_spec": json.loads(r["config_spec"]) if r["config_spec"] else None}
                 for r in rows]
 
     def insert_policy(self, spec: PolicySpec, revision: int, lineage: int, lineage_start_seq: int, now: float,
-                      from_config: bool = False) -> None:
-        """A new policy; ``from_config``: declared in the config file (its spec is noted as the file's)."""
+                      config_fields: dict[str, Any] | None = None) -> None:
+        """A new policy; ``config_fields``: what the config file sets of it, when it declares it."""
         with self.engine.begin() as conn:
             conn.execute(t.policies.insert().values(
                 name=spec.name, spec=json.dumps(spec.to_dict()), revision=revision, lineage=lineage,
                 lineage_start_seq=lineage_start_seq, created_at=now, updated_at=now,
-                config_spec=json.dumps(spec.to_dict()) if from_config else None,
+                config_spec=None if config_fields is None else json.dumps(config_fields),
             ))
 
-    def note_config_spec(self, spec: PolicySpec) -> None:
-        """Notes ``spec`` as what the config file declares for its policy now."""
+    def note_config_spec(self, name: str, config_fields: dict[str, Any]) -> None:
+        """Notes what the config file sets of policy ``name`` now."""
         with self.engine.begin() as conn:
-            conn.execute(t.policies.update().where(t.policies.c.name == spec.name).values(
-                config_spec=json.dumps(spec.to_dict())))
+            conn.execute(t.policies.update().where(t.policies.c.name == name).values(
+                config_spec=json.dumps(config_fields)))
 
     def update_policy(self, spec: PolicySpec, revision: int, lineage: int, lineage_start_seq: int, now: float,
                       warm_start: bytes | None = None) -> None:

@@ -159,6 +159,29 @@ def test_a_retrieval_policy_stored_as_an_apprentice_is_restored_online(
     assert '"mode": "online"' in row["spec"] and row["revision"] == 3
 
 
+def test_a_default_changed_by_a_new_version_does_not_change_a_configured_policy(core: Ltrr) -> None:
+    # The file sets these fields of demo; the rest are defaults, which a later ltrr may change
+    # (cb_type, power_t and the exploration each changed once): that is no edit of the file, and
+    # taking it would start a new lineage, throwing the learned model away, at an upgrade.
+    fields = ("name", "exploration", "epsilon", "interactions", "join_window_seconds", "actions")
+    spec = core.settings.policies[0]
+
+    def restart(configured: PolicySpec, sets: tuple[str, ...]) -> PolicyBook:
+        book = PolicyBook(core.store, Metrics(CollectorRegistry()), core.learner, lambda: 1, 100)
+        book.restore_all([configured], {"demo": sets})
+        return book
+
+    restart(spec, fields)  # notes what the file sets
+    book = restart(replace(spec, power_t=0.3), fields)  # "a new default"
+    assert (book.get("demo").spec.power_t, book.get("demo").lineage, book.restore_changes) == (spec.power_t, 1, [])
+    # Set in the file, it is a change.
+    book = restart(replace(spec, power_t=0.3), (*fields, "power_t"))
+    assert (book.get("demo").spec.power_t, book.get("demo").lineage) == (0.3, 2)
+    # Taken out of the file again: the default it has now.
+    book = restart(spec, fields)
+    assert (book.get("demo").spec.power_t, book.get("demo").lineage) == (spec.power_t, 3)
+
+
 def test_a_config_file_change_that_does_not_go_with_the_stored_spec_is_named(core: Ltrr) -> None:
     # An admin made it multi-slot; the file then asks for an apprentice (cb policies only).
     asyncio.run(core.policies.update("demo", lambda live: replace(live, kind="ccb", slots=2)))
