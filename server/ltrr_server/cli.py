@@ -32,7 +32,7 @@ ClientCommand = Callable[[str, str], argparse.ArgumentParser]
 def cmd_serve(args: argparse.Namespace) -> int:
     from ltrr_server.app import main as serve_main
     from ltrr_server.config import load_settings
-    from ltrr_server.errors import InvalidArgument
+    from ltrr_server.errors import InvalidArgument, LtrrError
 
     try:
         settings = load_settings(args.config, db_url=args.db, grpc_port=args.grpc_port,
@@ -49,6 +49,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except OSError as exc:  # the port is taken, the address cannot be bound: nothing was started
         print(f"ltrr serve: {exc}", file=sys.stderr)
         return 1
+    except LtrrError as exc:  # a start the database refused (the config file against a stored policy)
+        print(f"ltrr serve: start-up failed: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

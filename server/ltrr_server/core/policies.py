@@ -111,7 +111,8 @@ class PolicyBook:
             except InvalidArgument as exc:
                 raise InvalidArgument(f"policies.{spec.name}", f"the config file's changes since it was last read "
                                       f"({', '.join(config_changes(last or {}, declared))}) do not go with the "
-                                      f"database's spec: {exc.message}") from None
+                                      f"database's spec: {exc.message}; change them together in the file, or "
+                                      f"the stored policy first (ltrr policies update)") from None
             if spec_now != held:
                 log.warning("policy %s: the config file changed %s since the server last read it: the database's "
                             "spec takes them", spec.name, ", ".join(changed_fields(held, spec_now)))
