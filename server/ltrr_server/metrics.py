@@ -58,8 +58,12 @@ class Metrics:
             "ltrr_decisions", "Decisions made.", "decisions", registry,
         )
         self.explored = PolicyCounts(
-            "ltrr_explored_decisions", "Decisions whose chosen action was not the model's greedy one.",
-            "explored", registry,
+            "ltrr_explored_decisions", "Decisions that drew an action other than the model's greedy one "
+            "(an apprentice explores none).", "explored", registry,
+        )
+        self.greedy = PolicyCounts(
+            "ltrr_greedy_decisions", "Decisions that served the model's greedy action (an apprentice's: "
+            "those where it agreed with the baseline).", "greedy", registry,
         )
         self.rewards = Counter(
             "ltrr_rewards", "Reward events by join outcome.", ["policy", "outcome"], registry=registry,
@@ -240,6 +244,7 @@ class Metrics:
         to the counts the decision path keeps."""
         self.decisions.watch(policy, counts)
         self.explored.watch(policy, counts)
+        self.greedy.watch(policy, counts)
         self.mean_reward.labels(policy).set_function(lambda: window_stats()["mean_reward"])
         self.estimated_regret.labels(policy).set_function(lambda: window_stats()["estimated_regret"])
         self.true_regret_mean.labels(policy).set_function(lambda: window_stats()["true_regret_mean"])

@@ -217,7 +217,9 @@ class Decisions:
         ))])
         # Also the Prometheus counters: read from the policy's counts at scrape time.
         rt.count("decisions")
-        if explored and apprentice is None:  # an apprentice's disagreement with its baseline is no exploration
+        if not explored:
+            rt.count("greedy")
+        elif apprentice is None:  # an apprentice's disagreement with its baseline is no exploration
             rt.count("explored")
         decision = Decision(
             event_id=event_id, action_ids=action_ids,

@@ -46,6 +46,7 @@ def test_apprentice_serves_the_baseline_learns_and_switches_online(server: Serve
         with urllib.request.urlopen(server.metrics_url, timeout=5) as r:  # noqa: S310 - a local test server
             text = r.read().decode()
         assert 'ltrr_explored_decisions_total{policy="app"} 0.0' in text
+        assert 'ltrr_greedy_decisions_total{policy="app"} 150.0' in text  # the dashboard's agreement
         assert 'ltrr_decisions_total{policy="app"} 300.0' in text
         # It learned the baseline's value where it was shown, and now agrees with it.
         later = [c.decisions.Decide(_request(seg, BASELINE[seg])).event_id for seg in "xy" * 50]
