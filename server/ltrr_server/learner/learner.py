@@ -192,6 +192,7 @@ class Learner:
         for state in self._states.values():
             state.learned = 0  # counts what this process learns of its own joins, not the replay
         for ev in self._pre_start:
+            self._last_seq = max(self._last_seq, ev.seq)
             if ev.policy in self._rebuild:
                 self._after_start.append(ev)  # after the process's replay, which ends before it
                 continue
@@ -226,6 +227,10 @@ class Learner:
         self._states.clear()
         self._rebuild.clear()
         self._started = True
+        # What a replacement rebuilds up to: the log the start read, and the joins learned before
+        # this process (until 2026-12-01 only the joins handed to it since, so a learner killed
+        # before the first of them was rebuilt from the snapshots alone, losing the start's replay).
+        self._last_seq = max(self._last_seq, log_end)
         with self._lock:
             self._attach(proc)
         after, self._after_start = self._after_start, []

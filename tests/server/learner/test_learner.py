@@ -84,6 +84,32 @@ def test_a_killed_learner_is_back_within_5s_and_learns_every_event_exactly_once(
     assert taught_from_log(db_url, server.core.policies.get("demo").spec) == (snapshot["model"], 350)
 
 
+def test_a_learner_killed_right_after_a_start_keeps_what_the_start_replayed(make_server: Any, sqlite_url: str) -> None:
+    # A replaced learner rebuilds up to the last joined event handed over, which counted only
+    # the joins made since the start: killed before the first one, it rebuilt every policy
+    # from its snapshot alone, and what the start had replayed from the log was lost for good
+    # (the next snapshot skipped past it).
+    settings = server_settings(sqlite_url)
+    first: ServerThread = make_server(settings)
+    _decide_and_reward(first.channel(), 150)
+    wait_for(lambda: first.core.learner.learned.get("demo", 0) == 150, what="150 events learned")
+    first.core.learner._current.expected_exit = True  # a stop with no final snapshot, as after a kill
+    os.kill(first.core.learner.pid, signal.SIGKILL)
+    first.stop()
+    assert rows(sqlite_url, "snapshots") == []
+
+    second: ServerThread = make_server(settings)
+    learner = second.core.learner
+    started = learner.pid
+    os.kill(started, signal.SIGKILL)
+    wait_for(lambda: learner.pid not in (None, started) and learner.alive, timeout=10, what="its replacement")
+    admin = admin_pb2_grpc.AdminServiceStub(second.channel())
+    admin.SnapshotPolicy(admin_pb2.SnapshotPolicyRequest(name="demo"), timeout=30)
+    snapshot = max(rows(sqlite_url, "snapshots"), key=lambda r: r["id"])
+    assert snapshot["last_joined_seq"] == 150
+    assert taught_from_log(sqlite_url, second.core.policies.get("demo").spec) == (snapshot["model"], 150)
+
+
 def test_a_learner_that_keeps_dying_holds_the_feedback_service_down_and_comes_back(
     make_server: Any, sqlite_url: str
 ) -> None:
@@ -190,7 +216,9 @@ def test_a_stop_leaves_a_learning_backlog_to_the_next_start(make_server: Any, sq
     from tests.conftest import demo_policy
 
     settings = server_settings(sqlite_url, demo_policy(), PolicySpec(name="wide", exploration="epsilon", epsilon=0.1))
+    fresh = time.monotonic()
     server: ServerThread = make_server(settings)
+    first_start = time.monotonic() - fresh  # the ceiling of the start below: a start with nothing to replay
     lines = [dsjson_line(i, f"wide{i}", numbers=900) for i in range(1000)]
     admin = admin_pb2_grpc.AdminServiceStub(server.channel())
     size = 300 if learner == "in a large batch" else 100
@@ -224,7 +252,8 @@ def test_a_stop_leaves_a_learning_backlog_to_the_next_start(make_server: Any, sq
         decisions_pb2.DecideRequest(policy="wide", actions=[common_pb2.Action(id="a"), common_pb2.Action(id="b")]),
         timeout=30)
     took = time.monotonic() - started
-    print(f"{left} events left; the next start answered a Decide after {took:.1f} s")
+    print(f"{left} events left; the next start answered a Decide after {took:.1f} s "
+          f"(a start on an empty log: {first_start:.1f} s)")
     assert chosen.chosen_action_id in ("a", "b") and took < 6
     # What is left to replay is in its lag meanwhile, as the dashboard shows it.
     assert again.core.learner.backlog("wide") > 0
