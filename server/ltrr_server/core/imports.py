@@ -24,7 +24,7 @@ from ltrr_server.bounds import DSJSON_LINE_CHARS, ID_CHARS
 from ltrr_server.config import Limits
 from ltrr_server.core.policies import PolicyBook
 from ltrr_server.core.rewards import Rewards
-from ltrr_server.errors import InvalidArgument, LtrrError, Overloaded
+from ltrr_server.errors import FailedPrecondition, InvalidArgument, LtrrError, Overloaded
 from ltrr_server.features import action_line, actions_to_json, shared_line
 from ltrr_server.log.dsjson import ImportedEvent, parse_line
 from ltrr_server.log.joiner import PendingDecision
@@ -104,8 +104,9 @@ def _some(ids: Sequence[str], shown: int = 4) -> str:
 
 class Imports:
     def __init__(self, policies: PolicyBook, rewards: Rewards, writer: EventLogWriter, store: EventLogStore,
-                 limits: Limits) -> None:
+                 limits: Limits, retrieval_policies: Sequence[str] = ()) -> None:
         self._policies = policies
+        self._retrieval_policies = frozenset(retrieval_policies)
         self._rewards = rewards
         self._writer = writer
         self._store = store
@@ -132,6 +133,11 @@ class Imports:
         committed. Batches submitted one after another are joined in that order and may commit
         together (the next is parsed while the last commits)."""
         rt = self._policies.get(policy, "policy")
+        if policy in self._retrieval_policies:
+            # Until 2026-12-01 they were taken, joined, and never learned (source "norecord").
+            raise FailedPrecondition(f"policy {policy!r} draws plans for Retrieve and Search and learns a plan from "
+                                     f"the candidates its strategies returned, which an imported line does not carry: "
+                                     f"imported, its lines would never be learned", field="policy")
         if len(lines) > self._limits.max_reward_batch:
             raise InvalidArgument("lines", f"{len(lines)} lines in one batch, more than limits.max_reward_batch="
                                            f"{self._limits.max_reward_batch}")

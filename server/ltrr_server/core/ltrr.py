@@ -83,7 +83,8 @@ class Ltrr:
         self.keys = KeyStore(self.engine)
         self.audit = AuditLog(self.engine)
         self.jobs = Jobs(self.engine, settings.db_url, settings.limits.max_evaluations, settings.logs)
-        self.imports = Imports(self.policies, self.rewards, self.writer, self.store, settings.limits)
+        self.imports = Imports(self.policies, self.rewards, self.writer, self.store, settings.limits,
+                               retrieval_policies)
         self.registry = ModelRegistry(self.engine, settings.model_dir)
         self.live_models = LiveModels(self.registry)
         self.sessions = Sessions(settings.limits)

@@ -186,6 +186,19 @@ def test_a_retrieval_policy_cannot_become_an_apprentice(rserver: ServerThread) -
     assert spec.mode == admin_pb2.POLICY_MODE_ONLINE
 
 
+def test_a_retrieval_policy_refuses_imported_lines_it_could_never_learn(rserver: ServerThread) -> None:
+    """Found from outside: DSJSON lines imported into a retrieval policy were taken, joined and
+    never learned: a plan is learned from the candidates its strategies returned, which a line
+    does not carry."""
+    line = (Path(__file__).parents[2] / "fixtures" / "dsjson" / "dsjson_cb.json").read_text().splitlines()[0]
+    admin = admin_pb2_grpc.AdminServiceStub(rserver.channel())
+    with pytest.raises(grpc.RpcError) as err:
+        list(admin.ImportEvents(iter([admin_pb2.ImportBatch(policy="retrieval", lines=[line])]), timeout=30))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert (err.value.details() or "").startswith("policy 'retrieval' draws plans for Retrieve and Search")
+    assert rows(rserver.settings.db_url, "decisions") == []
+
+
 def test_retrieve_without_retrieval_configured_is_a_failed_precondition(server: ServerThread) -> None:
     rs = retrieval_pb2_grpc.RetrievalServiceStub(server.channel())
     with pytest.raises(grpc.RpcError) as err:
