@@ -53,6 +53,21 @@ CONFIGS: dict[str, tuple[str, str]] = {
     "unnormalized": ("--squarecb --gamma_scale 20.0 " + _LEARNING + " --adaptive --invariant", "dm"),
     # VW's online search over interactions (--automl, the ChaCha algorithm): 4 live configurations.
     "automl": ("--squarecb --gamma_scale 20.0 " + _LEARNING + " --automl 4 --interaction_type cubic", "dm"),
+    # Screened against sparse's gap (docs/benchmarks.md, "Eleven more settings"): none wins or ties.
+    "initial-t-10": ("--squarecb --gamma_scale 20.0 " + _LEARNING + " --initial_t 10", "dm"),
+    "initial-t-1000": ("--squarecb --gamma_scale 20.0 " + _LEARNING + " --initial_t 1000", "dm"),
+    "l1-1e-7": ("--squarecb --gamma_scale 20.0 " + _LEARNING + " --l1 1e-7", "dm"),
+    "l1-1e-6": ("--squarecb --gamma_scale 20.0 " + _LEARNING + " --l1 1e-6", "dm"),
+    "no-invariant": ("--squarecb --gamma_scale 20.0 " + _LEARNING + " --adaptive --normalized", "dm"),
+    "no-invariant-l0.25": ("--squarecb --gamma_scale 20.0 -q :: --cubic ::A -l 0.25 --power_t 0.25 "
+                           "--adaptive --normalized", "dm"),
+    "no-invariant-l1": ("--squarecb --gamma_scale 20.0 -q :: --cubic ::A -l 1.0 --power_t 0.25 "
+                        "--adaptive --normalized", "dm"),
+    "no-invariant-pt0": ("--squarecb --gamma_scale 20.0 -q :: --cubic ::A -l 0.5 --power_t 0 "
+                         "--adaptive --normalized", "dm"),
+    "squarecb-elim": ("--squarecb --elim --gamma_scale 20.0 " + _LEARNING, "dm"),
+    "gamma-exponent-0.4": ("--squarecb --gamma_scale 20.0 --gamma_exponent 0.4 " + _LEARNING, "dm"),
+    "gamma-exponent-0.6": ("--squarecb --gamma_scale 20.0 --gamma_exponent 0.6 " + _LEARNING, "dm"),
 }
 CELLS = ("logistic10:1,logistic10:2,logistic10:3,drift:1,drift:2,drift:3,delayed:1,delayed:2,delayed:3,"
          "logistic50:1,demo:1,demo:2,demo:3,breast_cancer:1,digits:1")

@@ -8,12 +8,15 @@ only pickles batches of joined events to it and takes back a serialized model ev
 ``publish_interval`` seconds, which it loads as a fresh copy for the decision path.
 
 Before ``start`` (restore at start-up) the same ``LearnerState`` learns in the main process:
-the snapshot is loaded and the joined events after it replayed before any call is served.
+the snapshot is loaded and the joined events after it replayed before any call is served, for
+up to ``restore.RESTORE_SECONDS``; a policy with more to replay serves what was replayed, and
+the process replays it again from its snapshot to the end of the log when it starts.
 
 A learner process that dies is replaced by ``restart`` (the supervisor calls it): the new
 process rebuilds every policy from its latest snapshot and replays the joined events after it,
-up to the last event handed to the dead one; events joined from then on go to the new one. Each
-event is learned once: those up to the cut from the log, the later ones from the pipe.
+up to the last event handed to the dead one (at least the end of the log the start read);
+events joined from then on go to the new one. Each event is learned once: those up to the cut
+from the log, the later ones from the pipe.
 """
 
 from __future__ import annotations
