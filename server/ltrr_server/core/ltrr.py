@@ -23,7 +23,7 @@ from ltrr_server.config import Settings
 from ltrr_server.core.decisions import Decisions
 from ltrr_server.core.imports import Imports
 from ltrr_server.core.models import Models
-from ltrr_server.core.policies import PolicyBook
+from ltrr_server.core.policies import PolicyBook, PolicyChange
 from ltrr_server.core.rewards import Rewards
 from ltrr_server.core.sessions import Sessions
 from ltrr_server.errors import FailedPrecondition
@@ -129,15 +129,11 @@ class Ltrr:
             self.writer.replay(journal)
         log_end = self.store.max_joined_seq()
         self.rewards.joiner.next_seq = log_end + 1
-        for rt, since in self.policies.restore_all(self.settings.policies, self.settings.policy_fields):
+        restored = self.policies.restore_all(self.settings.policies, self.settings.policy_fields, self._audit_start)
+        for rt, since in restored:
             recovered = self.rewards.recover(rt, since)
             if recovered:
                 log.info("policy %s: recovered %d decisions whose join was not written", rt.spec.name, recovered)
-        for change in self.policies.restore_changes:
-            # The file's changes, or a stored spec mended: made by the server as it started.
-            who = Identity("", tenant_of(change.info.spec.name), frozenset(), name="server start")
-            self.audit.record(who, "policy.reset" if change.reset else "policy.update", change.info.spec.name,
-                              change.before.to_dict(), change.info.spec.to_dict())
         self.learner.drain_before_start()
         self.learner.start(log_end)
         sup = self.supervisor
@@ -145,6 +141,12 @@ class Ltrr:
         sup.watch(FunctionPart("writer_process", self.writer.committer_running, self.writer.restart_committer))
         sup.watch(FunctionPart("learner", self.learner.running, self.learner.restart))
         sup.start()
+
+    def _audit_start(self, change: PolicyChange) -> None:
+        """The file's changes, or a stored spec mended: made by the server as it started."""
+        who = Identity("", tenant_of(change.info.spec.name), frozenset(), name="server start")
+        self.audit.record(who, "policy.reset" if change.reset else "policy.update", change.info.spec.name,
+                          change.before.to_dict(), change.info.spec.to_dict())
 
     def open_models(self) -> None:
         """A first start's work (in a child process), then the live models and the catalog with its

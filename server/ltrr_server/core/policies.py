@@ -83,15 +83,16 @@ class PolicyBook:
         return rt
 
     # ------------------------------------------------------------------ restore
-    def restore_all(self, configured: Sequence[PolicySpec], config_fields: Mapping[str, Sequence[str]] | None = None
-                    ) -> list[tuple[PolicyRuntime, float]]:
+    def restore_all(self, configured: Sequence[PolicySpec], config_fields: Mapping[str, Sequence[str]] | None = None,
+                    on_change: Callable[[PolicyChange], None] | None = None) -> list[tuple[PolicyRuntime, float]]:
         """Stores configured policies the database does not know, applies to the others what the
         config file changed since it was last read (``from_config``; ``config_fields``: per
         policy, the fields its table sets, default all), then restores every stored one
         (snapshot + replay). Returns each with the time before which its decisions were joined
         before its snapshot (the recovery of unjoined decisions starts there).
 
-        What it changed is in ``restore_changes`` (for the audit trail)."""
+        What it changed is in ``restore_changes``, each also given to ``on_change`` as soon as it
+        is stored (the audit trail: a start that fails at a later policy has audited the earlier)."""
         stored = {row["name"]: row for row in self._store.load_policies()}
         now = time.time()
         self.restore_changes = []
@@ -116,7 +117,7 @@ class PolicyBook:
             if spec_now != held:
                 log.warning("policy %s: the config file changed %s since the server last read it: the database's "
                             "spec takes them", spec.name, ", ".join(changed_fields(held, spec_now)))
-                self._restore_update(row, spec_now, now)
+                self._restore_update(row, spec_now, now, on_change)
             kept = [name for name in changed_fields(spec_now, spec) if name in declared]
             if kept:
                 log.warning("policy %s: %s changed in the database (by an admin or a tuning) since the config file "
@@ -130,11 +131,12 @@ class PolicyBook:
                 # Switched so before UpdatePolicy refused it: it served as online all along.
                 log.warning("policy %s: stored as an apprentice, but it draws plans for Retrieve and Search, whose "
                             "requests name no baseline: its mode is set online, as it has served", held.name)
-                self._restore_update(row, dataclasses.replace(held, mode="online"), now)
+                self._restore_update(row, dataclasses.replace(held, mode="online"), now, on_change)
         deadline = time.monotonic() + RESTORE_SECONDS
         return [self._restore(row, deadline) for row in stored.values()]
 
-    def _restore_update(self, row: dict[str, Any], spec: PolicySpec, now: float) -> None:
+    def _restore_update(self, row: dict[str, Any], spec: PolicySpec, now: float,
+                        on_change: Callable[[PolicyChange], None] | None) -> None:
         """A change made while restoring, before anything serves: stored, and noted in ``row``."""
         before = row["spec"]
         assert isinstance(before, PolicySpec)
@@ -144,7 +146,10 @@ class PolicyBook:
         self._store.update_policy(spec, revision, lineage, start, now)
         row.update(spec=spec, revision=revision, lineage=lineage, lineage_start_seq=start, updated_at=now)
         info = PolicyInfo(spec, revision, lineage, 0, float(row["created_at"]), now)
-        self.restore_changes.append(PolicyChange(info, before, reset))
+        change = PolicyChange(info, before, reset)
+        self.restore_changes.append(change)
+        if on_change is not None:
+            on_change(change)
 
     def _restore(self, row: dict[str, object], deadline: float) -> tuple[PolicyRuntime, float]:
         spec = row["spec"]

@@ -191,6 +191,24 @@ def test_a_config_file_change_that_does_not_go_with_the_stored_spec_is_named(cor
         book.restore_all([replace(core.settings.policies[0], mode="apprentice")])
 
 
+def test_a_start_that_fails_at_one_policy_has_reported_the_changes_before_it(core: Ltrr) -> None:
+    # Its changes are stored one by one: the audit trail hears of each at once, not at the end.
+    zz = PolicySpec(name="zz", actions=(ActionSpec("a"), ActionSpec("b"), ActionSpec("c")))
+    asyncio.run(core.policies.create(zz))
+    demo = core.settings.policies[0]
+
+    def book() -> PolicyBook:
+        return PolicyBook(core.store, Metrics(CollectorRegistry()), core.learner, lambda: 1, 100)
+
+    book().restore_all([demo, zz])  # the file declares both now
+    asyncio.run(core.policies.update("zz", lambda live: replace(live, kind="ccb", slots=2)))
+    heard: list[str] = []
+    with pytest.raises(InvalidArgument, match=r"^policies\.zz: "):
+        book().restore_all([replace(demo, learning_rate=0.2), replace(zz, mode="apprentice")],
+                           on_change=lambda change: heard.append(f"{change.info.spec.name} {change.reset}"))
+    assert heard == ["demo True"]
+
+
 def test_models_check_the_request_before_looking_the_model_up(core: Ltrr) -> None:
     async def predict(**kw: object) -> object:
         return await core.models.xmr_predict(**kw)  # type: ignore[arg-type]
