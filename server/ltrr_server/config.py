@@ -798,10 +798,14 @@ def _env_value(text: str, default: Any, var: str) -> Any:
         raise InvalidArgument(var, f"cannot parse {text!r}: expected {kind}") from None
 
 
+# Settings' fields that come from sections of their own (or from them), not from [server].
+_NOT_SERVER_SETTINGS = frozenset({"limits", "policies", "policy_fields", "retrieval"})
+
+
 def _env_sections() -> dict[str, dict[str, Any]]:
     """Per section, each setting's default, by key (policies come from the file only)."""
     server = {f.name: getattr(Settings(), f.name) for f in dataclasses.fields(Settings)
-              if f.name not in ("limits", "policies", "policy_fields", "retrieval")}
+              if f.name not in _NOT_SERVER_SETTINGS}
     return {"server": server,
             "limits": {f.name: getattr(Limits(), f.name) for f in dataclasses.fields(Limits)},
             "retrieval": {f.name: getattr(RetrievalSettings(), f.name) for f in dataclasses.fields(RetrievalSettings)}}
@@ -849,7 +853,7 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
     if unknown:
         raise InvalidArgument(unknown[0], "unknown configuration section")
     server = dict(data.get("server", {}))
-    known = {f.name for f in dataclasses.fields(Settings)} - {"limits", "policies", "policy_fields", "retrieval"}
+    known = {f.name for f in dataclasses.fields(Settings)} - _NOT_SERVER_SETTINGS
     for key in server:
         if key not in known:
             raise InvalidArgument(f"server.{key}", "unknown setting")

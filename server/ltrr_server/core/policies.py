@@ -68,8 +68,6 @@ class PolicyBook:
         self.policies: dict[str, PolicyRuntime] = {}
         # Held by whatever creates or changes a policy (``update``).
         self._changing = asyncio.Lock()
-        # The changes restore_all made (from the config file, or mending a stored spec).
-        self.restore_changes: list[PolicyChange] = []
 
     def get(self, name: str, field: str = "policy") -> PolicyRuntime:
         """The policy named ``name``; errors name the request's ``field``."""
@@ -91,11 +89,10 @@ class PolicyBook:
         (snapshot + replay). Returns each with the time before which its decisions were joined
         before its snapshot (the recovery of unjoined decisions starts there).
 
-        What it changed is in ``restore_changes``, each also given to ``on_change`` as soon as it
-        is stored (the audit trail: a start that fails at a later policy has audited the earlier)."""
+        Each change it makes is given to ``on_change`` as soon as it is stored (the audit trail: a
+        start that fails at a later policy has audited the earlier)."""
         stored = {row["name"]: row for row in self._store.load_policies()}
         now = time.time()
-        self.restore_changes = []
         for spec in configured:
             declared = config_part(spec, (config_fields or {}).get(spec.name))
             row = stored.get(spec.name)
@@ -145,11 +142,9 @@ class PolicyBook:
         start = self._next_seq() if reset else int(row["lineage_start_seq"])
         self._store.update_policy(spec, revision, lineage, start, now)
         row.update(spec=spec, revision=revision, lineage=lineage, lineage_start_seq=start, updated_at=now)
-        info = PolicyInfo(spec, revision, lineage, 0, float(row["created_at"]), now)
-        change = PolicyChange(info, before, reset)
-        self.restore_changes.append(change)
         if on_change is not None:
-            on_change(change)
+            info = PolicyInfo(spec, revision, lineage, 0, float(row["created_at"]), now)
+            on_change(PolicyChange(info, before, reset))
 
     def _restore(self, row: dict[str, object], deadline: float) -> tuple[PolicyRuntime, float]:
         spec = row["spec"]

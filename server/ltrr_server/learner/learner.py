@@ -145,12 +145,11 @@ class Learner:
         # Per policy, what its model's bytes do not say, to read back the models it publishes.
         self._frames: dict[str, ModelFrame] = {}
         self._pre_start: list[JoinedEvent] = []
-        # Policies whose start-up replay stopped at its deadline: the process replays them from the
-        # log when it starts; the recovered joins among ``_pre_start`` wait for it in ``_after_start``.
-        self._rebuild: set[str] = set()
-        self._after_start: list[JoinedEvent] = []
-        # Per policy being rebuilt, the joined events its replay has to learn (in its backlog).
+        # Per policy whose start-up replay stopped at its deadline, the joined events left: the
+        # process replays it from the log when it starts (they count in its backlog until then);
+        # the recovered joins among ``_pre_start`` wait for it in ``_after_start``.
         self._replay_left: dict[str, int] = {}
+        self._after_start: list[JoinedEvent] = []
         self._pending_snapshots: dict[int, Future[SnapshotInfo]] = {}
         self._request_ids = itertools.count(1)
         # Held while events are handed over and while a restart takes its cut.
@@ -176,10 +175,8 @@ class Learner:
         if not self._started:
             self._states[state.policy] = state
             if replay_left > 0:
-                self._rebuild.add(state.policy)
                 self._replay_left[state.policy] = replay_left
             else:
-                self._rebuild.discard(state.policy)
                 self._replay_left.pop(state.policy, None)
             return
         with self._lock:
@@ -196,7 +193,7 @@ class Learner:
             state.learned = 0  # counts what this process learns of its own joins, not the replay
         for ev in self._pre_start:
             self._last_seq = max(self._last_seq, ev.seq)
-            if ev.policy in self._rebuild:
+            if ev.policy in self._replay_left:
                 self._after_start.append(ev)  # after the process's replay, which ends before it
                 continue
             target = self._states.get(ev.policy)
@@ -220,15 +217,15 @@ class Learner:
         states = [SetState(s.policy, s.lineage, s.model.frame, s.model.to_bytes(), s.last_seq, s.version, s.learned,
                            s.unsnapshotted) for s in self._states.values()]
         restore = None
-        if self._rebuild:
+        if self._replay_left:
             assert self._policies is not None and self._db_url, "a rebuild needs the log and its policies"
-            restore = worker.RestoreFromLog(self._db_url, [p for p in self._policies() if p.spec.name in self._rebuild],
+            restore = worker.RestoreFromLog(self._db_url,
+                                            [p for p in self._policies() if p.spec.name in self._replay_left],
                                             log_end, {})
         proc = self._spawn(worker.WorkerStart(states=states, restore=restore))
         proc.idle = restore is None and not any(s.unsnapshotted for s in self._states.values())
         proc.restoring = restore is not None
         self._states.clear()
-        self._rebuild.clear()
         self._started = True
         # What a replacement rebuilds up to: the log the start read, and the joins learned before
         # this process (until 2026-12-01 only the joins handed to it since, so a learner killed

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from ltrr_server.config import ActionSpec, Limits, PolicySpec
 from ltrr_server.core.ltrr import Ltrr
-from ltrr_server.core.policies import PolicyBook
+from ltrr_server.core.policies import PolicyBook, PolicyChange
 from ltrr_server.core.rewards import RewardInput
 from ltrr_server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Overloaded
 from ltrr_server.log import db
@@ -150,9 +150,10 @@ def test_a_retrieval_policy_stored_as_an_apprentice_is_restored_online(
     asyncio.run(core.policies.update("demo", lambda live: replace(live, mode="apprentice")))
     book = PolicyBook(core.store, Metrics(CollectorRegistry()), core.learner, lambda: 1, 100,
                       retrieval_policies=("demo",))
-    [(rt, _)] = book.restore_all(core.settings.policies)
+    changes: list[PolicyChange] = []
+    [(rt, _)] = book.restore_all(core.settings.policies, on_change=changes.append)
     assert (rt.spec.mode, rt.revision, rt.lineage) == ("online", 3, 1)
-    assert [(c.before.mode, c.info.spec.mode, c.reset) for c in book.restore_changes] == [
+    assert [(c.before.mode, c.info.spec.mode, c.reset) for c in changes] == [
         ("apprentice", "online", False)]
     assert "policy demo: stored as an apprentice, but it draws plans for Retrieve and Search" in caplog.text
     [row] = rows(core.settings.db_url, "policies", "name = 'demo'")
@@ -166,19 +167,20 @@ def test_a_default_changed_by_a_new_version_does_not_change_a_configured_policy(
     fields = ("name", "exploration", "epsilon", "interactions", "join_window_seconds", "actions")
     spec = core.settings.policies[0]
 
-    def restart(configured: PolicySpec, sets: tuple[str, ...]) -> PolicyBook:
+    def restart(configured: PolicySpec, sets: tuple[str, ...]) -> tuple[PolicyBook, list[PolicyChange]]:
         book = PolicyBook(core.store, Metrics(CollectorRegistry()), core.learner, lambda: 1, 100)
-        book.restore_all([configured], {"demo": sets})
-        return book
+        changes: list[PolicyChange] = []
+        book.restore_all([configured], {"demo": sets}, on_change=changes.append)
+        return book, changes
 
     restart(spec, fields)  # notes what the file sets
-    book = restart(replace(spec, power_t=0.3), fields)  # "a new default"
-    assert (book.get("demo").spec.power_t, book.get("demo").lineage, book.restore_changes) == (spec.power_t, 1, [])
+    book, changes = restart(replace(spec, power_t=0.3), fields)  # "a new default"
+    assert (book.get("demo").spec.power_t, book.get("demo").lineage, changes) == (spec.power_t, 1, [])
     # Set in the file, it is a change.
-    book = restart(replace(spec, power_t=0.3), (*fields, "power_t"))
+    book, _ = restart(replace(spec, power_t=0.3), (*fields, "power_t"))
     assert (book.get("demo").spec.power_t, book.get("demo").lineage) == (0.3, 2)
     # Taken out of the file again: the default it has now.
-    book = restart(spec, fields)
+    book, _ = restart(spec, fields)
     assert (book.get("demo").spec.power_t, book.get("demo").lineage) == (spec.power_t, 3)
 
 
