@@ -198,14 +198,30 @@ IDEMPOTENT = {
 }
 
 
-def channel_options(keepalive_ms: int = 30_000, retries: int = 4) -> list[tuple[str, Any]]:
+# How often an ltrr server lets a client ping by default (its server.client_ping_min_seconds).
+PING_FLOOR_MS = 10_000
+
+
+def channel_options(keepalive_ms: int = 30_000, retries: int = 4, ping_floor_ms: int = PING_FLOOR_MS
+                    ) -> list[tuple[str, Any]]:
     """Channel options: keepalive pings on an idle channel, and gRPC's own retries with exponential
     backoff for the idempotent calls refused with UNAVAILABLE or RESOURCE_EXHAUSTED (gRPC waits the
     server's ``grpc-retry-pushback-ms`` when it sends one, as ltrr does past a quota).
 
+    ``keepalive_ms`` is 0 (no pings) or at least ``ping_floor_ms``, how often the server lets a
+    client ping: a client pinging faster has its idle streams ended (GOAWAY too_many_pings).
+
     >>> dict(channel_options(retries=1))["grpc.enable_retries"], dict(channel_options())["grpc.keepalive_time_ms"]
     (0, 30000)
+    >>> channel_options(keepalive_ms=2000)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: keepalive_ms: 2000, more often than the server lets a client ping (every 10000 ms: ...
     """
+    if 0 < keepalive_ms < ping_floor_ms:
+        # Until 2026-12-01 grpc's own limit of 2 pings without data hid it: the pings soon stopped.
+        raise ValueError(f"keepalive_ms: {keepalive_ms}, more often than the server lets a client ping (every "
+                         f"{ping_floor_ms} ms: its server.client_ping_min_seconds); 0 for no pings")
     config = {"methodConfig": [{
         "name": [{"service": service, "method": m} for service, methods in IDEMPOTENT.items() for m in methods],
         "retryPolicy": {"maxAttempts": max(retries, 2), "initialBackoff": "0.1s", "maxBackoff": "5s",
@@ -216,7 +232,6 @@ def channel_options(keepalive_ms: int = 30_000, retries: int = 4) -> list[tuple[
     if keepalive_ms > 0:
         # On a quiet stream too: grpc stops after 2 pings without data by default, and an idle
         # reward stream whose server vanished then waited for its acks until TCP gave up (hours).
-        # The server lets a client ping every 10 s (its client_ping_min_seconds).
         # Any ping unanswered as long ends the connection: a keepalive ping waits behind one
         # already in flight (flow control's), which grpc otherwise gives a minute.
         timeout_ms = min(10_000, keepalive_ms)
@@ -226,20 +241,20 @@ def channel_options(keepalive_ms: int = 30_000, retries: int = 4) -> list[tuple[
 
 
 def channel(target: str, tls: ChannelTls | None = None, api_key: str = "", keepalive_ms: int = 30_000,
-            retries: int = 4) -> grpc.Channel:
+            retries: int = 4, ping_floor_ms: int = PING_FLOOR_MS) -> grpc.Channel:
     """A blocking channel: plaintext, or TLS with ``tls``; with ``api_key``, every call carries it;
     keepalive and retries as ``channel_options`` says."""
-    options = channel_options(keepalive_ms, retries)
+    options = channel_options(keepalive_ms, retries, ping_floor_ms)
     ch = (grpc.secure_channel(target, tls.credentials(), options=options) if tls is not None
           else grpc.insecure_channel(target, options=options))
     return grpc.intercept_channel(ch, _BearerKey(api_key)) if api_key else ch
 
 
 def aio_channel(target: str, tls: ChannelTls | None = None, api_key: str = "", keepalive_ms: int = 30_000,
-                retries: int = 4) -> grpc.aio.Channel:
+                retries: int = 4, ping_floor_ms: int = PING_FLOOR_MS) -> grpc.aio.Channel:
     """An asyncio channel, as ``channel``."""
     interceptors = [_AsyncBearerKey(api_key)] if api_key else None
-    options = channel_options(keepalive_ms, retries)
+    options = channel_options(keepalive_ms, retries, ping_floor_ms)
     if tls is not None:
         return grpc.aio.secure_channel(target, tls.credentials(), options=options, interceptors=interceptors)
     return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
@@ -254,10 +269,11 @@ class LtrrClient:
     """
 
     def __init__(self, target: str, timeout: float = 10.0, tls: ChannelTls | None = None, api_key: str = "",
-                 keepalive_ms: int = 30_000, retries: int = 4) -> None:
+                 keepalive_ms: int = 30_000, retries: int = 4, ping_floor_ms: int = PING_FLOOR_MS) -> None:
         """``api_key``: sent with every call as ``authorization: Bearer <key>`` (server.auth = "keys");
-        ``retries``: attempts of an idempotent call in all (1: none); ``keepalive_ms``: 0 for none."""
-        self.channel = channel(target, tls, api_key, keepalive_ms, retries)
+        ``retries``: attempts of an idempotent call in all (1: none); ``keepalive_ms``: 0 for none,
+        else at least ``ping_floor_ms``, the server's client_ping_min_seconds (``channel_options``)."""
+        self.channel = channel(target, tls, api_key, keepalive_ms, retries, ping_floor_ms)
         self.timeout = timeout
         self.decisions = decisions_pb2_grpc.DecisionServiceStub(self.channel)
         self.feedback = feedback_pb2_grpc.FeedbackServiceStub(self.channel)
@@ -380,8 +396,8 @@ class AsyncLtrrClient:
     """asyncio client; same verbs as ``LtrrClient``, awaited."""
 
     def __init__(self, target: str, timeout: float = 10.0, tls: ChannelTls | None = None, api_key: str = "",
-                 keepalive_ms: int = 30_000, retries: int = 4) -> None:
-        self.channel = aio_channel(target, tls, api_key, keepalive_ms, retries)
+                 keepalive_ms: int = 30_000, retries: int = 4, ping_floor_ms: int = PING_FLOOR_MS) -> None:
+        self.channel = aio_channel(target, tls, api_key, keepalive_ms, retries, ping_floor_ms)
         self.timeout = timeout
         self.decisions = decisions_pb2_grpc.DecisionServiceStub(self.channel)
         self.feedback = feedback_pb2_grpc.FeedbackServiceStub(self.channel)

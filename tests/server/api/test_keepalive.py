@@ -139,7 +139,7 @@ def test_ltrrs_python_client_finds_a_dead_connection_under_an_idle_stream(make_s
 
     server: ServerThread = make_server(server_settings(sqlite_url, client_ping_min_seconds=0.5))
     proxy = _FreezingProxy(server.target)
-    client = LtrrClient(proxy.target, keepalive_ms=1000)
+    client = LtrrClient(proxy.target, keepalive_ms=1000, ping_floor_ms=500)
     stream = _RewardStream(client.channel)
     try:
         assert isinstance(stream.reward_one(), feedback_pb2.RewardAckBatch)
@@ -152,3 +152,15 @@ def test_ltrrs_python_client_finds_a_dead_connection_under_an_idle_stream(make_s
     finally:
         stream.close()
         client.close()
+
+
+def test_ltrrs_python_client_refuses_to_ping_faster_than_the_server_allows() -> None:
+    # Found from outside: pinging on quiet streams too, a client told keepalive_ms=2000 had its
+    # idle reward stream ended by a server on its defaults after a few seconds (GOAWAY
+    # too_many_pings); before, grpc's limit of 2 pings without data had hidden it.
+    from ltrr_client.client import LtrrClient
+
+    with pytest.raises(ValueError, match=r"^keepalive_ms: 2000, more often than the server lets a client ping"):
+        LtrrClient("127.0.0.1:1", keepalive_ms=2000)
+    LtrrClient("127.0.0.1:1", keepalive_ms=0).close()
+    LtrrClient("127.0.0.1:1", keepalive_ms=10_000).close()
